@@ -1,0 +1,218 @@
+"""The facade: `ChatModel` puts one chat interface over any engine.
+
+Async methods do the work; each sync method is a thin twin that runs its async half on one background loop.
+Streaming is the primitive: `agenerate` yields the engine's deltas; everything else is built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from chatplex._loop import BackgroundLoop
+from chatplex.config import ChatplexArgs, load_args
+from chatplex.engines import create_engine
+from chatplex.engines.base import Engine, EngineStats
+from chatplex.errors import InvalidRequestError
+from chatplex.messages import normalize_messages, validate_tools
+from chatplex.sampling import build_sampling_params
+from chatplex.types import Delta, GenerationRequest, Message, Response
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class ChatModel:
+    """Chat with, stream from and score with a model on any engine.
+
+    `args`: a dict of arguments, a path to a YAML file, or None to read the command line. See `chatplex.config`.
+    Safe to share between threads and coroutines. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, args: dict[str, Any] | str | None = None) -> None:
+        self.args: ChatplexArgs = load_args(args)
+        self.engine: Engine = create_engine(self.args)
+        self._loop = BackgroundLoop()
+        self._closed = False
+        try:
+            self._loop.run(self.engine.start())
+        except BaseException:
+            self._loop.run(self.engine.close())
+            self._loop.stop()
+            raise
+
+    # ---- requests ------------------------------------------------------------------------------------------
+    def build_request(
+        self,
+        messages: list[Message] | None = None,
+        system: str | None = None,
+        tools: Any = None,
+        images: Any = None,
+        videos: Any = None,
+        audios: Any = None,
+        *,
+        prompt: str | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        **gen_kwargs: Any,
+    ) -> GenerationRequest:
+        """Validate chat (or raw prompt) input and generation kwargs into an engine request."""
+        sampling = build_sampling_params(gen_kwargs, self.args.generating.as_request_defaults())
+        kwargs = dict(template_kwargs or {})
+        if self.args.model.enable_thinking is not None:
+            kwargs.setdefault("enable_thinking", self.args.model.enable_thinking)
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InvalidRequestError("prompt: must be a string.", param="prompt")
+            return GenerationRequest(sampling=sampling, prompt=prompt, template_kwargs=kwargs)
+        norm = normalize_messages(messages, system=system, default_system=self.args.model.default_system)
+        return GenerationRequest(
+            sampling=sampling,
+            messages=norm,
+            tools=validate_tools(tools),
+            template_kwargs=kwargs,
+            images=_as_list(images, "images"),
+            videos=_as_list(videos, "videos"),
+            audios=_as_list(audios, "audios"),
+        )
+
+    async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """The streaming primitive: the engine's deltas for a built request (all `n` sequences interleaved)."""
+        async for delta in self.engine.generate(request):
+            yield delta
+
+    def generate(self, request: GenerationRequest) -> Iterator[Delta]:
+        return self._loop.iterate(self.agenerate(request))
+
+    # ---- chat ----------------------------------------------------------------------------------------------
+    async def astream_chat(
+        self,
+        messages: list[Message],
+        system: str | None = None,
+        tools: Any = None,
+        images: Any = None,
+        videos: Any = None,
+        audios: Any = None,
+        **gen_kwargs: Any,
+    ) -> AsyncIterator[str]:
+        """Stream the reply's text as it is generated (the first sequence if n > 1)."""
+        request = self.build_request(messages, system, tools, images, videos, audios, **gen_kwargs)
+        gen = self.engine.generate(request)
+        try:
+            async for delta in gen:
+                if delta.index == 0 and delta.text:
+                    yield delta.text
+        finally:
+            await gen.aclose()  # type: ignore[attr-defined]
+
+    def stream_chat(
+        self,
+        messages: list[Message],
+        system: str | None = None,
+        tools: Any = None,
+        images: Any = None,
+        videos: Any = None,
+        audios: Any = None,
+        **gen_kwargs: Any,
+    ) -> Iterator[str]:
+        return self._loop.iterate(self.astream_chat(messages, system, tools, images, videos, audios, **gen_kwargs))
+
+    async def achat(
+        self,
+        messages: list[Message],
+        system: str | None = None,
+        tools: Any = None,
+        images: Any = None,
+        videos: Any = None,
+        audios: Any = None,
+        **gen_kwargs: Any,
+    ) -> list[Response]:
+        """Generate complete replies: one `Response` per requested sequence (`n` / `num_return_sequences`)."""
+        request = self.build_request(messages, system, tools, images, videos, audios, **gen_kwargs)
+        return await self._collect(request)
+
+    def chat(
+        self,
+        messages: list[Message],
+        system: str | None = None,
+        tools: Any = None,
+        images: Any = None,
+        videos: Any = None,
+        audios: Any = None,
+        **gen_kwargs: Any,
+    ) -> list[Response]:
+        return self._loop.run(self.achat(messages, system, tools, images, videos, audios, **gen_kwargs))
+
+    async def _collect(self, request: GenerationRequest) -> list[Response]:
+        n = request.sampling.n
+        texts = [[] for _ in range(n)]
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[Any]] = [[] for _ in range(n)]
+        finals: list[Delta | None] = [None] * n
+        async for delta in self.engine.generate(request):
+            texts[delta.index].append(delta.text)
+            tokens[delta.index].extend(delta.token_ids)
+            if delta.logprobs:
+                logprobs[delta.index].extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                finals[delta.index] = delta
+        return [
+            Response(
+                response_text="".join(texts[i]),
+                response_length=final.completion_tokens,
+                prompt_length=final.prompt_tokens,
+                finish_reason=final.finish_reason,  # type: ignore[arg-type]
+                token_ids=tokens[i],
+                logprobs=logprobs[i] if request.sampling.logprobs is not None else None,
+            )
+            for i, final in enumerate(finals)
+            if final is not None
+        ]
+
+    # ---- scores --------------------------------------------------------------------------------------------
+    async def aget_scores(self, batch_input: list[str], max_length: int | None = None) -> list[float]:
+        """Reward-model scores, one per input (raises for a generative model)."""
+        if not isinstance(batch_input, list) or not batch_input:
+            raise InvalidRequestError("batch_input: must be a non-empty list.", param="batch_input")
+        return await self.engine.score(batch_input, max_length)
+
+    def get_scores(self, batch_input: list[str], max_length: int | None = None) -> list[float]:
+        return self._loop.run(self.aget_scores(batch_input, max_length))
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def aclose(self) -> None:
+        """Close from a coroutine running on another loop than the model's own."""
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.engine.close(), self._loop.loop))
+        self._closed = True
+        self._loop.stop()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.run(self.engine.close())
+        self._loop.stop()
+
+    def __enter__(self) -> ChatModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ChatModel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

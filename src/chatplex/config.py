@@ -1,0 +1,262 @@
+"""Arguments: dict, YAML file or command line -> validated dataclasses.
+
+Keys follow LLaMA-Factory's inference arguments where they exist, so its users' YAML files work unchanged.
+LLaMA-Factory training-only keys that often sit in inference YAMLs (`finetuning_type`, `flash_attn`...) are
+accepted and ignored with a warning; any other unknown key is a `ConfigError` listing the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from chatplex.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("huggingface", "vllm", "sglang", "ktransformers", "llama.cpp", "openai")
+BACKEND_ALIASES = {"hf": "huggingface", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp"}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# LLaMA-Factory keys that do not change inference in chatplex (training, export, hub tokens...).
+IGNORED_KEYS = frozenset(
+    """finetuning_type stage do_train do_predict output_dir flash_attn shift_attn use_unsloth use_unsloth_gc
+    enable_liger_kernel low_cpu_mem_usage use_fast_tokenizer resize_vocab split_special_tokens upcast_layernorm
+    upcast_lmhead_output disable_gradient_checkpointing use_reentrant_gc print_param_status hf_hub_token
+    ms_hub_token om_hub_token offload_folder use_kv_cache cutoff_len dataset dataset_dir eval_dataset
+    preprocessing_num_workers overwrite_cache report_to logging_steps save_steps plot_loss
+    per_device_train_batch_size gradient_accumulation_steps learning_rate num_train_epochs lr_scheduler_type
+    warmup_ratio bf16 fp16 ddp_timeout lora_rank lora_alpha lora_dropout lora_target export_dir export_size
+    export_device export_legacy_format mixture_of_depths moe_aux_loss_coef tool_format""".split()
+)
+
+
+@dataclass
+class ModelArguments:
+    """Which model, how to load it and which engine runs it."""
+
+    model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    adapter_name_or_path: str | None = None
+    template: str | None = None  # None: the tokenizer's own chat template
+    chat_template: str | None = None  # a Jinja file (or inline template) that overrides both
+    infer_backend: str = "huggingface"
+    infer_dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    default_system: str | None = None
+    enable_thinking: bool | None = None
+    cache_dir: str | None = None
+    model_revision: str = "main"
+    # Hugging Face engine: scheduler and KV cache.
+    max_model_len: int | None = None  # None: the model's own context length
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    kv_cache_memory_gb: float | None = None  # None: 2 GiB on CPU, gpu_memory_utilization on GPU
+    gpu_memory_utilization: float = 0.85
+    kv_block_size: int = 16
+    max_waiting_requests: int | None = None  # None: unbounded
+    # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
+    vllm_maxlen: int = 4096
+    vllm_gpu_util: float = 0.7
+    vllm_enforce_eager: bool = False
+    vllm_max_lora_rank: int = 32
+    vllm_config: dict[str, Any] | None = None
+    sglang_maxlen: int = 4096
+    sglang_mem_fraction: float = 0.7
+    sglang_tp_size: int = -1
+    sglang_config: dict[str, Any] | None = None
+    api_base: str | None = None  # infer_backend=openai: the server's base URL
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        self.infer_backend = BACKEND_ALIASES.get(self.infer_backend, self.infer_backend)
+        _check_choice("infer_backend", self.infer_backend, BACKENDS)
+        _check_choice("infer_dtype", self.infer_dtype, DTYPES)
+        _check_choice("device", self.device, DEVICES)
+        if self.model_name_or_path is not None and _looks_local(self.model_name_or_path):
+            if not os.path.exists(self.model_name_or_path):
+                raise ConfigError(
+                    f"model_name_or_path: {self.model_name_or_path!r} does not exist. Give an existing model "
+                    "directory or .gguf file, or leave it out to use the embedded SmolLM2-135M-Instruct.",
+                    param="model_name_or_path",
+                )
+        if self.chat_template is not None and self.template is not None:
+            raise ConfigError("template and chat_template: give one, not both.", param="chat_template")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_size"):
+            _check_positive(name, getattr(self, name))
+        for name in ("max_model_len", "max_waiting_requests"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.",
+                param="gpu_memory_utilization",
+            )
+        if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
+            raise ConfigError("kv_cache_memory_gb must be > 0.", param="kv_cache_memory_gb")
+
+
+@dataclass
+class GeneratingArguments:
+    """Generation defaults; each request may override them."""
+
+    do_sample: bool = True
+    temperature: float = 0.95
+    top_p: float = 0.7
+    top_k: int = 50
+    min_p: float = 0.0
+    num_beams: int = 1
+    max_length: int | None = None
+    max_new_tokens: int = 1024
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+    skip_special_tokens: bool = True
+    stop: list[str] | str | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_beams != 1:
+            raise ConfigError(
+                f"num_beams={self.num_beams}: beam search is not supported; use num_beams: 1.", param="num_beams"
+            )
+        # Full validation happens when defaults merge with a request (chatplex.sampling).
+
+    def as_request_defaults(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("num_beams")
+        d.pop("length_penalty")  # only meaningful for beam search
+        return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclass
+class ChatplexArgs:
+    model: ModelArguments = field(default_factory=ModelArguments)
+    generating: GeneratingArguments = field(default_factory=GeneratingArguments)
+
+
+def _looks_local(path: str) -> bool:
+    # A hub id is "org/name"; a path starts with / . ~ or names a .gguf file or has more than one slash.
+    return path.startswith(("/", ".", "~")) or path.endswith(".gguf") or path.count("/") > 1 or os.path.exists(path)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not valid; choose one of {', '.join(choices)}.", param=name)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.", param=name)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check (and for command-line strings, convert) a value against a field's type hint."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{name} may not be null.", param=name)
+    if isinstance(value, str) and str not in allowed:
+        value = yaml.safe_load(value)  # "true" -> True, "0.5" -> 0.5, "{a: 1}" -> dict
+    for t in allowed:
+        base = typing.get_origin(t) or t
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (bool, str, dict, list) and isinstance(value, base):
+            return value
+        if base is Any:
+            return value
+    names = " or ".join(getattr(typing.get_origin(t) or t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{name}: expected {names}, got {value!r}.", param=name)
+
+
+def args_from_dict(raw: dict[str, Any]) -> ChatplexArgs:
+    """Split a flat LLaMA-Factory style dict into validated argument dataclasses."""
+    model_types = _field_types(ModelArguments)
+    gen_types = _field_types(GeneratingArguments)
+    model_kw: dict[str, Any] = {}
+    gen_kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key).replace("-", "_")
+        if key in model_types:
+            model_kw[key] = _coerce(key, value, model_types[key])
+        elif key in gen_types:
+            gen_kw[key] = _coerce(key, value, gen_types[key])
+        elif key in IGNORED_KEYS:
+            logger.warning("Argument %r is a LLaMA-Factory training/export key; chatplex ignores it.", key)
+        else:
+            valid = sorted([*model_types, *gen_types])
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Unknown argument {key!r}.{hint} Valid arguments: {', '.join(valid)}.", param=key)
+    return ChatplexArgs(ModelArguments(**model_kw), GeneratingArguments(**gen_kw))
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path!r} does not exist.", param="config") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path!r} is not valid YAML: {e}", param="config") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path!r} must hold a mapping of argument: value.", param="config")
+    return data
+
+
+def parse_argv(argv: list[str]) -> dict[str, Any]:
+    """`config.yaml key=value ...` (LLaMA-Factory style) or `--key value` / `--key=value` flags."""
+    raw: dict[str, Any] = {}
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        raw.update(load_yaml(argv[0]))
+        argv = argv[1:]
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--"):
+            key, eq, value = item[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    value = "true"  # a bare flag
+                else:
+                    i += 1
+                    value = argv[i]
+            raw[key] = value
+        elif "=" in item:
+            key, _, value = item.partition("=")
+            raw[key] = value
+        else:
+            raise ConfigError(f"Cannot read argument {item!r}: use --key value or key=value.", param=item)
+        i += 1
+    return raw
+
+
+def load_args(args: dict[str, Any] | str | None = None) -> ChatplexArgs:
+    """A dict, a path to a YAML file, or None to read `sys.argv[1:]`."""
+    if args is None:
+        raw = parse_argv(sys.argv[1:])
+    elif isinstance(args, str):
+        raw = load_yaml(args)
+    elif isinstance(args, dict):
+        raw = dict(args)
+    else:
+        raise ConfigError(f"args must be a dict, a YAML path or None, got {type(args).__name__}.", param="args")
+    return args_from_dict(raw)

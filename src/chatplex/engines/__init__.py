@@ -1,0 +1,34 @@
+"""Engines by name, loaded lazily so a missing optional dependency only matters to who uses that engine."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from chatplex.errors import ConfigError
+
+if TYPE_CHECKING:
+    from chatplex.config import ChatplexArgs
+    from chatplex.engines.base import Engine
+
+# infer_backend -> (module:class, pip hint for when the import fails)
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "huggingface": ("chatplex.engines.hf.engine:HFEngine", "pip install chatplex"),
+}
+
+
+def create_engine(args: ChatplexArgs) -> Engine:
+    backend = args.model.infer_backend
+    if backend not in _REGISTRY:
+        available = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(
+            f"infer_backend: {backend!r} is not available in this version of chatplex; available: {available}.",
+            param="infer_backend",
+        )
+    target, hint = _REGISTRY[backend]
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"infer_backend {backend!r} needs a package that is missing ({e.name}): {hint}", param="infer_backend") from e
+    return getattr(module, class_name)(args)

@@ -1,0 +1,136 @@
+"""The engine protocol every backend implements, and the prompt preparation local engines share.
+
+An engine turns a `GenerationRequest` into an async stream of `Delta`s. Closing that stream (the consumer went
+away, or its task was cancelled) aborts the request inside the engine. Everything else in chatplex (non-streaming
+chat, the CLI, the server, benchmarks) is built on `generate`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatplex.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
+from chatplex.templates import ChatTemplate, render_prompt
+from chatplex.types import Delta, GenerationRequest
+
+
+@dataclass
+class EngineStats:
+    """Counters an engine keeps; the server exports them as metrics and tests read them."""
+
+    running: int = 0
+    waiting: int = 0
+    steps: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    finished_requests: int = 0
+    aborted_requests: int = 0
+    preemptions: int = 0
+    max_batch_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """One inference backend behind chatplex's interface."""
+
+    #: the name users give as `infer_backend`
+    backend: str = ""
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str:
+        """The model's name as shown to API clients."""
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The longest prompt + output the model takes, when known."""
+        return None
+
+    @property
+    def is_reward_model(self) -> bool:
+        return False
+
+    async def start(self) -> None:
+        """Load the model and start serving. Called once before any request."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the request's output. Closing the iterator early aborts the request."""
+
+    async def score(self, inputs: list[str], max_length: int | None = None) -> list[float]:
+        raise UnsupportedFeatureError(
+            f"{self.model_name} is a generative model, not a reward model: scores need a model with a value head "
+            "or a single-label sequence-classification head.",
+            param="model",
+        )
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        """How many tokens the request's prompt takes, when the engine can tell without generating."""
+        return None
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
+
+    async def close(self) -> None:
+        """Stop serving and free the model. Safe to call twice."""
+
+
+class PromptPreparer:
+    """Renders a request to prompt token ids with a tokenizer and template, and checks it fits the context.
+
+    Shared by every engine that holds a tokenizer in-process (Hugging Face, vLLM, llama.cpp).
+    """
+
+    def __init__(self, tokenizer: Any, template: ChatTemplate, max_model_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_model_len = max_model_len
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            ids = list(request.prompt_token_ids)
+        elif request.prompt is not None:
+            ids = self.tokenizer.encode(request.prompt, add_special_tokens=True)
+        elif request.messages is not None:
+            text = render_prompt(
+                self.tokenizer,
+                self.template,
+                request.messages,
+                tools=request.tools,
+                template_kwargs=request.template_kwargs,
+            )
+            # The template already wrote any BOS it wants; adding special tokens again would double it.
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        else:
+            raise InvalidRequestError("A request needs messages, a prompt or prompt token ids.", param="messages")
+        if not ids:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self.check_fits(len(ids), request)
+        return ids
+
+    def check_fits(self, prompt_len: int, request: GenerationRequest) -> None:
+        limit = self.max_model_len
+        if prompt_len >= limit:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens, but the prompt has {prompt_len} tokens. "
+                "Shorten the messages."
+            )
+        sp = request.sampling
+        if sp.max_new_tokens_requested and prompt_len + sp.max_new_tokens > limit:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens; the prompt has {prompt_len} tokens and "
+                f"max_tokens asks for {sp.max_new_tokens} more ({prompt_len + sp.max_new_tokens} in all). "
+                "Lower max_tokens or shorten the messages.",
+                param="max_tokens",
+            )
+
+    def max_new_tokens(self, prompt_len: int, request: GenerationRequest) -> int:
+        """The output budget: the request's limits, capped by what is left of the context."""
+        sp = request.sampling
+        budget = min(sp.max_new_tokens, self.max_model_len - prompt_len)
+        if sp.max_length is not None:
+            budget = min(budget, max(sp.max_length - prompt_len, 1))
+        return max(budget, 1)

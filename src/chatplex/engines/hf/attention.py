@@ -1,0 +1,110 @@
+"""Paged attention for any transformers decoder, plugged in through transformers' attention registry.
+
+The model runs with `use_cache=False` on a flat batch: all new tokens of all scheduled sequences in one row,
+decode tokens first. Each layer's keys and values arrive here already rotated; this function writes them into
+the paged cache and attends each query over its own sequence's cached context with PyTorch SDPA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from chatplex.engines.hf.kv_cache import PagedKVCache
+
+ATTENTION_NAME = "chatplex_paged"
+
+
+@dataclass
+class PrefillSegment:
+    q_start: int  # offset of the segment's tokens in the flat batch
+    q_len: int
+    start_pos: int  # position of the first new token in its sequence
+    ctx_slots: torch.Tensor | None  # [start_pos + q_len] cache slots of the whole context (None if start_pos == 0)
+
+
+@dataclass
+class AttentionMetadata:
+    cache: PagedKVCache
+    slot_mapping: torch.Tensor  # [T] where each new token's key/value goes
+    num_decode: int  # the first num_decode tokens are single-token decodes
+    decode_ctx_slots: torch.Tensor | None  # [num_decode, max_ctx] (padded with slot 0)
+    decode_positions: torch.Tensor | None  # [num_decode] position of each decode token
+    prefills: list[PrefillSegment]
+
+
+def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
+    assert meta.decode_ctx_slots is not None and meta.decode_positions is not None
+    key_pos = torch.arange(meta.decode_ctx_slots.shape[1], device=meta.slot_mapping.device)
+    q_pos = meta.decode_positions[:, None]
+    mask = key_pos[None, :] <= q_pos
+    if window:
+        mask &= key_pos[None, :] > q_pos - window
+    return mask[:, None, None, :]  # [B, 1, 1, L]
+
+
+def _prefill_mask(seg: PrefillSegment, window: int | None, device: torch.device) -> torch.Tensor | None:
+    if seg.start_pos == 0 and not window:
+        return None  # plain causal
+    q_pos = torch.arange(seg.start_pos, seg.start_pos + seg.q_len, device=device)[:, None]
+    key_pos = torch.arange(seg.start_pos + seg.q_len, device=device)[None, :]
+    mask = key_pos <= q_pos
+    if window:
+        mask &= key_pos > q_pos - window
+    return mask
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [1, heads, T, head_dim]
+    key: torch.Tensor,  # [1, kv_heads, T, head_dim]
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    chatplex_meta: AttentionMetadata | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    meta = chatplex_meta
+    if meta is None:
+        raise RuntimeError("chatplex_paged attention runs only inside chatplex's Hugging Face engine")
+    k_cache = meta.cache.keys[module.layer_idx]
+    v_cache = meta.cache.values[module.layer_idx]
+    k_cache.index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
+    v_cache.index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
+    window = getattr(module, "sliding_window", None)
+    q = query[0]  # [heads, T, head_dim]
+    out = query.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [T, heads, head_dim]
+    nd = meta.num_decode
+    if nd:
+        qd = q[:, :nd].transpose(0, 1).unsqueeze(2)  # [B, heads, 1, D]
+        kd = k_cache[meta.decode_ctx_slots].transpose(1, 2)  # [B, kv_heads, L, D]
+        vd = v_cache[meta.decode_ctx_slots].transpose(1, 2)
+        od = F.scaled_dot_product_attention(
+            qd, kd, vd, attn_mask=_decode_mask(meta, window), scale=scaling, enable_gqa=True
+        )
+        out[:nd] = od[:, :, 0]
+    for seg in meta.prefills:
+        qs = q[:, seg.q_start : seg.q_start + seg.q_len].unsqueeze(0)
+        if seg.ctx_slots is None:  # the whole context is new: use it directly, no gather
+            ks = key[:, :, seg.q_start : seg.q_start + seg.q_len]
+            vs = value[:, :, seg.q_start : seg.q_start + seg.q_len]
+        else:
+            ks = k_cache[seg.ctx_slots].transpose(0, 1).unsqueeze(0)
+            vs = v_cache[seg.ctx_slots].transpose(0, 1).unsqueeze(0)
+        mask = _prefill_mask(seg, window, q.device)
+        seg_out = F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=True
+        )
+        out[seg.q_start : seg.q_start + seg.q_len] = seg_out[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def register() -> str:
+    """Make the attention function known to transformers (idempotent); returns its name."""
+    AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)
+    return ATTENTION_NAME

@@ -1,0 +1,104 @@
+"""The only code that runs the model: scheduled chunks -> one flat forward pass -> sampled tokens.
+
+Layout of a step: every scheduled token of every sequence sits in one row (batch size 1), single-token decodes
+first, then prefill chunks. Positions and cache slots are computed from block tables with tensor ops, so the
+per-step Python work is proportional to the number of sequences, not to their context lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
+from chatplex.engines.hf.kv_cache import PagedKVCache
+from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
+from chatplex.engines.hf.scheduler import ScheduledSeq
+
+
+class ModelRunner:
+    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device) -> None:
+        self.model = model
+        self.cache = cache
+        self.device = device
+        self.block_size = cache.block_size
+
+    def _slots(self, tables: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Cache slots of `positions` ([rows, n]) for sequences whose block tables are `tables` ([rows, blocks])."""
+        blocks = tables.gather(1, positions // self.block_size)
+        return blocks * self.block_size + positions % self.block_size
+
+    def _tables(self, items: list[ScheduledSeq]) -> torch.Tensor:
+        width = max(len(it.seq.block_table) for it in items)
+        rows = [it.seq.block_table + [0] * (width - len(it.seq.block_table)) for it in items]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _metadata(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]) -> tuple[AttentionMetadata, torch.Tensor]:
+        dev = self.device
+        slot_parts: list[torch.Tensor] = []
+        pos_parts: list[torch.Tensor] = []
+        decode_ctx = decode_pos = None
+        if decodes:
+            decode_pos = torch.tensor([it.start for it in decodes], dtype=torch.long, device=dev)
+            tables = self._tables(decodes)
+            ctx_len = int(decode_pos.max()) + 1
+            ctx_pos = torch.arange(ctx_len, device=dev).expand(len(decodes), ctx_len)
+            # Positions past a sequence's length are masked in attention; clamp them so the gather stays valid.
+            ctx_pos = torch.minimum(ctx_pos, decode_pos[:, None])
+            decode_ctx = self._slots(tables, ctx_pos)
+            slot_parts.append(decode_ctx.gather(1, decode_pos[:, None])[:, 0])
+            pos_parts.append(decode_pos)
+        segments = []
+        offset = len(decodes)
+        for it in prefills:
+            table = torch.tensor([it.seq.block_table], dtype=torch.long, device=dev)
+            end = it.start + it.num_tokens
+            ctx = self._slots(table, torch.arange(end, device=dev)[None, :])[0]
+            segments.append(PrefillSegment(offset, it.num_tokens, it.start, ctx if it.start else None))
+            slot_parts.append(ctx[it.start :])
+            pos_parts.append(torch.arange(it.start, end, device=dev))
+            offset += it.num_tokens
+        meta = AttentionMetadata(
+            cache=self.cache,
+            slot_mapping=torch.cat(slot_parts),
+            num_decode=len(decodes),
+            decode_ctx_slots=decode_ctx,
+            decode_positions=decode_pos,
+            prefills=segments,
+        )
+        return meta, torch.cat(pos_parts)
+
+    @torch.inference_mode()
+    def execute(self, batch: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> dict[int, tuple[int, SampleOutput]]:
+        """Run one step. `rows` maps seq_id -> sampling settings for each sequence that samples this step.
+
+        Returns seq_id -> (row index into the SampleOutput, the shared SampleOutput).
+        """
+        decodes = [it for it in batch if it.num_tokens == 1]
+        prefills = [it for it in batch if it.num_tokens > 1]
+        ordered = decodes + prefills
+        token_ids: list[int] = []
+        for it in ordered:
+            token_ids.extend(it.seq.token_ids[it.start : it.start + it.num_tokens])
+        meta, positions = self._metadata(decodes, prefills)
+        sampling_items, last_index, offset = [], [], 0
+        for it in ordered:
+            offset += it.num_tokens
+            if it.samples:
+                sampling_items.append(it)
+                last_index.append(offset - 1)
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        if not sampling_items:
+            self.model(input_ids=input_ids, position_ids=positions[None], use_cache=False, logits_to_keep=1, chatplex_meta=meta)
+            return {}
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions[None],
+            use_cache=False,
+            logits_to_keep=torch.tensor(last_index, device=self.device),
+            chatplex_meta=meta,
+        )
+        logits = out.logits[0]
+        result = sample(logits, [rows[it.seq.seq_id] for it in sampling_items])
+        return {it.seq.seq_id: (i, result) for i, it in enumerate(sampling_items)}

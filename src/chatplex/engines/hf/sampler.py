@@ -1,0 +1,109 @@
+"""Logits -> next tokens, with each row's own settings inside one batch.
+
+Order, per row: logit bias, penalties, token suppression, then greedy argmax or temperature / top-k / top-p /
+min-p and a draw. Draws use the exponential-race form (argmax of p / q with q ~ Exp(1)), which equals
+multinomial sampling and lets a seeded row use its own generator. Logprobs are of the raw model distribution
+(as vLLM and OpenAI report them), taken before any processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from chatplex.types import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    token_ids: list[int]  # prompt + output so far
+    prompt_len: int
+    generator: torch.Generator | None = None
+    suppress_ids: tuple[int, ...] = ()  # e.g. EOS before min_new_tokens
+
+
+@dataclass
+class SampleOutput:
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]]]
+
+
+def _apply_bias_and_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    for i, row in enumerate(rows):
+        p = row.params
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
+            logits[i].index_add_(0, ids, torch.tensor([b for _, b in p.logit_bias], device=logits.device))
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(row.token_ids)), device=logits.device)
+            vals = logits[i, seen]
+            logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.presence_penalty or p.frequency_penalty:
+            out = row.token_ids[row.prompt_len :]
+            if out:
+                ids, counts = torch.tensor(out, device=logits.device).unique(return_counts=True)
+                logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
+        if row.suppress_ids:
+            logits[i, list(row.suppress_ids)] = float("-inf")
+
+
+def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Mask to -inf what top-k, top-p and min-p exclude ([rows, vocab], per-row settings)."""
+    vocab = logits.shape[-1]
+    if bool((top_k > 0).any()):
+        k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
+        kth = logits.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if bool((top_p < 1.0).any()):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keeps at least the top token
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    if bool((min_p > 0).any()):
+        probs = logits.softmax(dim=-1)
+        logits = logits.masked_fill(probs < probs.max(dim=-1, keepdim=True).values * min_p[:, None], float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleOutput:
+    """Pick one token per row of `logits` ([rows, vocab])."""
+    logits = logits.float()
+    n_top = [r.params.logprobs for r in rows]
+    raw = torch.log_softmax(logits, dim=-1) if any(n is not None for n in n_top) else None
+    if any(r.params.logit_bias or r.params.needs_penalties or r.suppress_ids for r in rows):
+        logits = logits.clone()
+        _apply_bias_and_penalties(logits, rows)
+    tokens = logits.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if sampled:
+        dev = logits.device
+        sub = logits[sampled] / torch.tensor([rows[i].params.temperature for i in sampled], device=dev)[:, None]
+        sub = _filter(
+            sub,
+            torch.tensor([rows[i].params.top_k for i in sampled], device=dev),
+            torch.tensor([rows[i].params.top_p for i in sampled], device=dev),
+            torch.tensor([rows[i].params.min_p for i in sampled], device=dev),
+        )
+        probs = sub.softmax(dim=-1)
+        race = torch.empty_like(probs)
+        for j, i in enumerate(sampled):
+            race[j].exponential_(generator=rows[i].generator)
+        tokens[sampled] = (probs / race).argmax(dim=-1)
+    token_list = tokens.tolist()
+    logprobs: list[float | None] = [None] * len(rows)
+    tops: list[list[tuple[int, float]]] = [[] for _ in rows]
+    if raw is not None:
+        chosen = raw.gather(-1, tokens[:, None])[:, 0].tolist()
+        k = max(n or 0 for n in n_top)
+        top_vals, top_ids = raw.topk(k, dim=-1) if k else (None, None)
+        for i, n in enumerate(n_top):
+            if n is None:
+                continue
+            logprobs[i] = chosen[i]
+            if n:
+                tops[i] = list(zip(top_ids[i, :n].tolist(), top_vals[i, :n].tolist()))
+    return SampleOutput(token_list, logprobs, tops)

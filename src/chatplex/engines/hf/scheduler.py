@@ -1,0 +1,118 @@
+"""Who runs in the next step. Plain Python: no tensors here, so it is tested without torch.
+
+Policy: first come, first served, continuous batching with chunked prefill.
+  1. Every running sequence that is decoding gets its one token (they are cheap and keep streams flowing).
+  2. Running sequences still in prefill continue with a chunk of the remaining token budget.
+  3. Waiting sequences are admitted in arrival order while a slot, budget and KV blocks are free.
+When a decoding sequence needs a block and none is free, the most recently admitted sequence is preempted: its
+blocks are freed and it goes back to the front of the queue, to be recomputed later (its output is kept).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from chatplex.engines.hf.block_manager import BlockManager
+from chatplex.engines.hf.sequence import Sequence, SequenceStatus
+from chatplex.types import FinishReason
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    start: int  # first position computed in this step
+    num_tokens: int  # how many positions
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token, so a new token is sampled."""
+        return self.start + self.num_tokens == self.seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        # Every running sequence must be able to decode in every step, so the budget covers them all.
+        self.max_num_batched_tokens = max(max_num_batched_tokens, max_num_seqs)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        """End a sequence (done, or aborted) and free its blocks."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> tuple[list[ScheduledSeq], list[Sequence]]:
+        """Pick this step's work. Returns (scheduled chunks, sequences ended because the cache cannot hold them)."""
+        budget = self.max_num_batched_tokens
+        batch: list[ScheduledSeq] = []
+        too_long: list[Sequence] = []
+        for seq in [s for s in self.running if s.num_uncomputed == 1]:
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            while not self.blocks.can_grow(seq, seq.num_tokens):
+                victim = self.running[-1]
+                if victim is seq and len(self.running) == 1:
+                    too_long.append(seq)  # alone and still no room: the cache is smaller than this sequence
+                    break
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status is SequenceStatus.RUNNING and seq not in too_long:
+                self.blocks.grow(seq, seq.num_tokens)
+                batch.append(ScheduledSeq(seq, seq.num_computed_tokens, 1))
+                budget -= 1
+        for seq in too_long:
+            self.finish(seq, "length")
+        for seq in [s for s in self.running if s.num_uncomputed > 1]:
+            if budget <= 0:
+                break
+            n = min(seq.num_uncomputed, budget)
+            if not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
+                break
+            self.blocks.grow(seq, seq.num_computed_tokens + n)
+            batch.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.num_uncomputed, budget)
+            if not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
+                break
+            self.waiting.popleft()
+            self.blocks.grow(seq, seq.num_computed_tokens + n)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
+            budget -= n
+        return batch, too_long
+
+    def complete_step(self, batch: list[ScheduledSeq]) -> None:
+        """Record that the scheduled positions are now in the cache."""
+        for item in batch:
+            item.seq.num_computed_tokens = item.start + item.num_tokens

@@ -1,0 +1,1 @@
+"""Where models come from: the embedded default and local paths."""
