@@ -23,11 +23,10 @@ class ScheduledSeq:
     seq: Sequence
     start: int  # first position computed in this step
     num_tokens: int  # how many positions
+    samples: bool = False  # this step reaches the sequence's last token, so a new token is sampled
 
-    @property
-    def samples(self) -> bool:
-        """Whether this step reaches the sequence's last token, so a new token is sampled."""
-        return self.start + self.num_tokens == self.seq.num_tokens
+    def __post_init__(self) -> None:
+        self.samples = self.start + self.num_tokens == self.seq.num_tokens
 
 
 class Scheduler:
