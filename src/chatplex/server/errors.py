@@ -1,0 +1,130 @@
+"""The one place where exceptions become HTTP statuses and OpenAI's error envelope.
+
+    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+
+Route handlers raise chatplex exceptions (or `ServerError` for HTTP-only conditions) and never build error
+responses themselves. Streams that already sent headers use `error_payload` for their last SSE chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatplex.errors import (
+    ChatplexError,
+    ConfigError,
+    EngineClosedError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    NotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ServerError(Exception):
+    """An HTTP-level failure with no chatplex exception behind it (auth, body size, draining...)."""
+
+    def __init__(
+        self, status: int, message: str, type: str, *, param: str | None = None, code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+
+def unsupported(param: str, message: str) -> ServerError:
+    """A field this server understands but cannot honour; ignoring it would silently change the result."""
+    return ServerError(400, f"{param}: {message}", "invalid_request_error", param=param, code="unsupported_parameter")
+
+
+def model_not_found(name: str | None) -> ServerError:
+    return ServerError(404, f"The model {name!r} does not exist.", "not_found_error", param="model", code="model_not_found")
+
+
+# exception class -> (status, OpenAI error type); the first matching class wins, so subclasses come first.
+_STATUS: list[tuple[type[BaseException], int, str]] = [
+    (InvalidRequestError, 400, "invalid_request_error"),
+    (ConfigError, 400, "invalid_request_error"),
+    (NotFoundError, 404, "not_found_error"),
+    (EngineOverloadedError, 429, "rate_limit_error"),
+    (EngineClosedError, 503, "service_unavailable"),
+]
+
+
+def _payload(message: str, type: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """(status, error body, extra headers) for any exception."""
+    if isinstance(exc, ServerError):
+        return exc.status, _payload(exc.message, exc.type, exc.param, exc.code), exc.headers
+    if isinstance(exc, ChatplexError):
+        for cls, status, kind in _STATUS:
+            if isinstance(exc, cls):
+                headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+                code = exc.code or ("engine_overloaded" if status == 429 else None)
+                return status, _payload(exc.message, kind, exc.param, code), headers
+    logger.error("Unhandled error while serving a request", exc_info=exc)
+    detail = exc.message if isinstance(exc, ChatplexError) else f"{type(exc).__name__}: {exc}"
+    return 500, _payload(f"The server failed: {detail}", "server_error", None, None), None
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """The error body for a stream whose headers are already sent."""
+    return classify(exc)[1]
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, body, headers = classify(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    field = _field_name(tuple(first.get("loc", ())))
+    message = f"{field}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        others = sorted({_field_name(tuple(e.get("loc", ()))) for e in errors[1:]} - {field})
+        if others:
+            message += f" (also invalid: {', '.join(others[:5])})"
+    return JSONResponse(_payload(message, "invalid_request_error", field, None), status_code=400)
+
+
+def _http_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(
+        _payload(str(exc.detail), kind, None, None), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into OpenAI's error envelope."""
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    app.add_exception_handler(RequestValidationError, _validation_response)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_response)  # type: ignore[arg-type]
+    app.add_exception_handler(ServerError, on_error)
+    app.add_exception_handler(ChatplexError, on_error)
+    app.add_exception_handler(Exception, on_error)

@@ -1,0 +1,110 @@
+"""ASGI middleware that guards every API request before FastAPI sees it: drain, API key, body size.
+
+It also counts in-flight requests (a streaming response counts until its last byte), which is what a SIGTERM
+drain waits for. Health, metrics and the web page pass without a key so probes and browsers can reach them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatplex.server.errors import ServerError, error_response
+from chatplex.server.state import ServerState
+
+PROBE_PATHS = ("/health", "/metrics")
+PUBLIC_PATHS = (*PROBE_PATHS, "/", "/favicon.ico")
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        if path in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check(scope, path)
+            receive = await self._bounded_body(scope, receive)
+        except ServerError as e:
+            await error_response(e)(scope, receive, send)
+            return
+        self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.in_flight -= 1
+
+    def _check(self, scope: Scope, path: str) -> None:
+        if self.state.draining:
+            raise ServerError(503, "The server is shutting down; no new requests.", "service_unavailable",
+                              code="draining", headers={"Connection": "close"})
+        key = self.state.settings.api_key
+        if key is not None and path not in PUBLIC_PATHS:
+            given = _header(scope, b"authorization")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                raise ServerError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                                  "authentication_error", code="invalid_api_key")
+
+    async def _bounded_body(self, scope: Scope, receive: Receive) -> Receive:
+        """Reject bodies over the limit: by Content-Length when given, else by reading at most the limit."""
+        limit = self.state.settings.max_body_bytes
+        too_large = ServerError(413, f"The request body is larger than the limit of {limit} bytes.",
+                                "invalid_request_error", code="request_too_large")
+        length = _header(scope, b"content-length")
+        if length:
+            if not length.isdigit():
+                raise ServerError(400, "Content-Length is not a number.", "invalid_request_error")
+            if int(length) > limit:
+                raise too_large
+            return receive
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return receive
+        # A chunked body: buffer it (up to the limit) and replay it to the app.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return _replay([message])
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise too_large
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root: Any = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path

@@ -1,0 +1,149 @@
+"""Deltas -> OpenAI response bodies and stream chunks (chat and completions), with exact usage.
+
+A choice's index is `request index * n + delta.index`, so a completion request with several prompts numbers
+its choices the way OpenAI does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from chatplex.server import schemas as s
+from chatplex.types import Delta, TokenLogprob
+
+
+def chat_logprobs(items: list[TokenLogprob] | None) -> s.ChatLogprobs | None:
+    if items is None:
+        return None
+    return s.ChatLogprobs(
+        content=[
+            s.TokenLogprobOut(
+                token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
+                top_logprobs=[s.TopLogprobOut(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top],
+            )
+            for t in items
+        ]
+    )
+
+
+def completion_logprobs(items: list[TokenLogprob] | None, offset: int) -> s.CompletionLogprobs | None:
+    """Legacy logprobs; `offset` is where this piece's text starts in the choice's text."""
+    if items is None:
+        return None
+    out = s.CompletionLogprobs()
+    for t in items:
+        out.tokens.append(t.token)
+        out.token_logprobs.append(t.logprob)
+        out.top_logprobs.append({a.token: a.logprob for a in t.top})
+        out.text_offset.append(offset)
+        offset += len(t.token)
+    return out
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    chars: int = 0
+
+
+class Tracker:
+    """Per-choice state shared by the non-streaming and streaming paths: text so far, usage, finish reasons."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.choices: dict[int, _Choice] = {}
+        self.prompt_tokens: dict[int, int] = {}
+
+    def add(self, request_index: int, delta: Delta) -> tuple[int, _Choice]:
+        index = request_index * self.n + delta.index
+        choice = self.choices.setdefault(index, _Choice())
+        choice.text.append(delta.text)
+        choice.chars += len(delta.text)
+        if delta.logprobs is not None:
+            choice.logprobs = (choice.logprobs or []) + delta.logprobs
+        choice.completion_tokens = delta.completion_tokens
+        if delta.finish_reason is not None:
+            choice.finish_reason = delta.finish_reason
+        self.prompt_tokens[request_index] = delta.prompt_tokens
+        return index, choice
+
+    def usage(self) -> s.Usage:
+        prompt = sum(self.prompt_tokens.values())
+        completion = sum(c.completion_tokens for c in self.choices.values())
+        return s.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def chat_completion(rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]]) -> s.ChatCompletion:
+    tracker = Tracker(n)
+    async for request_index, delta in deltas:
+        tracker.add(request_index, delta)
+    choices = [
+        s.ChatChoice(
+            index=i, message=s.AssistantMessage(content="".join(c.text)),
+            logprobs=chat_logprobs(c.logprobs), finish_reason=c.finish_reason,
+        )
+        for i, c in sorted(tracker.choices.items())
+    ]
+    return s.ChatCompletion(id=rid, model=model, choices=choices, usage=tracker.usage())
+
+
+async def chat_chunks(
+    rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]], include_usage: bool
+) -> AsyncIterator[s.ChatCompletionChunk]:
+    tracker = Tracker(n)
+    started: set[int] = set()
+    try:
+        async for request_index, delta in deltas:
+            index, _ = tracker.add(request_index, delta)
+            first = index not in started
+            if not (first or delta.text or delta.logprobs or delta.finish_reason):
+                continue  # text held back (a partial character or a possible stop string): nothing to send yet
+            started.add(index)
+            choice = s.ChatChunkChoice(
+                index=index, delta=s.ChatDelta(role="assistant" if first else None, content=delta.text),
+                logprobs=chat_logprobs(delta.logprobs), finish_reason=delta.finish_reason,
+            )
+            yield s.ChatCompletionChunk(id=rid, model=model, choices=[choice])
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+    if include_usage:
+        yield s.ChatCompletionChunk(id=rid, model=model, choices=[], usage=tracker.usage())
+
+
+async def completion(rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]]) -> s.Completion:
+    tracker = Tracker(n)
+    async for request_index, delta in deltas:
+        tracker.add(request_index, delta)
+    choices = [
+        s.CompletionChoice(
+            index=i, text="".join(c.text), logprobs=completion_logprobs(c.logprobs, 0), finish_reason=c.finish_reason
+        )
+        for i, c in sorted(tracker.choices.items())
+    ]
+    return s.Completion(id=rid, model=model, choices=choices, usage=tracker.usage())
+
+
+async def completion_chunks(
+    rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]], include_usage: bool
+) -> AsyncIterator[s.Completion]:
+    tracker = Tracker(n)
+    try:
+        async for request_index, delta in deltas:
+            prior = tracker.choices.get(request_index * n + delta.index)
+            offset = prior.chars if prior else 0
+            index, _ = tracker.add(request_index, delta)
+            if not (delta.text or delta.logprobs or delta.finish_reason):
+                continue
+            choice = s.CompletionChoice(
+                index=index, text=delta.text, logprobs=completion_logprobs(delta.logprobs, offset),
+                finish_reason=delta.finish_reason,
+            )
+            yield s.Completion(id=rid, model=model, choices=[choice])
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+    if include_usage:
+        yield s.Completion(id=rid, model=model, choices=[], usage=tracker.usage())

@@ -1,0 +1,32 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends
+
+from chatplex.server import output
+from chatplex.server.convert import chat_kwargs
+from chatplex.server.routes import ERROR_RESPONSES, get_state
+from chatplex.server.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from chatplex.server.state import ServerState
+from chatplex.server.streaming import open_all, sse_response
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()},
+)
+async def create_chat_completion(body: ChatCompletionRequest, state: ServerState = Depends(get_state)):
+    chat_model = state.model_for(body.model)
+    request = chat_model.build_request(**chat_kwargs(body))
+    deltas = await open_all(chat_model, [request], state.metrics)
+    rid, n = f"chatcmpl-{uuid.uuid4().hex}", request.sampling.n
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(output.chat_chunks(rid, state.model_name, n, deltas, include_usage))
+    return await output.chat_completion(rid, state.model_name, n, deltas)

@@ -1,0 +1,33 @@
+"""POST /v1/completions: one engine request per prompt, choices numbered prompt by prompt."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends
+
+from chatplex.server import output
+from chatplex.server.convert import completion_kwargs
+from chatplex.server.routes import ERROR_RESPONSES, get_state
+from chatplex.server.schemas import Completion, CompletionRequest, ErrorResponse
+from chatplex.server.state import ServerState
+from chatplex.server.streaming import open_all, sse_response
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    responses={code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()},
+)
+async def create_completion(body: CompletionRequest, state: ServerState = Depends(get_state)):
+    chat_model = state.model_for(body.model)
+    # Build (validate) every request before starting any, so one bad prompt wastes no generation.
+    requests = [chat_model.build_request(**kw) for kw in completion_kwargs(body)]
+    deltas = await open_all(chat_model, requests, state.metrics)
+    rid, n = f"cmpl-{uuid.uuid4().hex}", requests[0].sampling.n
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(output.completion_chunks(rid, state.model_name, n, deltas, include_usage))
+    return await output.completion(rid, state.model_name, n, deltas)

@@ -1,0 +1,78 @@
+"""Run the app under uvicorn: load the model while already answering /health, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any
+
+import uvicorn
+
+from chatplex.chat_model import ChatModel
+from chatplex.server.app import create_app
+from chatplex.server.settings import ServerSettings
+from chatplex.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """SIGTERM drains: /health and new requests get 503, in-flight requests finish (at most `drain_timeout`
+    seconds), then the process exits 0. SIGINT, or a second signal, stops at once."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Not uvicorn's handler: it re-raises the signal after shutdown, which would make the exit code -15.
+        if sig == signal.SIGTERM and not self.state.draining and self._loop is not None:
+            self.state.draining = True
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+            return
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    async def _drain(self) -> None:
+        timeout = self.state.settings.drain_timeout
+        if not await self.state.drain(timeout):
+            logger.warning("Drain timeout (%.0f s): stopping with %d requests in flight.", timeout, self.state.in_flight)
+        self.should_exit = True
+
+
+def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str = "warning") -> int:
+    """Serve until stopped; returns the exit code. Raises the model's load error if loading failed."""
+    app = create_app(None, settings)
+    state: ServerState = app.state.server
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, root_path=settings.root_path, log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, state)
+    loaded: dict[str, Any] = {}
+
+    def load() -> None:  # in the background, so /health answers 503 "loading" meanwhile
+        try:
+            loaded["model"] = state.chat_model = ChatModel(model_args)
+            logger.warning("chatplex serve: %s ready on http://%s:%d", state.model_name, settings.host, settings.port)
+        except BaseException as e:  # noqa: BLE001 - re-raised once the server has stopped
+            loaded["error"] = e
+            server.should_exit = True
+
+    threading.Thread(target=load, name="chatplex-load", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        if "model" in loaded:
+            loaded["model"].close()
+    if "error" in loaded:
+        raise loaded["error"]
+    return 0

@@ -1,0 +1,57 @@
+"""What the server knows beyond a single request: the model (once loaded), drain status, in-flight count."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chatplex.chat_model import ChatModel
+from chatplex.errors import EngineClosedError
+from chatplex.server.errors import model_not_found
+from chatplex.server.metrics import Metrics
+from chatplex.server.settings import ServerSettings
+
+
+class ServerState:
+    """Shared by every route through `app.state.server`. The model may arrive after the app starts (loading)."""
+
+    def __init__(self, chat_model: ChatModel | None, settings: ServerSettings) -> None:
+        self.chat_model = chat_model
+        self.settings = settings
+        self.draining = False
+        self.in_flight = 0
+        self.metrics = Metrics(lambda: self.chat_model)
+
+    @property
+    def status(self) -> str:
+        if self.draining:
+            return "draining"
+        return "ok" if self.chat_model is not None else "loading"
+
+    @property
+    def model_name(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        return self.chat_model.model_name if self.chat_model is not None else "loading"
+
+    def known_names(self) -> set[str]:
+        names = {self.model_name}
+        if self.chat_model is not None:
+            names.add(self.chat_model.model_name)
+        return names
+
+    def model_for(self, requested: str | None) -> ChatModel:
+        """The ChatModel for a request's `model` field (None means the served one); 404 for an unknown name."""
+        if self.chat_model is None:
+            raise EngineClosedError("The model is still loading; retry shortly.")
+        if requested is not None and requested not in self.known_names():
+            raise model_not_found(requested)
+        return self.chat_model
+
+    async def drain(self, timeout: float, poll: float = 0.05) -> bool:
+        """Refuse new requests and wait (at most `timeout` s) for in-flight ones; True if all finished."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight > 0 and loop.time() < deadline:
+            await asyncio.sleep(poll)
+        return self.in_flight == 0
