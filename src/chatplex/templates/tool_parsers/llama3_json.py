@@ -1,0 +1,36 @@
+"""Llama 3.1/3.3 JSON calls: the whole reply is `{"name": ..., "parameters": {...}}` (several joined by `;`),
+optionally after `<|python_tag|>`. Anything else, including JSON that is not a call, is content."""
+
+from __future__ import annotations
+
+import json
+
+from chatplex.templates.tool_parsers.base import Block, ToolParser, as_call
+
+PYTHON_TAG = "<|python_tag|>"
+
+
+class Llama3JsonParser(ToolParser):
+    name = "llama3_json"
+    start_markers = ("{", PYTHON_TAG)
+    anchored = True
+
+    def read_block(self, text: str, final: bool) -> Block | None:
+        if not final:
+            return None  # a reply that starts like JSON is only known to be a call once it is complete
+        rest = text.strip()
+        if rest.startswith(PYTHON_TAG):
+            rest = rest[len(PYTHON_TAG) :].lstrip()
+        decoder = json.JSONDecoder()
+        calls = []
+        while rest:
+            try:
+                obj, end = decoder.raw_decode(rest)
+            except json.JSONDecodeError:
+                return Block(len(text), None)
+            call = as_call(obj)
+            if call is None:
+                return Block(len(text), None)
+            calls.append(call)
+            rest = rest[end:].lstrip().removeprefix(";").lstrip()
+        return Block(len(text), calls or None)
