@@ -62,7 +62,9 @@ class ChatModel:
         **gen_kwargs: Any,
     ) -> GenerationRequest:
         """Validate chat (or raw prompt) input and generation kwargs into an engine request."""
-        sampling = build_sampling_params(gen_kwargs, self.args.generating.as_request_defaults())
+        sampling = build_sampling_params(
+            gen_kwargs, self.args.generating.as_request_defaults(), vocab_size=self.engine.vocab_size
+        )
         kwargs = dict(template_kwargs or {})
         if self.args.model.enable_thinking is not None:
             kwargs.setdefault("enable_thinking", self.args.model.enable_thinking)

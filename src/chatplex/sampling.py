@@ -144,9 +144,10 @@ def build_sampling_params(
         raise _bad("stop_token_ids", "expected a list of non-negative token ids.")
     bias = _logit_bias(kw.get("logit_bias"))
     if vocab_size is not None:
-        for token_id in [t for t, _ in bias] + list(stop_token_ids):
-            if token_id >= vocab_size:
-                raise _bad("logit_bias", f"token id {token_id} is outside the vocabulary (size {vocab_size}).")
+        for name, ids in (("logit_bias", [t for t, _ in bias]), ("stop_token_ids", stop_token_ids)):
+            for token_id in ids:
+                if token_id >= vocab_size:
+                    raise _bad(name, f"token id {token_id} is outside the vocabulary (size {vocab_size}).")
     seed = kw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _bad("seed", f"expected an integer, got {seed!r}.")

@@ -50,6 +50,11 @@ class Engine(ABC):
         return None
 
     @property
+    def vocab_size(self) -> int | None:
+        """Size of the model's vocabulary, when known (token ids in requests are checked against it)."""
+        return None
+
+    @property
     def is_reward_model(self) -> bool:
         return False
 

@@ -8,6 +8,7 @@ runs a step, turns sampled tokens into text and hands each step's deltas back to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import threading
@@ -71,6 +72,10 @@ class HFEngine(Engine):
     @property
     def max_model_len(self) -> int | None:
         return self.prompts.max_model_len if hasattr(self, "prompts") else None
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.model.config.get_text_config().vocab_size if hasattr(self, "model") else None
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -188,12 +193,15 @@ class HFEngine(Engine):
             self._cv.notify()
 
     def stats(self) -> EngineStats:
-        s = self._stats
-        if hasattr(self, "scheduler"):
-            s.running = len(self.scheduler.running)
-            s.waiting = len(self.scheduler.waiting)
-            s.preemptions = self.scheduler.num_preemptions
-        return s
+        """A snapshot of the counters (read from another thread: good enough for metrics and tests)."""
+        if not hasattr(self, "scheduler"):
+            return dataclasses.replace(self._stats)
+        return dataclasses.replace(
+            self._stats,
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            preemptions=self.scheduler.num_preemptions,
+        )
 
     # ---- the engine thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
