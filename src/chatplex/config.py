@@ -171,8 +171,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if type(None) in allowed:
             return None
         raise ConfigError(f"{name} may not be null.", param=name)
-    if isinstance(value, str) and str not in allowed:
-        value = yaml.safe_load(value)  # "true" -> True, "0.5" -> 0.5, "{a: 1}" -> dict
+    if isinstance(value, str) and (str not in allowed or value.lstrip().startswith(("[", "{"))):
+        value = yaml.safe_load(value)  # "true" -> True, "0.5" -> 0.5, "[a, b]" -> list, "{a: 1}" -> dict
     for t in allowed:
         base = typing.get_origin(t) or t
         if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
