@@ -1,8 +1,10 @@
-"""Chat formatting: which Jinja template renders a conversation, and the stop words that go with it.
+"""Chat formatting: which Jinja template renders a conversation, its stop words, and the parsers for its replies.
 
-The tokenizer's own chat template is the default. `template: NAME` picks a built-in one (`builtin/NAME.jinja`),
-and `chat_template` takes a Jinja file or string. Rendering goes through the tokenizer's `apply_chat_template`
-so every template sees the same variables (bos_token, eos_token, tools, add_generation_prompt...).
+The tokenizer's own chat template is the default. `template: NAME` picks a built-in one (`builtin/NAME.jinja`,
+listed in `registry.py`), and `chat_template` takes a Jinja file or string. Rendering goes through the
+tokenizer's `apply_chat_template` so every template sees the same variables (bos_token, eos_token, tools,
+add_generation_prompt, strftime_now...). `ChatTemplate.tool_parser` / `.reasoning_parser` name the parsers
+(`tool_parsers.get_tool_parser`, `reasoning.get_reasoning_parser`) that split this format's replies.
 """
 
 from __future__ import annotations
@@ -13,40 +15,44 @@ from importlib import resources
 from typing import Any
 
 from chatplex.errors import ConfigError, InvalidRequestError
+from chatplex.templates.detect import detect_reasoning_parser, detect_tool_parser
+from chatplex.templates.registry import ALIASES, BY_NAME, FAMILIES
 
 # Built-in template name -> stop strings its format ends turns with (besides the tokenizer's EOS).
-BUILTIN_STOP_WORDS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_end|>",),
-    "llama2": (),
-    "llama3": ("<|eot_id|>", "<|eom_id|>"),
-    "default": (),
-}
-ALIASES = {"llama3.1": "llama3", "llama3.2": "llama3", "llama3.3": "llama3", "qwen": "chatml"}
+BUILTIN_STOP_WORDS: dict[str, tuple[str, ...]] = {f.name: f.stop_words for f in FAMILIES}
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A Jinja chat template with the stop words of its format."""
+    """A Jinja chat template with the stop words of its format and the parsers for its replies."""
 
     name: str
     source: str | None  # None: the tokenizer's own template
     stop_words: tuple[str, ...] = ()
+    tool_parser: str | None = None  # a key of tool_parsers.TOOL_PARSERS
+    reasoning_parser: str | None = None  # a key of reasoning.REASONING_PARSERS
 
 
 def builtin_names() -> list[str]:
-    return sorted(BUILTIN_STOP_WORDS)
+    return sorted(BY_NAME)
 
 
 def load_builtin(name: str) -> ChatTemplate:
     key = ALIASES.get(name, name)
-    if key not in BUILTIN_STOP_WORDS:
+    if key not in BY_NAME:
         raise ConfigError(
             f"template: {name!r} is not a built-in template; choose one of {', '.join(builtin_names())}, "
             "or pass chat_template with a Jinja file.",
             param="template",
         )
+    family = BY_NAME[key]
     source = resources.files("chatplex.templates").joinpath("builtin", f"{key}.jinja").read_text(encoding="utf-8")
-    return ChatTemplate(name=key, source=source, stop_words=BUILTIN_STOP_WORDS[key])
+    return ChatTemplate(key, source, family.stop_words, family.tool_parser, family.reasoning_parser)
+
+
+def _detected(name: str, source: str | None, detect_from: str | None = None) -> ChatTemplate:
+    text = detect_from if detect_from is not None else source
+    return ChatTemplate(name, source, (), detect_tool_parser(text), detect_reasoning_parser(text))
 
 
 def resolve_template(template: str | None, chat_template: str | None, tokenizer: Any) -> ChatTemplate:
@@ -56,12 +62,15 @@ def resolve_template(template: str | None, chat_template: str | None, tokenizer:
     if chat_template:
         if os.path.isfile(chat_template):
             with open(chat_template, encoding="utf-8") as f:
-                return ChatTemplate(name=os.path.basename(chat_template), source=f.read())
+                return _detected(os.path.basename(chat_template), f.read())
         if "{{" in chat_template or "{%" in chat_template:
-            return ChatTemplate(name="inline", source=chat_template)
+            return _detected("inline", chat_template)
         raise ConfigError(f"chat_template: {chat_template!r} is neither a file nor a Jinja template.", param="chat_template")
-    if getattr(tokenizer, "chat_template", None):
-        return ChatTemplate(name="tokenizer", source=None)
+    own = getattr(tokenizer, "chat_template", None)
+    if own:
+        # Some tokenizers keep several named templates (a dict); the parsers are read from all of them.
+        text = own if isinstance(own, str) else "\n".join(map(str, dict(own).values()))
+        return _detected("tokenizer", None, text)
     # No template anywhere: LLaMA-Factory falls back to its "default" format too.
     return load_builtin("default")
 
@@ -89,3 +98,13 @@ def render_prompt(
         raise InvalidRequestError(
             f"messages: the {template.name} chat template cannot render this conversation: {e}", param="messages"
         ) from e
+
+
+__all__ = [
+    "BUILTIN_STOP_WORDS",
+    "ChatTemplate",
+    "builtin_names",
+    "load_builtin",
+    "render_prompt",
+    "resolve_template",
+]
