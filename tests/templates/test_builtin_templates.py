@@ -74,7 +74,10 @@ REFERENCES = {
     "qwen3-coder": [("qwen3-coder-tools.jinja", "<|endoftext|>", "<|im_end|>", False, ())],
     "mistral": [("mistral-parallel-tools.jinja", "<s>", "</s>", False, ())],
     "mistral-small": [
-        ("mistral-small-3.1.jinja", "<s>", "</s>", False, ()),
+        # This copy went through a conversion that turned each "\\n" in the default system prompt into a
+        # backslash-newline, which Jinja reads as a line continuation (no newline at all); the model's own
+        # template, like mistral-3-tools below, has the newlines.
+        ("mistral-small-3.1.jinja", "<s>", "</s>", False, (("\\\n", "\\n"),)),
         # This copy checks role alternation with an undefined `i`, so it fails on every conversation; it means
         # loop.index0, as mistral-small-3.1 writes it.
         ("mistral-3-tools.jinja", "<s>", "</s>", False, (("(i % 2 == 0)", "(loop.index0 % 2 == 0)"),)),
