@@ -166,6 +166,13 @@ def test_bad_model_path_exits_2() -> None:
     assert "Loading" not in result.stdout  # rejected before loading anything
 
 
+def test_directory_without_a_model_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run([CHATPLEX, "chat", "--model", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # the library may log warnings first; the error is one line
+    assert last.startswith("chatplex chat: error: model_name_or_path:") and str(tmp_path) in last
+
+
 @pytest.mark.parametrize(
     "args, named",
     [

@@ -71,12 +71,15 @@ def run(ns: argparse.Namespace) -> int:
         print("\nInterrupted.", file=sys.stderr)
         return 130
     except Exception as e:  # transformers' OSError/ValueError for a directory that holds no model, etc.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"chatplex chat: error: could not load the model: {first_line}", file=sys.stderr)
+        detail = " ".join(str(e).split())[:300] or type(e).__name__  # one line, however long the library's text
+        source = args.get("model_name_or_path") or "the embedded model"
+        print(f"chatplex chat: error: model_name_or_path: could not load {source!r}: {detail}", file=sys.stderr)
         return 2
     try:
         print(f"{model.model_name} ({model.args.model.infer_backend}). {COMMANDS_HELP}", flush=True)
         return ChatSession(model, tools=tools, show_prompt=ns.show_prompt).loop()
+    except KeyboardInterrupt:  # only reachable outside a reply and the prompt, e.g. while printing the banner
+        return 130
     finally:
         model.close()
 
@@ -137,7 +140,12 @@ class ChatSession:
                 self.history.clear()
                 self._say("History cleared.")
                 continue
-            self.turn(text)
+            try:
+                self.turn(text)
+            except KeyboardInterrupt:  # a second Ctrl-C while the first was still being handled
+                self._say(STOPPED_MARK)
+                if self.history and self.history[-1]["role"] == "user":
+                    self.history.pop()  # keep user and assistant turns alternating
 
     def turn(self, text: str) -> None:
         """Stream one reply to `text`; on success or Ctrl-C the exchange joins the history, on error it does not."""
