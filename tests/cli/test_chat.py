@@ -16,11 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+import pexpect  # in the `test` extra; a missing one should fail loudly, not skip
 import pytest
 
-pexpect = pytest.importorskip("pexpect")
-
-from chatplex.cli.chat import ASSISTANT_PREFIX, STOPPED_MARK, USER_PROMPT, ChatSession  # noqa: E402
+from chatplex.cli.chat import ASSISTANT_PREFIX, STOPPED_MARK, USER_PROMPT, ChatSession
 
 pytestmark = pytest.mark.slow
 
