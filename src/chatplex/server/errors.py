@@ -61,6 +61,10 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
 ]
 
 
+# chatplex generation argument -> the request field an OpenAI client sent
+_OPENAI_NAMES = {"num_return_sequences": "n", "max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+
+
 def _payload(message: str, type: str, param: str | None, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -74,7 +78,11 @@ def classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | 
             if isinstance(exc, cls):
                 headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
                 code = exc.code or ("engine_overloaded" if status == 429 else None)
-                return status, _payload(exc.message, kind, exc.param, code), headers
+                message, param = exc.message, exc.param
+                if param in _OPENAI_NAMES:  # name the field the client sent, not chatplex's internal name
+                    message = message.replace(f"{param}:", f"{_OPENAI_NAMES[param]}:", 1)
+                    param = _OPENAI_NAMES[param]
+                return status, _payload(message, kind, param, code), headers
     logger.error("Unhandled error while serving a request", exc_info=exc)
     detail = exc.message if isinstance(exc, ChatplexError) else f"{type(exc).__name__}: {exc}"
     return 500, _payload(f"The server failed: {detail}", "server_error", None, None), None
