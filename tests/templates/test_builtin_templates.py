@@ -84,7 +84,10 @@ REFERENCES = {
     ],
     # Gemma 2 has no system role: the reference refuses system messages, and so do we.
     "gemma": [("gemma-2-2b-it.jinja", "<bos>", "<eos>", False, ())],
-    "gemma3": [("gemma-3-pythonic-tools.jinja", "<bos>", "<eos>", False, ())],
+    # The reference separates named arguments with a `first` flag set inside the loop, but a Jinja `set` in a loop
+    # does not outlive its iteration, so it writes f(a=1b=2). It means comma-separated arguments: loop.first.
+    "gemma3": [("gemma-3-pythonic-tools.jinja", "<bos>", "<eos>", False,
+                (("{%- if not first %}, {% endif -%}", "{%- if not loop.first %}, {% endif -%}"),))],
     # Written for renderers that leave `tools` undefined when there are none; transformers passes tools=None,
     # which `tools is defined` lets through to a failing loop. It means "when there are tools".
     "phi4": [("phi-4-mini-llamacpp.jinja", "<|endoftext|>", "<|endoftext|>", False, (("tools is defined", "tools"),))],
