@@ -121,7 +121,10 @@ class OpenAIEngine(Engine):
         self.timeout_s = float(opts.get("timeout", 600.0))
         # Asking for logprobs makes token counts exact; servers that refuse logprobs need this off.
         self.request_logprobs = bool(opts.get("request_logprobs", True))
-        self._client: httpx.AsyncClient | None = None
+        # One client per event loop: httpx connections belong to the loop that opened them, and ChatModel's
+        # async methods run on the caller's loop while its sync twins run on a background loop.
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._started = False
         self._stats = EngineStats()
         self._in_flight = 0
 
@@ -129,11 +132,22 @@ class OpenAIEngine(Engine):
     def model_name(self) -> str:
         return self._model or "unknown"
 
+    def _client(self) -> httpx.AsyncClient:
+        if not self._started:
+            raise EngineClosedError("The engine is not running.")
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            for old in [lp for lp in self._clients if lp.is_closed()]:
+                del self._clients[old]
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            client = self._clients[loop] = httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, timeout=httpx.Timeout(self.timeout_s, connect=10.0)
+            )
+        return client
+
     async def start(self) -> None:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(self.timeout_s, connect=10.0)
-        )
+        self._started = True
         if self._model is None:  # ask the server which model it serves
             response = await self._send("GET", "/models", None)
             models = response.json().get("data") or []
@@ -144,14 +158,13 @@ class OpenAIEngine(Engine):
     # ---- HTTP ----------------------------------------------------------------------------------------------
     async def _send(self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False) -> httpx.Response:
         """Send with retries on connection errors and 429/503; return a 2xx response (streamed if asked)."""
-        if self._client is None:
-            raise EngineClosedError("The engine is not running.")
+        client = self._client()
         url = f"{self.base_url}{path}"
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
-                request = self._client.build_request(method, path, json=body)
-                response = await self._client.send(request, stream=stream)
+                request = client.build_request(method, path, json=body)
+                response = await client.send(request, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if last:
                     raise EngineError(f"Cannot connect to the OpenAI-compatible server at {url}: {e}") from e
@@ -296,9 +309,14 @@ class OpenAIEngine(Engine):
         return dataclasses.replace(self._stats, running=self._in_flight)
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        self._started = False
+        clients, self._clients = self._clients, {}
+        here = asyncio.get_running_loop()
+        for loop, client in clients.items():
+            if loop is here:
+                await client.aclose()
+            elif loop.is_running():  # another thread's loop: close there, without waiting on it
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
 
 def _chat_logprobs(raw: Any) -> list[TokenLogprob] | None:
