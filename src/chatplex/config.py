@@ -65,6 +65,8 @@ class ModelArguments:
     gpu_memory_utilization: float = 0.85
     kv_block_size: int = 16
     max_waiting_requests: int | None = None  # None: unbounded
+    enforce_eager: bool = False  # True: no CUDA graphs for decode steps
+    dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096
     vllm_gpu_util: float = 0.7
@@ -90,6 +92,10 @@ class ModelArguments:
                     "directory or .gguf file, or leave it out to use the embedded SmolLM2-135M-Instruct.",
                     param="model_name_or_path",
                 )
+        if self.dummy_weights is not None:
+            from chatplex.models.dummy import check_shape
+
+            check_shape(self.dummy_weights)
         if self.chat_template is not None and self.template is not None:
             raise ConfigError("template and chat_template: give one, not both.", param="chat_template")
         for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_size"):

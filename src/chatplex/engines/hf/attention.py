@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from chatplex.engines.hf.kv_cache import PagedKVCache
+from chatplex.engines.hf.triton_decode import paged_decode_attention
 
 ATTENTION_NAME = "chatplex_paged"
 
@@ -35,6 +36,9 @@ class AttentionMetadata:
     decode_ctx_slots: torch.Tensor | None  # [num_decode, max_ctx] (padded with slot 0)
     decode_positions: torch.Tensor | None  # [num_decode] position of each decode token
     prefills: list[PrefillSegment]
+    # Kernel path (CUDA + Triton): decode attention reads the cache in place through block tables.
+    decode_block_tables: torch.Tensor | None = None  # [num_decode, max_blocks] int32
+    decode_seq_lens: torch.Tensor | None = None  # [num_decode] int32, context length including the new token
 
 
 def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
@@ -80,7 +84,18 @@ def paged_attention_forward(
     q = query[0]  # [heads, T, head_dim]
     out = query.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [T, heads, head_dim]
     nd = meta.num_decode
-    if nd:
+    if nd and meta.decode_block_tables is not None:
+        out[:nd] = paged_decode_attention(
+            q[:, :nd].transpose(0, 1).contiguous(),
+            k_cache,
+            v_cache,
+            meta.decode_block_tables,
+            meta.decode_seq_lens,
+            scaling if scaling is not None else q.shape[-1] ** -0.5,
+            meta.cache.block_size,
+            window or 0,
+        )
+    elif nd:
         qd = q[:, :nd].transpose(0, 1).unsqueeze(2)  # [B, heads, 1, D]
         kd = k_cache[meta.decode_ctx_slots].transpose(1, 2)  # [B, kv_heads, L, D]
         vd = v_cache[meta.decode_ctx_slots].transpose(1, 2)

@@ -12,12 +12,13 @@ from chatplex.engines.hf.sequence import Sequence
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
-        if num_blocks <= 0:
+    def __init__(self, num_blocks: int, block_size: int, *, reserved: int = 0) -> None:
+        """`reserved` blocks at the start are never handed out (CUDA-graph padding rows write there)."""
+        if num_blocks - reserved <= 0:
             raise ValueError("the KV cache needs at least one block")
-        self.num_blocks = num_blocks
+        self.num_blocks = num_blocks - reserved
         self.block_size = block_size
-        self._free: deque[int] = deque(range(num_blocks))
+        self._free: deque[int] = deque(range(reserved, num_blocks))
 
     @property
     def num_free_blocks(self) -> int:

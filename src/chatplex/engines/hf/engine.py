@@ -23,12 +23,14 @@ from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.detokenizer import StreamingDetokenizer
 from chatplex.engines.hf import attention, loader
 from chatplex.engines.hf.block_manager import BlockManager
+from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow
 from chatplex.engines.hf.scheduler import Scheduler
 from chatplex.engines.hf.sequence import Sequence
 from chatplex.engines.stop_strings import StopStringMatcher
+from chatplex.models.dummy import dummy_model, dummy_tokenizer
 from chatplex.errors import (
     ContextLengthExceededError,
     EngineClosedError,
@@ -85,38 +87,52 @@ class HFEngine(Engine):
     def _load(self) -> None:
         margs = self.args.model
         self.device = loader.pick_device(margs.device)
-        self.tokenizer = loader.load_tokenizer(margs)
-        if margs.infer_dtype == "auto" and self.device.type == "cpu":
-            model = loader.load_model(margs, self.device, torch.float32)
-            self.dtype = loader.resolve_dtype(margs, model, self.device)
-            model = model.to(self.dtype)
-        else:
+        if margs.dummy_weights:
             self.dtype = loader.resolve_dtype(margs, None, self.device)
-            model = loader.load_model(margs, self.device, self.dtype)
-        name = attention.register()
-        model.set_attn_implementation(name)
+            model = dummy_model(margs.dummy_weights, self.device, self.dtype)
+            self.tokenizer = dummy_tokenizer(model.config.vocab_size)
+            self._name = margs.dummy_weights
+        else:
+            self.tokenizer = loader.load_tokenizer(margs)
+            model = self._load_weights(margs)
+        model.set_attn_implementation(attention.register())
         self.model = model
         text_config = model.config.get_text_config()
         max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
         block_size = margs.kv_block_size
+        use_graphs = self.device.type == "cuda" and not margs.enforce_eager
         budget = budget_bytes(self.device, margs.kv_cache_memory_gb, margs.gpu_memory_utilization)
         num_blocks = PagedKVCache.num_blocks_for(model.config, self.dtype, block_size, budget)
-        # No point holding more than every slot filled to the context limit.
-        num_blocks = min(num_blocks, margs.max_num_seqs * -(-max_len // block_size))
-        if num_blocks < 1:
+        # No point holding more than every slot filled to the context limit (+1: the scratch block).
+        num_blocks = min(num_blocks, margs.max_num_seqs * -(-max_len // block_size) + 1)
+        if num_blocks < 2:
             raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
         self.cache = PagedKVCache(model.config, num_blocks, block_size, self.dtype, self.device)
-        self.blocks = BlockManager(num_blocks, block_size)
+        # Block 0 is scratch: CUDA-graph padding rows write there.
+        self.blocks = BlockManager(num_blocks, block_size, reserved=1)
         self.scheduler = Scheduler(
             self.blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=margs.max_num_batched_tokens
         )
-        self.runner = ModelRunner(model, self.cache, self.device)
+        graphs = None
+        if use_graphs:
+            graphs = DecodeGraphs(model, self.cache, self.device, margs.max_num_seqs, -(-max_len // block_size))
+            graphs.capture()
+        self.runner = ModelRunner(model, self.cache, self.device, graphs)
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
         self.prompts = PromptPreparer(self.tokenizer, template, max_len)
         self.eos_ids, self.template_stops = self._stop_tokens(template.stop_words)
         logger.info(
-            "Loaded %s on %s (%s); KV cache %d blocks x %d tokens", self._name, self.device, self.dtype, num_blocks, block_size
+            "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; CUDA graphs %s",
+            self._name, self.device, self.dtype, num_blocks, block_size, "on" if graphs else "off",
         )
+
+    def _load_weights(self, margs: Any) -> Any:
+        if margs.infer_dtype == "auto" and self.device.type == "cpu":
+            model = loader.load_model(margs, self.device, torch.float32)
+            self.dtype = loader.resolve_dtype(margs, model, self.device)
+            return model.to(self.dtype)
+        self.dtype = loader.resolve_dtype(margs, None, self.device)
+        return loader.load_model(margs, self.device, self.dtype)
 
     def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
         """EOS ids from the generation config and tokenizer, plus the template's stop words (ids where single tokens)."""

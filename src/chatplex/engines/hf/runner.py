@@ -11,18 +11,23 @@ from typing import Any
 
 import torch
 
+from chatplex.engines.hf import triton_decode
 from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
+from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.hf.scheduler import ScheduledSeq
 
 
 class ModelRunner:
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device) -> None:
+    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, graphs: DecodeGraphs | None = None) -> None:
         self.model = model
         self.cache = cache
         self.device = device
         self.block_size = cache.block_size
+        self.use_kernel = triton_decode.available(device)
+        self.graphs = graphs
+        self.graph_steps = 0  # decode steps replayed from CUDA graphs (for stats and tests)
 
     def _slots(self, tables: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Cache slots of `positions` ([rows, n]) for sequences whose block tables are `tables` ([rows, blocks])."""
@@ -39,16 +44,20 @@ class ModelRunner:
         slot_parts: list[torch.Tensor] = []
         pos_parts: list[torch.Tensor] = []
         decode_ctx = decode_pos = None
+        decode_tables = decode_lens = None
         if decodes:
             decode_pos = torch.tensor([it.start for it in decodes], dtype=torch.long, device=dev)
             tables = self._tables(decodes)
-            ctx_len = int(decode_pos.max()) + 1
-            ctx_pos = torch.arange(ctx_len, device=dev).expand(len(decodes), ctx_len)
-            # Positions past a sequence's length are masked in attention; clamp them so the gather stays valid.
-            ctx_pos = torch.minimum(ctx_pos, decode_pos[:, None])
-            decode_ctx = self._slots(tables, ctx_pos)
-            slot_parts.append(decode_ctx.gather(1, decode_pos[:, None])[:, 0])
+            slot_parts.append(self._slots(tables, decode_pos[:, None])[:, 0])
             pos_parts.append(decode_pos)
+            if self.use_kernel:
+                decode_tables = tables.to(torch.int32)
+                decode_lens = (decode_pos + 1).to(torch.int32)
+            else:
+                ctx_len = max(it.start for it in decodes) + 1
+                ctx_pos = torch.arange(ctx_len, device=dev).expand(len(decodes), ctx_len)
+                # Positions past a sequence's length are masked in attention; clamp them so the gather stays valid.
+                decode_ctx = self._slots(tables, torch.minimum(ctx_pos, decode_pos[:, None]))
         segments = []
         offset = len(decodes)
         for it in prefills:
@@ -66,6 +75,8 @@ class ModelRunner:
             decode_ctx_slots=decode_ctx,
             decode_positions=decode_pos,
             prefills=segments,
+            decode_block_tables=decode_tables,
+            decode_seq_lens=decode_lens,
         )
         return meta, torch.cat(pos_parts)
 
@@ -77,6 +88,8 @@ class ModelRunner:
         """
         decodes = [it for it in batch if it.num_tokens == 1]
         prefills = [it for it in batch if it.num_tokens > 1]
+        if self.graphs is not None and not prefills and len(decodes) <= self.graphs.max_batch:
+            return self._execute_graph(decodes, rows)
         ordered = decodes + prefills
         token_ids: list[int] = []
         for it in ordered:
@@ -102,3 +115,15 @@ class ModelRunner:
         logits = out.logits[0]
         result = sample(logits, [rows[it.seq.seq_id] for it in sampling_items])
         return {it.seq.seq_id: (i, result) for i, it in enumerate(sampling_items)}
+
+    def _execute_graph(self, decodes: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> dict[int, tuple[int, SampleOutput]]:
+        assert self.graphs is not None
+        bs = self.block_size
+        tables = [it.seq.block_table for it in decodes]
+        positions = [it.start for it in decodes]
+        slots = [t[p // bs] * bs + p % bs for t, p in zip(tables, positions)]
+        token_ids = [it.seq.token_ids[it.start] for it in decodes]
+        logits = self.graphs.run(token_ids, positions, slots, tables)
+        self.graph_steps += 1
+        result = sample(logits, [rows[it.seq.seq_id] for it in decodes])
+        return {it.seq.seq_id: (i, result) for i, it in enumerate(decodes)}

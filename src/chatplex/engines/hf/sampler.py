@@ -50,20 +50,27 @@ def _apply_bias_and_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> 
             logits[i, list(row.suppress_ids)] = float("-inf")
 
 
-def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """Mask to -inf what top-k, top-p and min-p exclude ([rows, vocab], per-row settings)."""
+def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Mask to -inf what top-k, top-p and min-p exclude ([rows, vocab], per-row settings).
+
+    Which filters run is decided from the host-side settings, so no step waits on the device to find out.
+    """
     vocab = logits.shape[-1]
-    if bool((top_k > 0).any()):
-        k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
-        kth = logits.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+    dev = logits.device
+    top_ks = [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params]
+    if min(top_ks) < vocab:
+        k = torch.tensor(top_ks, device=dev)
+        kth = logits.topk(max(top_ks), dim=-1).values.gather(-1, (k - 1)[:, None])
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if bool((top_p < 1.0).any()):
+    if any(p.top_p < 1.0 for p in params):
+        top_p = torch.tensor([p.top_p for p in params], device=dev)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keeps at least the top token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    if bool((min_p > 0).any()):
+    if any(p.min_p > 0 for p in params):
+        min_p = torch.tensor([p.min_p for p in params], device=dev)
         probs = logits.softmax(dim=-1)
         logits = logits.masked_fill(probs < probs.max(dim=-1, keepdim=True).values * min_p[:, None], float("-inf"))
     return logits
@@ -82,16 +89,12 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleOutput:
     if sampled:
         dev = logits.device
         sub = logits[sampled] / torch.tensor([rows[i].params.temperature for i in sampled], device=dev)[:, None]
-        sub = _filter(
-            sub,
-            torch.tensor([rows[i].params.top_k for i in sampled], device=dev),
-            torch.tensor([rows[i].params.top_p for i in sampled], device=dev),
-            torch.tensor([rows[i].params.min_p for i in sampled], device=dev),
-        )
+        sub = _filter(sub, [rows[i].params for i in sampled])
         probs = sub.softmax(dim=-1)
-        race = torch.empty_like(probs)
+        race = torch.empty_like(probs).exponential_()
         for j, i in enumerate(sampled):
-            race[j].exponential_(generator=rows[i].generator)
+            if rows[i].generator is not None:  # seeded rows draw from their own generator
+                race[j].exponential_(generator=rows[i].generator)
         tokens[sampled] = (probs / race).argmax(dim=-1)
     token_list = tokens.tolist()
     logprobs: list[float | None] = [None] * len(rows)

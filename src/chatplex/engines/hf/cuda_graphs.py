@@ -1,0 +1,96 @@
+"""Decode steps replayed from CUDA graphs: one graph per batch-size bucket, captured once at start-up.
+
+A decode-only step has the same shapes whenever its batch size is the same, so it is captured once per bucket
+(1, 2, 4, 8, 16, 24, 32, 48, 64, ...) and replayed with the step's inputs copied into static buffers. Rows past
+the real batch are padding: they write to the reserved scratch block 0 and read one token of it. Graphs share one
+memory pool, captured largest first so smaller ones reuse its memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import torch
+
+from chatplex.engines.hf.attention import AttentionMetadata
+from chatplex.engines.hf.kv_cache import PagedKVCache
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    sizes = [1, 2, 4, 8] + list(range(16, 64, 8)) + list(range(64, 256, 32)) + list(range(256, max_batch + 64, 64))
+    sizes = sorted({s for s in sizes if s < max_batch} | {max_batch})
+    return sizes
+
+
+class DecodeGraphs:
+    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, max_batch: int, max_blocks: int):
+        self.model = model
+        self.cache = cache
+        self.device = device
+        self.buckets = bucket_sizes(max_batch)
+        n = self.buckets[-1]
+        self.input_ids = torch.zeros(1, n, dtype=torch.long, device=device)
+        self.positions = torch.zeros(1, n, dtype=torch.long, device=device)
+        self.slots = torch.zeros(n, dtype=torch.long, device=device)
+        self.tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
+        self.lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+
+    @property
+    def max_batch(self) -> int:
+        return self.buckets[-1]
+
+    def _forward(self, size: int) -> torch.Tensor:
+        meta = AttentionMetadata(
+            cache=self.cache,
+            slot_mapping=self.slots[:size],
+            num_decode=size,
+            decode_ctx_slots=None,
+            decode_positions=None,
+            prefills=[],
+            decode_block_tables=self.tables[:size],
+            decode_seq_lens=self.lens[:size],
+        )
+        out = self.model(
+            input_ids=self.input_ids[:, :size], position_ids=self.positions[:, :size], use_cache=False, chatplex_meta=meta
+        )
+        return out.logits[0]
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        pool = None
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for size in reversed(self.buckets):
+                for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms) outside the capture
+                    self._forward(size)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.logits[size] = self._forward(size)
+                pool = graph.pool()
+                self.graphs[size] = graph
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+
+    def run(self, token_ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]]) -> torch.Tensor:
+        """Replay the smallest graph that fits; returns logits [batch, vocab] (a view of a static buffer)."""
+        batch = len(token_ids)
+        size = self.buckets[bisect.bisect_left(self.buckets, batch)]
+        pad = size - batch
+        width = max(len(t) for t in tables)
+        host = torch.tensor(
+            [token_ids + [0] * pad, positions + [0] * pad, slots + [0] * pad, [p + 1 for p in positions] + [1] * pad],
+            dtype=torch.long,
+        ).pin_memory()
+        table_host = torch.tensor([t + [0] * (width - len(t)) for t in tables] + [[0] * width] * pad, dtype=torch.int32).pin_memory()
+        dev = host.to(self.device, non_blocking=True)
+        self.input_ids[0, :size].copy_(dev[0])
+        self.positions[0, :size].copy_(dev[1])
+        self.slots[:size].copy_(dev[2])
+        self.lens[:size].copy_(dev[3])
+        self.tables[:size, :width].copy_(table_host.to(self.device, non_blocking=True))
+        self.graphs[size].replay()
+        return self.logits[size][:batch]

@@ -1,0 +1,95 @@
+"""Paged decode attention as one Triton kernel: each query token reads its own context through its block table.
+
+Why a kernel: the portable path (attention.py) gathers each sequence's keys and values into a padded tensor
+before SDPA, which reads and writes the whole context once more per layer, and its shapes change every step.
+This kernel reads the cache in place, takes context lengths from a device tensor, and has fixed launch shapes,
+so the decode step can be captured in a CUDA graph. One program handles one sequence and one key/value head, with
+all query heads of that group (GQA) in one tile, using an online softmax over tiles of context.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs have no Triton; the portable path is used there
+    triton = None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _paged_decode_kernel(
+        q_ptr, k_ptr, v_ptr, o_ptr, tables_ptr, lens_ptr,
+        scale, window,
+        stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_tb, stride_ob, stride_oh,
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        KV_BLOCK: tl.constexpr, TILE: tl.constexpr,
+    ):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        seq_len = tl.load(lens_ptr + b)
+        g = tl.arange(0, GROUP_PAD)
+        d = tl.arange(0, BLOCK_D)
+        gmask = g < GROUP
+        dmask = d < HEAD_DIM
+        heads = kvh * GROUP + g
+        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                    mask=gmask[:, None] & dmask[None, :], other=0.0)
+        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
+        start = 0
+        if window > 0:
+            start = tl.maximum(seq_len - window, 0)
+        lo = (start // TILE) * TILE
+        for t0 in range(lo, seq_len, TILE):
+            pos = t0 + tl.arange(0, TILE)
+            valid = (pos < seq_len) & (pos >= start)
+            blk = tl.load(tables_ptr + b * stride_tb + pos // KV_BLOCK, mask=pos < seq_len, other=0)
+            slot = blk.to(tl.int64) * KV_BLOCK + pos % KV_BLOCK
+            kv_mask = valid[:, None] & dmask[None, :]
+            k = tl.load(k_ptr + slot[:, None] * stride_kt + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            l = l * alpha + tl.sum(p, 1)
+            v = tl.load(v_ptr + slot[:, None] * stride_vt + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        out = acc / l[:, None]
+        tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=gmask[:, None] & dmask[None, :])
+
+
+def available(device: torch.device) -> bool:
+    return triton is not None and device.type == "cuda"
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # [B, heads, head_dim]
+    k_cache: torch.Tensor,  # [slots, kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    seq_lens: torch.Tensor,  # [B] int32, context length including the current token
+    scale: float,
+    block_size: int,
+    window: int = 0,
+) -> torch.Tensor:
+    batch, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    group = heads // kv_heads
+    out = torch.empty_like(q)
+    _paged_decode_kernel[(batch, kv_heads)](
+        q, k_cache, v_cache, out, block_tables, seq_lens,
+        scale, window,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), KV_BLOCK=block_size, TILE=max(64, block_size),
+    )
+    return out
