@@ -195,6 +195,7 @@ class SGLangEngine(Engine):
         self.args = args
         options = dict(getattr(args.model, "engine_config", None) or {})
         self.launch_timeout = launch_timeout or float(options.get("launch_timeout", DEFAULT_LAUNCH_TIMEOUT_S))
+        self.stop_grace = float(options.get("stop_timeout", STOP_GRACE_S))  # SIGTERM -> SIGKILL
         env_command = os.environ.get(LAUNCH_COMMAND_ENV)
         self.program = launch_command or (shlex.split(env_command) if env_command else [sys.executable, "-m", self.module])
         self.port = free_port()
@@ -213,7 +214,7 @@ class SGLangEngine(Engine):
         self.server = ServerProcess(self.command, self.port)
         try:
             await self.server.wait_healthy(self.launch_timeout)
-            self.client = OpenAIEngine(self.args, api_base=f"{self.server.url}/v1", model=None)
+            self.client = OpenAIEngine(self.args, api_base=f"{self.server.url}/v1", discover_model=True)
             await self.client.start()
         except BaseException:
             await self.close()
@@ -233,7 +234,7 @@ class SGLangEngine(Engine):
             await client.close()
         if self.server is not None:
             server, self.server = self.server, None
-            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.stop, self.stop_grace)
 
 
 class KTransformersEngine(SGLangEngine):

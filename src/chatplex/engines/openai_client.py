@@ -107,14 +107,16 @@ class _Choice:
 class OpenAIEngine(Engine):
     backend = "openai"
 
-    def __init__(self, args: ChatplexArgs, *, api_base: str | None = None, model: str | None = None) -> None:
+    def __init__(self, args: ChatplexArgs, *, api_base: str | None = None, discover_model: bool = False) -> None:
+        """`api_base` overrides the config's; `discover_model` asks the server for its model name even when
+        model_name_or_path is set (a launched server names its model its own way)."""
         margs = args.model
         base = api_base or margs.api_base
         if not base:
             raise ConfigError("api_base: infer_backend openai needs the server's URL, e.g. http://host:8000/v1.", param="api_base")
         self.base_url = base.rstrip("/")
         self.api_key = margs.api_key
-        self._model = model or margs.model_name_or_path
+        self._model = None if discover_model else margs.model_name_or_path
         opts: dict[str, Any] = dict(getattr(margs, "engine_config", None) or {})
         self.max_retries = int(opts.get("max_retries", 3))
         self.backoff_s = float(opts.get("retry_backoff", 0.5))
