@@ -20,12 +20,15 @@ GREEDY = {"do_sample": False}
 SAMPLED = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
-def test_greedy_is_deterministic_and_answers(engine):
-    first = engine.model.chat(FRANCE, max_new_tokens=24, **GREEDY)[0]
-    second = engine.model.chat(FRANCE, max_new_tokens=24, **GREEDY)[0]
-    assert first.response_text == second.response_text
-    assert "Paris" in first.response_text
-    assert first.finish_reason == "stop"
+def test_greedy_is_deterministic_and_picks_the_argmax(engine):
+    # Not "says Paris": a quantized GGUF (llama.cpp) flips near-ties in the first token, and that is not a bug.
+    first = engine.model.chat(FRANCE, max_new_tokens=16, logprobs=True, top_logprobs=2, **GREEDY)[0]
+    second = engine.model.chat(FRANCE, max_new_tokens=16, **GREEDY)[0]
+    assert first.response_text and first.response_text == second.response_text
+    assert len(first.logprobs) == first.response_length
+    for item in first.logprobs:
+        assert item.token == item.top[0].token
+        assert item.logprob == pytest.approx(item.top[0].logprob) and item.top[0].logprob >= item.top[1].logprob
 
 
 def test_streaming_equals_non_streaming(engine):
@@ -77,6 +80,7 @@ def test_seed_reproducibility(engine):
 
 
 async def test_cancellation_aborts_in_the_engine(engine):
+    reference = (await engine.model.achat(FRANCE, max_new_tokens=12, **GREEDY))[0].response_text
     before = engine.aborted()
     stream = engine.model.astream_chat(STORY, max_new_tokens=2000, ignore_eos=True, **GREEDY)
     received = 0
@@ -90,8 +94,8 @@ async def test_cancellation_aborts_in_the_engine(engine):
             break
         await asyncio.sleep(0.1)
     assert engine.aborted() == before + 1
-    # The engine keeps serving.
-    assert "Paris" in (await engine.model.achat(FRANCE, max_new_tokens=24, **GREEDY))[0].response_text
+    # The engine keeps serving, and the aborted request left nothing behind.
+    assert (await engine.model.achat(FRANCE, max_new_tokens=12, **GREEDY))[0].response_text == reference
 
 
 BAD_VALUES = [

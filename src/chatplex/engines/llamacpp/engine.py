@@ -1,0 +1,304 @@
+"""The llama.cpp engine (`infer_backend: llama.cpp`): GGUF models in-process through llama-cpp-python.
+
+Concurrency: a queue with one worker thread. llama.cpp's context holds one sequence, so requests are served
+one at a time in arrival order (a request's `n` sequences one after another); requests that arrive meanwhile
+wait in the queue (`stats().waiting`). Nothing else touches the context, so concurrent requests cannot corrupt
+it. Between sequences the runner keeps the longest cached prompt prefix, so `n > 1` and shared system prompts
+prefill once.
+
+Prompts are rendered with chatplex's templates on the Hugging Face tokenizer read from the same GGUF, so they
+equal the Hugging Face engine's token for token; llama.cpp only sees token ids. Sampling uses chatplex's own
+sampler on llama.cpp's logits, so every sampling field, seeds and logprobs behave as in the other local
+engines. Grammar-constrained output (GBNF, or a JSON schema turned into GBNF) masks the logits with llama.cpp's
+grammar matcher: `json_schema_grammar` + `generate(request, grammar=...)`.
+
+Cancellation: closing the delta stream sets a flag the worker checks before every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from chatplex.config import ChatplexArgs
+from chatplex.engines.base import Engine, EngineStats, PromptPreparer
+from chatplex.engines.detokenizer import StreamingDetokenizer
+from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
+from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
+from chatplex.engines.stop_strings import StopStringMatcher
+from chatplex.errors import ConfigError, EngineClosedError, EngineError, InvalidRequestError
+from chatplex.models.embedded import EMBEDDED_NAME, embedded_gguf_path
+from chatplex.templates import resolve_template
+from chatplex.types import Delta, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    """One request waiting for, or being served by, the worker."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    grammar: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def gguf_file(path: str | None) -> str:
+    """The GGUF file to load: the given file, the only .gguf in a given directory, or the embedded model."""
+    if path is None:
+        return embedded_gguf_path()
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        if len(found) != 1:
+            raise ConfigError(
+                f"model_name_or_path: infer_backend llama.cpp needs a .gguf file; {path!r} holds "
+                f"{len(found)} ({', '.join(found) or 'none'}). Name the file.",
+                param="model_name_or_path",
+            )
+        return os.path.join(path, found[0])
+    if not path.endswith(".gguf") or not os.path.isfile(path):
+        raise ConfigError(
+            f"model_name_or_path: infer_backend llama.cpp needs an existing .gguf file, got {path!r}.",
+            param="model_name_or_path",
+        )
+    return path
+
+
+class LlamaCppEngine(Engine):
+    backend = "llama.cpp"
+
+    def __init__(self, args: ChatplexArgs) -> None:
+        self.args = args
+        self.path = gguf_file(args.model.model_name_or_path)
+        self._name = EMBEDDED_NAME if args.model.model_name_or_path is None else os.path.basename(self.path)[:-5]
+        # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...), when config has them.
+        self.options: dict[str, Any] = dict(getattr(args.model, "engine_config", None) or {})
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._running = 0
+        self._current: _Job | None = None
+        self._stats = EngineStats()
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.prompts.max_model_len if hasattr(self, "prompts") else None
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.runner.n_vocab if hasattr(self, "runner") else None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._work, name="chatplex-llamacpp", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+        from transformers import AutoTokenizer
+
+        margs = self.args.model
+        folder, name = os.path.split(os.path.abspath(self.path))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        opts = {"n_threads": os.cpu_count() or 1, "n_batch": 512, **self.options}
+        llama = Llama(model_path=self.path, n_ctx=margs.max_model_len or 0, verbose=False, **opts)
+        self.runner = LlamaRunner(llama)
+        template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
+        self.prompts = PromptPreparer(self.tokenizer, template, self.runner.n_ctx)
+        self.eos_ids, self.template_stops = self._stop_tokens(llama, template.stop_words)
+        logger.info("Loaded %s with llama.cpp (context %d, %s)", self.path, self.runner.n_ctx, opts)
+
+    def _stop_tokens(self, llama: Any, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
+        ids = {t for t in (llama.token_eos(), self.tokenizer.eos_token_id) if t is not None and t >= 0}
+        text_stops = []
+        for word in stop_words:
+            token_id = self.tokenizer.convert_tokens_to_ids(word)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+            else:
+                text_stops.append(word)
+        return frozenset(ids), tuple(text_stops)
+
+    # ---- capabilities --------------------------------------------------------------------------------------
+    @staticmethod
+    def json_schema_grammar(schema: dict[str, Any] | None = None) -> str:
+        """GBNF for JSON matching `schema` (any JSON object when None), for `generate(request, grammar=...)`."""
+        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+        if schema is None:
+            return JSON_GBNF
+        try:
+            return json_schema_to_gbnf(json.dumps(schema))
+        except Exception as e:  # the converter raises plain exceptions for schemas it cannot express
+            raise InvalidRequestError(f"response_format: cannot turn the JSON schema into a grammar: {e}", param="response_format") from e
+
+    # ---- the asyncio side ----------------------------------------------------------------------------------
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self.prompts.prompt_ids(request))
+
+    async def generate(self, request: GenerationRequest, *, grammar: str | None = None) -> AsyncIterator[Delta]:
+        """Stream the request's deltas; `grammar` (GBNF) constrains every sequence's output."""
+        if self._closing or self._thread is None:
+            raise EngineClosedError("The engine is not running.")
+        job = _Job(request, self.prompts.prompt_ids(request), asyncio.get_running_loop(), asyncio.Queue(), grammar)
+        if grammar is not None:
+            GrammarMask(self.runner.llama, grammar).close()  # a bad grammar fails here, not in the worker
+        self._jobs.put(job)
+        finished = 0
+        try:
+            while finished < request.sampling.n:
+                item = await job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason is not None:
+                    finished += 1
+                yield item
+        finally:
+            if finished < request.sampling.n:
+                job.cancelled.set()
+
+    def stats(self) -> EngineStats:
+        return dataclasses.replace(self._stats, running=self._running, waiting=self._jobs.qsize())
+
+    # ---- the worker thread ---------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job.cancelled.is_set():
+                self._stats.aborted_requests += 1
+                continue
+            self._running, self._current = 1, job
+            try:
+                self._serve(job)
+            except Exception as e:  # fail this request, keep serving the others
+                logger.exception("llama.cpp generation failed")
+                err = EngineError(f"llama.cpp failed while generating: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                self._send(job, err)
+            finally:
+                self._running, self._current = 0, None
+
+    def _serve(self, job: _Job) -> None:
+        self._stats.prompt_tokens += len(job.prompt_ids)
+        for index in range(job.request.sampling.n):
+            if not self._run_sequence(job, index):
+                self._stats.aborted_requests += 1
+                return
+        self._stats.finished_requests += 1
+
+    def _run_sequence(self, job: _Job, index: int) -> bool:
+        """Generate one sequence; False if the request was cancelled."""
+        sp = job.request.sampling
+        prompt = job.prompt_ids
+        max_new = self.prompts.max_new_tokens(len(prompt), job.request)
+        generator = torch.Generator().manual_seed(sp.seed + index) if sp.seed is not None and not sp.greedy else None
+        detok = StreamingDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens)
+        stops = StopStringMatcher(sp.stop + self.template_stops)
+        mask = GrammarMask(self.runner.llama, job.grammar) if job.grammar is not None else None
+        tokens: list[int] = []
+        try:
+            logits, _ = self.runner.start(prompt)
+            while True:
+                if job.cancelled.is_set():
+                    return False
+                if mask is not None:
+                    logits = mask.apply(logits)
+                suppress = tuple(self.eos_ids | set(sp.stop_token_ids)) if len(tokens) < sp.min_new_tokens else ()
+                result = sample(logits, [SamplingRow(sp, prompt + tokens, len(prompt), generator, suppress)])
+                token = result.token_ids[0]
+                tokens.append(token)
+                self._stats.generated_tokens += 1
+                self._stats.steps += 1
+                if mask is not None:
+                    mask.accept(token)
+                delta = self._delta(job, index, token, result, detok, stops, len(tokens), max_new)
+                self._send(job, delta)
+                if delta.finish_reason is not None:
+                    return True
+                logits = self.runner.step(token)
+        finally:
+            if mask is not None:
+                mask.close()
+
+    def _delta(
+        self, job: _Job, index: int, token: int, result: SampleOutput, detok: StreamingDetokenizer,
+        stops: StopStringMatcher, num_out: int, max_new: int,
+    ) -> Delta:
+        sp = job.request.sampling
+        reason: FinishReason | None = None
+        stop_reason: str | int | None = None
+        text = ""
+        if token in sp.stop_token_ids or (token in self.eos_ids and not sp.ignore_eos):
+            reason, stop_reason = "stop", token
+        else:
+            text, matched = stops.feed(detok.add_token(token))
+            if matched is not None:
+                reason, stop_reason = "stop", matched
+        if reason is None and (num_out >= max_new or len(job.prompt_ids) + num_out >= self.prompts.max_model_len):
+            reason = "length"
+        if reason is not None and not isinstance(stop_reason, str):
+            # Ended by a token or by length: flush what the detokenizer and the stop matcher held back.
+            tail, matched = stops.feed(detok.finalize())
+            text += tail if matched is not None else tail + stops.flush()
+            if matched is not None:
+                reason, stop_reason = "stop", matched
+        logprobs = None
+        if sp.logprobs is not None:
+            decode = lambda t: self.tokenizer.decode([t])  # noqa: E731
+            top = tuple(TopLogprob(t, decode(t), lp) for t, lp in result.top_logprobs[0])
+            logprobs = [TokenLogprob(token, decode(token), float(result.logprobs[0] or 0.0), top)]
+        return Delta(index, text, [token], len(job.prompt_ids), num_out, logprobs, reason, stop_reason)
+
+    @staticmethod
+    def _send(job: _Job, item: Delta | BaseException) -> None:
+        try:
+            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed; nobody is listening
+            job.cancelled.set()
+
+    # ---- shutdown ------------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        pending: list[_Job] = []
+        while True:  # requests still waiting are refused, not served
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                pending.append(job)
+        current = self._current
+        if current is not None:  # stop the request being served at its next token
+            current.cancelled.set()
+            pending.append(current)
+        for job in pending:
+            self._send(job, EngineClosedError("The engine was closed."))
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+        if hasattr(self, "runner"):
+            self.runner.close()
+            del self.runner
