@@ -15,6 +15,8 @@ REPLACEMENT_CHAR = "\ufffd"
 
 class StreamingDetokenizer:
     def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
+        # A fast tokenizer's Rust backend decodes several times faster than the Python wrapper around it.
+        self._backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
         self.token_ids: list[int] = []
@@ -23,6 +25,8 @@ class StreamingDetokenizer:
         self.text = ""  # everything emitted so far
 
     def _decode(self, ids: list[int]) -> str:
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=self._skip)
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
 
     def add_token(self, token_id: int) -> str:

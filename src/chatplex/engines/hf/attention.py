@@ -103,6 +103,7 @@ def paged_attention_forward(
             qd, kd, vd, attn_mask=_decode_mask(meta, window), scale=scaling, enable_gqa=True
         )
         out[:nd] = od[:, :, 0]
+    group = q.shape[0] // k_cache.shape[1]
     for seg in meta.prefills:
         qs = q[:, seg.q_start : seg.q_start + seg.q_len].unsqueeze(0)
         if seg.ctx_slots is None:  # the whole context is new: use it directly, no gather
@@ -111,9 +112,12 @@ def paged_attention_forward(
         else:
             ks = k_cache[seg.ctx_slots].transpose(0, 1).unsqueeze(0)
             vs = v_cache[seg.ctx_slots].transpose(0, 1).unsqueeze(0)
+        if group > 1 and q.is_cuda:
+            # SDPA's fused CUDA kernels don't take grouped heads (enable_gqa falls back to the slow math kernel).
+            ks, vs = ks.repeat_interleave(group, dim=1), vs.repeat_interleave(group, dim=1)
         mask = _prefill_mask(seg, window, q.device)
         seg_out = F.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=True
+            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=group > 1 and not q.is_cuda
         )
         out[seg.q_start : seg.q_start + seg.q_len] = seg_out[0].transpose(0, 1)
     return out.unsqueeze(0), None

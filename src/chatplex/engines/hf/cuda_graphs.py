@@ -35,6 +35,9 @@ class DecodeGraphs:
         self.slots = torch.zeros(n, dtype=torch.long, device=device)
         self.tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
         self.lens = torch.ones(n, dtype=torch.int32, device=device)
+        # Pinned staging buffers: the step's inputs go over in two asynchronous copies.
+        self.host = torch.zeros(4, n, dtype=torch.long).pin_memory()
+        self.host_tables = torch.zeros(n, max_blocks, dtype=torch.int32).pin_memory()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
 
@@ -81,16 +84,20 @@ class DecodeGraphs:
         size = self.buckets[bisect.bisect_left(self.buckets, batch)]
         pad = size - batch
         width = max(len(t) for t in tables)
-        host = torch.tensor(
-            [token_ids + [0] * pad, positions + [0] * pad, slots + [0] * pad, [p + 1 for p in positions] + [1] * pad],
-            dtype=torch.long,
-        ).pin_memory()
-        table_host = torch.tensor([t + [0] * (width - len(t)) for t in tables] + [[0] * width] * pad, dtype=torch.int32).pin_memory()
+        # The previous step's copies must be done before the staging buffers are overwritten.
+        torch.cuda.current_stream(self.device).synchronize()
+        host = self.host[:, :size]
+        host[:, batch:] = 0
+        host[3, batch:] = 1
+        host[:, :batch] = torch.tensor([token_ids, positions, slots, [p + 1 for p in positions]], dtype=torch.long)
+        tables_host = self.host_tables[:size, :width]
+        tables_host.zero_()
+        tables_host[:batch] = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
         dev = host.to(self.device, non_blocking=True)
         self.input_ids[0, :size].copy_(dev[0])
         self.positions[0, :size].copy_(dev[1])
         self.slots[:size].copy_(dev[2])
         self.lens[:size].copy_(dev[3])
-        self.tables[:size, :width].copy_(table_host.to(self.device, non_blocking=True))
+        self.tables[:size, :width].copy_(tables_host.to(self.device, non_blocking=True))
         self.graphs[size].replay()
         return self.logits[size][:batch]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -221,6 +222,16 @@ class HFEngine(Engine):
 
     # ---- the engine thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        profile_path = os.environ.get("CHATPLEX_PROFILE")
+        if not profile_path:
+            return self._loop()
+        import cProfile  # a developer's switch: profile the engine thread, dump stats at close
+
+        profiler = cProfile.Profile()
+        profiler.runcall(self._loop)
+        profiler.dump_stats(profile_path)
+
+    def _loop(self) -> None:
         while True:
             with self._cv:
                 while not self._inbox and not self.scheduler.has_work and not self._closing:
@@ -261,9 +272,9 @@ class HFEngine(Engine):
             self.scheduler.complete_step(batch)
             self._stats.steps += 1
             self._stats.max_batch_size = max(self._stats.max_batch_size, len(batch))
+            seqs = {it.seq.seq_id: it.seq for it in batch}
             for seq_id, (row, result) in results.items():
-                seq = next(it.seq for it in batch if it.seq.seq_id == seq_id)
-                out.append(self._on_token(seq, row, result))
+                out.append(self._on_token(seqs[seq_id], row, result))
         self._deliver(out)
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:

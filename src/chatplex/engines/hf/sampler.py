@@ -96,6 +96,12 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleOutput:
             if rows[i].generator is not None:  # seeded rows draw from their own generator
                 race[j].exponential_(generator=rows[i].generator)
         tokens[sampled] = (probs / race).argmax(dim=-1)
+    if tokens.is_cuda:
+        # Wait on an event (which lets go of the GIL) rather than inside tolist (which holds it), so the event
+        # loop thread can deliver the previous step's text while the GPU works.
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
     token_list = tokens.tolist()
     logprobs: list[float | None] = [None] * len(rows)
     tops: list[list[tuple[int, float]]] = [[] for _ in rows]

@@ -1,5 +1,5 @@
-"""llama.cpp in-process (GGUF models): `engine.py` wires requests to one worker thread, `runner.py` owns the
-llama.cpp context and the grammar mask."""
+"""llama.cpp in-process (GGUF models): `engine.py` wires requests to one worker thread, `loader.py` finds and
+loads the GGUF, `runner.py` owns the llama.cpp context and the grammar mask."""
 
 from chatplex.engines.llamacpp.engine import LlamaCppEngine
 

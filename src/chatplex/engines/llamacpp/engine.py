@@ -34,10 +34,11 @@ from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.detokenizer import StreamingDetokenizer
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
+from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
 from chatplex.engines.stop_strings import StopStringMatcher
-from chatplex.errors import ConfigError, EngineClosedError, EngineError, InvalidRequestError
-from chatplex.models.embedded import EMBEDDED_NAME, embedded_gguf_path
+from chatplex.errors import EngineClosedError, EngineError, InvalidRequestError
+from chatplex.models.embedded import EMBEDDED_NAME
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
 
@@ -56,34 +57,12 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-def gguf_file(path: str | None) -> str:
-    """The GGUF file to load: the given file, the only .gguf in a given directory, or the embedded model."""
-    if path is None:
-        return embedded_gguf_path()
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
-        if len(found) != 1:
-            raise ConfigError(
-                f"model_name_or_path: infer_backend llama.cpp needs a .gguf file; {path!r} holds "
-                f"{len(found)} ({', '.join(found) or 'none'}). Name the file.",
-                param="model_name_or_path",
-            )
-        return os.path.join(path, found[0])
-    if not path.endswith(".gguf") or not os.path.isfile(path):
-        raise ConfigError(
-            f"model_name_or_path: infer_backend llama.cpp needs an existing .gguf file, got {path!r}.",
-            param="model_name_or_path",
-        )
-    return path
-
-
 class LlamaCppEngine(Engine):
     backend = "llama.cpp"
 
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
-        self.path = gguf_file(args.model.model_name_or_path)
+        self.path = loader.gguf_file(args.model.model_name_or_path)
         self._name = EMBEDDED_NAME if args.model.model_name_or_path is None else os.path.basename(self.path)[:-5]
         # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...), when config has them.
         self.options: dict[str, Any] = dict(getattr(args.model, "engine_config", None) or {})
@@ -113,19 +92,12 @@ class LlamaCppEngine(Engine):
         self._thread.start()
 
     def _load(self) -> None:
-        from llama_cpp import Llama
-        from transformers import AutoTokenizer
-
         margs = self.args.model
-        folder, name = os.path.split(os.path.abspath(self.path))
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        opts = {"n_threads": os.cpu_count() or 1, "n_batch": 512, **self.options}
-        llama = Llama(model_path=self.path, n_ctx=margs.max_model_len or 0, verbose=False, **opts)
+        self.tokenizer, llama = loader.load(self.path, margs.max_model_len, self.options)
         self.runner = LlamaRunner(llama)
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
         self.prompts = PromptPreparer(self.tokenizer, template, self.runner.n_ctx)
         self.eos_ids, self.template_stops = self._stop_tokens(llama, template.stop_words)
-        logger.info("Loaded %s with llama.cpp (context %d, %s)", self.path, self.runner.n_ctx, opts)
 
     def _stop_tokens(self, llama: Any, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
         ids = {t for t in (llama.token_eos(), self.tokenizer.eos_token_id) if t is not None and t >= 0}
