@@ -3,7 +3,6 @@ flag mapping, slow start, crash during start, a start that never gets healthy, a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 import sys

@@ -12,7 +12,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make
 
 from chatplex import ChatModel  # noqa: E402
 from chatplex.engines.base import PromptPreparer  # noqa: E402
-from chatplex.engines.llamacpp.engine import LlamaCppEngine, gguf_file  # noqa: E402
+from chatplex.engines.llamacpp.engine import LlamaCppEngine  # noqa: E402
+from chatplex.engines.llamacpp.loader import gguf_file  # noqa: E402
 from chatplex.errors import ConfigError, EngineClosedError  # noqa: E402
 from chatplex.templates import resolve_template  # noqa: E402
 

@@ -44,7 +44,9 @@ def load(path: str, max_model_len: int | None, options: dict[str, Any]) -> tuple
 
     folder, name = os.path.split(os.path.abspath(path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    opts = {"n_threads": os.cpu_count() or 1, "n_batch": 512, **options}
+    # llama-cpp-python's own thread default (half the cores): llama.cpp threads spin at every barrier, so using
+    # every core collapses throughput (~100x) when anything else needs the CPU; n_threads raises it.
+    opts = {"n_batch": 512, **options}
     llama = Llama(model_path=path, n_ctx=max_model_len or 0, verbose=False, **opts)
     logger.info("Loaded %s with llama.cpp (context %d, %s)", path, llama.n_ctx(), opts)
     return tokenizer, llama
