@@ -45,7 +45,8 @@ async def drive_engine(
 ) -> tuple[list[RequestRecord], float]:
     """Stream every conversation through `ChatModel.agenerate`, at most `concurrency` at once, greedy.
 
-    Returns one record per request (a chunk is a delta that carries text) and the wall duration.
+    Returns one record per request (a chunk is a delta that carries text) and the wall duration. A request's
+    start is when it gets a slot, as `chatplex bench` counts it; with concurrency >= requests that is t=0.
     """
     gate = asyncio.Semaphore(concurrency)
     t0 = time.perf_counter()
@@ -53,7 +54,7 @@ async def drive_engine(
     async def one(messages: list[dict[str, Any]]) -> RequestRecord:
         async with gate:
             request = model.build_request(messages, temperature=0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
-            record = RequestRecord(start=t0)
+            record = RequestRecord(start=time.perf_counter())
             async for delta in model.agenerate(request):
                 if delta.text:
                     record.chunk_times.append(time.perf_counter())
@@ -134,7 +135,7 @@ def machine_info() -> dict[str, str]:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": sh("lscpu | grep 'Model name' | sed 's/.*: *//'"),
-        "cores": sh("nproc"),
+        "cores": sh("grep -c ^processor /proc/cpuinfo"),
         "load_average": sh("cut -d' ' -f1-3 /proc/loadavg"),
         "python": platform.python_version(),
         "torch": torch.__version__,
