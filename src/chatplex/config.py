@@ -65,7 +65,8 @@ class ModelArguments:
     gpu_memory_utilization: float = 0.85
     kv_block_size: int = 16
     max_waiting_requests: int | None = None  # None: unbounded
-    enforce_eager: bool = False  # True: no CUDA graphs for decode steps
+    enforce_eager: bool = False  # True: no CUDA graphs (and no torch.compile) for decode steps
+    compile: bool = True  # torch.compile the CUDA-graph decode step (CUDA only)
     dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096

@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.triton_decode import paged_decode_attention
 
 ATTENTION_NAME = "chatplex_paged"
+# cuDNN's SDPA builds a plan per new sequence length on the host (milliseconds each): prompts vary, so skip it.
+_PREFILL_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -78,9 +81,25 @@ def paged_attention_forward(
         raise RuntimeError("chatplex_paged attention runs only inside chatplex's Hugging Face engine")
     k_cache = meta.cache.keys[module.layer_idx]
     v_cache = meta.cache.values[module.layer_idx]
+    window = getattr(module, "sliding_window", None)
+    if meta.decode_block_tables is not None and not meta.prefills:
+        # Decode-only step (CUDA graphs, torch.compile): cache write and attention in one custom op.
+        out = torch.ops.chatplex.paged_decode(
+            query[0].transpose(0, 1),
+            key[0].transpose(0, 1),
+            value[0].transpose(0, 1),
+            k_cache,
+            v_cache,
+            meta.slot_mapping,
+            meta.decode_block_tables,
+            meta.decode_seq_lens,
+            scaling if scaling is not None else query.shape[-1] ** -0.5,
+            meta.cache.block_size,
+            window or 0,
+        )
+        return out.unsqueeze(0), None
     k_cache.index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
     v_cache.index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
-    window = getattr(module, "sliding_window", None)
     q = query[0]  # [heads, T, head_dim]
     out = query.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [T, heads, head_dim]
     nd = meta.num_decode
@@ -116,9 +135,10 @@ def paged_attention_forward(
             # SDPA's fused CUDA kernels don't take grouped heads (enable_gqa falls back to the slow math kernel).
             ks, vs = ks.repeat_interleave(group, dim=1), vs.repeat_interleave(group, dim=1)
         mask = _prefill_mask(seg, window, q.device)
-        seg_out = F.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=group > 1 and not q.is_cuda
-        )
+        with sdpa_kernel(_PREFILL_BACKENDS):
+            seg_out = F.scaled_dot_product_attention(
+                qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=group > 1 and not q.is_cuda
+            )
         out[seg.q_start : seg.q_start + seg.q_len] = seg_out[0].transpose(0, 1)
     return out.unsqueeze(0), None
 

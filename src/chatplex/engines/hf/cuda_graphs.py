@@ -24,8 +24,13 @@ def bucket_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, max_batch: int, max_blocks: int):
+    def __init__(
+        self, model: Any, cache: PagedKVCache, device: torch.device, max_batch: int, max_blocks: int, compile: bool = True
+    ):
         self.model = model
+        # torch.compile fuses the many small elementwise kernels of a decoder layer (norms, rotary, residuals):
+        # at small batch, decode time is kernel count, not bandwidth. One compile serves every bucket.
+        self._step = torch.compile(self._step_eager, dynamic=True) if compile else self._step_eager
         self.cache = cache
         self.device = device
         self.buckets = bucket_sizes(max_batch)
@@ -45,21 +50,23 @@ class DecodeGraphs:
     def max_batch(self) -> int:
         return self.buckets[-1]
 
-    def _forward(self, size: int) -> torch.Tensor:
+    def _step_eager(self, input_ids, positions, slots, tables, lens) -> torch.Tensor:
         meta = AttentionMetadata(
             cache=self.cache,
-            slot_mapping=self.slots[:size],
-            num_decode=size,
+            slot_mapping=slots,
+            num_decode=slots.shape[0],
             decode_ctx_slots=None,
             decode_positions=None,
             prefills=[],
-            decode_block_tables=self.tables[:size],
-            decode_seq_lens=self.lens[:size],
+            decode_block_tables=tables,
+            decode_seq_lens=lens,
         )
-        out = self.model(
-            input_ids=self.input_ids[:, :size], position_ids=self.positions[:, :size], use_cache=False, chatplex_meta=meta
+        return self.model(input_ids=input_ids, position_ids=positions, use_cache=False, chatplex_meta=meta).logits[0]
+
+    def _forward(self, size: int) -> torch.Tensor:
+        return self._step(
+            self.input_ids[:, :size], self.positions[:, :size], self.slots[:size], self.tables[:size], self.lens[:size]
         )
-        return out.logits[0]
 
     @torch.inference_mode()
     def capture(self) -> None:

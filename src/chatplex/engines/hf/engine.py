@@ -116,7 +116,9 @@ class HFEngine(Engine):
         )
         graphs = None
         if use_graphs:
-            graphs = DecodeGraphs(model, self.cache, self.device, margs.max_num_seqs, -(-max_len // block_size))
+            graphs = DecodeGraphs(
+                model, self.cache, self.device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
+            )
             graphs.capture()
         self.runner = ModelRunner(model, self.cache, self.device, graphs)
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
