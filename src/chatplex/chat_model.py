@@ -84,9 +84,38 @@ class ChatModel:
         )
 
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """The streaming primitive: the engine's deltas for a built request (all `n` sequences interleaved)."""
-        async for delta in self.engine.generate(request):
-            yield delta
+        """The streaming primitive: the engine's deltas for a built request (all `n` sequences interleaved).
+
+        Closing this iterator early aborts the request in the engine at once."""
+        gen = self.engine.generate(request)
+        try:
+            async for delta in gen:
+                yield delta
+        finally:
+            await gen.aclose()  # type: ignore[attr-defined]
+
+    def render_prompt(
+        self,
+        messages: list[Message],
+        system: str | None = None,
+        tools: Any = None,
+        **template_kwargs: Any,
+    ) -> str:
+        """The prompt text the model would see for these messages (engines that render in-process only)."""
+        from chatplex.errors import UnsupportedFeatureError
+        from chatplex.templates import render_prompt
+
+        prompts = getattr(self.engine, "prompts", None)
+        if prompts is None:
+            raise UnsupportedFeatureError(
+                f"The {self.engine.backend} engine renders prompts on its server; chatplex cannot show them.",
+                param="infer_backend",
+            )
+        request = self.build_request(messages, system, tools, template_kwargs=template_kwargs)
+        return render_prompt(
+            prompts.tokenizer, prompts.template, request.messages or [], tools=request.tools,
+            template_kwargs=request.template_kwargs,
+        )
 
     def generate(self, request: GenerationRequest) -> Iterator[Delta]:
         return self._loop.iterate(self.agenerate(request))

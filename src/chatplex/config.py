@@ -80,6 +80,9 @@ class ModelArguments:
     sglang_config: dict[str, Any] | None = None
     api_base: str | None = None  # infer_backend=openai: the server's base URL
     api_key: str | None = None
+    # Free-form settings for the chosen engine (llama.cpp: n_threads, n_batch...; openai: max_retries, timeout...;
+    # launched servers: launch_timeout, stop_timeout).
+    engine_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.infer_backend = BACKEND_ALIASES.get(self.infer_backend, self.infer_backend)
@@ -101,9 +104,15 @@ class ModelArguments:
             raise ConfigError("template and chat_template: give one, not both.", param="chat_template")
         for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_size"):
             _check_positive(name, getattr(self, name))
-        for name in ("max_model_len", "max_waiting_requests"):
-            if getattr(self, name) is not None:
-                _check_positive(name, getattr(self, name))
+        if self.max_model_len is not None:
+            _check_positive("max_model_len", self.max_model_len)
+        if self.max_waiting_requests is not None and (
+            not isinstance(self.max_waiting_requests, int) or self.max_waiting_requests < 0
+        ):
+            raise ConfigError(
+                f"max_waiting_requests must be an integer >= 0, got {self.max_waiting_requests!r}.",
+                param="max_waiting_requests",
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.",

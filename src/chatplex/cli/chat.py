@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from chatplex.cli.options import add_model_options, model_args_from
-from chatplex.errors import ChatplexError, ConfigError, InvalidRequestError
+from chatplex.errors import ChatplexError, ConfigError, InvalidRequestError, UnsupportedFeatureError
 from chatplex.types import Message
 
 try:  # line editing and history for input(); absent on some platforms, and input() works without it
@@ -180,18 +180,11 @@ class ChatSession:
             self.history.pop()  # nothing was said: forget the question too, so turns keep alternating
 
     def _print_prompt(self) -> None:
-        from chatplex.templates import render_prompt
-
-        # Engines that render in-process keep their tokenizer and template in a PromptPreparer; remote ones don't.
-        prompts = getattr(self.model.engine, "prompts", None)
-        if prompts is None:
+        try:
+            prompt = self.model.render_prompt(self.history, tools=self.tools)
+        except UnsupportedFeatureError:
             self._say("(this engine renders the prompt remotely; nothing to show)")
             return
-        request = self.model.build_request(self.history, tools=self.tools)
-        prompt = render_prompt(
-            prompts.tokenizer, prompts.template, request.messages or [],
-            tools=request.tools, template_kwargs=request.template_kwargs,
-        )
         self._say(f"--- prompt ---\n{prompt}\n--- end of prompt ---")
 
     def _say(self, text: str) -> None:

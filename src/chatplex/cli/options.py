@@ -19,7 +19,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--infer-dtype", dest="infer_dtype", choices=DTYPES, help="weights dtype (default: auto)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
     g.add_argument("--system", dest="default_system", help="default system prompt")
-    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None)
+    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None,
+                   help="allow the model's own Python code from its directory (off by default)")
     g.add_argument("--max-model-len", dest="max_model_len", type=int, help="context length cap")
     g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="default output length cap")
     g.add_argument("--temperature", type=float, help="default sampling temperature")

@@ -63,7 +63,7 @@ class Metrics:
         finals: dict[int, Delta] = {}
         try:
             async for delta in deltas:
-                if first is None and delta.token_ids:
+                if first is None and (delta.token_ids or delta.text):
                     first = time.perf_counter()
                     self.ttft.observe(first - start)
                 prompt = delta.prompt_tokens

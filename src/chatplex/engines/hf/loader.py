@@ -42,14 +42,25 @@ def load_tokenizer(args: ModelArguments) -> Any:
     from transformers import AutoTokenizer
 
     source, gguf, _ = model_source(args)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, gguf_file=gguf, trust_remote_code=args.trust_remote_code, revision=args.model_revision, cache_dir=args.cache_dir
-    )
-    return tokenizer
+    if gguf is None and os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+        raise ConfigError(
+            f"model_name_or_path: {source!r} has no config.json; give a Hugging Face model directory or a .gguf file.",
+            param="model_name_or_path",
+        )
+    try:
+        return AutoTokenizer.from_pretrained(
+            source, gguf_file=gguf, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
+            cache_dir=args.cache_dir,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model_name_or_path: cannot load a tokenizer from {source!r}: {e}", param="model_name_or_path") from e
 
 
 def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a CLI or server start-up should not print transformers' loading bars
 
     source, gguf, _ = model_source(args)
     try:
