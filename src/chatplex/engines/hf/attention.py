@@ -7,7 +7,7 @@ the paged cache and attends each query over its own sequence's cached context wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,9 +42,17 @@ class AttentionMetadata:
     # Kernel path (CUDA + Triton): decode attention reads the cache in place through block tables.
     decode_block_tables: torch.Tensor | None = None  # [num_decode, max_blocks] int32
     decode_seq_lens: torch.Tensor | None = None  # [num_decode] int32, context length including the new token
+    # Masks depend only on the step, not the layer: built once per sliding-window size and reused by every layer.
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
 
 def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
+    if window not in meta.masks:
+        meta.masks[window] = _build_decode_mask(meta, window)
+    return meta.masks[window]
+
+
+def _build_decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
     assert meta.decode_ctx_slots is not None and meta.decode_positions is not None
     key_pos = torch.arange(meta.decode_ctx_slots.shape[1], device=meta.slot_mapping.device)
     q_pos = meta.decode_positions[:, None]
