@@ -14,9 +14,12 @@ from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs, load_args
 from chatplex.engines import create_engine
 from chatplex.engines.base import Engine, EngineStats
-from chatplex.errors import InvalidRequestError
+from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.messages import normalize_messages, validate_tools
+from chatplex.output_parsing import openai_tool_calls, parse_deltas, reply_parsers, tool_parser_name
 from chatplex.sampling import build_sampling_params
+from chatplex.structured import request_constraint
+from chatplex.templates import ChatTemplate
 from chatplex.types import Delta, GenerationRequest, Message, Response
 
 
@@ -59,9 +62,16 @@ class ChatModel:
         *,
         prompt: str | None = None,
         template_kwargs: dict[str, Any] | None = None,
+        response_format: Any = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
+        adapter: str | None = None,
         **gen_kwargs: Any,
     ) -> GenerationRequest:
-        """Validate chat (or raw prompt) input and generation kwargs into an engine request."""
+        """Validate chat (or raw prompt) input and generation kwargs into an engine request.
+
+        `response_format` (OpenAI's: json_object / json_schema) and `tool_choice` "required" or a named function
+        are enforced by constrained decoding; `tool_choice="none"` hides the tools from the model."""
         sampling = build_sampling_params(
             gen_kwargs, self.args.generating.as_request_defaults(), vocab_size=self.engine.vocab_size
         )
@@ -71,23 +81,39 @@ class ChatModel:
         if prompt is not None:
             if not isinstance(prompt, str):
                 raise InvalidRequestError("prompt: must be a string.", param="prompt")
-            return GenerationRequest(sampling=sampling, prompt=prompt, template_kwargs=kwargs)
+            return GenerationRequest(sampling=sampling, prompt=prompt, template_kwargs=kwargs, adapter=adapter)
         norm = normalize_messages(messages, system=system, default_system=self.args.model.default_system)
+        tools = validate_tools(tools) if tool_choice != "none" else None
+        parallel = parallel_tool_calls is not False
+        constraint = request_constraint(
+            response_format, tool_choice, tools, tool_parser_name(self.template, tools), parallel
+        )
+        if constraint is not None and not self.engine.supports_constraints:
+            raise UnsupportedFeatureError(
+                f"{constraint.param}: the {self.engine.backend} engine cannot constrain its output.", param=constraint.param
+            )
         return GenerationRequest(
             sampling=sampling,
             messages=norm,
-            tools=validate_tools(tools),
+            tools=tools,
+            constraint=constraint,
+            parallel_tool_calls=parallel,
             template_kwargs=kwargs,
             images=_as_list(images, "images"),
             videos=_as_list(videos, "videos"),
             audios=_as_list(audios, "audios"),
+            adapter=adapter,  # a LoRA adapter's name (see `adapters`), None for the model as loaded
         )
 
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """The streaming primitive: the engine's deltas for a built request (all `n` sequences interleaved).
 
-        Closing this iterator early aborts the request in the engine at once."""
+        Chat replies come parsed (`Delta.text` is answer content; `reasoning` and `tool_calls` carry the rest)
+        when the engine renders the template in-process. Closing this iterator early aborts the request."""
         gen = self.engine.generate(request)
+        make_parser = reply_parsers(self.template, request, lambda: self._prompt_text(request))
+        if make_parser is not None:
+            gen = parse_deltas(gen, make_parser)
         try:
             async for delta in gen:
                 yield delta
@@ -117,6 +143,20 @@ class ChatModel:
             template_kwargs=request.template_kwargs,
         )
 
+    @property
+    def template(self) -> ChatTemplate | None:
+        """The chat template (with its tool / reasoning parsers) of an in-process engine; None for remote ones."""
+        return self.engine.template
+
+    def _prompt_text(self, request: GenerationRequest) -> str:
+        from chatplex.templates import render_prompt
+
+        prompts = getattr(self.engine, "prompts")
+        return render_prompt(
+            prompts.tokenizer, prompts.template, request.messages or [], tools=request.tools,
+            template_kwargs=request.template_kwargs,
+        )
+
     def generate(self, request: GenerationRequest) -> Iterator[Delta]:
         return self._loop.iterate(self.agenerate(request))
 
@@ -133,7 +173,7 @@ class ChatModel:
     ) -> AsyncIterator[str]:
         """Stream the reply's text as it is generated (the first sequence if n > 1)."""
         request = self.build_request(messages, system, tools, images, videos, audios, **gen_kwargs)
-        gen = self.engine.generate(request)
+        gen = self.agenerate(request)
         try:
             async for delta in gen:
                 if delta.index == 0 and delta.text:
@@ -185,8 +225,12 @@ class ChatModel:
         tokens: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[Any]] = [[] for _ in range(n)]
         finals: list[Delta | None] = [None] * n
-        async for delta in self.engine.generate(request):
+        reasoning: list[list[str]] = [[] for _ in range(n)]
+        calls: list[list[Any]] = [[] for _ in range(n)]
+        async for delta in self.agenerate(request):
             texts[delta.index].append(delta.text)
+            reasoning[delta.index].append(delta.reasoning)
+            calls[delta.index].extend(delta.tool_calls)
             tokens[delta.index].extend(delta.token_ids)
             if delta.logprobs:
                 logprobs[delta.index].extend(delta.logprobs)
@@ -200,20 +244,42 @@ class ChatModel:
                 finish_reason=final.finish_reason,  # type: ignore[arg-type]
                 token_ids=tokens[i],
                 logprobs=logprobs[i] if request.sampling.logprobs is not None else None,
+                tool_calls=openai_tool_calls(calls[i]),
+                reasoning_content="".join(reasoning[i]) or None,
             )
             for i, final in enumerate(finals)
             if final is not None
         ]
 
     # ---- scores --------------------------------------------------------------------------------------------
-    async def aget_scores(self, batch_input: list[str], max_length: int | None = None) -> list[float]:
-        """Reward-model scores, one per input (raises for a generative model)."""
+    async def aget_scores(self, batch_input: list[Any], max_length: int | None = None) -> list[float]:
+        """Raw reward-model scores, one per input: a string, or a conversation (list of messages) that is
+        rendered with the model's chat template. Raises UnsupportedFeatureError for a generative model."""
         if not isinstance(batch_input, list) or not batch_input:
             raise InvalidRequestError("batch_input: must be a non-empty list.", param="batch_input")
         return await self.engine.score(batch_input, max_length)
 
-    def get_scores(self, batch_input: list[str], max_length: int | None = None) -> list[float]:
+    def get_scores(self, batch_input: list[Any], max_length: int | None = None) -> list[float]:
         return self._loop.run(self.aget_scores(batch_input, max_length))
+
+    # ---- LoRA adapters -------------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters a request may pick with `adapter=`."""
+        return self.engine.adapters
+
+    async def aload_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter directory under `name`, usable by requests at once."""
+        await self.engine.load_adapter(name, path)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self._loop.run(self.aload_adapter(name, path))
+
+    async def aunload_adapter(self, name: str) -> None:
+        await self.engine.unload_adapter(name)
+
+    def unload_adapter(self, name: str) -> None:
+        self._loop.run(self.aunload_adapter(name))
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     @property

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from chatplex.templates.tool_parsers import ToolCallDelta
 
 FinishReason = Literal["stop", "length", "abort", "tool_calls"]
 
@@ -60,6 +63,20 @@ class SamplingParams:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar every output sequence must follow (structured output, forced tool calls).
+
+    `grammar` is llguidance's grammar (a JSON string, see `chatplex.structured`); `param` is the request field
+    it came from, so errors name it; `json_schema` is the plain schema when the whole reply is one JSON value
+    (for engines with their own JSON-schema support).
+    """
+
+    grammar: str
+    param: str
+    json_schema: dict[str, Any] | None = None
+
+
 @dataclass
 class GenerationRequest:
     """What to generate. Exactly one of `messages`, `prompt` or `prompt_token_ids` is set.
@@ -77,6 +94,8 @@ class GenerationRequest:
     videos: list[Any] = field(default_factory=list)
     audios: list[Any] = field(default_factory=list)
     adapter: str | None = None
+    constraint: Constraint | None = None
+    parallel_tool_calls: bool = True  # False: at most one tool call is kept
     request_id: str = field(default_factory=new_request_id)
 
 
@@ -114,6 +133,10 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None  # the stop string or token id that ended the sequence, if any
+    # Filled in by ChatModel's output parsing (chat requests on engines that render templates in-process):
+    # then `text` is answer content only, `reasoning` the thinking text, `tool_calls` OpenAI-style call pieces.
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass
@@ -126,3 +149,6 @@ class Response:
     finish_reason: FinishReason
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    # OpenAI-shaped calls: {"id", "type": "function", "function": {"name", "arguments": JSON string}}
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    reasoning_content: str | None = None

@@ -38,6 +38,8 @@ class Engine(ABC):
 
     #: the name users give as `infer_backend`
     backend: str = ""
+    #: whether `GenerationRequest.constraint` (structured output, forced tool calls) is enforced
+    supports_constraints: bool = False
 
     @property
     @abstractmethod
@@ -53,6 +55,12 @@ class Engine(ABC):
     def vocab_size(self) -> int | None:
         """Size of the model's vocabulary, when known (token ids in requests are checked against it)."""
         return None
+
+    @property
+    def template(self) -> ChatTemplate | None:
+        """The chat template prompts are rendered with, for engines that render in-process (else None)."""
+        prompts = getattr(self, "prompts", None)
+        return prompts.template if isinstance(prompts, PromptPreparer) else None
 
     @property
     def is_reward_model(self) -> bool:
@@ -71,6 +79,17 @@ class Engine(ABC):
             "or a single-label sequence-classification head.",
             param="model",
         )
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters a request may pick (`GenerationRequest.adapter`)."""
+        return []
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        raise UnsupportedFeatureError(f"The {self.backend} engine cannot load LoRA adapters at run time.", param="lora_name")
+
+    async def unload_adapter(self, name: str) -> None:
+        raise UnsupportedFeatureError(f"The {self.backend} engine cannot unload LoRA adapters.", param="lora_name")
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
         """How many tokens the request's prompt takes, when the engine can tell without generating."""

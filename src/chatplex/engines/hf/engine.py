@@ -22,7 +22,7 @@ import torch
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.detokenizer import StreamingDetokenizer
-from chatplex.engines.hf import attention, loader
+from chatplex.engines.hf import attention, loader, scoring
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
@@ -37,9 +37,11 @@ from chatplex.errors import (
     EngineClosedError,
     EngineError,
     EngineOverloadedError,
+    NotFoundError,
+    UnsupportedFeatureError,
 )
 from chatplex.templates import resolve_template
-from chatplex.types import Delta, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
+from chatplex.types import Delta, FinishReason, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class _RequestStream:
 
 class HFEngine(Engine):
     backend = "huggingface"
+    supports_constraints = True  # response_format / forced tool calls, via chatplex.structured
 
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
@@ -66,6 +69,7 @@ class HFEngine(Engine):
         self._closing = False
         self._active_requests = 0
         self._stats = EngineStats()
+        self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
 
     # ---- loading -------------------------------------------------------------------------------------------
     @property
@@ -88,6 +92,7 @@ class HFEngine(Engine):
     def _load(self) -> None:
         margs = self.args.model
         self.device = loader.pick_device(margs.device)
+        score_head = lora = None
         if margs.dummy_weights:
             self.dtype = loader.resolve_dtype(margs, None, self.device)
             model = dummy_model(margs.dummy_weights, self.device, self.dtype)
@@ -95,7 +100,11 @@ class HFEngine(Engine):
             self._name = margs.dummy_weights
         else:
             self.tokenizer = loader.load_tokenizer(margs)
-            model = self._load_weights(margs)
+            fmt = loader.score_format(margs)
+            model = self._load_weights(margs, classifier=fmt is not None and fmt.kind == "sequence_classification")
+            model, score_head, lora, self.default_adapter = loader.attach_adapters_and_head(
+                model, margs, fmt, self.device, self.dtype
+            )
         model.set_attn_implementation(attention.register())
         self.model = model
         text_config = model.config.get_text_config()
@@ -120,7 +129,7 @@ class HFEngine(Engine):
                 model, self.cache, self.device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
             )
             graphs.capture()
-        self.runner = ModelRunner(model, self.cache, self.device, graphs)
+        self.runner = ModelRunner(model, self.cache, self.device, graphs, lora, score_head)
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
         self.prompts = PromptPreparer(self.tokenizer, template, max_len)
         self.eos_ids, self.template_stops = self._stop_tokens(template.stop_words)
@@ -129,13 +138,13 @@ class HFEngine(Engine):
             self._name, self.device, self.dtype, num_blocks, block_size, "on" if graphs else "off",
         )
 
-    def _load_weights(self, margs: Any) -> Any:
+    def _load_weights(self, margs: Any, classifier: bool = False) -> Any:
         if margs.infer_dtype == "auto" and self.device.type == "cpu":
-            model = loader.load_model(margs, self.device, torch.float32)
+            model = loader.load_model(margs, self.device, torch.float32, classifier)
             self.dtype = loader.resolve_dtype(margs, model, self.device)
             return model.to(self.dtype)
         self.dtype = loader.resolve_dtype(margs, None, self.device)
-        return loader.load_model(margs, self.device, self.dtype)
+        return loader.load_model(margs, self.device, self.dtype, classifier)
 
     def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
         """EOS ids from the generation config and tokenizer, plus the template's stop words (ids where single tokens)."""
@@ -160,7 +169,14 @@ class HFEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if self._closing or self._thread is None:
             raise EngineClosedError("The engine is not running.")
+        if self.is_reward_model:
+            raise UnsupportedFeatureError(
+                f"{self._name} is a reward model: it scores (/v1/score, get_scores) and cannot chat or complete.",
+                param="model",
+            )
+        adapter = self._resolve_adapter(request.adapter)
         prompt_ids = self.prompts.prompt_ids(request)
+        matchers = await self._grammar_matchers(request)
         if len(prompt_ids) + 1 > self.blocks.capacity_tokens:
             raise ContextLengthExceededError(
                 f"The prompt has {len(prompt_ids)} tokens but the KV cache holds {self.blocks.capacity_tokens}; "
@@ -172,7 +188,9 @@ class HFEngine(Engine):
                 f"The engine is full ({self._active_requests} requests running or waiting); retry shortly."
             )
         stream = _RequestStream(asyncio.get_running_loop(), asyncio.Queue())
-        stream.seqs = self._new_sequences(request, prompt_ids)
+        stream.seqs = self._new_sequences(request, prompt_ids, matchers)
+        for seq in stream.seqs:
+            seq.state["adapter"] = adapter
         self._active_requests += 1
         self._post("add", (request.request_id, stream))
         finished = 0
@@ -189,7 +207,17 @@ class HFEngine(Engine):
             if finished < len(stream.seqs):
                 self._post("abort", request.request_id)
 
-    def _new_sequences(self, request: GenerationRequest, prompt_ids: list[int]) -> list[Sequence]:
+    async def _grammar_matchers(self, request: GenerationRequest) -> list[Any] | None:
+        """One grammar matcher per sequence for a constrained request (compiled off the event loop)."""
+        if request.constraint is None:
+            return None
+        if not hasattr(self, "_grammars"):
+            from chatplex.structured.matcher import GrammarCompiler
+
+            self._grammars = await asyncio.to_thread(GrammarCompiler, self.tokenizer, self.vocab_size, list(self.eos_ids))
+        return await asyncio.to_thread(self._grammars.matchers, request.constraint, request.sampling.n)
+
+    def _new_sequences(self, request: GenerationRequest, prompt_ids: list[int], matchers: list[Any] | None = None) -> list[Sequence]:
         sp = request.sampling
         max_new = self.prompts.max_new_tokens(len(prompt_ids), request)
         seqs = []
@@ -202,9 +230,102 @@ class HFEngine(Engine):
                 generator=generator,
                 detok=StreamingDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens),
                 stops=StopStringMatcher(sp.stop + self.template_stops),
+                matcher=matchers[index] if matchers else None,
             )
             seqs.append(seq)
         return seqs
+
+    # ---- reward scores and LoRA adapters ------------------------------------------------------------------
+    @property
+    def is_reward_model(self) -> bool:
+        return hasattr(self, "runner") and self.runner.score_head is not None
+
+    @property
+    def adapters(self) -> list[str]:
+        lora = getattr(self.runner, "lora", None) if hasattr(self, "runner") else None
+        return [n for n in lora.names if n != self.default_adapter] if lora is not None else []
+
+    def _resolve_adapter(self, name: str | None) -> str | None:
+        if name is None:
+            return self.default_adapter
+        if name not in self.adapters:
+            raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="model", code="model_not_found")
+        return name
+
+    async def score(self, inputs: list[Any], max_length: int | None = None) -> list[float]:
+        """Raw scores, one per input (a string, or a conversation rendered with the template), in one batch."""
+        if not self.is_reward_model:
+            return await super().score(inputs, max_length)
+        if self._closing or self._thread is None:
+            raise EngineClosedError("The engine is not running.")
+        scoring.check_max_length(max_length)
+        ids = [scoring.input_ids(self.prompts, x, i, max_length) for i, x in enumerate(inputs)]
+        request_id = new_request_id("score")
+        stream = _RequestStream(asyncio.get_running_loop(), asyncio.Queue())
+        stream.seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]
+        self._post("add", (request_id, stream))
+        scores: list[float] = [0.0] * len(ids)
+        done = 0
+        try:
+            while done < len(ids):
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                scores[item[0]] = item[1]
+                done += 1
+        finally:
+            if done < len(ids):
+                self._post("abort", request_id)
+        return scores
+
+    def _score_step(self, batch: list[Any]) -> list[tuple[_RequestStream, Any]]:
+        """A reward model's step: every sequence whose last token ran is finished with its score."""
+        try:
+            scores = self.runner.score(batch)
+        except Exception as e:  # keep serving: fail only the requests in this step
+            logger.exception("Engine step failed")
+            self._fail([it.seq for it in batch], e)
+            return []
+        self.scheduler.complete_step(batch)
+        self._stats.steps += 1
+        self._stats.max_batch_size = max(self._stats.max_batch_size, len(batch))
+        out = []
+        for it in batch:
+            if it.seq.seq_id in scores:
+                stream, _ = self._finish_delta(it.seq, "stop", [])
+                out.append((stream, (it.seq.index, scores[it.seq.seq_id])))
+        return out
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter at run time (between engine steps)."""
+        await self._adapter_op("load", name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._adapter_op("unload", name, None)
+
+    async def _adapter_op(self, op: str, name: str, path: str | None) -> None:
+        if self.is_reward_model:
+            raise UnsupportedFeatureError("A reward model scores with merged adapters; it loads none at run time.", param="lora_name")
+        if op == "unload" and name not in self.adapters:
+            raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="lora_name", code="model_not_found")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._post("adapter", (op, name, path, loop, future))
+        await future
+
+    def _apply_adapter_op(self, op: str, name: str, path: str | None) -> None:
+        """On the engine thread: load or unload an adapter (refused while a live request uses it)."""
+        if op == "unload":
+            users = sum(s.state.get("adapter") == name for st in self._streams.values() for s in st.seqs if not s.is_finished)
+            if users:
+                raise UnsupportedFeatureError(f"lora_name: the adapter {name!r} is in use by {users} sequences.", param="lora_name")
+            self.runner.lora.unload(name)
+            return
+        if self.runner.lora is None:
+            from chatplex.engines.hf.lora import LoraAdapters
+
+            self.runner.lora = LoraAdapters(self.model, self.args.model.max_loras)
+        self.runner.lora.load(name, path or "")
 
     def _post(self, kind: str, payload: Any) -> None:
         with self._cv:
@@ -253,6 +374,13 @@ class HFEngine(Engine):
                 for seq in stream.seqs:
                     self.scheduler.add(seq)
                 self._stats.prompt_tokens += stream.seqs[0].prompt_len
+            elif kind == "adapter":
+                op, name, path, loop, future = payload
+                try:
+                    self._apply_adapter_op(op, name, path)
+                    loop.call_soon_threadsafe(future.set_result, None)
+                except Exception as e:  # the caller gets it; the engine keeps serving
+                    loop.call_soon_threadsafe(future.set_exception, e)
             elif kind == "abort" and payload in self._streams:
                 for seq in self._streams.pop(payload).seqs:
                     self.scheduler.finish(seq, "abort")
@@ -263,7 +391,9 @@ class HFEngine(Engine):
         out: list[tuple[_RequestStream, Delta | BaseException]] = []
         for seq in too_long:
             out.append(self._finish_delta(seq, "length", []))
-        if batch:
+        if batch and self.is_reward_model:
+            out.extend(self._score_step(batch))
+        elif batch:
             rows = {it.seq.seq_id: self._sampling_row(it.seq) for it in batch if it.samples}
             try:
                 results = self.runner.execute(batch, rows)
@@ -283,7 +413,9 @@ class HFEngine(Engine):
         suppress: tuple[int, ...] = ()
         if seq.num_output_tokens < seq.sampling.min_new_tokens:
             suppress = tuple(self.eos_ids | set(seq.sampling.stop_token_ids))
-        return SamplingRow(seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], suppress)
+        matcher = seq.state.get("matcher")
+        allowed = matcher.allowed() if matcher is not None else None
+        return SamplingRow(seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], suppress, allowed)
 
     def _on_token(self, seq: Sequence, row: int, result: SampleOutput) -> tuple[_RequestStream, Delta]:
         token = result.token_ids[row]
@@ -301,6 +433,11 @@ class HFEngine(Engine):
             text, matched = stops.feed(detok.add_token(token))
             if matched is not None:
                 reason, stop_reason = "stop", matched
+        matcher = seq.state.get("matcher")
+        if matcher is not None:
+            matcher.accept(token)
+            if reason is None and matcher.is_finished:  # the grammar is complete: nothing more may follow
+                reason = "stop"
         if reason is None and (seq.num_output_tokens >= seq.max_new_tokens or seq.num_tokens >= self.prompts.max_model_len):
             reason = "length"
         if reason is not None and not isinstance(stop_reason, str):

@@ -1,6 +1,7 @@
 """Logits -> next tokens, with each row's own settings inside one batch.
 
-Order, per row: logit bias, penalties, token suppression, then greedy argmax or temperature / top-k / top-p /
+Order, per row: logit bias, penalties, token suppression, the grammar's allowed-token mask (structured output:
+tokens it forbids get -inf), then greedy argmax or temperature / top-k / top-p /
 min-p and a draw. Draws use the exponential-race form (argmax of p / q with q ~ Exp(1)), which equals
 multinomial sampling and lets a seeded row use its own generator. Logprobs are of the raw model distribution
 (as vLLM and OpenAI report them), taken before any processing.
@@ -22,6 +23,7 @@ class SamplingRow:
     prompt_len: int
     generator: torch.Generator | None = None
     suppress_ids: tuple[int, ...] = ()  # e.g. EOS before min_new_tokens
+    allowed: torch.Tensor | None = None  # bool [vocab] from the row's grammar; None = unconstrained
 
 
 @dataclass
@@ -48,6 +50,15 @@ def _apply_bias_and_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> 
                 logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
         if row.suppress_ids:
             logits[i, list(row.suppress_ids)] = float("-inf")
+        if row.allowed is not None:
+            _apply_mask(logits[i], row.allowed.to(logits.device, non_blocking=True))
+
+
+def _apply_mask(logits: torch.Tensor, allowed: torch.Tensor) -> None:
+    """-inf for tokens the grammar forbids; the logits may be wider than the mask (padded vocabularies)."""
+    width = min(logits.shape[-1], allowed.shape[-1])
+    logits[:width].masked_fill_(~allowed[:width], float("-inf"))
+    logits[width:] = float("-inf")
 
 
 def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -81,7 +92,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleOutput:
     logits = logits.float()
     n_top = [r.params.logprobs for r in rows]
     raw = torch.log_softmax(logits, dim=-1) if any(n is not None for n in n_top) else None
-    if any(r.params.logit_bias or r.params.needs_penalties or r.suppress_ids for r in rows):
+    if any(r.params.logit_bias or r.params.needs_penalties or r.suppress_ids or r.allowed is not None for r in rows):
         logits = logits.clone()
         _apply_bias_and_penalties(logits, rows)
     tokens = logits.argmax(dim=-1)

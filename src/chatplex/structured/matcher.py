@@ -1,0 +1,66 @@
+"""The engine side of constrained decoding: one llguidance matcher per output sequence.
+
+`GrammarCompiler` is built once per tokenizer (wrapping a Hugging Face tokenizer for llguidance takes about a
+second, so it happens on the first constrained request). Each sequence gets a `TokenMatcher`: `allowed()` is the
+mask the sampler applies to that row before picking, `accept(token)` advances it, and `is_finished` says the
+grammar is complete and allows nothing more, so the sequence ends there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from chatplex.errors import InvalidRequestError
+from chatplex.types import Constraint
+
+_BITS = torch.arange(8, dtype=torch.uint8)
+
+
+class TokenMatcher:
+    """Tracks one sequence through a grammar."""
+
+    def __init__(self, matcher: Any, vocab_size: int) -> None:
+        self._matcher = matcher
+        self._vocab_size = vocab_size
+
+    def allowed(self) -> torch.Tensor:
+        """A bool mask [vocab]: the tokens the grammar allows next."""
+        packed = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.uint8)
+        return ((packed[:, None] >> _BITS) & 1).flatten()[: self._vocab_size].bool()
+
+    def accept(self, token: int) -> None:
+        # A token outside the mask (only possible if the sampler was bypassed) leaves the matcher in its error
+        # state, which is_finished reports: the sequence ends instead of producing unconstrained text.
+        self._matcher.consume_token(token)
+
+    @property
+    def is_finished(self) -> bool:
+        return self._matcher.is_stopped() or self._matcher.is_error()
+
+
+class GrammarCompiler:
+    """Compiles constraints for one tokenizer; `vocab_size` is the model's (it may pad past the tokenizer's)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: list[int]) -> None:
+        from llguidance.hf import from_tokenizer
+
+        self._tokenizer = from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=sorted(eos_ids))
+        self._vocab_size = vocab_size
+
+    def compile(self, constraint: Constraint) -> Any:
+        """A ready matcher for `constraint` (copy it per sequence with `matchers`)."""
+        from llguidance import LLMatcher
+
+        matcher = LLMatcher(self._tokenizer, constraint.grammar, log_level=0)
+        if matcher.is_error():
+            raise InvalidRequestError(
+                f"{constraint.param}: the grammar cannot be enforced: {matcher.get_error()}", param=constraint.param
+            )
+        return matcher
+
+    def matchers(self, constraint: Constraint, n: int) -> list[TokenMatcher]:
+        """One fresh matcher per output sequence."""
+        first = self.compile(constraint)
+        return [TokenMatcher(first if i == 0 else first.deep_copy(), self._vocab_size) for i in range(n)]
