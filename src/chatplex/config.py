@@ -27,6 +27,7 @@ BACKENDS = ("huggingface", "vllm", "sglang", "ktransformers", "llama.cpp", "open
 BACKEND_ALIASES = {"hf": "huggingface", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+TASKS = ("auto", "generate", "score")
 
 # LLaMA-Factory keys that do not change inference in chatplex (training, export, hub tokens...).
 IGNORED_KEYS = frozenset(
@@ -46,7 +47,12 @@ class ModelArguments:
     """Which model, how to load it and which engine runs it."""
 
     model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
-    adapter_name_or_path: str | None = None
+    adapter_name_or_path: str | None = None  # one path or a comma-separated list (merged in order unless merge_lora: false)
+    # Named LoRA adapters a request picks by its `model` field: {name: path}, or "name=path,name2=path2".
+    lora_modules: dict[str, str] | list[str] | str | None = None
+    max_loras: int = 8  # how many named adapters may be resident at once (lora_modules + loaded at run time)
+    merge_lora: bool = True  # merge adapter_name_or_path into the weights; false keeps a single one per-request
+    task: str = "auto"  # generate, score (a reward model), or auto: score only *ForSequenceClassification models
     template: str | None = None  # None: the tokenizer's own chat template
     chat_template: str | None = None  # a Jinja file (or inline template) that overrides both
     infer_backend: str = "huggingface"
@@ -89,6 +95,19 @@ class ModelArguments:
         _check_choice("infer_backend", self.infer_backend, BACKENDS)
         _check_choice("infer_dtype", self.infer_dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("task", self.task, TASKS)
+        self.lora_modules = parse_lora_modules(self.lora_modules)
+        _check_positive("max_loras", self.max_loras)
+        if len(self.lora_modules) > self.max_loras:
+            raise ConfigError(
+                f"lora_modules: {len(self.lora_modules)} adapters but max_loras is {self.max_loras}.", param="max_loras"
+            )
+        if not self.merge_lora and len(self.adapter_paths) > 1:
+            raise ConfigError(
+                "merge_lora: false keeps one adapter_name_or_path unmerged; several are stacked by merging them. "
+                "Name the others in lora_modules to pick them per request.",
+                param="merge_lora",
+            )
         if self.model_name_or_path is not None and _looks_local(self.model_name_or_path):
             if not os.path.exists(self.model_name_or_path):
                 raise ConfigError(
@@ -120,6 +139,31 @@ class ModelArguments:
             )
         if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ConfigError("kv_cache_memory_gb must be > 0.", param="kv_cache_memory_gb")
+
+
+    @property
+    def adapter_paths(self) -> list[str]:
+        """adapter_name_or_path split at commas (LLaMA-Factory's form)."""
+        return [p.strip() for p in (self.adapter_name_or_path or "").split(",") if p.strip()]
+
+
+def parse_lora_modules(value: Any) -> dict[str, str]:
+    """{name: path} from a mapping, "name=path,name2=path2", or a list of "name=path" items."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = [item for item in value.replace(",", " ").split() if item]
+    if isinstance(value, list):
+        pairs = {}
+        for item in value:
+            name, eq, path = str(item).partition("=")
+            if not eq or not name.strip() or not path.strip():
+                raise ConfigError(f"lora_modules: {item!r} is not name=path.", param="lora_modules")
+            pairs[name.strip()] = path.strip()
+        value = pairs
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError("lora_modules: must map adapter names to paths ({name: path} or name=path,...).", param="lora_modules")
+    return dict(value)
 
 
 @dataclass
@@ -215,6 +259,8 @@ def args_from_dict(raw: dict[str, Any]) -> ChatplexArgs:
             model_kw[key] = _coerce(key, value, model_types[key])
         elif key in gen_types:
             gen_kw[key] = _coerce(key, value, gen_types[key])
+        elif key == "stage" and value == "rm":  # LLaMA-Factory's way of asking for a reward model
+            model_kw.setdefault("task", "score")
         elif key in IGNORED_KEYS:
             logger.warning("Argument %r is a LLaMA-Factory training/export key; chatplex ignores it.", key)
         else:

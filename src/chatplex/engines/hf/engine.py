@@ -149,7 +149,8 @@ class HFEngine(Engine):
     def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
         """EOS ids from the generation config and tokenizer, plus the template's stop words (ids where single tokens)."""
         ids: set[int] = set()
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        # A sequence classifier (reward model) has no generation config.
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)

@@ -10,6 +10,9 @@ from typing import Any
 import torch
 
 from chatplex.config import ModelArguments
+from chatplex.engines.hf import scoring
+from chatplex.engines.hf.lora import LoraAdapters, merge_adapters
+from chatplex.engines.hf.scoring import ScoreFormat
 from chatplex.errors import ConfigError
 from chatplex.models.embedded import EMBEDDED_NAME, embedded_model_dir
 
@@ -56,15 +59,17 @@ def load_tokenizer(args: ModelArguments) -> Any:
         raise ConfigError(f"model_name_or_path: cannot load a tokenizer from {source!r}: {e}", param="model_name_or_path") from e
 
 
-def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype) -> Any:
-    from transformers import AutoModelForCausalLM
+def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, classifier: bool = False) -> Any:
+    """The model on `device` in eval mode: a causal LM, or with `classifier` its *ForSequenceClassification class."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a CLI or server start-up should not print transformers' loading bars
 
     source, gguf, _ = model_source(args)
+    auto_class = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             source,
             gguf_file=gguf,
             dtype=dtype,
@@ -108,3 +113,44 @@ def resolve_dtype(args: ModelArguments, model_fp32: Any | None, device: torch.de
     choice = torch.bfloat16 if bf16 < fp32 * 0.9 else torch.float32
     logger.info("infer_dtype auto: fp32 %.3fs, bf16 %.3fs on this CPU -> %s", fp32, bf16, choice)
     return choice
+
+
+def score_format(args: ModelArguments) -> ScoreFormat | None:
+    """How the model scores (None: it generates); a ConfigError when asked to score a model with no head."""
+    source, _, _ = model_source(args)
+    return scoring.detect(source, args.adapter_paths, args.task)
+
+
+def attach_adapters_and_head(
+    model: Any, args: ModelArguments, fmt: ScoreFormat | None, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, torch.nn.Module | None, LoraAdapters | None, str | None]:
+    """Apply LoRA adapters and find the score head: (model, score head, resident adapters, default adapter name).
+
+    adapter_name_or_path is merged into the weights (LLaMA-Factory's behaviour) unless merge_lora is false, when
+    its single adapter stays resident and serves requests that name no adapter. Reward models always merge.
+    """
+    paths = args.adapter_paths
+    if paths and (args.merge_lora or fmt is not None):
+        model = merge_adapters(model, paths).to(device)
+        paths = []
+    head = None
+    if fmt is not None:
+        if args.lora_modules:
+            raise ConfigError(
+                "lora_modules: a reward model scores with its adapters merged; give them as adapter_name_or_path.",
+                param="lora_modules",
+            )
+        if fmt.kind == "sequence_classification":
+            head = scoring.classifier_head(model)
+        else:
+            hidden = model.config.get_text_config().hidden_size
+            head = scoring.load_value_head(fmt.value_head_path or "", hidden, dtype, device)
+    lora = default = None
+    if paths or args.lora_modules:
+        lora = LoraAdapters(model, args.max_loras + len(paths))
+        for path in paths:
+            default = os.path.basename(os.path.normpath(path))
+            lora.load(default, path, "adapter_name_or_path")
+        for name, path in args.lora_modules.items():
+            lora.load(name, path, "lora_modules")
+    return model, head, lora, default

@@ -15,13 +15,26 @@ from chatplex.engines.hf import triton_decode
 from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache
+from chatplex.engines.hf.lora import LoraAdapters
+from chatplex.engines.hf.scoring import decoder_of
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.hf.scheduler import ScheduledSeq
 
 
 class ModelRunner:
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, graphs: DecodeGraphs | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        device: torch.device,
+        graphs: DecodeGraphs | None = None,
+        lora: LoraAdapters | None = None,
+        score_head: torch.nn.Module | None = None,
+    ) -> None:
         self.model = model
+        self.lora = lora
+        # Reward models: the decoder's last hidden state at each sequence's last token goes through this head.
+        self.score_head = score_head
         self.cache = cache
         self.device = device
         self.block_size = cache.block_size
@@ -88,20 +101,60 @@ class ModelRunner:
         """
         decodes = [it for it in batch if it.num_tokens == 1]
         prefills = [it for it in batch if it.num_tokens > 1]
-        if self.graphs is not None and not prefills and len(decodes) <= self.graphs.max_batch:
+        uses_lora = any(it.seq.state.get("adapter") for it in batch)
+        if self.graphs is not None and not prefills and not uses_lora and len(decodes) <= self.graphs.max_batch:
             return self._execute_graph(decodes, rows)
         ordered = decodes + prefills
+        input_ids, meta, positions = self._flat_batch(decodes, prefills)
+        sampling_items, last_index = self._last_tokens(ordered)
+        if uses_lora:
+            self._activate_lora(ordered)
+        try:
+            return self._forward(input_ids, positions, meta, sampling_items, last_index, rows)
+        finally:
+            if self.lora is not None:
+                self.lora.deactivate()
+
+    def _flat_batch(
+        self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]
+    ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor]:
         token_ids: list[int] = []
-        for it in ordered:
+        for it in decodes + prefills:
             token_ids.extend(it.seq.token_ids[it.start : it.start + it.num_tokens])
         meta, positions = self._metadata(decodes, prefills)
-        sampling_items, last_index, offset = [], [], 0
+        return torch.tensor([token_ids], dtype=torch.long, device=self.device), meta, positions
+
+    @staticmethod
+    def _last_tokens(ordered: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], list[int]]:
+        """The items whose last token runs this step, and that token's index in the flat batch."""
+        items, last_index, offset = [], [], 0
         for it in ordered:
             offset += it.num_tokens
             if it.samples:
-                sampling_items.append(it)
+                items.append(it)
                 last_index.append(offset - 1)
-        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        return items, last_index
+
+    def _activate_lora(self, ordered: list[ScheduledSeq]) -> None:
+        assert self.lora is not None
+        groups: dict[str, list[int]] = {}
+        offset = 0
+        for it in ordered:
+            name = it.seq.state.get("adapter")
+            if name:
+                groups.setdefault(name, []).extend(range(offset, offset + it.num_tokens))
+            offset += it.num_tokens
+        self.lora.activate({n: torch.tensor(idx, dtype=torch.long, device=self.device) for n, idx in groups.items()})
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        sampling_items: list[ScheduledSeq],
+        last_index: list[int],
+        rows: dict[int, SamplingRow],
+    ) -> dict[int, tuple[int, SampleOutput]]:
         if not sampling_items:
             self.model(input_ids=input_ids, position_ids=positions[None], use_cache=False, logits_to_keep=1, chatplex_meta=meta)
             return {}
@@ -115,6 +168,23 @@ class ModelRunner:
         logits = out.logits[0]
         result = sample(logits, [rows[it.seq.seq_id] for it in sampling_items])
         return {it.seq.seq_id: (i, result) for i, it in enumerate(sampling_items)}
+
+    @torch.inference_mode()
+    def score(self, batch: list[ScheduledSeq]) -> dict[int, float]:
+        """Run one step of a reward model: seq_id -> raw score for each sequence whose last token ran."""
+        assert self.score_head is not None
+        decodes = [it for it in batch if it.num_tokens == 1]
+        prefills = [it for it in batch if it.num_tokens > 1]
+        input_ids, meta, positions = self._flat_batch(decodes, prefills)
+        items, last_index = self._last_tokens(decodes + prefills)
+        hidden = decoder_of(self.model)(
+            input_ids=input_ids, position_ids=positions[None], use_cache=False, chatplex_meta=meta
+        ).last_hidden_state[0]
+        if not items:
+            return {}
+        last = hidden[torch.tensor(last_index, device=self.device)]
+        values = self.score_head(last.to(self.score_head.weight.dtype))[:, 0].float().tolist()
+        return {it.seq.seq_id: v for it, v in zip(items, values)}
 
     def _execute_graph(self, decodes: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> dict[int, tuple[int, SampleOutput]]:
         assert self.graphs is not None
