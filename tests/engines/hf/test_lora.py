@@ -1,0 +1,136 @@
+"""LoRA adapters on the HF engine: one step mixing two adapters and the base model gives each request what a
+single-adapter run gives (greedy, against peft + `model.generate`); merged and default adapters; load and
+unload at run time; limits and unknown names."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from chatplex import ChatModel
+from chatplex.config import load_args
+from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError
+
+PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three four five six seven", "x"]
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = {}
+    for seed, name in ((3, "a1"), (4, "a2")):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+        config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                            init_lora_weights=False)
+        path = tmp_path_factory.mktemp(f"lora-{name}")
+        get_peft_model(base, config).save_pretrained(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model_dir, adapters) -> dict[str | None, list[list[int]]]:
+    """Greedy tokens per prompt from peft + model.generate, one adapter at a time (None: the base model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_model_dir("llama")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), adapters["a1"],
+                                      adapter_name="a1")
+    model.load_adapter(adapters["a2"], adapter_name="a2")
+    model.eval()
+    out: dict[str | None, list[list[int]]] = {}
+    for name in (None, "a1", "a2"):
+        rows = []
+        for prompt in PROMPTS:
+            ids = tok(prompt, return_tensors="pt")
+            kw = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
+            if name is None:
+                with model.disable_adapter():
+                    gen = model.generate(**ids, **kw)
+            else:
+                model.set_adapter(name)
+                gen = model.generate(**ids, **kw)
+            rows.append(gen[0, ids["input_ids"].shape[1]:].tolist())
+        out[name] = rows
+    assert out["a1"] != out[None] and out["a2"] != out[None]  # the adapters change the output
+    return out
+
+
+async def _tokens(model: ChatModel, prompt: str, adapter: str | None) -> list[int]:
+    request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True,
+                                  adapter=adapter)
+    tokens: list[int] = []
+    async for delta in model.agenerate(request):
+        tokens += delta.token_ids
+    return tokens
+
+
+@pytest.mark.parametrize("engine_args", [{}, {"max_num_batched_tokens": 8, "kv_block_size": 4}], ids=["plain", "chunked"])
+async def test_mixed_adapter_batch_equals_separate_runs(tiny_model_dir, adapters, references, engine_args):
+    args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "lora_modules": adapters,
+            **engine_args}
+    with ChatModel(args) as model:
+        assert sorted(model.adapters) == ["a1", "a2"]
+        jobs = [(name, i) for name in (None, "a1", "a2") for i in range(len(PROMPTS))]
+        got = await asyncio.gather(*(_tokens(model, PROMPTS[i], name) for name, i in jobs))
+        for (name, i), tokens in zip(jobs, got):
+            assert tokens == references[name][i], (name, PROMPTS[i])
+        assert model.stats().max_batch_size >= 6  # the three kinds of request really shared steps
+
+
+@pytest.mark.parametrize("merge", [True, False])
+async def test_adapter_name_or_path_serves_requests_naming_none(tiny_model_dir, adapters, references, merge):
+    args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
+            "adapter_name_or_path": adapters["a1"], "merge_lora": merge}
+    with ChatModel(args) as model:
+        assert model.adapters == []
+        got = await asyncio.gather(*(_tokens(model, p, None) for p in PROMPTS))
+        assert got == references["a1"]
+
+
+async def test_load_and_unload_at_run_time(tiny_model_dir, adapters, references):
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "max_loras": 1}) as model:
+        with pytest.raises(NotFoundError, match="a2"):
+            await _tokens(model, PROMPTS[0], "a2")
+        await model.aload_adapter("a2", adapters["a2"])
+        assert model.adapters == ["a2"]
+        got = await asyncio.gather(*(_tokens(model, p, a) for p in PROMPTS for a in ("a2", None)))
+        assert got[0::2] == references["a2"] and got[1::2] == references[None]
+        with pytest.raises(InvalidRequestError, match="already loaded"):
+            await model.aload_adapter("a2", adapters["a2"])
+        with pytest.raises(InvalidRequestError, match="max_loras"):
+            await model.aload_adapter("a1", adapters["a1"])
+        await model.aunload_adapter("a2")
+        assert model.adapters == []
+        with pytest.raises(NotFoundError):
+            await _tokens(model, PROMPTS[0], "a2")
+        with pytest.raises(NotFoundError):
+            await model.aunload_adapter("a2")
+        await model.aload_adapter("a1", adapters["a1"])  # the slot is free again
+        assert await _tokens(model, PROMPTS[1], "a1") == references["a1"][1]
+
+
+def test_bad_adapter_paths(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="adapter_config.json"):
+        ChatModel({"model_name_or_path": tiny_model_dir("llama"), "lora_modules": {"x": str(tmp_path)}})
+
+
+def test_lora_modules_forms():
+    assert load_args({"lora_modules": "a=/p, b=/q"}).model.lora_modules == {"a": "/p", "b": "/q"}
+    assert load_args({"lora_modules": ["a=/p"]}).model.lora_modules == {"a": "/p"}
+    assert load_args({"lora_modules": {"a": "/p"}}).model.lora_modules == {"a": "/p"}
+    with pytest.raises(ConfigError, match="lora_modules"):
+        load_args({"lora_modules": "nopath"})
+    with pytest.raises(ConfigError, match="max_loras"):
+        load_args({"lora_modules": "a=/p,b=/q", "max_loras": 1})
+    with pytest.raises(ConfigError, match="merge_lora"):
+        load_args({"adapter_name_or_path": "/p,/q", "merge_lora": False})
+    assert load_args({"stage": "rm"}).model.task == "score"
