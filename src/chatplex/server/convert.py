@@ -1,7 +1,9 @@
 """OpenAI request bodies -> `ChatModel.build_request` arguments.
 
-Fields that would silently change results if ignored (structured output, forced tool calls, echo...) are
-rejected as unsupported; other unknown fields are ignored with one logged warning per request.
+Fields that would silently change results if ignored (legacy `function_call` forcing, echo, suffix, best_of...)
+are rejected as unsupported; other unknown fields are ignored with one logged warning per request.
+`response_format` and `tool_choice` pass through to `ChatModel.build_request`, which enforces them by
+constrained decoding (or raises `UnsupportedFeatureError` naming the field on engines that cannot).
 """
 
 from __future__ import annotations
@@ -39,11 +41,6 @@ def _sampling_kwargs(body: SamplingFields) -> dict[str, Any]:
 
 def chat_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
     """build_request(**kwargs) for a chat completion."""
-    fmt = (body.response_format or {}).get("type")
-    if body.response_format is not None and fmt != "text":
-        raise unsupported("response_format", f"{fmt!r} is not supported yet (structured output); use 'text' or leave it out.")
-    if body.tool_choice not in _TOOL_CHOICES:
-        raise unsupported("tool_choice", "only 'none' and 'auto' are supported (forcing a tool call needs structured output).")
     function_call = (body.model_extra or {}).get("function_call")
     if function_call not in _TOOL_CHOICES:
         raise unsupported("function_call", "only 'none' and 'auto' are supported.")
@@ -56,8 +53,13 @@ def chat_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
     if body.top_logprobs is not None:
         kw["top_logprobs"] = body.top_logprobs
     kw["messages"] = [m.model_dump(exclude_unset=True) for m in body.messages]
-    # tool_choice "none": the model must not call tools, so it should not be shown any.
-    kw["tools"] = body.tools if body.tool_choice != "none" else None
+    kw["tools"] = body.tools  # tool_choice "none" hides them from the model (build_request)
+    if body.tool_choice is not None:
+        kw["tool_choice"] = body.tool_choice
+    if body.parallel_tool_calls is not None:
+        kw["parallel_tool_calls"] = body.parallel_tool_calls
+    if body.response_format is not None:
+        kw["response_format"] = body.response_format
     if body.chat_template_kwargs:
         kw["template_kwargs"] = body.chat_template_kwargs
     return kw

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from chatplex.output_parsing import openai_tool_calls
 from chatplex.server import schemas as s
+from chatplex.templates.tool_parsers import ToolCallDelta
 from chatplex.types import Delta, TokenLogprob
 
 
@@ -44,6 +46,8 @@ def completion_logprobs(items: list[TokenLogprob] | None, offset: int) -> s.Comp
 @dataclass
 class _Choice:
     text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     completion_tokens: int = 0
@@ -62,6 +66,8 @@ class Tracker:
         index = request_index * self.n + delta.index
         choice = self.choices.setdefault(index, _Choice())
         choice.text.append(delta.text)
+        choice.reasoning.append(delta.reasoning)
+        choice.tool_calls.extend(delta.tool_calls)
         choice.chars += len(delta.text)
         if delta.logprobs is not None:
             choice.logprobs = (choice.logprobs or []) + delta.logprobs
@@ -82,13 +88,27 @@ async def chat_completion(rid: str, model: str, n: int, deltas: AsyncIterator[tu
     async for request_index, delta in deltas:
         tracker.add(request_index, delta)
     choices = [
-        s.ChatChoice(
-            index=i, message=s.AssistantMessage(content="".join(c.text)),
-            logprobs=chat_logprobs(c.logprobs), finish_reason=c.finish_reason,
-        )
+        s.ChatChoice(index=i, message=_message(c), logprobs=chat_logprobs(c.logprobs), finish_reason=c.finish_reason)
         for i, c in sorted(tracker.choices.items())
     ]
     return s.ChatCompletion(id=rid, model=model, choices=choices, usage=tracker.usage())
+
+
+def _message(choice: _Choice) -> s.AssistantMessage:
+    text, reasoning = "".join(choice.text), "".join(choice.reasoning) or None
+    calls = [s.ToolCallOut.model_validate(c) for c in openai_tool_calls(choice.tool_calls)] or None
+    # OpenAI sends null content for a reply that is only tool calls.
+    content = text if text or not calls else None
+    return s.AssistantMessage(content=content, tool_calls=calls, reasoning_content=reasoning, reasoning=reasoning)
+
+
+def _chat_delta(delta: Delta, first: bool) -> s.ChatDelta:
+    calls = [s.ToolCallChunk.model_validate(c.to_openai()) for c in delta.tool_calls] or None
+    content = delta.text if delta.text or not (calls or delta.reasoning) else None
+    return s.ChatDelta(
+        role="assistant" if first else None, content=content, tool_calls=calls,
+        reasoning_content=delta.reasoning or None, reasoning=delta.reasoning or None,
+    )
 
 
 async def chat_chunks(
@@ -100,11 +120,12 @@ async def chat_chunks(
         async for request_index, delta in deltas:
             index, _ = tracker.add(request_index, delta)
             first = index not in started
-            if not (first or delta.text or delta.logprobs or delta.finish_reason):
-                continue  # text held back (a partial character or a possible stop string): nothing to send yet
+            news = delta.text or delta.reasoning or delta.tool_calls or delta.logprobs or delta.finish_reason
+            if not (first or news):
+                continue  # text held back (a partial character, a possible stop string or tool call): nothing yet
             started.add(index)
             choice = s.ChatChunkChoice(
-                index=index, delta=s.ChatDelta(role="assistant" if first else None, content=delta.text),
+                index=index, delta=_chat_delta(delta, first),
                 logprobs=chat_logprobs(delta.logprobs), finish_reason=delta.finish_reason,
             )
             yield s.ChatCompletionChunk(id=rid, model=model, choices=[choice])

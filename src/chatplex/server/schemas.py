@@ -103,9 +103,32 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprobOut] | None = None
 
 
+class ToolCallFunction(BaseModel):
+    name: str | None = None
+    arguments: str = ""
+
+
+class ToolCallOut(BaseModel):
+    """A `message.tool_calls` entry."""
+
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunction
+
+
+class ToolCallChunk(ToolCallOut):
+    """A `delta.tool_calls` piece: the first of a call has id, type and name; later ones add arguments."""
+
+    index: int
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    # The thinking of reasoning models, under both names clients use.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChatChoice(BaseModel):
@@ -127,6 +150,9 @@ class ChatCompletion(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallChunk] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChatChunkChoice(BaseModel):
