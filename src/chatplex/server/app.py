@@ -9,7 +9,7 @@ from chatplex import __version__
 from chatplex.chat_model import ChatModel
 from chatplex.server import errors
 from chatplex.server.guards import RequestGuard
-from chatplex.server.routes import chat, completions, health, models, score, web
+from chatplex.server.routes import chat, completions, health, lora, models, score, web
 from chatplex.server.settings import ServerSettings
 from chatplex.server.state import ServerState
 
@@ -25,7 +25,7 @@ def create_app(chat_model: ChatModel | None, settings: ServerSettings | None = N
     state = ServerState(chat_model, settings)
     app.state.server = state
     errors.install(app)
-    for module in (chat, completions, models, score, health, web):
+    for module in (chat, completions, models, score, lora, health, web):
         app.include_router(module.router)
     app.add_middleware(RequestGuard, state=state)
     if settings.allowed_origins:

@@ -1,0 +1,122 @@
+"""/v1/score, LLaMA-Factory's /v1/score/evaluation and vLLM's /classify against a real `chatplex serve` of a
+tiny random-weight reward model; a generative model answers score requests with 400 and vice versa."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import openai
+import pytest
+import torch
+
+from chatplex import ChatModel
+from tests.server.conftest import API_KEY, ServerProcess
+
+TEXTS = ["Hello there", "The quick brown fox jumps over the lazy dog", "x"]
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory, tokenizer) -> str:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(5)
+    config = LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        vocab_size=49152, max_position_embeddings=2048, eos_token_id=2, bos_token_id=1, pad_token_id=2, num_labels=1,
+    )
+    path = tmp_path_factory.mktemp("tiny-reward")
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def expected(reward_dir) -> list[float]:
+    """The same model's scores in-process (equal to a direct torch computation: tests/engines/hf/test_scoring.py)."""
+    with ChatModel({"model_name_or_path": reward_dir, "infer_dtype": "float32"}) as model:
+        return model.get_scores(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def reward_server(reward_dir, tmp_path_factory):
+    srv = ServerProcess(["--model", reward_dir, "--infer-dtype", "float32", "--api-key", API_KEY],
+                        tmp_path_factory.mktemp("rm") / "server.log")
+    try:
+        yield srv.wait_ready()
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def rhttp(reward_server):
+    with httpx.Client(base_url=reward_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        yield c
+
+
+def test_score(rhttp, expected):
+    r = rhttp.post("/v1/score", json={"input": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert [d["score"] for d in body["data"]] == pytest.approx(expected, abs=1e-5)
+    single = rhttp.post("/v1/score", json={"input": TEXTS[1]}).json()
+    assert single["data"][0]["score"] == pytest.approx(expected[1], abs=1e-5)
+
+
+def test_score_conversations(rhttp):
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    r = rhttp.post("/v1/score", json={"input": [conv, conv]})
+    assert r.status_code == 200, r.text
+    a, b = (d["score"] for d in r.json()["data"])
+    assert a == b and math.isfinite(a)
+
+
+def test_score_evaluation_llamafactory_shape(rhttp, expected):
+    r = rhttp.post("/v1/score/evaluation", json={"model": "anything", "messages": TEXTS, "max_length": 512})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"id", "object", "model", "scores"} and body["object"] == "score.evaluation"
+    assert body["scores"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("path", ["/classify", "/v1/classify"])
+def test_classify_vllm_shape(rhttp, expected, path):
+    r = rhttp.post(path, json={"model": None, "input": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["usage"]["prompt_tokens"] > 0
+    probs = [d["probs"][0] for d in body["data"]]
+    assert probs == pytest.approx([1 / (1 + math.exp(-s)) for s in expected], abs=1e-6)
+    assert {d["num_classes"] for d in body["data"]} == {1} and body["data"][0]["label"] == "LABEL_0"
+    raw = rhttp.post(path, json={"input": TEXTS[0], "use_activation": False}).json()
+    assert raw["data"][0]["probs"] == pytest.approx([expected[0]], abs=1e-5)
+
+
+def test_reward_model_refuses_chat(reward_server):
+    client = openai.OpenAI(base_url=f"{reward_server.url}/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="reward model"):
+        client.chat.completions.create(model=client.models.list().data[0].id,
+                                       messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+def test_bad_score_requests(rhttp):
+    assert rhttp.post("/v1/score", json={"input": [1, 2]}).status_code == 400
+    r = rhttp.post("/v1/score", json={"input": ["a"], "max_length": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_length"
+    assert httpx.post(rhttp.base_url.join("/classify"), json={"input": "a"}).status_code == 401
+
+
+def test_generative_model_refuses_scores(http):
+    """The shared SmolLM2 server (a generative model) answers every score shape with a clear 400."""
+    for path, body in (("/v1/score", {"input": "hi"}), ("/v1/score/evaluation", {"messages": ["hi"]}),
+                       ("/classify", {"input": "hi"})):
+        r = http.post(path, json=body)
+        assert r.status_code == 400, (path, r.text)
+        assert "not a reward model" in r.json()["error"]["message"]
+
+
+def test_openapi_documents_score(rhttp):
+    schema = rhttp.get("/openapi.json").json()
+    assert "/v1/score" in schema["paths"] and "/classify" in schema["paths"]
+    assert "ScoreInputRequest" in schema["components"]["schemas"]
