@@ -1,0 +1,219 @@
+"""The vLLM engine (`infer_backend: vllm`): vLLM's `AsyncLLM` in-process, behind chatplex's Engine protocol.
+
+Loops: `AsyncLLM` belongs to the event loop it first runs on, but chatplex calls `generate` from any loop (the
+ChatModel's background loop, a server's, a test's). So the engine keeps one loop thread of its own for vLLM;
+each request's sequences run there as tasks and hand their deltas back to the caller's loop.
+
+Prompts are rendered with chatplex's templates and tokenizer and reach vLLM as token ids. Each of the `n`
+sequences is its own vLLM request (seed + index, as in the other local engines). vLLM samples; chatplex decides
+where a sequence ends and what its text is (see `output.py`). Closing the delta stream cancels the sequences'
+tasks, and vLLM aborts a request whose `generate` is cancelled or closed.
+
+Multi-GPU and multi-node run through vLLM itself: `vllm_config` keys such as `tensor_parallel_size`,
+`pipeline_parallel_size` or `distributed_executor_backend: ray` go straight to `AsyncEngineArgs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from typing import Any
+
+from vllm.inputs import TokensPrompt
+from vllm.platforms import current_platform
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from chatplex._loop import BackgroundLoop
+from chatplex.config import ChatplexArgs
+from chatplex.engines.base import Engine, EngineStats, PromptPreparer
+from chatplex.engines.hf import loader
+from chatplex.engines.vllm import params
+from chatplex.engines.vllm.output import SequenceOutput
+from chatplex.engines.vllm.stats import SchedulerCounters
+from chatplex.errors import ChatplexError, EngineClosedError, EngineError
+from chatplex.templates import resolve_template
+from chatplex.types import Delta, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+
+class VLLMEngine(Engine):
+    backend = "vllm"
+
+    def __init__(self, args: ChatplexArgs) -> None:
+        self.args = args
+        self.model_dir, _, self._name = loader.model_source(args.model)
+        self._loras = params.Adapters(params.adapter_paths(args.model))
+        self._loop: BackgroundLoop | None = None
+        self._llm: AsyncLLM | None = None
+        self._closing = False
+        self._counters = SchedulerCounters()
+        self._stats = EngineStats()
+        self._in_flight = 0
+        # Each running request's way back to its caller, so close() can tell the callers still waiting.
+        self._callers: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.prompts.max_model_len if hasattr(self, "prompts") else None
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self._vocab_size if hasattr(self, "_vocab_size") else None
+
+    async def start(self) -> None:
+        margs = self.args.model
+        self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
+        engine_args = params.engine_args(margs, self.model_dir, current_platform.is_cpu())
+        self._loop = BackgroundLoop("chatplex-vllm")
+        self._llm = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._create(engine_args), self._loop.loop))
+        model_config = self._llm.model_config
+        self._vocab_size = model_config.get_vocab_size()
+        template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
+        self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
+        self.eos_ids, self.text_stops = self._stop_tokens(template.stop_words)
+        logger.info("Loaded %s with vLLM (context %d)", self._name, model_config.max_model_len)
+
+    async def _create(self, engine_args: Any) -> AsyncLLM:
+        # On vLLM's own loop: the engine's output handler task is created on the loop it is built on.
+        return AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._counters.logger_factory()])
+
+    def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
+        """EOS ids (tokenizer and generation config) plus the template's single-token stop words; the other stop
+        words are matched as text."""
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        gen_eos = self._llm.model_config.try_get_generation_config().get("eos_token_id")  # type: ignore[union-attr]
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        text_stops = []
+        for word in stop_words:
+            token_id = self.tokenizer.convert_tokens_to_ids(word)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+            else:
+                text_stops.append(word)
+        return frozenset(ids), tuple(text_stops)
+
+    # ---- requests ------------------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return self._loras.names
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self.prompts.prompt_ids(request))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self._closing or self._llm is None or self._loop is None:
+            raise EngineClosedError("The engine is not running.")
+        prompt_ids = self.prompts.prompt_ids(request)
+        lora = self._loras.pick(request.adapter)
+        structured = params.structured_outputs(request.constraint)
+        caller = asyncio.get_running_loop()
+        out: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        n = request.sampling.n
+        # Unique per call: chatplex request ids need not be unique, vLLM's must.
+        base_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+        tasks: list[Future] = [
+            asyncio.run_coroutine_threadsafe(
+                self._run_sequence(request, prompt_ids, index, f"{base_id}-{index}", lora, structured, caller, out), self._loop.loop
+            )
+            for index in range(n)
+        ]
+        self._in_flight += 1
+        self._callers[base_id] = (caller, out)
+        self._stats.prompt_tokens += len(prompt_ids)
+        finished = 0
+        try:
+            while finished < n:
+                item = await out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                self._stats.generated_tokens += len(item.token_ids)
+                if item.finish_reason is not None:
+                    finished += 1
+                yield item
+            self._stats.finished_requests += 1
+        finally:
+            self._in_flight -= 1
+            self._callers.pop(base_id, None)
+            if finished < n:
+                for task in tasks:
+                    task.cancel()  # cancels vLLM's generate, which aborts the request in the engine core
+                self._stats.aborted_requests += 1
+
+    async def _run_sequence(
+        self,
+        request: GenerationRequest,
+        prompt_ids: list[int],
+        index: int,
+        vllm_id: str,
+        lora: Any,
+        structured: Any,
+        caller: asyncio.AbstractEventLoop,
+        out: asyncio.Queue,
+    ) -> None:
+        """On vLLM's loop: stream one sequence, sending each delta (or the error) to the caller's queue."""
+        sp = request.sampling
+        max_new = self.prompts.max_new_tokens(len(prompt_ids), request)
+        stop_ids = frozenset(sp.stop_token_ids) | (frozenset() if sp.ignore_eos else self.eos_ids)
+        seq = SequenceOutput(index, len(prompt_ids), sp, max_new, stop_ids, self.text_stops, self.tokenizer)
+        vparams = params.sampling_params(sp, index, max_new, stop_ids, structured)
+        assert self._llm is not None
+        stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), vparams, vllm_id, lora_request=lora)
+        try:
+            async for result in stream:
+                completion = result.outputs[0]
+                delta = seq.add(completion.token_ids, completion.logprobs, completion.finish_reason)
+                _send(caller, out, delta)
+                if seq.finished:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except ChatplexError as e:
+            _send(caller, out, e)
+        except Exception as e:  # fail this request, keep serving the others
+            logger.exception("vLLM generation failed")
+            err = EngineError(f"vLLM failed while generating: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            _send(caller, out, err)
+        finally:
+            # Ended early by a stop string, or cancelled: closing vLLM's stream aborts its request.
+            await stream.aclose()
+
+    def stats(self) -> EngineStats:
+        counters = self._counters
+        running, waiting = (counters.running, counters.waiting) if self._in_flight else (0, 0)
+        return dataclasses.replace(self._stats, running=running, waiting=waiting, max_batch_size=counters.max_running)
+
+    # ---- shutdown ------------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        llm, loop = self._llm, self._loop
+        self._llm = None
+        for caller, out in self._callers.values():
+            _send(caller, out, EngineClosedError("The engine was closed."))
+        if llm is not None and loop is not None:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_shutdown(llm), loop.loop))
+        if loop is not None:
+            await asyncio.to_thread(loop.stop)
+
+
+async def _shutdown(llm: AsyncLLM) -> None:
+    llm.shutdown()
+
+
+def _send(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item: Delta | BaseException) -> None:
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+    except RuntimeError:  # the caller's loop is closed; nobody is listening
+        pass

