@@ -66,7 +66,17 @@ REFERENCES = {
     # the prompt. We test against what it means: the quote escaped, every tag trimmed.
     "vicuna": [("vicuna.jinja", "<s>", "</s>", False, (("user's questions", "user\\'s questions"), ("{% ", "{%- "),
                                                         (" %}", " -%}"), ("{{ ", "{{- "), (" }}", " -}}")))],
-    "llama3": [("llama-3.jinja", *LLAMA3, False, ())],
+    # vLLM's example Llama 3 template departs from Meta's own (Meta-Llama-3-*-Instruct tokenizer_config.json, which
+    # LLaMA-Factory's llama3 follows): one newline after each header instead of two, untrimmed content, no
+    # <|eot_id|> after a final assistant turn, and newlines between its tags. A model fine-tuned on Meta's format
+    # is one newline off with it, so `llama3` renders Meta's format: the fixes turn the reference into that.
+    "llama3": [("llama-3.jinja", *LLAMA3, False, (
+        ("{{'<|begin_of_text|>'}}\n{% for", "{{'<|begin_of_text|>'}}{% for"),
+        ("'<|end_header_id|>\\n' + message['content']}}", "'<|end_header_id|>\\n\\n' + message['content'] | trim}}"),
+        ("{% if (loop.last and add_generation_prompt) or not loop.last %}{{'<|eot_id|>'}}{% endif %}", "{{'<|eot_id|>'}}"),
+        ("{% endfor %}\n{% if", "{% endfor %}{% if"),
+        ("'<|start_header_id|>assistant<|end_header_id|>\\n' }}", "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"),
+    ))],
     "llama3.1": [("llama-3.1-json-tools.jinja", *LLAMA3, False, ())],
     "llama3.2": [("llama-3.2-pythonic-tools.jinja", *LLAMA3, False, ())],
     "llama4": [("llama-4-pythonic-tools.jinja", "<|begin_of_text|>", "<|eot|>", False, ())],
