@@ -43,9 +43,15 @@ class ServerState:
         """The ChatModel for a request's `model` field (None means the served one); 404 for an unknown name."""
         if self.chat_model is None:
             raise EngineClosedError("The model is still loading; retry shortly.")
-        if requested is not None and requested not in self.known_names():
+        if requested is not None and requested not in self.known_names() and requested not in self.chat_model.adapters:
             raise model_not_found(requested)
         return self.chat_model
+
+    def adapter_for(self, requested: str | None) -> str | None:
+        """The LoRA adapter a request's `model` field names, or None for the base model (as vLLM selects them)."""
+        if self.chat_model is None or requested is None or requested in self.known_names():
+            return None
+        return requested if requested in self.chat_model.adapters else None
 
     async def drain(self, timeout: float, poll: float = 0.05) -> bool:
         """Refuse new requests and wait (at most `timeout` s) for in-flight ones; True if all finished."""
