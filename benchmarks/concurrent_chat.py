@@ -15,7 +15,7 @@ import json
 import statistics
 import sys
 
-from engine_driver import chat_messages, load_baseline, machine_info, run_baseline, run_engine
+from engine_driver import chat_messages, load_baseline, machine_info, run_baseline, run_engine, run_static_batch
 
 from chatplex import ChatModel
 from chatplex.bench import request_metrics, summarize
@@ -55,11 +55,15 @@ def bench_dtype(dtype: str, ns: argparse.Namespace) -> list[dict]:
     hf_model, tokenizer = load_baseline(embedded_model_dir(), model.engine.dtype)
     run_baseline(hf_model, tokenizer, chat_messages(1), 8, ns.ignore_eos)  # warm-up
     base_runs = [run_baseline(hf_model, tokenizer, convs, ns.max_new_tokens, ns.ignore_eos) for _ in range(ns.repeats)]
-    del hf_model
-    return [
+    rows = [
         row(f"chatplex engine, {ns.concurrency} concurrent", label, engine_runs),
         row("transformers generate, sequential", label, base_runs),
     ]
+    if ns.static_batch:
+        static = [run_static_batch(hf_model, tokenizer, convs, ns.max_new_tokens, ns.ignore_eos) for _ in range(ns.repeats)]
+        rows.append(row(f"(ref) generate, static batch of {ns.concurrency}", label, static))
+    del hf_model
+    return rows
 
 
 def print_table(rows: list[dict]) -> None:
@@ -72,7 +76,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['tpot_mean_ms']:>8}{r['output_tokens']:>8}{r['duration_s']:>8}"
         )
     print()
-    for engine, base in zip(rows[::2], rows[1::2]):
+    for engine, base in zip(*[[r for r in rows if r["engine"].startswith(k)] for k in ("chatplex", "transformers")]):
         ratio = engine["output_tok_s"] / base["output_tok_s"]
         ttft = base["ttft_mean_ms"] / engine["ttft_mean_ms"]
         print(f"{engine['dtype']}: throughput x{ratio:.2f} vs sequential; mean TTFT {ttft:.2f}x lower")
@@ -86,6 +90,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the median is reported")
     parser.add_argument("--stop-at-eos", dest="ignore_eos", action="store_false",
                         help="let requests end at EOS (then the two sides may generate different token counts)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="add a reference row: all prompts padded into one transformers generate call")
     parser.add_argument("--json", help="write machine info and rows to this file")
     ns = parser.parse_args()
     info = machine_info()

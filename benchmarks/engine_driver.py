@@ -121,6 +121,35 @@ def run_baseline(
     return records, time.perf_counter() - t0
 
 
+def run_static_batch(
+    model: Any, tokenizer: Any, conversations: list, max_new_tokens: int, ignore_eos: bool
+) -> tuple[list[RequestRecord], float]:
+    """A reference, not a serving engine: all prompts left-padded into one `generate` call (no joining or leaving,
+    no streaming). Its step time is what the model's forward costs at this batch size."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    tokenizer.padding_side = side
+    clock = _FirstTokenClock()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+            min_new_tokens=max_new_tokens if ignore_eos else None, streamer=clock, pad_token_id=tokenizer.eos_token_id,
+        )
+    end = time.perf_counter()
+    new = out[:, enc["input_ids"].shape[1]:]
+    records = []
+    for i in range(len(conversations)):
+        n = int((new[i] != tokenizer.eos_token_id).sum()) if not ignore_eos else new.shape[1]
+        records.append(RequestRecord(start=t0, end=end, chunk_times=[clock.first or end, end],
+                                     prompt_tokens=int(enc["attention_mask"][i].sum()), completion_tokens=n))
+    return records, end - t0
+
+
 def machine_info() -> dict[str, str]:
     """What BENCHMARKS.md records about a run: date, CPU, load, versions."""
     import torch
