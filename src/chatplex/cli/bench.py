@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="OpenAI base URL (default: %(default)s)")
     s.add_argument("--endpoint", choices=("chat", "completions"), default="chat", help="API to call (default: chat)")
     s.add_argument("--model", help="model name to send (default: the first one at GET /models)")
-    s.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default: $OPENAI_API_KEY)")
+    s.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY") or os.environ.get("CHATPLEX_API_KEY"),
+                   help="bearer token (default: $OPENAI_API_KEY, else $CHATPLEX_API_KEY)")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
     p = parser.add_argument_group("prompts")
     p.add_argument("--prompts-file", metavar="FILE.jsonl", help="given prompts instead of random ones")
