@@ -160,8 +160,10 @@ def test_logit_bias_and_min_tokens(vllm_model, smollm_tokenizer):
     reply = vllm_model.chat(STORY, max_new_tokens=3, logit_bias={str(token): 100}, **GREEDY)[0]
     assert reply.token_ids == [token] * 3
     # eos (<|im_end|>, id 2) may not end the reply before min_new_tokens
-    short = vllm_model.chat([{"role": "user", "content": "Say yes."}], max_new_tokens=40, **GREEDY)[0]
-    longer = vllm_model.chat([{"role": "user", "content": "Say yes."}], max_new_tokens=40, min_new_tokens=short.response_length + 3, **GREEDY)[0]
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    short = vllm_model.chat(france, max_new_tokens=40, **GREEDY)[0]
+    assert short.finish_reason == "stop" and short.response_length < 30
+    longer = vllm_model.chat(france, max_new_tokens=40, min_new_tokens=short.response_length + 3, **GREEDY)[0]
     assert longer.response_length >= short.response_length + 3
 
 
