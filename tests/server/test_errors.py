@@ -76,8 +76,6 @@ def test_malformed_json_is_400(http):
 @pytest.mark.parametrize(
     "path, body, param",
     [
-        ("/v1/chat/completions", {"messages": Q, "response_format": {"type": "json_object"}}, "response_format"),
-        ("/v1/chat/completions", {"messages": Q, "tool_choice": "required"}, "tool_choice"),
         ("/v1/completions", {"prompt": "x", "echo": True}, "echo"),
         ("/v1/completions", {"prompt": "x", "best_of": 3}, "best_of"),
     ],

@@ -83,3 +83,27 @@ def test_bad_adapter_path_is_400(lhttp, tmp_path):
     assert r.status_code == 400 and "adapter_config.json" in r.json()["error"]["message"]
     r = lhttp.post("/v1/load_lora_adapter", json={"lora_name": "base", "lora_path": str(tmp_path)})
     assert r.status_code == 400 and r.json()["error"]["param"] == "lora_name"
+
+
+def test_model_field_selects_the_adapter(lora_server, tiny_model_dir, adapter_dirs):
+    """A chat request's `model` naming an adapter runs that adapter: the same tokens as the Python API with it."""
+    from chatplex import ChatModel
+
+    client = openai.OpenAI(base_url=f"{lora_server.url}/v1", api_key=API_KEY, max_retries=0)
+    messages = [{"role": "user", "content": "Hello there"}]
+
+    def served(model: str) -> str:
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0,
+                                           extra_body={"ignore_eos": True})
+        return r.choices[0].message.content
+
+    with ChatModel({"model_name_or_path": tiny_model_dir, "infer_dtype": "float32",
+                    "lora_modules": {"a1": adapter_dirs["a1"]}}) as local:
+        def direct(adapter: str | None) -> str:
+            return local.chat(messages, max_new_tokens=12, temperature=0, ignore_eos=True, adapter=adapter)[0].response_text
+
+        assert served("a1") == direct("a1")
+        assert served("base") == direct(None)
+    assert served("a1") != served("base")
+    completion = client.completions.create(model="a1", prompt="Once upon", max_tokens=8, temperature=0)
+    assert completion.choices[0].text

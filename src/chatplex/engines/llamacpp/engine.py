@@ -37,7 +37,7 @@ from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
 from chatplex.engines.stop_strings import StopStringMatcher
-from chatplex.errors import EngineClosedError, EngineError, InvalidRequestError
+from chatplex.errors import EngineClosedError, EngineError, InvalidRequestError, UnsupportedFeatureError
 from chatplex.models.embedded import EMBEDDED_NAME
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
@@ -59,6 +59,7 @@ class _Job:
 
 class LlamaCppEngine(Engine):
     backend = "llama.cpp"
+    supports_constraints = True  # JSON response formats, through llama.cpp's own GBNF grammars
 
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
@@ -131,6 +132,13 @@ class LlamaCppEngine(Engine):
         """Stream the request's deltas; `grammar` (GBNF) constrains every sequence's output."""
         if self._closing or self._thread is None:
             raise EngineClosedError("The engine is not running.")
+        if grammar is None and request.constraint is not None:
+            if request.constraint.json_schema is None:
+                raise UnsupportedFeatureError(
+                    f"{request.constraint.param}: the llama.cpp engine constrains JSON response formats only.",
+                    param=request.constraint.param,
+                )
+            grammar = self.json_schema_grammar(request.constraint.json_schema)
         job = _Job(request, self.prompts.prompt_ids(request), asyncio.get_running_loop(), asyncio.Queue(), grammar)
         if grammar is not None:
             GrammarMask(self.runner.llama, grammar).close()  # a bad grammar fails here, not in the worker

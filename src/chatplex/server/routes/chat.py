@@ -23,7 +23,7 @@ router = APIRouter()
 )
 async def create_chat_completion(body: ChatCompletionRequest, state: ServerState = Depends(get_state)):
     chat_model = state.model_for(body.model)
-    request = chat_model.build_request(**chat_kwargs(body))
+    request = chat_model.build_request(**chat_kwargs(body), adapter=state.adapter_for(body.model))
     deltas = await open_all(chat_model, [request], state.metrics)
     rid, n = f"chatcmpl-{uuid.uuid4().hex}", request.sampling.n
     if body.stream:

@@ -24,7 +24,8 @@ router = APIRouter()
 async def create_completion(body: CompletionRequest, state: ServerState = Depends(get_state)):
     chat_model = state.model_for(body.model)
     # Build (validate) every request before starting any, so one bad prompt wastes no generation.
-    requests = [chat_model.build_request(**kw) for kw in completion_kwargs(body)]
+    adapter = state.adapter_for(body.model)
+    requests = [chat_model.build_request(**kw, adapter=adapter) for kw in completion_kwargs(body)]
     deltas = await open_all(chat_model, requests, state.metrics)
     rid, n = f"cmpl-{uuid.uuid4().hex}", requests[0].sampling.n
     if body.stream:
