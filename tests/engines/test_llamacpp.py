@@ -45,6 +45,22 @@ async def test_json_schema_grammar_constrains_output(model):
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
 
 
+def test_response_format_json_schema_through_chat(model):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    [reply] = model.chat([{"role": "user", "content": "Which city is the capital of France? Answer as JSON."}],
+                         do_sample=False, max_new_tokens=40,
+                         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}})
+    assert isinstance(json.loads(reply.response_text)["city"], str)
+
+
+def test_forced_tool_calls_are_refused_with_the_field_named(model):
+    from chatplex.errors import UnsupportedFeatureError
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    with pytest.raises(UnsupportedFeatureError, match="tool_choice"):
+        model.chat([{"role": "user", "content": "hi"}], tools=tools, tool_choice="required", max_new_tokens=5)
+
+
 def test_logprobs_are_of_the_sampled_tokens(model):
     reply = model.chat(MESSAGES, do_sample=False, max_new_tokens=6, ignore_eos=True, logprobs=True, top_logprobs=3)[0]
     assert len(reply.logprobs) == len(reply.token_ids) == 6
