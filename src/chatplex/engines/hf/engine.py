@@ -10,28 +10,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import os
 import logging
+import os
 import threading
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 
 from chatplex.config import ChatplexArgs
-from chatplex.engines.base import Engine, EngineStats, PromptPreparer
-from chatplex.engines.detokenizer import StreamingDetokenizer
-from chatplex.engines.hf import attention, loader, scoring
-from chatplex.engines.hf.block_manager import BlockManager
-from chatplex.engines.hf.cuda_graphs import DecodeGraphs
-from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
-from chatplex.engines.hf.runner import ModelRunner
-from chatplex.engines.hf.sampler import SampleOutput, SamplingRow
-from chatplex.engines.hf.scheduler import Scheduler
+from chatplex.engines.base import Engine, EngineStats
+from chatplex.engines.hf import loader, scoring, setup
+from chatplex.engines.hf.output_processor import OutputProcessor
+from chatplex.engines.hf.sampler import SamplingRow
 from chatplex.engines.hf.sequence import Sequence
-from chatplex.engines.stop_strings import StopStringMatcher
-from chatplex.models.dummy import dummy_model, dummy_tokenizer
+from chatplex.engines.hf.streams import RequestStream, deliver
 from chatplex.errors import (
     ContextLengthExceededError,
     EngineClosedError,
@@ -40,19 +33,9 @@ from chatplex.errors import (
     NotFoundError,
     UnsupportedFeatureError,
 )
-from chatplex.templates import resolve_template
-from chatplex.types import Delta, FinishReason, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, new_request_id
+from chatplex.types import Delta, FinishReason, GenerationRequest, SamplingParams, TokenLogprob, new_request_id
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _RequestStream:
-    """The asyncio side of one request: where its deltas go."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    seqs: list[Sequence] = field(default_factory=list)
 
 
 class HFEngine(Engine):
@@ -64,7 +47,7 @@ class HFEngine(Engine):
         self._name = loader.model_source(args.model)[2] if args.model.model_name_or_path else "SmolLM2-135M-Instruct"
         self._cv = threading.Condition()
         self._inbox: list[tuple[str, Any]] = []
-        self._streams: dict[str, _RequestStream] = {}
+        self._streams: dict[str, RequestStream] = {}
         self._thread: threading.Thread | None = None
         self._closing = False
         self._active_requests = 0
@@ -90,78 +73,11 @@ class HFEngine(Engine):
         self._thread.start()
 
     def _load(self) -> None:
-        margs = self.args.model
-        self.device = loader.pick_device(margs.device)
-        score_head = lora = None
-        if margs.dummy_weights:
-            self.dtype = loader.resolve_dtype(margs, None, self.device)
-            model = dummy_model(margs.dummy_weights, self.device, self.dtype)
-            self.tokenizer = dummy_tokenizer(model.config.vocab_size)
-            self._name = margs.dummy_weights
-        else:
-            self.tokenizer = loader.load_tokenizer(margs)
-            fmt = loader.score_format(margs)
-            model = self._load_weights(margs, classifier=fmt is not None and fmt.kind == "sequence_classification")
-            model, score_head, lora, self.default_adapter = loader.attach_adapters_and_head(
-                model, margs, fmt, self.device, self.dtype
-            )
-        model.set_attn_implementation(attention.register())
-        self.model = model
-        text_config = model.config.get_text_config()
-        max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
-        block_size = margs.kv_block_size
-        use_graphs = self.device.type == "cuda" and not margs.enforce_eager
-        budget = budget_bytes(self.device, margs.kv_cache_memory_gb, margs.gpu_memory_utilization)
-        num_blocks = PagedKVCache.num_blocks_for(model.config, self.dtype, block_size, budget)
-        # No point holding more than every slot filled to the context limit (+1: the scratch block).
-        num_blocks = min(num_blocks, margs.max_num_seqs * -(-max_len // block_size) + 1)
-        if num_blocks < 2:
-            raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
-        self.cache = PagedKVCache(model.config, num_blocks, block_size, self.dtype, self.device)
-        # Block 0 is scratch: CUDA-graph padding rows write there.
-        self.blocks = BlockManager(num_blocks, block_size, reserved=1)
-        self.scheduler = Scheduler(
-            self.blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=margs.max_num_batched_tokens
-        )
-        graphs = None
-        if use_graphs:
-            graphs = DecodeGraphs(
-                model, self.cache, self.device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
-            )
-            graphs.capture()
-        self.runner = ModelRunner(model, self.cache, self.device, graphs, lora, score_head)
-        template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
-        self.prompts = PromptPreparer(self.tokenizer, template, max_len)
-        self.eos_ids, self.template_stops = self._stop_tokens(template.stop_words)
-        logger.info(
-            "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; CUDA graphs %s",
-            self._name, self.device, self.dtype, num_blocks, block_size, "on" if graphs else "off",
-        )
-
-    def _load_weights(self, margs: Any, classifier: bool = False) -> Any:
-        if margs.infer_dtype == "auto" and self.device.type == "cpu":
-            model = loader.load_model(margs, self.device, torch.float32, classifier)
-            self.dtype = loader.resolve_dtype(margs, model, self.device)
-            return model.to(self.dtype)
-        self.dtype = loader.resolve_dtype(margs, None, self.device)
-        return loader.load_model(margs, self.device, self.dtype, classifier)
-
-    def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
-        """EOS ids from the generation config and tokenizer, plus the template's stop words (ids where single tokens)."""
-        ids: set[int] = set()
-        # A sequence classifier (reward model) has no generation config.
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        text_stops = []
-        for word in stop_words:
-            token_id = self.tokenizer.convert_tokens_to_ids(word)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                ids.add(token_id)
-            else:
-                text_stops.append(word)
-        return frozenset(ids), tuple(text_stops)
+        parts = setup.build(self.args.model, self._name)
+        for name in ("name", "device", "dtype", "tokenizer", "model", "cache", "blocks", "scheduler", "runner",
+                     "prompts", "eos_ids", "default_adapter"):
+            setattr(self, "_name" if name == "name" else name, getattr(parts, name))
+        self.output = OutputProcessor(parts.tokenizer, parts.eos_ids, parts.template_stops, parts.prompts.max_model_len)
 
     # ---- the asyncio side ----------------------------------------------------------------------------------
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
@@ -188,7 +104,7 @@ class HFEngine(Engine):
             raise EngineOverloadedError(
                 f"The engine is full ({self._active_requests} requests running or waiting); retry shortly."
             )
-        stream = _RequestStream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue())
         stream.seqs = self._new_sequences(request, prompt_ids, matchers)
         for seq in stream.seqs:
             seq.state["adapter"] = adapter
@@ -227,12 +143,7 @@ class HFEngine(Engine):
             if sp.seed is not None and not sp.greedy:
                 generator = torch.Generator(self.device).manual_seed(sp.seed + index)
             seq = Sequence(request.request_id, index, list(prompt_ids), len(prompt_ids), sp, max_new)
-            seq.state.update(
-                generator=generator,
-                detok=StreamingDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens),
-                stops=StopStringMatcher(sp.stop + self.template_stops),
-                matcher=matchers[index] if matchers else None,
-            )
+            self.output.init_state(seq, generator, matchers[index] if matchers else None)
             seqs.append(seq)
         return seqs
 
@@ -262,7 +173,7 @@ class HFEngine(Engine):
         scoring.check_max_length(max_length)
         ids = [scoring.input_ids(self.prompts, x, i, max_length) for i, x in enumerate(inputs)]
         request_id = new_request_id("score")
-        stream = _RequestStream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue())
         stream.seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]
         self._post("add", (request_id, stream))
         scores: list[float] = [0.0] * len(ids)
@@ -279,7 +190,7 @@ class HFEngine(Engine):
                 self._post("abort", request_id)
         return scores
 
-    def _score_step(self, batch: list[Any]) -> list[tuple[_RequestStream, Any]]:
+    def _score_step(self, batch: list[Any]) -> list[tuple[RequestStream, Any]]:
         """A reward model's step: every sequence whose last token ran is finished with its score."""
         try:
             scores = self.runner.score(batch)
@@ -389,7 +300,7 @@ class HFEngine(Engine):
 
     def _step(self) -> None:
         batch, too_long = self.scheduler.schedule()
-        out: list[tuple[_RequestStream, Delta | BaseException]] = []
+        out: list[tuple[RequestStream, Delta | BaseException]] = []
         for seq in too_long:
             out.append(self._finish_delta(seq, "length", []))
         if batch and self.is_reward_model:
@@ -408,55 +319,24 @@ class HFEngine(Engine):
             seqs = {it.seq.seq_id: it.seq for it in batch}
             for seq_id, (row, result) in results.items():
                 out.append(self._on_token(seqs[seq_id], row, result))
-        self._deliver(out)
+        deliver(out)
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
-        suppress: tuple[int, ...] = ()
-        if seq.num_output_tokens < seq.sampling.min_new_tokens:
-            suppress = tuple(self.eos_ids | set(seq.sampling.stop_token_ids))
         matcher = seq.state.get("matcher")
         allowed = matcher.allowed() if matcher is not None else None
-        return SamplingRow(seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], suppress, allowed)
+        return SamplingRow(
+            seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], self.output.suppressed(seq), allowed
+        )
 
-    def _on_token(self, seq: Sequence, row: int, result: SampleOutput) -> tuple[_RequestStream, Delta]:
+    def _on_token(self, seq: Sequence, row: int, result: Any) -> tuple[RequestStream, Delta]:
         token = result.token_ids[row]
-        seq.token_ids.append(token)
         self._stats.generated_tokens += 1
-        sp = seq.sampling
-        detok: StreamingDetokenizer = seq.state["detok"]
-        stops: StopStringMatcher = seq.state["stops"]
-        reason: FinishReason | None = None
-        stop_reason: str | int | None = None
-        text = ""
-        if token in sp.stop_token_ids or (token in self.eos_ids and not sp.ignore_eos):
-            reason, stop_reason = "stop", token
-        else:
-            text, matched = stops.feed(detok.add_token(token))
-            if matched is not None:
-                reason, stop_reason = "stop", matched
-        matcher = seq.state.get("matcher")
-        if matcher is not None:
-            matcher.accept(token)
-            if reason is None and matcher.is_finished:  # the grammar is complete: nothing more may follow
-                reason = "stop"
-        if reason is None and (seq.num_output_tokens >= seq.max_new_tokens or seq.num_tokens >= self.prompts.max_model_len):
-            reason = "length"
-        if reason is not None and not isinstance(stop_reason, str):
-            # Ended by a token or by length: flush what the detokenizer and the stop matcher held back.
-            tail, matched = stops.feed(detok.finalize())
-            text += tail if matched is not None else tail + stops.flush()
-            if matched is not None:
-                reason, stop_reason = "stop", matched
-        logprobs = self._logprobs(token, row, result) if sp.logprobs is not None else None
+        text, reason, stop_reason = self.output.on_token(seq, token)
+        logprobs = self.output.logprobs(token, row, result) if seq.sampling.logprobs is not None else None
         if reason is not None:
             return self._finish_delta(seq, reason, [token], text, logprobs, stop_reason)
         stream = self._streams[seq.request_id]
         return stream, Delta(seq.index, text, [token], seq.prompt_len, seq.num_output_tokens, logprobs)
-
-    def _logprobs(self, token: int, row: int, result: SampleOutput) -> list[TokenLogprob]:
-        decode: Callable[[int], str] = lambda t: self.tokenizer.decode([t])
-        top = tuple(TopLogprob(t, decode(t), lp) for t, lp in result.top_logprobs[row])
-        return [TokenLogprob(token, decode(token), float(result.logprobs[row] or 0.0), top)]
 
     def _finish_delta(
         self,
@@ -466,7 +346,7 @@ class HFEngine(Engine):
         text: str = "",
         logprobs: list[TokenLogprob] | None = None,
         stop_reason: str | int | None = None,
-    ) -> tuple[_RequestStream, Delta]:
+    ) -> tuple[RequestStream, Delta]:
         self.scheduler.finish(seq, reason)
         stream = self._streams[seq.request_id]
         if all(s.is_finished for s in stream.seqs):
@@ -476,7 +356,7 @@ class HFEngine(Engine):
         return stream, delta
 
     def _fail(self, seqs: list[Sequence], error: Exception) -> None:
-        failed: list[tuple[_RequestStream, Delta | BaseException]] = []
+        failed: list[tuple[RequestStream, Delta | BaseException]] = []
         for request_id in {s.request_id for s in seqs}:
             stream = self._streams.pop(request_id, None)
             if stream is None:
@@ -486,23 +366,7 @@ class HFEngine(Engine):
             err = EngineError(f"The engine failed while generating: {type(error).__name__}: {error}")
             err.__cause__ = error
             failed.append((stream, err))
-        self._deliver(failed)
-
-    @staticmethod
-    def _deliver(items: list[tuple[_RequestStream, Delta | BaseException]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
-        for stream, item in items:
-            by_loop.setdefault(stream.loop, []).append((stream.queue, item))
-
-        def put_all(pairs: list[tuple[asyncio.Queue, Any]]) -> None:
-            for queue, item in pairs:
-                queue.put_nowait(item)
-
-        for loop, pairs in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(put_all, pairs)
-            except RuntimeError:  # the consumer's loop is closed; nobody is listening
-                pass
+        deliver(failed)
 
     # ---- shutdown ------------------------------------------------------------------------------------------
     async def close(self) -> None:
@@ -515,7 +379,7 @@ class HFEngine(Engine):
             await asyncio.to_thread(self._thread.join)
         pending = [(stream, EngineClosedError("The engine was closed.")) for stream in self._streams.values()]
         self._streams.clear()
-        self._deliver(pending)  # type: ignore[arg-type]
+        deliver(pending)  # type: ignore[arg-type]
         for attr in ("runner", "cache", "model"):
             if hasattr(self, attr):
                 delattr(self, attr)

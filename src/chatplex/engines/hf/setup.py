@@ -1,0 +1,111 @@
+"""Build everything the Hugging Face engine runs on: device and dtype, tokenizer, model (with adapters or a score
+head), KV cache, block manager, scheduler, runner (with CUDA graphs on a GPU) and prompt preparation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from chatplex.config import ModelArguments
+from chatplex.engines.base import PromptPreparer
+from chatplex.engines.hf import attention, loader
+from chatplex.engines.hf.block_manager import BlockManager
+from chatplex.engines.hf.cuda_graphs import DecodeGraphs
+from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
+from chatplex.engines.hf.runner import ModelRunner
+from chatplex.engines.hf.scheduler import Scheduler
+from chatplex.errors import EngineError
+from chatplex.models.dummy import dummy_model, dummy_tokenizer
+from chatplex.templates import resolve_template
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineParts:
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: Any
+    model: Any
+    cache: PagedKVCache
+    blocks: BlockManager
+    scheduler: Scheduler
+    runner: ModelRunner
+    prompts: PromptPreparer
+    eos_ids: frozenset[int]
+    template_stops: tuple[str, ...]  # the template's stop words that are not single tokens
+    default_adapter: str | None  # an unmerged adapter_name_or_path, for requests that name none
+
+
+def build(margs: ModelArguments, name: str) -> EngineParts:
+    device = loader.pick_device(margs.device)
+    score_head = lora = default_adapter = None
+    if margs.dummy_weights:
+        dtype = loader.resolve_dtype(margs, None, device)
+        model = dummy_model(margs.dummy_weights, device, dtype)
+        tokenizer = dummy_tokenizer(model.config.vocab_size)
+        name = margs.dummy_weights
+    else:
+        tokenizer = loader.load_tokenizer(margs)
+        fmt = loader.score_format(margs)
+        model, dtype = _load_weights(margs, device, classifier=fmt is not None and fmt.kind == "sequence_classification")
+        model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
+    model.set_attn_implementation(attention.register())
+    text_config = model.config.get_text_config()
+    max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
+    block_size = margs.kv_block_size
+    budget = budget_bytes(device, margs.kv_cache_memory_gb, margs.gpu_memory_utilization)
+    num_blocks = PagedKVCache.num_blocks_for(model.config, dtype, block_size, budget)
+    # No point holding more than every slot filled to the context limit (+1: the scratch block).
+    num_blocks = min(num_blocks, margs.max_num_seqs * -(-max_len // block_size) + 1)
+    if num_blocks < 2:
+        raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
+    cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device)
+    blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: CUDA-graph padding rows write there
+    scheduler = Scheduler(blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=margs.max_num_batched_tokens)
+    graphs = None
+    if device.type == "cuda" and not margs.enforce_eager:
+        graphs = DecodeGraphs(model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile)
+        graphs.capture()
+    runner = ModelRunner(model, cache, device, graphs, lora, score_head)
+    template = resolve_template(margs.template, margs.chat_template, tokenizer)
+    eos_ids, template_stops = _stop_tokens(model, tokenizer, template.stop_words)
+    logger.info(
+        "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; CUDA graphs %s",
+        name, device, dtype, num_blocks, block_size, "on" if graphs else "off",
+    )
+    return EngineParts(
+        name, device, dtype, tokenizer, model, cache, blocks, scheduler, runner,
+        PromptPreparer(tokenizer, template, max_len), eos_ids, template_stops, default_adapter,
+    )
+
+
+def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool) -> tuple[Any, torch.dtype]:
+    if margs.infer_dtype == "auto" and device.type == "cpu":
+        model = loader.load_model(margs, device, torch.float32, classifier)
+        dtype = loader.resolve_dtype(margs, model, device)
+        return model.to(dtype), dtype
+    dtype = loader.resolve_dtype(margs, None, device)
+    return loader.load_model(margs, device, dtype, classifier), dtype
+
+
+def _stop_tokens(model: Any, tokenizer: Any, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
+    """EOS ids from the generation config and tokenizer, plus the template's stop words (ids where single tokens)."""
+    ids: set[int] = set()
+    # A sequence classifier (reward model) has no generation config.
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    text_stops = []
+    for word in stop_words:
+        token_id = tokenizer.convert_tokens_to_ids(word)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+        else:
+            text_stops.append(word)
+    return frozenset(ids), tuple(text_stops)
