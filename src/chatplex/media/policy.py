@@ -1,0 +1,41 @@
+"""Limits and allowed sources for media in one request."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from chatplex.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """What a request may carry and where its media may come from.
+
+    Remote URLs are fetched only when `allow_remote`, and never from private, loopback or link-local addresses
+    unless `allow_private_addresses` (for tests and trusted networks). Local paths named inside messages are
+    read only under `local_root` (None: refused); paths given directly to the Python API (`images=`) are the
+    caller's own and are always read.
+    """
+
+    max_images: int = 16
+    max_audios: int = 8
+    max_item_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000  # PIL's own bomb limit is ~89M; decoding a 50 MP image is already costly
+    max_audio_seconds: float = 600.0
+    allow_remote: bool = True
+    allow_private_addresses: bool = False
+    fetch_timeout_s: float = 10.0
+    max_redirects: int = 3
+    local_root: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_images", "max_audios", "max_item_bytes", "max_image_pixels", "max_redirects"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}: must be a non-negative integer, got {value!r}.", param=name)
+        for name in ("max_audio_seconds", "fetch_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be positive.", param=name)
+        if self.local_root is not None:
+            object.__setattr__(self, "local_root", os.path.realpath(os.path.expanduser(self.local_root)))
