@@ -20,7 +20,7 @@ import torch
 
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
-from chatplex.engines.hf import loader, scoring, setup
+from chatplex.engines.hf import loader, multimodal, scoring, setup
 from chatplex.engines.hf.output_processor import OutputProcessor
 from chatplex.engines.hf.sampler import SamplingRow
 from chatplex.engines.hf.sequence import Sequence
@@ -75,7 +75,7 @@ class HFEngine(Engine):
     def _load(self) -> None:
         parts = setup.build(self.args.model, self._name)
         for name in ("name", "device", "dtype", "tokenizer", "model", "cache", "blocks", "scheduler", "runner",
-                     "prompts", "eos_ids", "default_adapter"):
+                     "prompts", "eos_ids", "default_adapter", "multimodal"):
             setattr(self, "_name" if name == "name" else name, getattr(parts, name))
         self.output = OutputProcessor(parts.tokenizer, parts.eos_ids, parts.template_stops, parts.prompts.max_model_len)
 
@@ -92,7 +92,14 @@ class HFEngine(Engine):
                 param="model",
             )
         adapter = self._resolve_adapter(request.adapter)
-        prompt_ids = self.prompts.prompt_ids(request)
+        media = None
+        if multimodal.has_media(request):
+            if self.multimodal is None:
+                raise multimodal.refuse_media(request, self._name)
+            # Decoding, fetching and preprocessing media is blocking work: keep it off the event loop.
+            prompt_ids, media = await asyncio.to_thread(self.multimodal.prepare, self.prompts, request)
+        else:
+            prompt_ids = self.prompts.prompt_ids(request)
         matchers = await self._grammar_matchers(request)
         if len(prompt_ids) + 1 > self.blocks.capacity_tokens:
             raise ContextLengthExceededError(
@@ -108,6 +115,7 @@ class HFEngine(Engine):
         stream.seqs = self._new_sequences(request, prompt_ids, matchers)
         for seq in stream.seqs:
             seq.state["adapter"] = adapter
+            seq.state["media"] = media
         self._active_requests += 1
         self._post("add", (request.request_id, stream))
         finished = 0

@@ -67,7 +67,7 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     hf_logging.disable_progress_bar()  # a CLI or server start-up should not print transformers' loading bars
 
     source, gguf, _ = model_source(args)
-    auto_class = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    auto_class = AutoModelForSequenceClassification if classifier else _generative_class(args, source, gguf)
     try:
         model = auto_class.from_pretrained(
             source,
@@ -86,6 +86,25 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     if gguf is not None:  # dequantised GGUF weights are plain tensors; drop the quantizer that loaded them
         model.hf_quantizer = None
     return model.to(device).eval()
+
+
+def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> Any:
+    """Vision-language checkpoints load through the image-text-to-text Auto class: to transformers they are
+    not causal LMs."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from chatplex.engines.hf.multimodal import model_kind
+
+    if gguf is None:
+        try:
+            config = AutoConfig.from_pretrained(
+                source, trust_remote_code=args.trust_remote_code, revision=args.model_revision, cache_dir=args.cache_dir
+            )
+        except (OSError, ValueError):
+            config = None  # from_pretrained below reports it
+        if config is not None and model_kind(config):
+            return AutoModelForImageTextToText
+    return AutoModelForCausalLM
 
 
 def _time_forward(model: Any, device: torch.device, reps: int = 3) -> float:

@@ -30,8 +30,11 @@ class ModelRunner:
         graphs: DecodeGraphs | None = None,
         lora: LoraAdapters | None = None,
         score_head: torch.nn.Module | None = None,
+        multimodal: Any = None,
     ) -> None:
         self.model = model
+        # Vision-language models: image embeddings and 3-D positions per step (engines/hf/multimodal.py).
+        self.multimodal = multimodal
         self.lora = lora
         # Reward models: the decoder's last hidden state at each sequence's last token goes through this head.
         self.score_head = score_head
@@ -109,8 +112,11 @@ class ModelRunner:
         sampling_items, last_index = self._last_tokens(ordered)
         if uses_lora:
             self._activate_lora(ordered)
+        inputs = {"input_ids": input_ids, "position_ids": positions[None]}
+        if self.multimodal is not None:
+            inputs = self.multimodal.step_inputs(ordered, input_ids, positions)
         try:
-            return self._forward(input_ids, positions, meta, sampling_items, last_index, rows)
+            return self._forward(inputs, meta, sampling_items, last_index, rows)
         finally:
             if self.lora is not None:
                 self.lora.deactivate()
@@ -148,19 +154,17 @@ class ModelRunner:
 
     def _forward(
         self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
+        inputs: dict[str, torch.Tensor],  # input_ids or inputs_embeds, and position_ids
         meta: AttentionMetadata,
         sampling_items: list[ScheduledSeq],
         last_index: list[int],
         rows: dict[int, SamplingRow],
     ) -> dict[int, tuple[int, SampleOutput]]:
         if not sampling_items:
-            self.model(input_ids=input_ids, position_ids=positions[None], use_cache=False, logits_to_keep=1, chatplex_meta=meta)
+            self.model(**inputs, use_cache=False, logits_to_keep=1, chatplex_meta=meta)
             return {}
         out = self.model(
-            input_ids=input_ids,
-            position_ids=positions[None],
+            **inputs,
             use_cache=False,
             logits_to_keep=torch.tensor(last_index, device=self.device),
             chatplex_meta=meta,

@@ -15,6 +15,8 @@ from chatplex.engines.hf import attention, loader
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
+from chatplex.engines.hf.multimodal import VisionLanguage
+from chatplex.engines.hf.multimodal import model_kind as multimodal_kind
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scheduler import Scheduler
 from chatplex.errors import EngineError
@@ -39,6 +41,7 @@ class EngineParts:
     eos_ids: frozenset[int]
     template_stops: tuple[str, ...]  # the template's stop words that are not single tokens
     default_adapter: str | None  # an unmerged adapter_name_or_path, for requests that name none
+    multimodal: Any = None  # VisionLanguage for image-text models, else None
 
 
 def build(margs: ModelArguments, name: str) -> EngineParts:
@@ -54,7 +57,13 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         fmt = loader.score_format(margs)
         model, dtype = _load_weights(margs, device, classifier=fmt is not None and fmt.kind == "sequence_classification")
         model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
-    model.set_attn_implementation(attention.register())
+    multimodal = None
+    if not margs.dummy_weights and multimodal_kind(model.config):
+        multimodal = VisionLanguage.load(model, tokenizer, loader.model_source(margs)[0])
+        # Paged attention is for the decoder; the vision tower attends over its own patches.
+        model.set_attn_implementation({"text_config": attention.register(), "vision_config": "sdpa"})
+    else:
+        model.set_attn_implementation(attention.register())
     text_config = model.config.get_text_config()
     max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
     block_size = margs.kv_block_size
@@ -68,10 +77,10 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: CUDA-graph padding rows write there
     scheduler = Scheduler(blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=margs.max_num_batched_tokens)
     graphs = None
-    if device.type == "cuda" and not margs.enforce_eager:
+    if device.type == "cuda" and not margs.enforce_eager and multimodal is None:  # graphs take 1-D positions
         graphs = DecodeGraphs(model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile)
         graphs.capture()
-    runner = ModelRunner(model, cache, device, graphs, lora, score_head)
+    runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal)
     template = resolve_template(margs.template, margs.chat_template, tokenizer)
     eos_ids, template_stops = _stop_tokens(model, tokenizer, template.stop_words)
     logger.info(
@@ -80,7 +89,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     )
     return EngineParts(
         name, device, dtype, tokenizer, model, cache, blocks, scheduler, runner,
-        PromptPreparer(tokenizer, template, max_len), eos_ids, template_stops, default_adapter,
+        PromptPreparer(tokenizer, template, max_len), eos_ids, template_stops, default_adapter, multimodal,
     )
 
 
