@@ -29,7 +29,7 @@ $(VENV)/.installed-llamacpp: $(VENV)/.installed
 install-llamacpp: $(VENV)/.installed-llamacpp
 
 $(VENV)/.installed-test: $(VENV)/.installed $(VENV)/.installed-llamacpp
-	$(BIN)/pip install -q -e ".[server,bench,test]"
+	$(BIN)/pip install -q -e ".[server,bench,test,llamacpp-server]"
 	# The web page test drives Debian's Chromium (headless); without it, that one test skips with a message.
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the web page test will be skipped"

@@ -252,7 +252,9 @@ class OpenAIEngine(Engine):
                     yield choice.final
                     choice.final = None
             if finished < len(choices):
-                raise EngineError(f"The server at {self.base_url} ended the stream before every sequence finished.")
+                seen = sum(1 for c in choices if c.tokens or c.final is not None) or finished
+                hint = f" (it sent {seen} of n={len(choices)} sequences: it may not support n)" if len(choices) > 1 else ""
+                raise EngineError(f"The server at {self.base_url} ended the stream before every sequence finished{hint}.")
             self._stats.finished_requests += 1
         finally:
             self._in_flight -= 1
