@@ -8,11 +8,14 @@ grammar is complete and allows nothing more, so the sequence ends there.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import torch
 
 from chatplex.errors import InvalidRequestError
+from chatplex.structured.tool_grammars import MARKER_LINE
 from chatplex.types import Constraint
 
 _BITS = torch.arange(8, dtype=torch.uint8)
@@ -48,12 +51,24 @@ class GrammarCompiler:
 
         self._tokenizer = from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=sorted(eos_ids))
         self._vocab_size = vocab_size
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self._special = {tok.content: tid for tid, tok in added.items() if getattr(tok, "special", False)}
+
+    def _with_special_markers(self, grammar: str) -> str:
+        """Marker rules whose text is one of this tokenizer's special tokens match that token (what the model
+        was trained to emit); llguidance never matches a special token against a text literal."""
+
+        def swap(m: re.Match[str]) -> str:
+            tid = self._special.get(json.loads(m.group(2)))
+            return m.group(0) if tid is None else f"{m.group(1)}: <[{tid}]>"
+
+        return MARKER_LINE.sub(swap, grammar)
 
     def compile(self, constraint: Constraint) -> Any:
         """A ready matcher for `constraint` (copy it per sequence with `matchers`)."""
         from llguidance import LLMatcher
 
-        matcher = LLMatcher(self._tokenizer, constraint.grammar, log_level=0)
+        matcher = LLMatcher(self._tokenizer, self._with_special_markers(constraint.grammar), log_level=0)
         if matcher.is_error():
             raise InvalidRequestError(
                 f"{constraint.param}: the grammar cannot be enforced: {matcher.get_error()}", param=constraint.param

@@ -10,18 +10,11 @@ import json
 from typing import Any
 
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+from chatplex.structured.tool_grammars import BUILDERS, tool_call_lark
 from chatplex.types import Constraint
 
 # Fixed JSON layout: no free whitespace, ", " and ": " separators.
 JSON_LAYOUT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-# Tool-call syntaxes we can force, by tool parser name: (text before a call, text after, between calls, the key
-# the arguments go under, whether several calls may follow each other).
-_TOOL_SYNTAX: dict[str, tuple[str, str, str, str, bool]] = {
-    "hermes": ("<tool_call>\n", "\n</tool_call>", "\n", "arguments", True),
-    "llama3_json": ("", "", "", "parameters", False),
-}
-
 
 def _llguidance() -> Any:
     from llguidance import LLMatcher  # imported here: only requests that constrain need it
@@ -97,17 +90,6 @@ def forced_tool_name(tool_choice: Any, tools: list[dict[str, Any]] | None) -> st
     return name
 
 
-def _call_schema(tool: dict[str, Any], args_key: str) -> dict[str, Any]:
-    fn = _function(tool)
-    params = fn.get("parameters") or {"type": "object"}
-    return {
-        "type": "object",
-        "properties": {"name": {"const": fn["name"]}, args_key: params},
-        "required": ["name", args_key],
-        "additionalProperties": False,
-    }
-
-
 def constraint_for_tool_choice(
     tool_choice: Any, tools: list[dict[str, Any]] | None, tool_parser: str, parallel: bool = True
 ) -> Constraint | None:
@@ -122,22 +104,16 @@ def constraint_for_tool_choice(
         )
     if not tools:
         raise InvalidRequestError("tool_choice: forcing a tool call needs tools.", param="tool_choice")
-    if tool_parser not in _TOOL_SYNTAX:
+    if tool_parser not in BUILDERS:
         raise UnsupportedFeatureError(
             f"tool_choice: forcing tool calls in the {tool_parser!r} format is not supported "
-            f"(supported: {', '.join(sorted(_TOOL_SYNTAX))}); use 'auto'.",
+            f"(supported: {', '.join(sorted(BUILDERS))}); use 'auto'.",
             param="tool_choice",
         )
     name = forced_tool_name(tool_choice, tools)
     chosen = [t for t in tools if name is None or _function(t).get("name") == name]
-    before, after, between, args_key, can_repeat = _TOOL_SYNTAX[tool_parser]
-    schema = {"anyOf": [_call_schema(t, args_key) for t in chosen], "x-guidance": JSON_LAYOUT}
-    parts = [json.dumps(before)] if before else []
-    parts += [f"%json {json.dumps(schema)}"] + ([json.dumps(after)] if after else [])
-    call = " ".join(parts)
     # A named function is called once; "required" may call several tools when parallel calls are allowed.
-    repeat = f" ({json.dumps(between)} call)*" if parallel and can_repeat and name is None else ""
-    lark = f"start: call{repeat}\ncall: {call}\n"
+    lark = tool_call_lark(tool_parser, chosen, parallel and name is None, JSON_LAYOUT)
     grammar = _llguidance().grammar_from_lark(lark)
     return Constraint(_checked(grammar, "tools"), "tool_choice")
 
