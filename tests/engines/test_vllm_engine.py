@@ -179,3 +179,64 @@ async def test_stats_count_running_requests(vllm_model):
     assert vllm_model.stats().running == 1
     await stream.aclose()
     assert vllm_model.stats().running == 0 and vllm_model.stats().aborted_requests >= 1
+
+
+# ---- reward models on vLLM's pooling runner -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory, smollm_tokenizer):
+    """A tiny random LlamaForSequenceClassification with one label and the SmolLM2 tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        # head_dim 64: vLLM's CPU attention kernels refuse smaller heads
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256,
+        vocab_size=len(smollm_tokenizer), max_position_embeddings=512, num_labels=1,
+        pad_token_id=smollm_tokenizer.pad_token_id, eos_token_id=smollm_tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).eval()
+    path = tmp_path_factory.mktemp("reward")
+    model.save_pretrained(path)
+    smollm_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _torch_scores(model_dir, ids_list):
+    """The classifier's output at each input's last token, straight from transformers."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    model = LlamaForSequenceClassification.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).logits[0, 0].item() for ids in ids_list]
+
+
+@pytest.mark.slow
+def test_vllm_reward_model_scores_match_torch(reward_dir, smollm_tokenizer):
+    from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+    from chatplex.templates import render_prompt, resolve_template
+
+    model = ChatModel({"infer_backend": "vllm", "model_name_or_path": reward_dir, "infer_dtype": "float32", "vllm_maxlen": 512,
+                       "vllm_enforce_eager": True})
+    try:
+        assert model.engine.is_reward_model
+        conversation = [{"role": "user", "content": "Is water wet?"}, {"role": "assistant", "content": "Yes."}]
+        inputs = ["The sky is blue.", "Cats are great pets, and dogs too.", conversation]
+        scores = model.get_scores(inputs)
+        template = resolve_template(None, None, smollm_tokenizer)
+        rendered = render_prompt(smollm_tokenizer, template, conversation, add_generation_prompt=False)
+        ids = [smollm_tokenizer.encode(t, add_special_tokens=False) for t in (*inputs[:2], rendered)]
+        expected = _torch_scores(reward_dir, ids)
+        assert scores == pytest.approx(expected, abs=1e-3)
+        assert len(set(round(s, 4) for s in scores)) == 3  # a head that outputs a constant would pass otherwise
+        # max_length keeps the beginning of a long input
+        cut = model.get_scores(["Cats are great pets, and dogs too."], max_length=3)
+        assert cut == pytest.approx(_torch_scores(reward_dir, [ids[1][:3]]), abs=1e-3)
+        with pytest.raises(InvalidRequestError) as err:
+            model.get_scores([42])
+        assert err.value.param == "batch_input"
+        with pytest.raises(UnsupportedFeatureError):
+            model.chat(STORY, max_new_tokens=2)
+    finally:
+        model.close()

@@ -31,7 +31,7 @@ from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.hf import loader
-from chatplex.engines.vllm import params
+from chatplex.engines.vllm import params, scoring
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
 from chatplex.errors import ChatplexError, EngineClosedError, EngineError, UnsupportedFeatureError
@@ -72,12 +72,17 @@ class VLLMEngine(Engine):
 
     async def start(self) -> None:
         margs = self.args.model
+        self._pooling = scoring.pooling(loader.score_format(margs))
         self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
-        engine_args = params.engine_args(margs, self.model_dir, current_platform.is_cpu(), self._loras.enabled)
+        engine_args = params.engine_args(
+            margs, self.model_dir, current_platform.is_cpu(), self._loras.enabled, pooling=self._pooling
+        )
         self._lora_enabled = bool(engine_args.enable_lora)
         self._loop = BackgroundLoop("chatplex-vllm")
         self._llm = await self._on_vllm(self._create(engine_args))
         model_config = self._llm.model_config
+        if self._pooling:
+            scoring.check_one_label(model_config.hf_config)
         self._vocab_size = model_config.get_vocab_size()
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
@@ -132,12 +137,27 @@ class VLLMEngine(Engine):
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
 
+    @property
+    def is_reward_model(self) -> bool:
+        return getattr(self, "_pooling", False)
+
+    async def score(self, inputs: list[Any], max_length: int | None = None) -> list[float]:
+        """Raw scores, one per input (a string, or a conversation rendered with the template), batched by vLLM."""
+        if not self.is_reward_model:
+            return await super().score(inputs, max_length)
+        if self._closing or self._llm is None:
+            raise EngineClosedError("The engine is not running.")
+        ids = scoring.token_ids(self.prompts, inputs, max_length)
+        return await self._on_vllm(scoring.score_ids(self._llm, ids))
+
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompts.prompt_ids(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if self._closing or self._llm is None or self._loop is None:
             raise EngineClosedError("The engine is not running.")
+        if self.is_reward_model:
+            raise UnsupportedFeatureError(f"{self._name} is a reward model: it scores, it does not generate.", param="model")
         prompt_ids = self.prompts.prompt_ids(request)
         lora = self._loras.pick(request.adapter)
         structured = params.structured_outputs(request.constraint)

@@ -21,9 +21,12 @@ from chatplex.types import Constraint, SamplingParams
 CPU_KV_CACHE_GB = 2.0
 
 
-def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool, lora: bool) -> AsyncEngineArgs:
+def engine_args(
+    margs: ModelArguments, model_dir: str, on_cpu: bool, lora: bool, pooling: bool = False
+) -> AsyncEngineArgs:
     """AsyncEngineArgs from chatplex's keys; `vllm_config` entries (tensor_parallel_size, pipeline_parallel_size,
-    distributed_executor_backend...) go through as they are and win over the mapped keys."""
+    distributed_executor_backend...) go through as they are and win over the mapped keys. `pooling` starts a
+    reward model on vLLM's pooling runner."""
     kwargs: dict[str, Any] = {
         "model": model_dir,
         "dtype": margs.infer_dtype,
@@ -40,6 +43,8 @@ def engine_args(margs: ModelArguments, model_dir: str, on_cpu: bool, lora: bool)
     kv_gb = margs.kv_cache_memory_gb if margs.kv_cache_memory_gb is not None else (CPU_KV_CACHE_GB if on_cpu else None)
     if kv_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+    if pooling:
+        kwargs["runner"] = "pooling"
     if lora:  # adapters loaded at run time need LoRA on from the start: vllm_config {enable_lora: true}
         kwargs.update(enable_lora=True, max_lora_rank=margs.vllm_max_lora_rank)
     if "max_loras" in {f.name for f in dataclasses.fields(ModelArguments)}:
