@@ -27,7 +27,8 @@ WEATHER = {
         },
     },
 }
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+TIME = {"type": "function", "function": {"name": "get_time",
+                                         "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}}
 TOOLS = [WEATHER, TIME]
 SCHEMAS = {_t["function"]["name"]: _t["function"]["parameters"] for _t in TOOLS}
 MARKERS = ["[TOOL_CALLS]", "<|tool_call|>", "<|/tool_call|>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
@@ -146,3 +147,62 @@ def test_markers_are_one_special_token_where_the_tokenizer_has_them(special_toke
     (matcher,) = compiler.matchers(constraint_for_tool_choice("required", TOOLS, "mistral"), 1)
     mask = matcher.allowed()
     assert mask.nonzero().flatten().tolist() == [special_tokenizer.convert_tokens_to_ids("[TOOL_CALLS]")]
+
+
+# -- generation round trips: the constraint on a real model, the reply read back by the family's parser ----------
+TEMPLATES = {"mistral": "mistral", "phi4_mini": "phi4", "deepseek_v3": "deepseek3", "deepseek_v31": "deepseek3.1"}
+ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
+
+
+def _check_reply(r, names):
+    assert r.finish_reason == "tool_calls", repr(r.response_text)
+    assert [c["function"]["name"] for c in r.tool_calls] == names or names is None
+    for call in r.tool_calls:
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_smollm_forced_calls_parse_back(family):
+    from chatplex import ChatModel
+
+    model = ChatModel({"infer_dtype": "float32", "template": TEMPLATES[family]})
+    try:
+        (r,) = model.chat(ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=0,
+                          max_tokens=150)
+        _check_reply(r, None)
+        assert len(r.tool_calls) == 1
+        (r,) = model.chat(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                          temperature=0, max_tokens=150)
+        _check_reply(r, ["get_weather"])
+    finally:
+        model.close()
+
+
+@pytest.fixture(scope="module")
+def special_model_dir(tmp_path_factory, special_tokenizer):
+    """A tiny random-weight Llama whose tokenizer has the markers as special tokens (ids past SmolLM2's vocab)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(special_tokenizer), max_position_embeddings=512,
+                         eos_token_id=2, bos_token_id=1, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-special")
+    LlamaForCausalLM(config).save_pretrained(path)
+    special_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("family", ["mistral", "deepseek_v3", "deepseek_v31"])
+def test_special_marker_tokens_are_generated_and_parsed(family, special_model_dir, special_tokenizer):
+    from chatplex import ChatModel
+
+    model = ChatModel({"model_name_or_path": special_model_dir, "template": TEMPLATES[family]})
+    try:
+        # The markers are special tokens: keep them in the text so the parser sees them.
+        (r,) = model.chat(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}},
+                          temperature=0, max_tokens=40, skip_special_tokens=False)
+        _check_reply(r, ["get_time"])
+    finally:
+        model.close()
