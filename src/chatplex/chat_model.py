@@ -7,6 +7,7 @@ Streaming is the primitive: `agenerate` yields the engine's deltas; everything e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -16,7 +17,13 @@ from chatplex.engines import create_engine
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.messages import normalize_messages, validate_tools
-from chatplex.output_parsing import openai_tool_calls, parse_deltas, reply_parsers, tool_parser_name
+from chatplex.output_parsing import (
+    MARKER_TOKEN_PARSERS,
+    openai_tool_calls,
+    parse_deltas,
+    reply_parsers,
+    tool_parser_name,
+)
 from chatplex.sampling import build_sampling_params
 from chatplex.structured import request_constraint
 from chatplex.templates import ChatTemplate
@@ -85,9 +92,10 @@ class ChatModel:
         norm = normalize_messages(messages, system=system, default_system=self.args.model.default_system)
         tools = validate_tools(tools) if tool_choice != "none" else None
         parallel = parallel_tool_calls is not False
-        constraint = request_constraint(
-            response_format, tool_choice, tools, tool_parser_name(self.template, tools), parallel
-        )
+        parser = tool_parser_name(self.template, tools)
+        constraint = request_constraint(response_format, tool_choice, tools, parser, parallel)
+        if parser in MARKER_TOKEN_PARSERS and "skip_special_tokens" not in gen_kwargs:
+            sampling = dataclasses.replace(sampling, skip_special_tokens=False)
         if constraint is not None and not self.engine.supports_constraints:
             raise UnsupportedFeatureError(
                 f"{constraint.param}: the {self.engine.backend} engine cannot constrain its output.", param=constraint.param

@@ -24,6 +24,12 @@ from chatplex.types import Delta, GenerationRequest
 DEFAULT_TOOL_PARSER = "hermes"
 
 
+# Families whose tool-call markers are special tokens in their real tokenizers ([TOOL_CALLS], <|tool_call|>,
+# DeepSeek's <｜tool▁calls▁begin｜>...): skipping special tokens while detokenizing would erase the markers the
+# parser looks for, so replies to requests with tools keep special tokens for these families.
+MARKER_TOKEN_PARSERS = frozenset({"mistral", "phi4_mini", "deepseek_v3", "deepseek_v31"})
+
+
 def tool_parser_name(template: ChatTemplate | None, tools: list[dict[str, Any]] | None) -> str | None:
     """The tool-call format a reply to a request with `tools` is read in (None: no tools, or not parsed here)."""
     if template is None or not tools:

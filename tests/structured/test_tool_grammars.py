@@ -200,9 +200,10 @@ def test_special_marker_tokens_are_generated_and_parsed(family, special_model_di
 
     model = ChatModel({"model_name_or_path": special_model_dir, "template": TEMPLATES[family]})
     try:
-        # The markers are special tokens: keep them in the text so the parser sees them.
+        # The markers are special tokens: requests with tools keep them in the text (no skip_special_tokens
+        # needed), so the parser sees them.
         (r,) = model.chat(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}},
-                          temperature=0, max_tokens=40, skip_special_tokens=False)
+                          temperature=0, max_tokens=40)
         _check_reply(r, ["get_time"])
     finally:
         model.close()
