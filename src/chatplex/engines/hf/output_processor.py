@@ -1,5 +1,6 @@
-"""Sampled tokens -> text and finish decisions, per sequence: EOS and stop tokens, incremental detokenization,
-stop strings (cut exactly, also across tokens), grammar completion, length limits, logprobs."""
+"""Sampled tokens -> text and finish decisions for the Hugging Face engine's sequences: the shared per-sequence
+text logic (engines/sequence_text.py) plus what only this engine has: grammar matchers, EOS suppression before
+min_new_tokens, and the context-length limit of the paged cache."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from typing import Any
 
 import torch
 
-from chatplex.engines.detokenizer import StreamingDetokenizer
 from chatplex.engines.hf.sampler import SampleOutput
 from chatplex.engines.hf.sequence import Sequence
-from chatplex.engines.stop_strings import StopStringMatcher
-from chatplex.types import FinishReason, SamplingParams, TokenLogprob, TopLogprob
+from chatplex.engines.sequence_text import Outcome, SequenceText, token_logprob
+from chatplex.types import TokenLogprob
 
 
 class OutputProcessor:
@@ -22,13 +22,8 @@ class OutputProcessor:
         self.max_model_len = max_model_len
 
     def init_state(self, seq: Sequence, generator: torch.Generator | None, matcher: Any | None) -> None:
-        sp = seq.sampling
-        seq.state.update(
-            generator=generator,
-            detok=StreamingDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens),
-            stops=StopStringMatcher(sp.stop + self.template_stops),
-            matcher=matcher,
-        )
+        text = SequenceText(self.tokenizer, seq.sampling, self.eos_ids, self.template_stops)
+        seq.state.update(generator=generator, text=text, matcher=matcher)
 
     def suppressed(self, seq: Sequence) -> tuple[int, ...]:
         """Tokens that may not be sampled yet (EOS and stop tokens before min_new_tokens)."""
@@ -36,39 +31,16 @@ class OutputProcessor:
             return tuple(self.eos_ids | set(seq.sampling.stop_token_ids))
         return ()
 
-    def on_token(self, seq: Sequence, token: int) -> tuple[str, FinishReason | None, str | int | None]:
+    def on_token(self, seq: Sequence, token: int) -> Outcome:
         """Append a sampled token; return (new text, finish reason or None, the stop string/token that ended it)."""
         seq.token_ids.append(token)
-        sp: SamplingParams = seq.sampling
-        detok: StreamingDetokenizer = seq.state["detok"]
-        stops: StopStringMatcher = seq.state["stops"]
-        reason: FinishReason | None = None
-        stop_reason: str | int | None = None
-        text = ""
-        if token in sp.stop_token_ids or (token in self.eos_ids and not sp.ignore_eos):
-            reason, stop_reason = "stop", token
-        else:
-            text, matched = stops.feed(detok.add_token(token))
-            if matched is not None:
-                reason, stop_reason = "stop", matched
         matcher = seq.state.get("matcher")
+        complete = False
         if matcher is not None:
             matcher.accept(token)
-            if reason is None and matcher.is_finished:  # the grammar is complete: nothing more may follow
-                reason = "stop"
-        if reason is None and (seq.num_output_tokens >= seq.max_new_tokens or seq.num_tokens >= self.max_model_len):
-            reason = "length"
-        if reason is not None and not isinstance(stop_reason, str):
-            # Ended by a token or by length: flush what the detokenizer and the stop matcher held back.
-            tail, matched = stops.feed(detok.finalize())
-            text += tail if matched is not None else tail + stops.flush()
-            if matched is not None:
-                reason, stop_reason = "stop", matched
-        return text, reason, stop_reason
+            complete = matcher.is_finished  # the grammar is complete: nothing more may follow
+        at_limit = seq.num_output_tokens >= seq.max_new_tokens or seq.num_tokens >= self.max_model_len
+        return seq.state["text"].add(token, at_limit=at_limit, complete=complete)
 
     def logprobs(self, token: int, row: int, result: SampleOutput) -> list[TokenLogprob]:
-        def decode(t: int) -> str:
-            return self.tokenizer.decode([t])
-
-        top = tuple(TopLogprob(t, decode(t), lp) for t, lp in result.top_logprobs[row])
-        return [TokenLogprob(token, decode(token), float(result.logprobs[row] or 0.0), top)]
+        return [token_logprob(self.tokenizer, token, result.logprobs[row] or 0.0, result.top_logprobs[row])]

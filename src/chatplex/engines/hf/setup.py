@@ -19,6 +19,7 @@ from chatplex.engines.hf.multimodal import VisionLanguage
 from chatplex.engines.hf.multimodal import model_kind as multimodal_kind
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scheduler import Scheduler
+from chatplex.engines.sequence_text import stop_tokens
 from chatplex.errors import EngineError
 from chatplex.models.dummy import dummy_model, dummy_tokenizer
 from chatplex.templates import resolve_template
@@ -82,7 +83,9 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         graphs.capture()
     runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal)
     template = resolve_template(margs.template, margs.chat_template, tokenizer)
-    eos_ids, template_stops = _stop_tokens(model, tokenizer, template.stop_words)
+    # A sequence classifier (reward model) has no generation config.
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)
     logger.info(
         "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; CUDA graphs %s",
         name, device, dtype, num_blocks, block_size, "on" if graphs else "off",
@@ -100,21 +103,3 @@ def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool)
         return model.to(dtype), dtype
     dtype = loader.resolve_dtype(margs, None, device)
     return loader.load_model(margs, device, dtype, classifier), dtype
-
-
-def _stop_tokens(model: Any, tokenizer: Any, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
-    """EOS ids from the generation config and tokenizer, plus the template's stop words (ids where single tokens)."""
-    ids: set[int] = set()
-    # A sequence classifier (reward model) has no generation config.
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    text_stops = []
-    for word in stop_words:
-        token_id = tokenizer.convert_tokens_to_ids(word)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-        else:
-            text_stops.append(word)
-    return frozenset(ids), tuple(text_stops)

@@ -32,15 +32,14 @@ import torch
 
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
-from chatplex.engines.detokenizer import StreamingDetokenizer
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
-from chatplex.engines.stop_strings import StopStringMatcher
+from chatplex.engines.sequence_text import SequenceText, stop_tokens, token_logprob
 from chatplex.errors import EngineClosedError, EngineError, InvalidRequestError, UnsupportedFeatureError
 from chatplex.models.embedded import EMBEDDED_NAME
 from chatplex.templates import resolve_template
-from chatplex.types import Delta, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
+from chatplex.types import Delta, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +97,8 @@ class LlamaCppEngine(Engine):
         self.runner = LlamaRunner(llama)
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
         self.prompts = PromptPreparer(self.tokenizer, template, self.runner.n_ctx)
-        self.eos_ids, self.template_stops = self._stop_tokens(llama, template.stop_words)
-
-    def _stop_tokens(self, llama: Any, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
-        ids = {t for t in (llama.token_eos(), self.tokenizer.eos_token_id) if t is not None and t >= 0}
-        text_stops = []
-        for word in stop_words:
-            token_id = self.tokenizer.convert_tokens_to_ids(word)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                ids.add(token_id)
-            else:
-                text_stops.append(word)
-        return frozenset(ids), tuple(text_stops)
+        eos = llama.token_eos()
+        self.eos_ids, self.template_stops = stop_tokens(eos if eos >= 0 else None, self.tokenizer, template.stop_words)
 
     # ---- capabilities --------------------------------------------------------------------------------------
     @staticmethod
@@ -193,8 +182,7 @@ class LlamaCppEngine(Engine):
         prompt = job.prompt_ids
         max_new = self.prompts.max_new_tokens(len(prompt), job.request)
         generator = torch.Generator().manual_seed(sp.seed + index) if sp.seed is not None and not sp.greedy else None
-        detok = StreamingDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens)
-        stops = StopStringMatcher(sp.stop + self.template_stops)
+        text = SequenceText(self.tokenizer, sp, self.eos_ids, self.template_stops)
         mask = GrammarMask(self.runner.llama, job.grammar) if job.grammar is not None else None
         tokens: list[int] = []
         try:
@@ -212,7 +200,7 @@ class LlamaCppEngine(Engine):
                 self._stats.steps += 1
                 if mask is not None:
                     mask.accept(token)
-                delta = self._delta(job, index, token, result, detok, stops, len(tokens), max_new)
+                delta = self._delta(job, index, token, result, text, len(tokens), max_new)
                 self._send(job, delta)
                 if delta.finish_reason is not None:
                     return True
@@ -222,33 +210,14 @@ class LlamaCppEngine(Engine):
                 mask.close()
 
     def _delta(
-        self, job: _Job, index: int, token: int, result: SampleOutput, detok: StreamingDetokenizer,
-        stops: StopStringMatcher, num_out: int, max_new: int,
+        self, job: _Job, index: int, token: int, result: SampleOutput, text: SequenceText, num_out: int, max_new: int
     ) -> Delta:
-        sp = job.request.sampling
-        reason: FinishReason | None = None
-        stop_reason: str | int | None = None
-        text = ""
-        if token in sp.stop_token_ids or (token in self.eos_ids and not sp.ignore_eos):
-            reason, stop_reason = "stop", token
-        else:
-            text, matched = stops.feed(detok.add_token(token))
-            if matched is not None:
-                reason, stop_reason = "stop", matched
-        if reason is None and (num_out >= max_new or len(job.prompt_ids) + num_out >= self.prompts.max_model_len):
-            reason = "length"
-        if reason is not None and not isinstance(stop_reason, str):
-            # Ended by a token or by length: flush what the detokenizer and the stop matcher held back.
-            tail, matched = stops.feed(detok.finalize())
-            text += tail if matched is not None else tail + stops.flush()
-            if matched is not None:
-                reason, stop_reason = "stop", matched
+        at_limit = num_out >= max_new or len(job.prompt_ids) + num_out >= self.prompts.max_model_len
+        piece, reason, stop_reason = text.add(token, at_limit=at_limit)
         logprobs = None
-        if sp.logprobs is not None:
-            decode = lambda t: self.tokenizer.decode([t])  # noqa: E731
-            top = tuple(TopLogprob(t, decode(t), lp) for t, lp in result.top_logprobs[0])
-            logprobs = [TokenLogprob(token, decode(token), float(result.logprobs[0] or 0.0), top)]
-        return Delta(index, text, [token], len(job.prompt_ids), num_out, logprobs, reason, stop_reason)
+        if job.request.sampling.logprobs is not None:
+            logprobs = [token_logprob(self.tokenizer, token, result.logprobs[0] or 0.0, result.top_logprobs[0])]
+        return Delta(index, piece, [token], len(job.prompt_ids), num_out, logprobs, reason, stop_reason)
 
     @staticmethod
     def _send(job: _Job, item: Delta | BaseException) -> None:

@@ -31,6 +31,7 @@ from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.hf import loader
+from chatplex.engines.sequence_text import stop_tokens
 from chatplex.engines.vllm import params, scoring
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
@@ -94,19 +95,8 @@ class VLLMEngine(Engine):
         return AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._counters.logger_factory()])
 
     def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
-        """EOS ids (tokenizer and generation config) plus the template's single-token stop words; the other stop
-        words are matched as text."""
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
         gen_eos = self._llm.model_config.try_get_generation_config().get("eos_token_id")  # type: ignore[union-attr]
-        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        text_stops = []
-        for word in stop_words:
-            token_id = self.tokenizer.convert_tokens_to_ids(word)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                ids.add(token_id)
-            else:
-                text_stops.append(word)
-        return frozenset(ids), tuple(text_stops)
+        return stop_tokens(gen_eos, self.tokenizer, stop_words)
 
     # ---- requests ------------------------------------------------------------------------------------------
     @property
@@ -208,9 +198,8 @@ class VLLMEngine(Engine):
         """On vLLM's loop: stream one sequence, sending each delta (or the error) to the caller's queue."""
         sp = request.sampling
         max_new = self.prompts.max_new_tokens(len(prompt_ids), request)
-        stop_ids = frozenset(sp.stop_token_ids) | (frozenset() if sp.ignore_eos else self.eos_ids)
-        seq = SequenceOutput(index, len(prompt_ids), sp, max_new, stop_ids, self.text_stops, self.tokenizer)
-        vparams = params.sampling_params(sp, index, max_new, stop_ids, structured)
+        seq = SequenceOutput(index, len(prompt_ids), sp, max_new, self.eos_ids, self.text_stops, self.tokenizer)
+        vparams = params.sampling_params(sp, index, max_new, seq.stop_token_ids, structured)
         assert self._llm is not None
         stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), vparams, vllm_id, lora_request=lora)
         try:

@@ -6,16 +6,15 @@ and finish reasons are exactly those of the other local engines for the same tok
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chatplex.engines.detokenizer import StreamingDetokenizer
-from chatplex.engines.stop_strings import StopStringMatcher
-from chatplex.types import Delta, FinishReason, SamplingParams, TokenLogprob, TopLogprob
+from chatplex.engines.sequence_text import SequenceText, token_logprob
+from chatplex.types import Delta, FinishReason, SamplingParams, TokenLogprob
 
 
 class SequenceOutput:
-    """The chatplex side of one output sequence: counts tokens, detokenizes, decides when it ends."""
+    """The chatplex side of one output sequence: counts tokens and turns them into text (engines/sequence_text.py)."""
 
     def __init__(
         self,
@@ -23,7 +22,7 @@ class SequenceOutput:
         prompt_len: int,
         sampling: SamplingParams,
         max_new_tokens: int,
-        stop_token_ids: frozenset[int],
+        eos_ids: frozenset[int],
         text_stops: tuple[str, ...],
         tokenizer: Any,
     ) -> None:
@@ -31,12 +30,14 @@ class SequenceOutput:
         self.prompt_len = prompt_len
         self.sampling = sampling
         self.max_new_tokens = max_new_tokens
-        self.stop_token_ids = stop_token_ids
         self.num_tokens = 0
         self.finished = False
         self._tokenizer = tokenizer
-        self._detok = StreamingDetokenizer(tokenizer, skip_special_tokens=sampling.skip_special_tokens)
-        self._stops = StopStringMatcher(sampling.stop + text_stops)
+        self._text = SequenceText(tokenizer, sampling, eos_ids, text_stops)
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        return self._text.stop_ids
 
     def add(
         self, token_ids: Sequence[int], logprobs: Sequence[Mapping[int, Any]] | None, engine_finish: str | None
@@ -50,26 +51,14 @@ class SequenceOutput:
         for token in token_ids:
             taken.append(token)
             self.num_tokens += 1
-            if token in self.stop_token_ids:
-                reason, stop_reason = "stop", token
-            else:
-                segment, matched = self._stops.feed(self._detok.add_token(token))
-                text.append(segment)
-                if matched is not None:
-                    reason, stop_reason = "stop", matched
-            if reason is None and self.num_tokens >= self.max_new_tokens:
-                reason = "length"
+            piece, reason, stop_reason = self._text.add(token, at_limit=self.num_tokens >= self.max_new_tokens)
+            text.append(piece)
             if reason is not None:
                 break
         if reason is None and engine_finish is not None:
             # vLLM ended it for a reason of its own (the context is full, or it aborted the request).
-            reason = "abort" if engine_finish == "abort" else "length"
-        if reason is not None and not isinstance(stop_reason, str):
-            # Ended by a token or by length: flush what the detokenizer and the stop matcher held back.
-            tail, matched = self._stops.feed(self._detok.finalize())
-            text.append(tail if matched is not None else tail + self._stops.flush())
-            if matched is not None:
-                reason, stop_reason = "stop", matched
+            piece, reason, stop_reason = self._text.end("abort" if engine_finish == "abort" else "length")
+            text.append(piece)
         self.finished = reason is not None
         lps = self._logprobs(taken, logprobs) if self.sampling.logprobs is not None else None
         return Delta(self.index, "".join(text), taken, self.prompt_len, self.num_tokens, lps, reason, stop_reason)
@@ -78,11 +67,9 @@ class SequenceOutput:
         if logprobs is None:
             return []
         k = self.sampling.logprobs or 0
-        decode: Callable[[int], str] = lambda t: self._tokenizer.decode([t])  # noqa: E731
         out = []
         for token, entries in zip(tokens, logprobs):
             # vLLM gives the sampled token plus the top k (by rank, 1-based); the sampled one may rank below k.
             ranked = sorted((lp.rank, t, lp.logprob) for t, lp in entries.items() if lp.rank is not None and lp.rank <= k)
-            top = tuple(TopLogprob(t, decode(t), float(lp)) for _, t, lp in ranked)
-            out.append(TokenLogprob(token, decode(token), float(entries[token].logprob), top))
+            out.append(token_logprob(self._tokenizer, token, entries[token].logprob, [(t, lp) for _, t, lp in ranked]))
         return out
