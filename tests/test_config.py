@@ -57,6 +57,15 @@ def test_bad_values_name_the_key(raw, match):
         load_args(raw)
 
 
+def test_media_policy_keys_are_checked():
+    args = load_args({"media": {"max_images": 2, "allow_remote": False}})
+    assert args.model.media == {"max_images": 2, "allow_remote": False}
+    with pytest.raises(ConfigError, match=r"media.max_videos: unknown; valid keys: max_images"):
+        load_args({"media": {"max_videos": 1}})
+    with pytest.raises(ConfigError, match="max_images"):
+        load_args({"media": {"max_images": -1}})
+
+
 def test_missing_or_broken_yaml(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_args(str(tmp_path / "nope.yaml"))

@@ -89,6 +89,9 @@ class ModelArguments:
     # Free-form settings for the chosen engine (llama.cpp: n_threads, n_batch...; openai: max_retries, timeout...;
     # launched servers: launch_timeout, stop_timeout).
     engine_config: dict[str, Any] | None = None
+    # Media limits and sources for image/audio models (chatplex.media.MediaPolicy fields: max_images,
+    # max_item_bytes, allow_remote, allow_private_addresses, local_root...).
+    media: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.infer_backend = BACKEND_ALIASES.get(self.infer_backend, self.infer_backend)
@@ -115,6 +118,10 @@ class ModelArguments:
                     "directory or .gguf file, or leave it out to use the embedded SmolLM2-135M-Instruct.",
                     param="model_name_or_path",
                 )
+        if self.media is not None:
+            from chatplex.media import MediaPolicy
+
+            MediaPolicy.from_config(self.media)  # checked now, so a bad key fails at start-up
         if self.dummy_weights is not None:
             from chatplex.models.dummy import check_shape
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from chatplex.errors import ConfigError
 
@@ -28,6 +28,15 @@ class MediaPolicy:
     fetch_timeout_s: float = 10.0
     max_redirects: int = 3
     local_root: str | None = None
+
+    @classmethod
+    def from_config(cls, values: dict | None) -> MediaPolicy:
+        """The `media:` argument (a dict of these fields) -> a policy; unknown keys name the valid ones."""
+        valid = [f.name for f in fields(cls)]
+        for key in values or {}:
+            if key not in valid:
+                raise ConfigError(f"media.{key}: unknown; valid keys: {', '.join(valid)}.", param=f"media.{key}")
+        return cls(**(values or {}))
 
     def __post_init__(self) -> None:
         for name in ("max_images", "max_audios", "max_item_bytes", "max_image_pixels", "max_redirects"):

@@ -75,10 +75,10 @@ class VisionLanguage:
         self.merge = config.vision_config.spatial_merge_size
 
     @classmethod
-    def load(cls, model: Any, tokenizer: Any, source: str) -> VisionLanguage:
+    def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> VisionLanguage:
         from transformers import AutoImageProcessor
 
-        return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source))
+        return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source), policy)
 
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], MediaInputs | None]:

@@ -16,6 +16,7 @@ from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
 from chatplex.engines.hf.multimodal import VisionLanguage
+from chatplex.media import MediaPolicy
 from chatplex.engines.hf.multimodal import model_kind as multimodal_kind
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scheduler import Scheduler
@@ -60,7 +61,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
     multimodal = None
     if not margs.dummy_weights and multimodal_kind(model.config):
-        multimodal = VisionLanguage.load(model, tokenizer, loader.model_source(margs)[0])
+        multimodal = VisionLanguage.load(model, tokenizer, loader.model_source(margs)[0], MediaPolicy.from_config(margs.media))
         # Paged attention is for the decoder; the vision tower attends over its own patches.
         model.set_attn_implementation({"text_config": attention.register(), "vision_config": "sdpa"})
     else:
