@@ -61,6 +61,22 @@ def test_forced_tool_calls_are_refused_with_the_field_named(model):
         model.chat([{"role": "user", "content": "hi"}], tools=tools, tool_choice="required", max_new_tokens=5)
 
 
+def test_lora_adapters_need_gguf_and_are_never_ignored(tmp_path):
+    peft_dir = tmp_path / "peft-adapter"
+    peft_dir.mkdir()
+    with pytest.raises(ConfigError, match="adapter_name_or_path: the llama.cpp engine takes one LoRA adapter converted to GGUF"):
+        ChatModel({"infer_backend": "llama.cpp", "adapter_name_or_path": str(peft_dir)})
+    with pytest.raises(ConfigError, match="lora_modules: the llama.cpp engine cannot switch adapters"):
+        ChatModel({"infer_backend": "llama.cpp", "lora_modules": {"a": str(peft_dir)}})
+
+
+def test_a_request_naming_an_adapter_is_refused(model):
+    from chatplex.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="adapter 'sql' is not available"):
+        model.chat([{"role": "user", "content": "hi"}], adapter="sql", max_new_tokens=2)
+
+
 def test_logprobs_are_of_the_sampled_tokens(model):
     reply = model.chat(MESSAGES, do_sample=False, max_new_tokens=6, ignore_eos=True, logprobs=True, top_logprobs=3)[0]
     assert len(reply.logprobs) == len(reply.token_ids) == 6

@@ -36,7 +36,14 @@ from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
 from chatplex.engines.sequence_text import SequenceText, stop_tokens, token_logprob
-from chatplex.errors import EngineClosedError, EngineError, InvalidRequestError, UnsupportedFeatureError
+from chatplex.errors import (
+    ConfigError,
+    EngineClosedError,
+    EngineError,
+    InvalidRequestError,
+    NotFoundError,
+    UnsupportedFeatureError,
+)
 from chatplex.models.embedded import EMBEDDED_NAME
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
@@ -56,6 +63,29 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+def _lora_option(adapter: str | None, named: Any) -> dict[str, Any]:
+    """llama.cpp applies one GGUF LoRA for the whole context (its binding's `lora_path`): a single adapter
+    converted to GGUF is merged that way; anything else is a clear error rather than silently ignored."""
+    if named:
+        raise ConfigError(
+            "lora_modules: the llama.cpp engine cannot switch adapters per request; use infer_backend huggingface "
+            "or vllm, or merge the adapter.",
+            param="lora_modules",
+        )
+    if adapter is None:
+        return {}
+    paths = [p.strip() for p in adapter.split(",") if p.strip()]
+    if len(paths) != 1 or not paths[0].endswith(".gguf"):
+        raise ConfigError(
+            "adapter_name_or_path: the llama.cpp engine takes one LoRA adapter converted to GGUF (a .gguf file, "
+            "e.g. with llama.cpp's convert_lora_to_gguf.py); PEFT directories need infer_backend huggingface or vllm.",
+            param="adapter_name_or_path",
+        )
+    if not os.path.isfile(paths[0]):
+        raise ConfigError(f"adapter_name_or_path: {paths[0]!r} does not exist.", param="adapter_name_or_path")
+    return {"lora_path": paths[0]}
+
+
 class LlamaCppEngine(Engine):
     backend = "llama.cpp"
     supports_constraints = True  # JSON response formats, through llama.cpp's own GBNF grammars
@@ -66,6 +96,7 @@ class LlamaCppEngine(Engine):
         self._name = EMBEDDED_NAME if args.model.model_name_or_path is None else os.path.basename(self.path)[:-5]
         # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...), when config has them.
         self.options: dict[str, Any] = dict(getattr(args.model, "engine_config", None) or {})
+        self.options.update(_lora_option(args.model.adapter_name_or_path, getattr(args.model, "lora_modules", None)))
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -121,6 +152,11 @@ class LlamaCppEngine(Engine):
         """Stream the request's deltas; `grammar` (GBNF) constrains every sequence's output."""
         if self._closing or self._thread is None:
             raise EngineClosedError("The engine is not running.")
+        if request.adapter is not None:
+            raise NotFoundError(
+                f"model: the llama.cpp engine serves one model; adapter {request.adapter!r} is not available.",
+                param="model", code="model_not_found",
+            )
         if grammar is None and request.constraint is not None:
             if request.constraint.json_schema is None:
                 raise UnsupportedFeatureError(
