@@ -136,20 +136,12 @@ class ChatModel:
         **template_kwargs: Any,
     ) -> str:
         """The prompt text the model would see for these messages (engines that render in-process only)."""
-        from chatplex.errors import UnsupportedFeatureError
-        from chatplex.templates import render_prompt
-
-        prompts = getattr(self.engine, "prompts", None)
-        if prompts is None:
+        if getattr(self.engine, "prompts", None) is None:
             raise UnsupportedFeatureError(
                 f"The {self.engine.backend} engine renders prompts on its server; chatplex cannot show them.",
                 param="infer_backend",
             )
-        request = self.build_request(messages, system, tools, template_kwargs=template_kwargs)
-        return render_prompt(
-            prompts.tokenizer, prompts.template, request.messages or [], tools=request.tools,
-            template_kwargs=request.template_kwargs,
-        )
+        return self._prompt_text(self.build_request(messages, system, tools, template_kwargs=template_kwargs))
 
     @property
     def template(self) -> ChatTemplate | None:
@@ -159,7 +151,7 @@ class ChatModel:
     def _prompt_text(self, request: GenerationRequest) -> str:
         from chatplex.templates import render_prompt
 
-        prompts = getattr(self.engine, "prompts")
+        prompts = self.engine.prompts  # type: ignore[attr-defined]
         return render_prompt(
             prompts.tokenizer, prompts.template, request.messages or [], tools=request.tools,
             template_kwargs=request.template_kwargs,
