@@ -89,11 +89,11 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
 
 
 def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> Any:
-    """Vision-language checkpoints load through the image-text-to-text Auto class: to transformers they are
-    not causal LMs."""
+    """Vision-language checkpoints load through the image-text-to-text Auto class, Qwen2-Audio through its own
+    class: to transformers they are not causal LMs."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from chatplex.engines.hf.multimodal import model_kind
+    from chatplex.engines.hf.multimodal import AUDIO_TYPES, model_kind
 
     if gguf is None:
         try:
@@ -102,6 +102,10 @@ def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> An
             )
         except (OSError, ValueError):
             config = None  # from_pretrained below reports it
+        if config is not None and config.model_type in AUDIO_TYPES:
+            from transformers import Qwen2AudioForConditionalGeneration
+
+            return Qwen2AudioForConditionalGeneration
         if config is not None and model_kind(config):
             return AutoModelForImageTextToText
     return AutoModelForCausalLM

@@ -15,7 +15,7 @@ from chatplex.engines.hf import attention, loader
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
-from chatplex.engines.hf.multimodal import VisionLanguage
+from chatplex.engines.hf.multimodal import AUDIO_TYPES, AudioLanguage, VisionLanguage
 from chatplex.media import MediaPolicy
 from chatplex.engines.hf.multimodal import model_kind as multimodal_kind
 from chatplex.engines.hf.runner import ModelRunner
@@ -43,7 +43,7 @@ class EngineParts:
     eos_ids: frozenset[int]
     template_stops: tuple[str, ...]  # the template's stop words that are not single tokens
     default_adapter: str | None  # an unmerged adapter_name_or_path, for requests that name none
-    multimodal: Any = None  # VisionLanguage for image-text models, else None
+    multimodal: Any = None  # VisionLanguage / AudioLanguage for image- or audio-text models, else None
 
 
 def build(margs: ModelArguments, name: str) -> EngineParts:
@@ -60,7 +60,12 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         model, dtype = _load_weights(margs, device, classifier=fmt is not None and fmt.kind == "sequence_classification")
         model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
     multimodal = None
-    if not margs.dummy_weights and multimodal_kind(model.config):
+    kind = None if margs.dummy_weights else multimodal_kind(model.config)
+    if kind in AUDIO_TYPES:
+        multimodal = AudioLanguage.load(model, tokenizer, loader.model_source(margs)[0], MediaPolicy.from_config(margs.media))
+        # Paged attention is for the decoder; the audio tower attends over its own mel frames.
+        model.set_attn_implementation({"text_config": attention.register(), "audio_config": "sdpa"})
+    elif kind:
         multimodal = VisionLanguage.load(model, tokenizer, loader.model_source(margs)[0], MediaPolicy.from_config(margs.media))
         # Paged attention is for the decoder; the vision tower attends over its own patches.
         model.set_attn_implementation({"text_config": attention.register(), "vision_config": "sdpa"})

@@ -1,0 +1,193 @@
+"""Qwen2-Audio through the HF engine equals transformers' own processor + `generate` on the same tiny random
+model: `audios=` with a WAV file, an OpenAI `input_audio` part, a batch mixed with text requests (1-D positions,
+audio tower once at prefill), and a corrupt clip named by its part."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from chatplex import ChatModel
+from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+
+# ChatML that writes Qwen2-Audio's placeholder for audio parts (real checkpoints ship their own).
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+    "{% for p in m.content %}{% if p.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MAX_TOKENS = 10
+RATE = 16000
+
+
+def _build(path) -> None:
+    from transformers import AutoTokenizer, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+
+    from chatplex.models.embedded import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    specials = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.chat_template = TEMPLATE
+    config = Qwen2AudioConfig(
+        text_config=dict(
+            model_type="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=len(tok), max_position_embeddings=2048, eos_token_id=2, bos_token_id=1,
+        ),
+        # 100 positions = 200 mel frames = 2 s windows (real checkpoints: 1500 = 30 s)
+        audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          num_mel_bins=128, max_source_positions=100),
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    with torch.no_grad():  # sharpen attention and the projector so that the audio decides the tokens
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+        model.model.multi_modal_projector.linear.weight.mul_(20)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=128, chunk_length=2).save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen2audio")
+    _build(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(audio_dir):
+    """Greedy tokens from transformers' own Qwen2AudioProcessor (features + `<|AUDIO|>` expansion) and generate."""
+    from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(audio_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(audio_dir)
+    processor = Qwen2AudioProcessor(WhisperFeatureExtractor.from_pretrained(audio_dir), tok, chat_template=TEMPLATE)
+
+    def run(messages, audios):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if audios:
+            inputs = processor(text=text, audio=audios, sampling_rate=RATE, return_tensors="pt")
+        else:
+            inputs = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def chat_model(audio_dir):
+    model = ChatModel({"model_name_or_path": str(audio_dir), "infer_dtype": "float32", "max_num_batched_tokens": 32})
+    yield model
+    model.close()
+
+
+def _clip(seconds: float, seed: int) -> np.ndarray:
+    """A tone plus noise: audio the encoder tells apart from another seed's."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.5 * np.sin(2 * np.pi * (200 + 100 * seed) * t) + 0.1 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _wav(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, array, RATE, format="WAV", subtype="FLOAT")  # float: the decoded samples are exact
+    return buf.getvalue()
+
+
+def _tokens(chat_model, messages, **kw):
+    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
+    return response.token_ids
+
+
+def _audio_messages(text):
+    return [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": text}]}]
+
+
+def test_audios_argument_with_wav_equals_generate(chat_model, reference, tmp_path) -> None:
+    clip = _clip(1.0, 1)
+    path = tmp_path / "clip.wav"
+    path.write_bytes(_wav(clip))
+    expected = reference(_audio_messages("What is this?"), [clip])
+    assert len(expected) == MAX_TOKENS
+    # the audio changes the answer (the audio path is live)
+    assert reference(_audio_messages("What is this?"), [_clip(1.0, 2)]) != expected
+    assert _tokens(chat_model, [{"role": "user", "content": "What is this?"}], audios=[str(path)]) == expected
+    assert _tokens(chat_model, [{"role": "user", "content": "<audio>What is this?"}], audios=[(clip, RATE)]) == expected
+
+
+def test_input_audio_part_equals_generate(chat_model, reference) -> None:
+    a, b = _clip(0.7, 3), _clip(1.5, 4)
+    expected = reference(
+        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "then"}, {"type": "audio"}]}], [a, b]
+    )
+    data = base64.b64encode(_wav(a)).decode()
+    messages = [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+        {"type": "text", "text": "then"},
+        {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64," + base64.b64encode(_wav(b)).decode()}},
+    ]}]
+    assert _tokens(chat_model, messages) == expected
+
+
+def test_chunked_prefill_runs_the_audio_tower_once(chat_model, reference) -> None:
+    # 1.2 s -> 30 audio tokens; max_num_batched_tokens=32 splits them over two prefill chunks
+    clip = _clip(1.2, 5)
+    tower = chat_model.engine.multimodal.model.model.audio_tower
+    calls = []
+    original = tower.forward
+    tower.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        expected = reference(_audio_messages("x " * 10), [clip])
+        calls.clear()
+        assert _tokens(chat_model, [{"role": "user", "content": "<audio>" + "x " * 10}], audios=[(clip, RATE)]) == expected
+    finally:
+        del tower.forward
+    assert calls == [1]
+
+
+async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
+    cases = [
+        ([{"role": "user", "content": "Hi, a text request."}], None),
+        ([{"role": "user", "content": "First clip"}], [_clip(0.5, 6)]),
+        ([{"role": "user", "content": "Another"}], [_clip(1.8, 7)]),
+        ([{"role": "user", "content": "Text again, longer this time."}], None),
+    ]
+    alone = [reference(_audio_messages(m[0]["content"]) if a else m, a or []) for m, a in cases]
+
+    async def one(messages, audios):
+        audios = [(x, RATE) for x in audios] if audios else None
+        [r] = await chat_model.achat(messages, audios=audios, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
+        return r.token_ids
+
+    together = await asyncio.gather(*(one(m, a) for m, a in cases))
+    assert together == alone
+    assert chat_model.stats().max_batch_size >= 2
+
+
+def test_bad_audio_names_the_part(chat_model) -> None:
+    corrupt = base64.b64encode(b"RIFF\x00\x00not a wav at all").decode()
+    bad = [{"role": "user", "content": [
+        {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {"data": corrupt, "format": "wav"}},
+    ]}]
+    with pytest.raises(InvalidRequestError, match="not a readable audio") as info:
+        chat_model.chat(bad, max_tokens=2)
+    assert info.value.param == "messages[0].content[1]"
+    with pytest.raises(InvalidRequestError, match="at most 2 s"):
+        chat_model.chat([{"role": "user", "content": "x"}], audios=[(_clip(2.5, 8), RATE)], max_tokens=2)
+    with pytest.raises(UnsupportedFeatureError, match="images"):
+        chat_model.chat([{"role": "user", "content": "x"}], images=["data:image/png;base64,AAAA"], max_tokens=2)
+    # the engine keeps serving
+    assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS
