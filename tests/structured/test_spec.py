@@ -97,7 +97,7 @@ def test_parallel_required_calls_may_repeat(compiler):
         ("always", [WEATHER], "hermes", InvalidRequestError),
         ({"type": "function", "function": {"name": "nope"}}, [WEATHER], "hermes", InvalidRequestError),
         ({"type": "function"}, [WEATHER], "hermes", InvalidRequestError),
-        ("required", [WEATHER], "pythonic", UnsupportedFeatureError),
+        ("required", [WEATHER], "no_such_format", UnsupportedFeatureError),
     ],
 )
 def test_bad_tool_choices_name_the_field(choice, tools, parser, error):

@@ -54,10 +54,34 @@ def _phi4(*calls):
     return "".join(f'<|tool_call|>{{"name": "{n}", "arguments": {a}}}<|/tool_call|>' for n, a in calls)
 
 
+def _xml_value(v):
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _qwen3_coder(*calls):
+    return "".join(f"<tool_call>\n<function={n}>\n"
+                     + "".join(f"<parameter={k}>\n{_xml_value(v)}\n</parameter>\n" for k, v in json.loads(a).items())
+                     + "</function>\n</tool_call>" for n, a in calls)
+
+
+def _glm4(*calls):
+    return "".join(f"<tool_call>{n}\n"
+                     + "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{_xml_value(v)}</arg_value>\n"
+                               for k, v in json.loads(a).items())
+                     + "</tool_call>" for n, a in calls)
+
+
+def _pythonic(*calls):
+    # As Gemma 3's template writes them: keyword values as JSON.
+    return "[" + ", ".join(f"{n}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(a).items()) + ")"
+                           for n, a in calls) + "]"
+
+
 # family -> how its template writes calls (what the grammar must allow), and whether a finished list closes
 # itself (mistral's "]", DeepSeek's end marker) rather than waiting for another call or the end of the turn.
 RENDER = {"mistral": (_mistral, True), "phi4_mini": (_phi4, False), "deepseek_v3": (_ds_v3, True),
-          "deepseek_v31": (_ds_v31, True)}
+          "deepseek_v31": (_ds_v31, True), "qwen3_coder": (_qwen3_coder, False), "glm4": (_glm4, False),
+          "pythonic": (_pythonic, True)}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +174,8 @@ def test_markers_are_one_special_token_where_the_tokenizer_has_them(special_toke
 
 
 # -- generation round trips: the constraint on a real model, the reply read back by the family's parser ----------
-TEMPLATES = {"mistral": "mistral", "phi4_mini": "phi4", "deepseek_v3": "deepseek3", "deepseek_v31": "deepseek3.1"}
+TEMPLATES = {"mistral": "mistral", "phi4_mini": "phi4", "deepseek_v3": "deepseek3", "deepseek_v31": "deepseek3.1",
+             "qwen3_coder": "qwen3-coder", "glm4": "glm4", "pythonic": "gemma3"}
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 

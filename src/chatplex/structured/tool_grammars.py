@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from chatplex.structured import arg_grammars
+
 # `mark<N>: "<json string>"` lines: the marker rules the compiler may turn into special-token references.
 MARKER_LINE = re.compile(r'^(mark\d+): ("(?:[^"\\]|\\.)*")$', re.M)
 
@@ -120,6 +122,9 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "phi4_mini": _phi4_mini,
     "deepseek_v3": _deepseek(v31=False),
     "deepseek_v31": _deepseek(v31=True),
+    "qwen3_coder": arg_grammars.qwen3_coder,
+    "glm4": arg_grammars.glm4,
+    "pythonic": arg_grammars.pythonic,
 }
 
 
