@@ -191,3 +191,15 @@ def test_bad_audio_names_the_part(chat_model) -> None:
         chat_model.chat([{"role": "user", "content": "x"}], images=["data:image/png;base64,AAAA"], max_tokens=2)
     # the engine keeps serving
     assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS
+
+
+def test_feature_extractor_sized_to_the_encoder_without_a_preprocessor_config(audio_dir, tmp_path) -> None:
+    from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration
+
+    from chatplex.engines.hf.multimodal import AudioLanguage
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(audio_dir, dtype=torch.float32)
+    helper = AudioLanguage.load(model, AutoTokenizer.from_pretrained(audio_dir), str(tmp_path))  # tmp_path: no config
+    fe = helper.feature_extractor
+    assert (fe.feature_size, fe.sampling_rate, fe.n_samples, fe.nb_max_frames) == (128, RATE, 2 * RATE, 200)
+    assert helper.max_seconds == 2
