@@ -207,7 +207,6 @@ class AudioLanguage:
         self.rate = int(feature_extractor.sampling_rate)
         # The encoder takes a fixed number of mel frames (max_source_positions x its conv stride of 2).
         self.max_seconds = feature_extractor.n_samples / self.rate
-        _keep_last_logits(model)
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> AudioLanguage:
@@ -315,23 +314,3 @@ class AudioLanguage:
             keep = torch.arange(hidden.shape[1], device=device)[None] < out_lens[:, None]
             media.embeds = hidden[keep]
         return media.embeds
-
-
-def _keep_last_logits(model: Any) -> None:
-    """Qwen2-Audio's forward projects every position through the LM head and ignores `logits_to_keep`, which
-    the runner relies on to sample one row per sequence. The runner always passes the spliced embeddings (the
-    audio tower runs here, in `AudioLanguage`), so the text decoder plus the head is the whole forward."""
-    inner, head = model.model, model.lm_head
-
-    def forward(input_ids=None, inputs_embeds=None, position_ids=None, logits_to_keep=0, **kwargs):
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
-        if inputs_embeds is None:
-            inputs_embeds = model.get_input_embeddings()(input_ids)
-        kwargs.pop("use_cache", None)
-        hidden = inner.language_model(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False, **kwargs)
-        hidden = hidden.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        return CausalLMOutputWithPast(logits=head(hidden[:, keep]))
-
-    model.forward = forward

@@ -170,6 +170,9 @@ class ModelRunner:
             chatplex_meta=meta,
         )
         logits = out.logits[0]
+        if logits.shape[0] != len(sampling_items):
+            # Some models' forward ignores logits_to_keep (Qwen2-Audio projects every position): take the rows here.
+            logits = logits[torch.tensor(last_index, device=logits.device)]
         result = sample(logits, [rows[it.seq.seq_id] for it in sampling_items])
         return {it.seq.seq_id: (i, result) for i, it in enumerate(sampling_items)}
 
