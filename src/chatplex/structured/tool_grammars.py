@@ -2,7 +2,8 @@
 
 Each grammar writes exactly what the family's parser in `templates/tool_parsers/` reads back (and what the
 family's chat template writes for a past call). Arguments are `%json` with the tool's parameter schema in the
-fixed layout of `spec.JSON_LAYOUT`, so they validate against the schema by construction.
+fixed layout of `spec.JSON_LAYOUT`, so they validate against the schema by construction. The families that write
+arguments one by one (`qwen3_coder`, `glm4` XML, `pythonic` keyword calls) are built in `arg_grammars.py`.
 
 Marker strings (`[TOOL_CALLS]`, `<｜tool▁calls▁begin｜>`, `<|tool_call|>`) are special tokens in their models'
 real tokenizers but plain text in others. A grammar cannot know which, so markers are written as rules of their
