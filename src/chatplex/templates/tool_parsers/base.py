@@ -122,6 +122,7 @@ class ToolParser:
 
     name = "base"
     start_markers: tuple[str, ...] = ()
+    end_marker = ""  # for formats whose blocks close with a marker (see `delimited`)
     anchored = False
 
     def __init__(
@@ -137,6 +138,15 @@ class ToolParser:
         """Read one block at the start of `text` (which begins with a start marker, or for anchored parsers
         with the reply). Return None when more text is needed; with `final` there is no more text to come."""
         raise NotImplementedError
+
+    def delimited(self, text: str) -> tuple[int, str] | None:
+        """For formats that close each block with `end_marker`: (end of the block, the text between the
+        markers), or None while the end marker has not arrived."""
+        start = self.start_markers[0]
+        end = text.find(self.end_marker, len(start))
+        if end < 0:
+            return None
+        return end + len(self.end_marker), text[len(start) : end]
 
     # -- one scanner for both modes -------------------------------------------------------------------------
     def _scan(self, final: bool) -> list[DeltaEvent]:

@@ -17,12 +17,10 @@ class Glm4Parser(ToolParser):
     end_marker = "</tool_call>"
 
     def read_block(self, text: str, final: bool) -> Block | None:
-        start = self.start_markers[0]
-        end = text.find(self.end_marker, len(start))
-        if end < 0:
+        block = self.delimited(text)
+        if block is None:
             return None
-        stop = end + len(self.end_marker)
-        body = text[len(start) : end]
+        stop, body = block
         head = _NAME.match(body)
         if not head or _PAIR.sub("", body[head.end() :]).strip():
             return Block(stop, None)

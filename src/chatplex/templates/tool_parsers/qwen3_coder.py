@@ -19,12 +19,11 @@ class Qwen3CoderParser(ToolParser):
     end_marker = "</tool_call>"
 
     def read_block(self, text: str, final: bool) -> Block | None:
-        start = self.start_markers[0]
-        end = text.find(self.end_marker, len(start))
-        if end < 0:
+        block = self.delimited(text)
+        if block is None:
             return None
-        stop = end + len(self.end_marker)
-        match = _FUNCTION.fullmatch(text[len(start) : end])
+        stop, inner = block
+        match = _FUNCTION.fullmatch(inner)
         if not match:
             return Block(stop, None)
         name, body = match.group(1).strip(), match.group(2)

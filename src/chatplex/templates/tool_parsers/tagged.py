@@ -14,12 +14,11 @@ class HermesParser(ToolParser):
     end_marker = "</tool_call>"
 
     def read_block(self, text: str, final: bool) -> Block | None:
-        start = self.start_markers[0]
-        end = text.find(self.end_marker, len(start))
-        if end < 0:
+        block = self.delimited(text)
+        if block is None:
             return None
-        stop = end + len(self.end_marker)
-        body = loads_object(text[len(start) : end].strip())
+        stop, inner = block
+        body = loads_object(inner.strip())
         # Phi-4-mini may put several calls in one block as a list.
         objs = body if isinstance(body, list) and body else [body]
         calls = [as_call(obj) for obj in objs]
