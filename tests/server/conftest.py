@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -64,19 +66,26 @@ class ServerProcess:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """The embedded SmolLM2 model, with an API key, a small body limit and a short context."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = ServerProcess(
-        ["--infer-dtype", "float32", "--api-key", API_KEY, "--served-model-name", SERVED_NAME,
-         "--max-body-size", "65536", "--max-model-len", "1024"],
-        log,
-    )
+@contextlib.contextmanager
+def running_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A `chatplex serve` subprocess, ready, stopped on exit."""
+    srv = ServerProcess(args, log, env)
     try:
         yield srv.wait_ready()
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The embedded SmolLM2 model, with an API key, a small body limit and a short context."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(
+        ["--infer-dtype", "float32", "--api-key", API_KEY, "--served-model-name", SERVED_NAME,
+         "--max-body-size", "65536", "--max-model-len", "1024"],
+        log,
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

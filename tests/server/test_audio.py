@@ -10,7 +10,7 @@ import pytest
 
 from chatplex import ChatModel
 from tests.engines.hf.test_multimodal_qwen2audio import _build, _clip, _wav
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import running_server
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,9 @@ def audio_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def audio_server(audio_dir, tmp_path_factory):
-    srv = ServerProcess(["--model", audio_dir, "--infer-dtype", "float32"], tmp_path_factory.mktemp("au") / "server.log")
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    log = tmp_path_factory.mktemp("au") / "server.log"
+    with running_server(["--model", audio_dir, "--infer-dtype", "float32"], log) as srv:
+        yield srv
 
 
 def test_input_audio_part_equals_the_python_api(audio_server, audio_dir):

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import running_server
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz-server") / "server.log"
-    srv = ServerProcess(["--model", tiny_model_dir, "--infer-dtype", "float32", "--max-model-len", "64"], log)
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    with running_server(["--model", tiny_model_dir, "--infer-dtype", "float32", "--max-model-len", "64"], log) as srv:
+        yield srv
 
 
 def test_schemathesis_finds_no_server_errors(fuzz_server, tmp_path):

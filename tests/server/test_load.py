@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import running_server
 
 LONG = {"prompt": "Once upon a time", "max_tokens": 8000, "ignore_eos": True, "stream": True, "temperature": 0}
 
@@ -23,15 +23,12 @@ LONG = {"prompt": "Once upon a time", "max_tokens": 8000, "ignore_eos": True, "s
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("tiny-server") / "server.log"
-    srv = ServerProcess(
+    with running_server(
         ["--model", tiny_model_dir, "--infer-dtype", "float32", "--max-queued-requests", "1", "--set", "max_num_seqs=1",
          "--drain-timeout", "120"],
         log,
-    )
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    ) as srv:
+        yield srv
 
 
 def _metric(url: str, name: str) -> float:

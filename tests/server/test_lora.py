@@ -8,7 +8,7 @@ import openai
 import pytest
 import torch
 
-from tests.server.conftest import API_KEY, ServerProcess
+from tests.server.conftest import API_KEY, running_server
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,12 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lora_server(tiny_model_dir, adapter_dirs, tmp_path_factory):
-    srv = ServerProcess(
+    with running_server(
         ["--model", tiny_model_dir, "--infer-dtype", "float32", "--api-key", API_KEY, "--served-model-name", "base",
          "--set", f"lora_modules=a1={adapter_dirs['a1']}", "--set", "max_loras=2"],
         tmp_path_factory.mktemp("lora-srv") / "server.log",
-    )
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

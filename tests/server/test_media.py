@@ -8,7 +8,7 @@ import pytest
 
 from chatplex import ChatModel
 from tests.engines.hf.test_multimodal_qwen2vl import _build, _data_url, _noise
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import running_server
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,9 @@ def vl_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vl_server(vl_dir, tmp_path_factory):
-    srv = ServerProcess(["--model", vl_dir, "--infer-dtype", "float32"], tmp_path_factory.mktemp("vl") / "server.log")
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    log = tmp_path_factory.mktemp("vl") / "server.log"
+    with running_server(["--model", vl_dir, "--infer-dtype", "float32"], log) as srv:
+        yield srv
 
 
 def test_image_url_part_equals_the_python_api(vl_server, vl_dir):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chatplex import ChatModel
-from tests.server.conftest import API_KEY, ServerProcess
+from tests.server.conftest import API_KEY, running_server
 
 TEXTS = ["Hello there", "The quick brown fox jumps over the lazy dog", "x"]
 
@@ -40,12 +40,9 @@ def expected(reward_dir) -> list[float]:
 
 @pytest.fixture(scope="module")
 def reward_server(reward_dir, tmp_path_factory):
-    srv = ServerProcess(["--model", reward_dir, "--infer-dtype", "float32", "--api-key", API_KEY],
-                        tmp_path_factory.mktemp("rm") / "server.log")
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    with running_server(["--model", reward_dir, "--infer-dtype", "float32", "--api-key", API_KEY],
+                        tmp_path_factory.mktemp("rm") / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

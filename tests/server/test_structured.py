@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from tests.server.conftest import SERVED_NAME, ServerProcess
+from tests.server.conftest import SERVED_NAME, running_server
 
 CITY = {
     "type": "object",
@@ -119,11 +119,9 @@ def thinking_server(tmp_path_factory, tiny_model_dir):
     """A random-weight model under the DeepSeek V3.1 template: with enable_thinking its prompt opens `<think>`,
     so the reply starts inside the thinking block; without, the prompt closes it and the reply is all answer."""
     log = tmp_path_factory.mktemp("thinking") / "server.log"
-    srv = ServerProcess(["--model", tiny_model_dir, "--template", "deepseek3.1", "--served-model-name", SERVED_NAME], log)
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    args = ["--model", tiny_model_dir, "--template", "deepseek3.1", "--served-model-name", SERVED_NAME]
+    with running_server(args, log) as srv:
+        yield srv
 
 
 def test_reasoning_is_split_through_the_server(thinking_server):
