@@ -99,3 +99,11 @@ def test_which_replies_are_parsed():
     assert reply_parsers(chatml, _request(tools=None), lambda: "") is None  # nothing to split
     raw = GenerationRequest(SamplingParams(), prompt="hi", tools=TOOLS)
     assert reply_parsers(load_builtin("qwen3"), raw, lambda: "") is None  # raw completions stay raw
+
+
+def test_only_marker_token_families_keep_special_tokens():
+    from chatplex.output_parsing import keeps_special_tokens
+
+    assert {p for p in ("hermes", "llama3_json", "pythonic", "mistral", "qwen3_coder", "deepseek_v3", "deepseek_v31",
+                        "glm4", "phi4_mini", None) if keeps_special_tokens(p)} == {
+        "mistral", "deepseek_v3", "deepseek_v31", "phi4_mini"}

@@ -18,7 +18,7 @@ from chatplex.engines.base import Engine, EngineStats
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.messages import normalize_messages, validate_tools
 from chatplex.output_parsing import (
-    MARKER_TOKEN_PARSERS,
+    keeps_special_tokens,
     openai_tool_calls,
     parse_deltas,
     reply_parsers,
@@ -94,7 +94,7 @@ class ChatModel:
         parallel = parallel_tool_calls is not False
         parser = tool_parser_name(self.template, tools)
         constraint = request_constraint(response_format, tool_choice, tools, parser, parallel)
-        if parser in MARKER_TOKEN_PARSERS and "skip_special_tokens" not in gen_kwargs:
+        if keeps_special_tokens(parser) and "skip_special_tokens" not in gen_kwargs:
             sampling = dataclasses.replace(sampling, skip_special_tokens=False)
         if constraint is not None and not self.engine.supports_constraints:
             raise UnsupportedFeatureError(

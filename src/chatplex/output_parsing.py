@@ -16,7 +16,7 @@ from typing import Any
 
 from chatplex.templates import ChatTemplate
 from chatplex.templates.reasoning import ReasoningParser, get_reasoning_parser
-from chatplex.templates.tool_parsers import ToolCallDelta, ToolParser, get_tool_parser
+from chatplex.templates.tool_parsers import TOOL_PARSERS, ToolCallDelta, ToolParser, get_tool_parser
 from chatplex.types import Delta, GenerationRequest
 
 # A chat template that teaches no tool-call format (ChatML, the tokenizer's own...) gets Hermes' `<tool_call>`
@@ -24,10 +24,10 @@ from chatplex.types import Delta, GenerationRequest
 DEFAULT_TOOL_PARSER = "hermes"
 
 
-# Families whose tool-call markers are special tokens in their real tokenizers ([TOOL_CALLS], <|tool_call|>,
-# DeepSeek's <｜tool▁calls▁begin｜>...): skipping special tokens while detokenizing would erase the markers the
-# parser looks for, so replies to requests with tools keep special tokens for these families.
-MARKER_TOKEN_PARSERS = frozenset({"mistral", "phi4_mini", "deepseek_v3", "deepseek_v31"})
+def keeps_special_tokens(parser: str | None) -> bool:
+    """Whether replies read by this tool parser must keep special tokens (its markers are special tokens in the
+    family's tokenizers: [TOOL_CALLS], <|tool_call|>, DeepSeek's <｜tool▁calls▁begin｜>...)."""
+    return parser in TOOL_PARSERS and TOOL_PARSERS[parser].special_markers
 
 
 def tool_parser_name(template: ChatTemplate | None, tools: list[dict[str, Any]] | None) -> str | None:

@@ -123,6 +123,9 @@ class ToolParser:
     name = "base"
     start_markers: tuple[str, ...] = ()
     end_marker = ""  # for formats whose blocks close with a marker (see `delimited`)
+    # True where the family's real tokenizers make the markers special tokens: replies must then be decoded
+    # with special tokens kept, or the markers this parser looks for are erased.
+    special_markers = False
     anchored = False
 
     def __init__(

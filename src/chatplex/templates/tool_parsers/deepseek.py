@@ -14,6 +14,7 @@ _CALL = re.compile(re.escape(CALL_BEGIN) + r"(.*?)" + re.escape(CALL_END), re.S)
 
 
 class DeepSeekV3Parser(ToolParser):
+    special_markers = True
     name = "deepseek_v3"
     start_markers = (CALLS_BEGIN,)
     _body = re.compile(r"\s*function" + re.escape(SEP) + r"([^\n]+)\n```(?:json)?\n(.*?)\n?```\s*", re.S)

@@ -14,6 +14,7 @@ _NAMED = re.compile(r"\s*([A-Za-z0-9_.\-]+)(?:\[CALL_ID\][A-Za-z0-9]*)?\[ARGS\]"
 
 class MistralParser(ToolParser):
     name = "mistral"
+    special_markers = True
     start_markers = (MARKER,)
 
     def read_block(self, text: str, final: bool) -> Block | None:

@@ -29,5 +29,6 @@ class Phi4MiniParser(HermesParser):
     """Phi-4-mini: `<|tool_call|>{"name": ..., "arguments": {...}}<|/tool_call|>`."""
 
     name = "phi4_mini"
+    special_markers = True
     start_markers = ("<|tool_call|>",)
     end_marker = "<|/tool_call|>"
