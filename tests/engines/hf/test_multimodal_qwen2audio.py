@@ -196,7 +196,7 @@ def test_bad_audio_names_the_part(chat_model) -> None:
 def test_feature_extractor_sized_to_the_encoder_without_a_preprocessor_config(audio_dir, tmp_path) -> None:
     from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration
 
-    from chatplex.engines.hf.multimodal import AudioLanguage
+    from chatplex.engines.hf.multimodal.qwen2_audio import AudioLanguage
 
     model = Qwen2AudioForConditionalGeneration.from_pretrained(audio_dir, dtype=torch.float32)
     helper = AudioLanguage.load(model, AutoTokenizer.from_pretrained(audio_dir), str(tmp_path))  # tmp_path: no config

@@ -89,11 +89,12 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
 
 
 def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> Any:
-    """Vision-language checkpoints load through the image-text-to-text Auto class, Qwen2-Audio through its own
-    class: to transformers they are not causal LMs."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    """Multimodal checkpoints load through their family's class (the image-text-to-text Auto class, or their
+    own): to transformers they are not causal LMs."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from chatplex.engines.hf.multimodal import AUDIO_TYPES, model_kind
+    from chatplex.engines.hf.multimodal import family_class, model_kind
 
     if gguf is None:
         try:
@@ -102,12 +103,8 @@ def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> An
             )
         except (OSError, ValueError):
             config = None  # from_pretrained below reports it
-        if config is not None and config.model_type in AUDIO_TYPES:
-            from transformers import Qwen2AudioForConditionalGeneration
-
-            return Qwen2AudioForConditionalGeneration
         if config is not None and model_kind(config):
-            return AutoModelForImageTextToText
+            return getattr(transformers, family_class(config.model_type).model_class)
     return AutoModelForCausalLM
 
 

@@ -15,13 +15,12 @@ from chatplex.engines.hf import attention, loader
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
-from chatplex.engines.hf.multimodal import AUDIO_TYPES, AudioLanguage, VisionLanguage
-from chatplex.media import MediaPolicy
-from chatplex.engines.hf.multimodal import model_kind as multimodal_kind
+from chatplex.engines.hf.multimodal import load_family
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scheduler import Scheduler
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.errors import EngineError
+from chatplex.media import MediaPolicy
 from chatplex.models.dummy import dummy_model, dummy_tokenizer
 from chatplex.templates import resolve_template
 
@@ -43,7 +42,7 @@ class EngineParts:
     eos_ids: frozenset[int]
     template_stops: tuple[str, ...]  # the template's stop words that are not single tokens
     default_adapter: str | None  # an unmerged adapter_name_or_path, for requests that name none
-    multimodal: Any = None  # VisionLanguage / AudioLanguage for image- or audio-text models, else None
+    multimodal: Any = None  # the MediaFamily of an image/video/audio-text model, else None
 
 
 def build(margs: ModelArguments, name: str) -> EngineParts:
@@ -60,15 +59,14 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         model, dtype = _load_weights(margs, device, classifier=fmt is not None and fmt.kind == "sequence_classification")
         model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
     multimodal = None
-    kind = None if margs.dummy_weights else multimodal_kind(model.config)
-    if kind in AUDIO_TYPES:
-        multimodal = AudioLanguage.load(model, tokenizer, loader.model_source(margs)[0], MediaPolicy.from_config(margs.media))
-        # Paged attention is for the decoder; the audio tower attends over its own mel frames.
-        model.set_attn_implementation({"text_config": attention.register(), "audio_config": "sdpa"})
-    elif kind:
-        multimodal = VisionLanguage.load(model, tokenizer, loader.model_source(margs)[0], MediaPolicy.from_config(margs.media))
-        # Paged attention is for the decoder; the vision tower attends over its own patches.
-        model.set_attn_implementation({"text_config": attention.register(), "vision_config": "sdpa"})
+    if not margs.dummy_weights:
+        policy = MediaPolicy.from_config(margs.media)
+        multimodal = load_family(model, tokenizer, loader.model_source(margs)[0], policy)
+    if multimodal is not None:
+        # Paged attention is for the decoder; each media tower attends over its own patches or frames.
+        model.set_attn_implementation(
+            {"text_config": attention.register(), **{tower: "sdpa" for tower in multimodal.towers}}
+        )
     else:
         model.set_attn_implementation(attention.register())
     text_config = model.config.get_text_config()

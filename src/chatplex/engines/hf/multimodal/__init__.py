@@ -1,0 +1,70 @@
+"""Multimodal models in the Hugging Face engine: each family turns a request's media into prompt ids plus
+per-request inputs at admission, and splices the media embeddings into a step's flat batch at run time.
+
+    base.py         MediaFamily, the interface every family implements, and the shared embedding splice
+    qwen_vl.py      Qwen2-VL / Qwen2.5-VL: images and videos, M-RoPE (3-D) positions
+    qwen2_audio.py  Qwen2-Audio: audio clips, 1-D positions
+
+A family is picked by the checkpoint's `model_type`. The engine asks three things of this package: whether a
+request carries media (`has_media`), the error for media sent to a text-only model (`refuse_media`), and the
+family object for a loaded model (`load_family`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from chatplex.engines.hf.multimodal.base import MediaFamily
+from chatplex.errors import UnsupportedFeatureError
+from chatplex.media import MediaPolicy
+from chatplex.messages import TEXT_PART_TYPES
+from chatplex.types import GenerationRequest
+
+# model_type -> "module:Class" of its family (modules import lazily: each pulls its own transformers classes).
+FAMILIES: dict[str, str] = {
+    "qwen2_vl": "qwen_vl:VisionLanguage",
+    "qwen2_5_vl": "qwen_vl:VisionLanguage",
+    "qwen2_audio": "qwen2_audio:AudioLanguage",
+}
+
+
+def model_kind(config: Any) -> str | None:
+    """The multimodal family chatplex serves this config as (its model_type), or None for a text-only model."""
+    kind = getattr(config, "model_type", None)
+    return kind if kind in FAMILIES else None
+
+
+def family_class(kind: str) -> type[MediaFamily]:
+    module, name = FAMILIES[kind].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def load_family(model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> MediaFamily | None:
+    """The family object serving this loaded model's media, or None for a text-only model."""
+    kind = model_kind(model.config)
+    return family_class(kind).load(model, tokenizer, source, policy) if kind else None
+
+
+def has_media(request: GenerationRequest) -> bool:
+    if request.images or request.audios or request.videos:
+        return True
+    return any(
+        isinstance(m.get("content"), list) and any(p.get("type") not in TEXT_PART_TYPES for p in m["content"])
+        for m in request.messages or []
+    )
+
+
+def refuse_media(request: GenerationRequest, model_name: str) -> UnsupportedFeatureError:
+    """The error for media sent to a text-only model, naming the first media item."""
+    param = "images" if request.images else "audios" if request.audios else "videos" if request.videos else "messages"
+    for i, m in enumerate(request.messages or []):
+        for j, p in enumerate(m.get("content") if isinstance(m.get("content"), list) else []):
+            if p.get("type") not in TEXT_PART_TYPES and param == "messages":
+                param = f"messages[{i}].content[{j}]"
+    return UnsupportedFeatureError(
+        f"{param}: {model_name} is a text-only model; it takes no images, video or audio.", param=param
+    )
+
+
+__all__ = ["FAMILIES", "MediaFamily", "family_class", "has_media", "load_family", "model_kind", "refuse_media"]

@@ -1,0 +1,106 @@
+"""The interface a multimodal family implements, and what the families share: placeholder expansion and the
+splice of a request's media embeddings into a step's flat batch of token embeddings."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from chatplex.engines.base import PromptPreparer
+from chatplex.errors import InvalidRequestError
+from chatplex.templates import render_prompt
+from chatplex.types import GenerationRequest
+
+
+class RequestMedia(Protocol):
+    """One request's prepared media (shared by its n sequences), as the engine keeps it in `seq.state["media"]`."""
+
+    rank: torch.Tensor  # [prompt_len]: row of the request's media embeddings for each token, -1 for text tokens
+
+
+class MediaFamily:
+    """One family of multimodal models. Admission (`prepare`) runs in a worker thread; `step_inputs` runs on the
+    engine thread for every step that holds at least one sequence of this model."""
+
+    # Sub-configs whose towers keep transformers' SDPA attention: paged attention is for the decoder alone.
+    towers: tuple[str, ...] = ("vision_config",)
+    # The transformers Auto class (or model class) that loads the checkpoint.
+    model_class: str = "AutoModelForImageTextToText"
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, model: Any, tokenizer: Any, source: str, policy: Any = None) -> MediaFamily:
+        raise NotImplementedError
+
+    def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], RequestMedia | None]:
+        """Load and check the request's media; render and tokenize its prompt with expanded placeholders."""
+        raise NotImplementedError
+
+    def embeddings(self, media: Any) -> torch.Tensor:
+        """The request's media embeddings [media tokens, hidden], computed once (at its first prefill chunk)."""
+        raise NotImplementedError
+
+    def step_inputs(self, items: list[Any], input_ids: torch.Tensor, positions: torch.Tensor) -> dict[str, Any]:
+        """Model inputs for a flat step with 1-D positions; families with other positions override this."""
+        return {**self.embedded(items, input_ids), "position_ids": positions[None]}
+
+    # ---- shared helpers ------------------------------------------------------------------------------------
+    def render(self, prompts: PromptPreparer, request: GenerationRequest, messages: list[Any]) -> str:
+        return render_prompt(
+            prompts.tokenizer, prompts.template, messages, tools=request.tools, template_kwargs=request.template_kwargs
+        )
+
+    def tokenize(self, prompts: PromptPreparer, request: GenerationRequest, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        prompts.check_fits(len(ids), request)
+        return ids
+
+    @staticmethod
+    def expand(text: str, placeholder: str, counts: list[int], what: str) -> str:
+        """Each placeholder the template wrote becomes `counts[i]` copies of itself (one per embedding row)."""
+        pieces = text.split(placeholder)
+        if len(pieces) - 1 != len(counts):
+            raise InvalidRequestError(
+                f"messages: the chat template wrote {len(pieces) - 1} {what} placeholders for {len(counts)} {what}s.",
+                param="messages",
+            )
+        return pieces[0] + "".join(placeholder * n + piece for n, piece in zip(counts, pieces[1:]))
+
+    @staticmethod
+    def ranks(ids: list[int], token_ids: list[int]) -> torch.Tensor:
+        """Row of the media embeddings for each prompt token: tokens of `token_ids[0]` first (in prompt order),
+        then those of `token_ids[1]`, ..., matching the order `embeddings` concatenates them in."""
+        ids_t = torch.tensor(ids)
+        rank = torch.full((len(ids),), -1, dtype=torch.long)
+        start = 0
+        for token in token_ids:
+            hit = ids_t == token
+            count = int(hit.sum())
+            rank[hit] = torch.arange(start, start + count)
+            start += count
+        return rank
+
+    def embedded(self, items: list[Any], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`inputs_embeds` with media embeddings spliced in where a prefill chunk covers media tokens, else
+        `input_ids` (a plain step)."""
+        splice: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        offset = 0
+        for it in items:
+            media = it.seq.state.get("media")
+            if media is not None:
+                ranks = media.rank[it.start : it.start + it.num_tokens]
+                hit = (ranks >= 0).nonzero()[:, 0]
+                if len(hit):
+                    embeds = self.embeddings(media)
+                    splice.append((offset, hit, embeds[ranks[hit].to(embeds.device)]))
+            offset += it.num_tokens
+        if not splice:
+            return {"input_ids": input_ids}
+        embeds = self.model.get_input_embeddings()(input_ids)
+        for start, hit, values in splice:
+            embeds[0, start + hit.to(embeds.device)] = values.to(embeds.dtype)
+        return {"inputs_embeds": embeds}
