@@ -61,7 +61,7 @@ def load_tokenizer(args: ModelArguments) -> Any:
 
 def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, classifier: bool = False) -> Any:
     """The model on `device` in eval mode: a causal LM, or with `classifier` its *ForSequenceClassification class."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a CLI or server start-up should not print transformers' loading bars
