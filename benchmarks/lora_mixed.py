@@ -1,0 +1,143 @@
+"""Mixed-adapter decode throughput vs base-only on the HF engine, side by side in one run.
+
+The embedded SmolLM2-135M-Instruct with random LoRA adapters (peft, `init_lora_weights=False`, saved to a temp
+dir). Every row streams the same N chat requests (greedy, exactly max_new_tokens each) through
+`ChatModel.agenerate`, all arriving at t=0:
+
+- base model only: no adapter loaded (the reference, ratio 1.00)
+- base requests with the adapters resident: what loading adapters costs requests that use none
+- all N on adapter a, unmerged (per-token LoRA hooks)
+- mixed: base, a, b round robin in one batch
+- adapter a merged into the weights (`adapter_name_or_path` + `merge_lora: true`, LLaMA-Factory's way)
+
+    .venv/bin/python benchmarks/lora_mixed.py                              # 8 streams, 128 tokens, fp32
+    .venv/bin/python benchmarks/lora_mixed.py --rank 16 --json benchmarks/results/lora-mixed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from typing import Any
+
+from engine_driver import chat_messages, machine_info
+
+from chatplex import ChatModel
+from chatplex.bench import RequestRecord, request_metrics, summarize
+from chatplex.models.embedded import embedded_model_dir
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def build_adapters(out_dir: str, names: list[str], rank: int, targets: list[str]) -> dict[str, str]:
+    """Random-weight LoRA adapters on the embedded model, one directory per name."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = {}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
+        path = f"{out_dir}/{name}"
+        get_peft_model(base, config).save_pretrained(path)
+        paths[name] = path
+    return paths
+
+
+async def drive(model: ChatModel, adapters: list[str | None], max_new_tokens: int) -> tuple[list[RequestRecord], float]:
+    """One greedy chat request per entry of `adapters` (None: the model as loaded), all at once."""
+    convs = chat_messages(len(adapters))
+    t0 = time.perf_counter()
+
+    async def one(messages: list[dict[str, Any]], adapter: str | None) -> RequestRecord:
+        request = model.build_request(messages, temperature=0, max_new_tokens=max_new_tokens, ignore_eos=True,
+                                      adapter=adapter)
+        record = RequestRecord(start=time.perf_counter())
+        async for delta in model.agenerate(request):
+            if delta.text:
+                record.chunk_times.append(time.perf_counter())
+            record.prompt_tokens, record.completion_tokens = delta.prompt_tokens, delta.completion_tokens
+        record.end = time.perf_counter()
+        return record
+
+    records = await asyncio.gather(*(one(m, a) for m, a in zip(convs, adapters)))
+    return list(records), time.perf_counter() - t0
+
+
+def measure(model: ChatModel, label: str, adapters: list[str | None], ns: argparse.Namespace) -> dict:
+    """Median-throughput run of `repeats`, after a short warm-up on the same adapters."""
+    asyncio.run(drive(model, adapters[:3], 4))
+    runs = [asyncio.run(drive(model, adapters, ns.max_new_tokens)) for _ in range(ns.repeats)]
+    sums = [summarize([request_metrics(r, r.start) for r in recs], duration) for recs, duration in runs]
+    pick = sorted(sums, key=lambda s: s.output_throughput)[len(sums) // 2]
+    row = {
+        "row": label,
+        "requests": pick.completed,
+        "output_tokens": pick.total_output_tokens,
+        "duration_s": round(pick.duration, 2),
+        "output_tok_s": round(pick.output_throughput, 1),
+        "all_runs_tok_s": [round(s.output_throughput, 1) for s in sums],
+        "tpot_mean_ms": round(pick.tpot.mean, 2) if pick.tpot.mean is not None else None,
+        "ttft_mean_ms": round(pick.ttft.mean, 1),
+    }
+    print(f"{label:<44}{row['output_tok_s']:>8}{row['tpot_mean_ms']:>9}{row['duration_s']:>8}", flush=True)
+    return row
+
+
+def run_rows(paths: dict[str, str], ns: argparse.Namespace) -> list[dict]:
+    n = ns.concurrency
+    a, b = list(paths)[:2]
+    common = {"infer_dtype": ns.dtype}
+    rows = []
+    with ChatModel(common) as model:
+        rows.append(measure(model, f"base model only, {n} streams", [None] * n, ns))
+    with ChatModel({**common, "lora_modules": paths, "max_loras": len(paths)}) as model:
+        rows.append(measure(model, f"base, {len(paths)} adapters resident", [None] * n, ns))
+        rows.append(measure(model, f"all {n} on adapter {a} (unmerged)", [a] * n, ns))
+        mixed = [(None, a, b)[i % 3] for i in range(n)]
+        rows.append(measure(model, f"mixed base/{a}/{b}, round robin", mixed, ns))
+    with ChatModel({**common, "adapter_name_or_path": paths[a], "merge_lora": True}) as model:
+        rows.append(measure(model, f"adapter {a} merged (merge_lora)", [None] * n, ns))
+    base = rows[0]["output_tok_s"]
+    for row in rows:
+        row["ratio_to_base"] = round(row["output_tok_s"] / base, 2)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent streams per row (default: 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", help="infer_dtype for every row")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the random adapters")
+    parser.add_argument("--targets", default=",".join(ALL_LINEAR), help="comma-separated target modules")
+    parser.add_argument("--adapters", type=int, default=2, help="how many adapters to build (2 or 3)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the median is reported")
+    parser.add_argument("--json", help="write machine info and rows to this file")
+    ns = parser.parse_args()
+    if ns.adapters < 2:
+        parser.error("--adapters: the mixed row needs at least 2")
+    info = machine_info()
+    print(json.dumps(info))
+    print(f"{'row':<44}{'tok/s':>8}{'TPOT ms':>9}{'time s':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        names = ["a", "b", "c", "d"][: ns.adapters]
+        rows = run_rows(build_adapters(tmp, names, ns.rank, ns.targets.split(",")), ns)
+    info["load_average_after"] = machine_info()["load_average"]
+    print()
+    for row in rows:
+        print(f"{row['row']:<44} x{row['ratio_to_base']:.2f} of base-only")
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"machine": info, "args": vars(ns), "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
