@@ -35,6 +35,24 @@ def encode_wav(seconds: float = 0.25, rate: int = 8000, channels: int = 1) -> by
     return buf.getvalue()
 
 
+def encode_mp4(colors: list[tuple[int, int, int]], fps: int = 8, size: tuple[int, int] = (64, 48)) -> bytes:
+    """An MPEG-4 video (PyAV's built-in encoder) with one solid-colour frame per entry of `colors`."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for color in colors:
+            frame = np.empty((size[1], size[0], 3), dtype=np.uint8)
+            frame[:] = color
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 class MediaServer:
     """Routes: /img.png, /big (no Content-Length), /slow, /redirect?to=..., /missing; counts hits."""
 

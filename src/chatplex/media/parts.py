@@ -1,8 +1,8 @@
-"""A request's media, from OpenAI content parts and the Python API's `images` / `audios` arguments, loaded in
-prompt order and rewritten as bare `{"type": "image"}` / `{"type": "audio"}` parts for the processor's template.
+"""A request's media, from OpenAI content parts and the Python API's `images` / `videos` / `audios` arguments,
+loaded in prompt order and rewritten as bare `{"type": "image" | "video" | "audio"}` parts for the template.
 
-Python-API media pair with `<image>` / `<audio>` placeholders in user text (LLaMA-Factory's convention); with
-no placeholders they go at the start of the first user message.
+Python-API media pair with `<image>` / `<video>` / `<audio>` placeholders in user text (LLaMA-Factory's
+convention); with no placeholders they go at the start of the first user message.
 """
 
 from __future__ import annotations
@@ -11,24 +11,26 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+from chatplex.errors import InvalidRequestError
 from chatplex.media.audio import AudioClip, load_audio
 from chatplex.media.image import load_image
 from chatplex.media.policy import MediaPolicy
+from chatplex.media.video import VideoClip, load_video
 from chatplex.types import Message
 
-PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}
-_PLACEHOLDER_RE = re.compile("(<image>|<audio>)")
+PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+_PLACEHOLDER_RE = re.compile("(<image>|<video>|<audio>)")
 
 
 @dataclass
 class RequestMedia:
-    messages: list[Message]  # media parts replaced by {"type": "image"} / {"type": "audio"}
+    messages: list[Message]  # media parts replaced by {"type": "image"} / {"type": "video"} / {"type": "audio"}
     images: list[Any] = field(default_factory=list)  # RGB PIL images, in prompt order
     audios: list[AudioClip] = field(default_factory=list)
+    videos: list[VideoClip] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.images or self.audios)
+        return bool(self.images or self.audios or self.videos)
 
 
 def _url_of(part: dict[str, Any], key: str, param: str) -> Any:
@@ -54,12 +56,17 @@ class _Loader:
         self.policy, self.audio_rate = policy, audio_rate
         self.images: list[Any] = []
         self.audios: list[AudioClip] = []
+        self.videos: list[VideoClip] = []
 
     def add(self, kind: str, source: Any, param: str, trusted: bool) -> dict[str, str]:
         if kind == "image":
             if len(self.images) >= self.policy.max_images:
                 raise InvalidRequestError(f"{param}: more than {self.policy.max_images} images in one request.", param=param)
             self.images.append(load_image(source, param, self.policy, trusted=trusted))
+        elif kind == "video":
+            if len(self.videos) >= self.policy.max_videos:
+                raise InvalidRequestError(f"{param}: more than {self.policy.max_videos} videos in one request.", param=param)
+            self.videos.append(load_video(source, param, self.policy, trusted=trusted))
         else:
             if len(self.audios) >= self.policy.max_audios:
                 raise InvalidRequestError(f"{param}: more than {self.policy.max_audios} audios in one request.", param=param)
@@ -81,24 +88,27 @@ class _Loader:
             return self.add("audio", _url_of(part, "audio_url", param), param, trusted=False)
         if kind in ("audio",):
             return self.add("audio", part.get("audio", part.get("url", part.get("path"))), param, trusted=False)
-        if kind in ("video_url", "video"):
-            raise UnsupportedFeatureError(f"{param}: video input is not supported yet.", param=param)
+        if kind == "video_url":
+            return self.add("video", _url_of(part, "video_url", param), param, trusted=False)
+        if kind == "video":
+            return self.add("video", part.get("video", part.get("url", part.get("path"))), param, trusted=False)
         raise InvalidRequestError(f"{param}: unknown content part type {kind!r}.", param=f"{param}.type")
 
 
 def _split_placeholders(text: str) -> list[dict[str, Any]]:
     parts = []
     for piece in _PLACEHOLDER_RE.split(text):
-        if piece in ("<image>", "<audio>"):
+        if piece in PLACEHOLDERS.values():
             parts.append({"type": piece[1:-1]})
         elif piece:
             parts.append({"type": "text", "text": piece})
     return parts
 
 
-def _attach_arguments(messages: list[Message], images: list[Any], audios: list[Any], loader: _Loader) -> list[Message]:
-    """Turn placeholders (or, lacking any, the first user message's start) into parts for `images` / `audios`."""
-    queues = {"image": list(enumerate(images)), "audio": list(enumerate(audios))}
+def _attach_arguments(messages: list[Message], arguments: dict[str, list[Any]], loader: _Loader) -> list[Message]:
+    """Turn placeholders (or, lacking any, the first user message's start) into parts for `images` / `videos` /
+    `audios`."""
+    queues = {kind: list(enumerate(items)) for kind, items in arguments.items()}
     out: list[Message] = []
     found = False
     for msg in messages:
@@ -119,7 +129,7 @@ def _attach_arguments(messages: list[Message], images: list[Any], audios: list[A
                 parts.append(part)
             msg = {**msg, "content": parts}
         out.append(msg)
-    leftover = [(k, i, s) for k in ("image", "audio") for i, s in queues[k]]
+    leftover = [(k, i, s) for k in PLACEHOLDERS for i, s in queues[k]]
     if leftover and found:
         kind, i, _ = leftover[0]
         raise InvalidRequestError(f"{kind}s[{i}]: more {kind}s than {PLACEHOLDERS[kind]} placeholders.", param=f"{kind}s[{i}]")
@@ -140,9 +150,10 @@ def collect_media(
     policy: MediaPolicy | None = None,
     *,
     audio_rate: int | None = None,
+    videos: list[Any] | None = None,
 ) -> RequestMedia:
-    """Load every image and audio of a request (from content parts, or from the `images` / `audios` arguments)
-    and return the messages with bare media parts; the media lists are in prompt order."""
+    """Load every image, video and audio of a request (from content parts, or from the `images` / `videos` /
+    `audios` arguments) and return the messages with bare media parts; the media lists are in prompt order."""
     loader = _Loader(policy or MediaPolicy(), audio_rate)
     out: list[Message] = []
     for i, msg in enumerate(messages):
@@ -150,11 +161,13 @@ def collect_media(
         if isinstance(content, list):
             msg = {**msg, "content": [loader.part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(content)]}
         out.append(msg)
-    if images or audios:
-        if loader.images or loader.audios:
+    if images or audios or videos:
+        if loader.images or loader.audios or loader.videos:
             # Two sources would leave the order of media in the prompt ambiguous.
             raise InvalidRequestError(
-                "images: give media either as content parts or as images=/audios= arguments, not both.", param="images"
+                "images: give media either as content parts or as images=/videos=/audios= arguments, not both.",
+                param="images",
             )
-        out = _attach_arguments(out, list(images or []), list(audios or []), loader)
-    return RequestMedia(out, loader.images, loader.audios)
+        arguments = {"image": list(images or []), "video": list(videos or []), "audio": list(audios or [])}
+        out = _attach_arguments(out, arguments, loader)
+    return RequestMedia(out, loader.images, loader.audios, loader.videos)

@@ -20,6 +20,9 @@ class MediaPolicy:
 
     max_images: int = 16
     max_audios: int = 8
+    max_videos: int = 4
+    max_video_frames: int = 32  # frames kept per video after sampling (each costs as much as an image)
+    video_fps: float = 2.0  # frames sampled per second of video (Qwen-VL's and LLaMA-Factory's default)
     max_item_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000  # PIL's own bomb limit is ~89M; decoding a 50 MP image is already costly
     max_audio_seconds: float = 600.0
@@ -39,11 +42,13 @@ class MediaPolicy:
         return cls(**(values or {}))
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_audios", "max_item_bytes", "max_image_pixels", "max_redirects"):
+        for name in ("max_images", "max_audios", "max_videos", "max_item_bytes", "max_image_pixels", "max_redirects"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: must be a non-negative integer, got {value!r}.", param=name)
-        for name in ("max_audio_seconds", "fetch_timeout_s"):
+        if not isinstance(self.max_video_frames, int) or self.max_video_frames < 1:
+            raise ConfigError(f"max_video_frames: must be a positive integer, got {self.max_video_frames!r}.", param="max_video_frames")
+        for name in ("max_audio_seconds", "fetch_timeout_s", "video_fps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be positive.", param=name)
         if self.local_root is not None:

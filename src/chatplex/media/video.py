@@ -1,0 +1,120 @@
+"""Videos: a container (bytes from any source) decoded with PyAV, or a list of frames, into sampled RGB frames.
+
+Frames are sampled uniformly at `video_fps` (at most `max_video_frames`, spread over the whole clip), the way
+transformers' own video loader samples (`default_sample_indices_fn`), so a request and a direct processor call on
+the same file see the same frames. Only the sampled frames are converted to pixels; the rest are decoded and
+dropped. A list of frames is taken as already sampled at `video_fps` (LLaMA-Factory's convention).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from chatplex.errors import InvalidRequestError
+from chatplex.media.image import load_image
+from chatplex.media.policy import MediaPolicy
+from chatplex.media.sources import load_source
+
+
+@dataclass
+class VideoClip:
+    frames: np.ndarray  # [frames, height, width, 3] uint8 RGB
+    fps: float  # frames per second of `frames` as sampled (what time positions are computed from)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.frames) / self.fps
+
+
+def sample_indices(total: int, native_fps: float, target_fps: float, max_frames: int) -> np.ndarray:
+    """Uniform frame indices: `target_fps` frames per second of the clip, at most `max_frames`, at least one."""
+    count = max(1, int(total / native_fps * target_fps)) if native_fps > 0 else total
+    count = min(count, max_frames, total)
+    return np.arange(count, dtype=int) * total // count
+
+
+def _check_frame(width: int, height: int, param: str, policy: MediaPolicy) -> None:
+    if width * height > policy.max_image_pixels:
+        raise InvalidRequestError(
+            f"{param}: video frames are {width}x{height}, more than {policy.max_image_pixels} pixels.", param=param
+        )
+
+
+def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
+    try:
+        import av
+    except ImportError:
+        raise InvalidRequestError(
+            f"{param}: decoding video files needs PyAV (pip install 'chatplex[video]'); or send a list of frames.",
+            param=param,
+        ) from None
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise InvalidRequestError(f"{param}: the file has no video stream.", param=param)
+            stream = container.streams.video[0]
+            _check_frame(stream.width, stream.height, param, policy)
+            native_fps = float(stream.average_rate or 0)
+            total = stream.frames
+            if not total and stream.duration and native_fps:  # containers without a frame count (webm, some mkv)
+                total = int(float(stream.duration * stream.time_base) * native_fps)
+            if not total:
+                raise InvalidRequestError(f"{param}: the video has no frames.", param=param)
+            wanted = sample_indices(total, native_fps, policy.video_fps, policy.max_video_frames)
+            keep, last = set(wanted.tolist()), int(wanted[-1])
+            frames = []
+            for i, frame in enumerate(container.decode(stream)):
+                if i > last:
+                    break
+                if i in keep:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+    except InvalidRequestError:
+        raise
+    except Exception as e:  # PyAV raises its own FFmpegError tree, plus ValueError/OSError on odd input
+        raise InvalidRequestError(f"{param}: not a readable video ({type(e).__name__}: {e}).", param=param) from None
+    if not frames:
+        raise InvalidRequestError(f"{param}: the video has no decodable frames.", param=param)
+    sampled_fps = len(frames) / total * native_fps if native_fps else policy.video_fps
+    return VideoClip(np.stack(frames), sampled_fps)
+
+
+def _frames(source: list | tuple, param: str, policy: MediaPolicy, trusted: bool) -> VideoClip:
+    if not source:
+        raise InvalidRequestError(f"{param}: a video given as frames needs at least one frame.", param=param)
+    if len(source) > policy.max_video_frames:
+        raise InvalidRequestError(
+            f"{param}: {len(source)} frames, more than max_video_frames ({policy.max_video_frames}).", param=param
+        )
+    frames = []
+    for i, frame in enumerate(source):
+        if isinstance(frame, np.ndarray):
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise InvalidRequestError(f"{param}[{i}]: a frame array must be [height, width, 3].", param=param)
+            _check_frame(frame.shape[1], frame.shape[0], f"{param}[{i}]", policy)
+            frames.append(frame.astype(np.uint8, copy=False))
+        else:
+            frames.append(np.asarray(load_image(frame, f"{param}[{i}]", policy, trusted=trusted)))
+    if len({f.shape for f in frames}) > 1:
+        raise InvalidRequestError(f"{param}: all frames of a video must have the same size.", param=param)
+    return VideoClip(np.stack(frames), policy.video_fps)
+
+
+def load_video(source: Any, param: str = "video", policy: MediaPolicy | None = None, *, trusted: bool = True) -> VideoClip:
+    """A `VideoClip` from a list of frames (PIL images, arrays, paths), bytes, a data URL, an http(s) URL or a
+    path; a dict `{"frames": [...], "fps": 4}` gives frames with their own rate."""
+    policy = policy or MediaPolicy()
+    if isinstance(source, VideoClip):
+        return source
+    if isinstance(source, dict) and "frames" in source:
+        clip = _frames(source["frames"], param, policy, trusted)
+        fps = source.get("fps", policy.video_fps)
+        if not isinstance(fps, (int, float)) or fps <= 0:
+            raise InvalidRequestError(f"{param}: fps must be a positive number.", param=param)
+        return VideoClip(clip.frames, float(fps))
+    if isinstance(source, (list, tuple)):
+        return _frames(source, param, policy, trusted)
+    return decode_video(load_source(source, param, policy, trusted).data, param, policy)
