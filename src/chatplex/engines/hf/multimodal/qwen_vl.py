@@ -1,6 +1,7 @@
-"""Qwen2-VL / Qwen2.5-VL: image processor, `<|image_pad|>` expansion, M-RoPE (3-D) positions.
+"""Qwen2-VL / Qwen2.5-VL: images and videos, `<|image_pad|>` / `<|video_pad|>` expansion, M-RoPE (3-D) positions.
 
-Each request's vision tower runs once, at the first prefill chunk that reaches its image tokens; chunked prefill
+Each request's vision tower runs once (images and videos together), at the first prefill chunk that reaches its
+media tokens; chunked prefill
 takes the embeddings of the tokens it covers. Qwen-VL models keep `rope_deltas` as module state, which a batch of
 unrelated requests cannot share: chatplex computes each request's 3-D positions at admission (`get_rope_index`)
 and passes explicit positions every step, so text and image requests batch together. Text-only sequences get
@@ -25,60 +26,103 @@ from chatplex.types import GenerationRequest
 class MediaInputs:
     """One request's vision inputs (shared by its n sequences)."""
 
-    pixel_values: torch.Tensor
-    image_grid_thw: torch.Tensor
     positions: torch.Tensor  # [3, prompt_len] M-RoPE positions of the prompt
     rope_delta: int  # output token i (absolute index p >= prompt_len) sits at p + rope_delta on every axis
-    rank: torch.Tensor  # [prompt_len]: index into the image embeddings, -1 for text tokens
-    embeds: torch.Tensor | None = None  # [image tokens, hidden], filled by the first prefill that needs it
+    rank: torch.Tensor  # [prompt_len]: row of the embeddings (images first, then videos), -1 for text tokens
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None  # [media tokens, hidden], filled by the first prefill that needs it
 
 
 class VisionLanguage(MediaFamily):
-    """Qwen2-VL-style processing."""
+    """Qwen2-VL-style processing: images through the image processor, videos (frames sampled by
+    chatplex.media) through the video processor, each expanded to one token per merged patch."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        policy: MediaPolicy | None = None,
+        video_processor: Any = None,
+        no_video_reason: str = "this model has no video processor.",
+    ) -> None:
         super().__init__(model, tokenizer)
         self.image_processor = image_processor
+        self.video_processor = video_processor
+        self.no_video_reason = no_video_reason
         self.policy = policy or MediaPolicy()
         config = model.config
         self.image_token_id = config.image_token_id
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self.video_token_id = config.video_token_id
+        self.video_token = tokenizer.convert_ids_to_tokens(self.video_token_id)
         self.merge = config.vision_config.spatial_merge_size
+        # Qwen2.5-VL spaces video frames on the time axis by seconds (`second_per_grid_ts`); Qwen2-VL by index.
+        self.timed_video = config.model_type == "qwen2_5_vl"
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> VisionLanguage:
         from transformers import AutoImageProcessor
 
-        return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source), policy)
+        video_processor, reason = None, "this model has no video processor."
+        try:
+            from transformers import AutoVideoProcessor
+
+            video_processor = AutoVideoProcessor.from_pretrained(source)
+        except ImportError as e:  # transformers' video processors are built on torchvision
+            reason = f"video input needs torchvision next to this torch (pip install 'chatplex[video]'): {e}".strip()
+        except (OSError, ValueError):
+            reason = "the model directory has no video processor config (video_preprocessor_config.json)."
+        return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source), policy, video_processor, reason)
 
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], MediaInputs | None]:
-        """Load and check the request's media, render and tokenize the prompt with expanded image tokens."""
-        if request.videos:
-            raise UnsupportedFeatureError("videos: video input is not supported yet.", param="videos")
+        """Load and check the request's media, render and tokenize the prompt with expanded image/video tokens."""
+        kind = self.model.config.model_type
         if request.audios:
-            raise UnsupportedFeatureError(f"audios: {self.model.config.model_type} takes no audio.", param="audios")
-        media = collect_media(request.messages or [], request.images, None, self.policy)
+            raise UnsupportedFeatureError(f"audios: {kind} takes no audio.", param="audios")
+        if (request.videos or _has_video_part(request)) and self.video_processor is None:
+            param = "videos" if request.videos else "messages"
+            raise UnsupportedFeatureError(f"{param}: {self.no_video_reason}", param=param)
+        media = collect_media(request.messages or [], request.images, None, self.policy, videos=request.videos)
         if media.audios:
-            raise UnsupportedFeatureError(f"messages: {self.model.config.model_type} takes no audio.", param="messages")
+            raise UnsupportedFeatureError(f"messages: {kind} takes no audio.", param="messages")
         text = self.render(prompts, request, media.messages)
-        if not media.images:
+        if not media:
             return self.tokenize(prompts, request, text), None
-        processed = self.image_processor(images=media.images, return_tensors="pt")
-        grid = processed["image_grid_thw"]
-        text = self.expand(text, self.image_token, (grid.prod(-1) // self.merge**2).tolist(), "image")
+        inputs: dict[str, Any] = {}
+        if media.images:
+            processed = self.image_processor(images=media.images, return_tensors="pt")
+            inputs["pixel_values"], inputs["image_grid_thw"] = processed["pixel_values"], processed["image_grid_thw"]
+            text = self.expand(text, self.image_token, self._tokens(inputs["image_grid_thw"]), "image")
+        if media.videos:
+            # Frames are already sampled (chatplex.media.video); the processor resizes and patches them.
+            processed = self.video_processor(
+                videos=[clip.frames for clip in media.videos], do_sample_frames=False, return_tensors="pt"
+            )
+            inputs["pixel_values_videos"] = processed["pixel_values_videos"]
+            inputs["video_grid_thw"] = processed["video_grid_thw"]
+            text = self.expand(text, self.video_token, self._tokens(inputs["video_grid_thw"]), "video")
         ids = self.tokenize(prompts, request, text)
-        return ids, self._inputs(ids, processed["pixel_values"], grid)
+        seconds = [self.video_processor.temporal_patch_size / clip.fps for clip in media.videos]
+        return ids, self._inputs(ids, inputs, seconds)
 
-    def _inputs(self, ids: list[int], pixel_values: torch.Tensor, grid: torch.Tensor) -> MediaInputs:
+    def _tokens(self, grid: torch.Tensor) -> list[int]:
+        return (grid.prod(-1) // self.merge**2).tolist()
+
+    def _inputs(self, ids: list[int], inputs: dict[str, Any], seconds_per_grid: list[float]) -> MediaInputs:
         input_ids = torch.tensor([ids], dtype=torch.long)
-        is_image = input_ids[0] == self.image_token_id
+        types = (input_ids == self.image_token_id).int() + 2 * (input_ids == self.video_token_id).int()
+        extra = {"second_per_grid_ts": torch.tensor(seconds_per_grid)} if self.timed_video and seconds_per_grid else {}
         positions, deltas = self.model.model.get_rope_index(
-            input_ids, mm_token_type_ids=is_image.int()[None], image_grid_thw=grid
+            input_ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"), **extra,
         )
-        return MediaInputs(
-            pixel_values, grid, positions[:, 0], int(deltas.reshape(-1)[0]), self.ranks(ids, [self.image_token_id])
-        )
+        rank = self.ranks(ids, [self.image_token_id, self.video_token_id])
+        return MediaInputs(positions[:, 0], int(deltas.reshape(-1)[0]), rank, **inputs)
 
     # ---- run time (engine thread) --------------------------------------------------------------------------
     def step_inputs(self, items: list[Any], input_ids: torch.Tensor, positions: torch.Tensor) -> dict[str, Any]:
@@ -105,9 +149,23 @@ class VisionLanguage(MediaFamily):
 
     def embeddings(self, media: MediaInputs) -> torch.Tensor:
         if media.embeds is None:
-            device = self.model.device
-            out = self.model.model.get_image_features(
-                media.pixel_values.to(device), media.image_grid_thw.to(device), return_dict=True
-            )
-            media.embeds = torch.cat(out.pooler_output, dim=0)
+            device, parts = self.model.device, []
+            if media.pixel_values is not None:
+                out = self.model.model.get_image_features(
+                    media.pixel_values.to(device), media.image_grid_thw.to(device), return_dict=True
+                )
+                parts.extend(out.pooler_output)
+            if media.pixel_values_videos is not None:
+                out = self.model.model.get_video_features(
+                    media.pixel_values_videos.to(device), media.video_grid_thw.to(device), return_dict=True
+                )
+                parts.extend(out.pooler_output)
+            media.embeds = torch.cat(parts, dim=0)
         return media.embeds
+
+
+def _has_video_part(request: GenerationRequest) -> bool:
+    return any(
+        isinstance(m.get("content"), list) and any(p.get("type") in ("video", "video_url") for p in m["content"])
+        for m in request.messages or []
+    )
