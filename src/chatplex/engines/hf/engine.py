@@ -3,6 +3,14 @@
 Threads: the asyncio side (`generate`) validates and renders a request, submits its sequences to an inbox and
 awaits deltas on a queue. One engine thread owns the scheduler, the cache and the model: it drains the inbox,
 runs a step, turns sampled tokens into text and hands each step's deltas back to the event loop in one call.
+
+Async scheduling: the engine thread launches step N+1 before it looks at step N's sampled tokens, so the host's
+per-step work (scheduling, input staging, detokenizing, stop strings, delivery) runs while the device computes.
+Step N's tokens stay on the device and feed step N+1 directly (runner.py); on the host they are pending
+(`Sequence.num_pending`) until step N is resolved. A sequence that step N finishes (EOS, stop string, abort) also
+ran in step N+1: that token is dropped, never emitted. A sequence whose pending token is its last is not
+scheduled again (`Sequence.is_draining`). Steps that need the host to know every token first (grammar masks,
+penalties over the history, multimodal positions) resolve the running step before scheduling.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +31,7 @@ from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.engines.hf import loader, multimodal, scoring, setup
 from chatplex.engines.hf.output_processor import OutputProcessor
+from chatplex.engines.hf.runner import StepOutput
 from chatplex.engines.hf.sampler import SamplingRow
 from chatplex.engines.hf.sequence import Sequence
 from chatplex.engines.hf.streams import RequestStream, deliver
@@ -53,6 +63,11 @@ class HFEngine(Engine):
         self._active_requests = 0
         self._stats = EngineStats()
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
+        self.async_scheduling = True  # launch step N+1 before processing step N's tokens (benchmarks turn it off)
+        self._inflight: StepOutput | None = None  # the launched step whose tokens the host has not seen yet
+        self._history_seqs: set[Sequence] = set()  # live sequences whose sampling needs every token on the host
+        # Seconds the engine thread spent per phase (a developer's view of where a step's time goes).
+        self.phase_seconds = {"schedule": 0.0, "launch": 0.0, "wait": 0.0, "process": 0.0, "deliver": 0.0}
 
     # ---- loading -------------------------------------------------------------------------------------------
     @property
@@ -277,13 +292,13 @@ class HFEngine(Engine):
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._inbox and not self.scheduler.has_work and not self._closing:
+                while not self._inbox and not self.scheduler.has_work and self._inflight is None and not self._closing:
                     self._cv.wait()
                 if self._closing:
                     break
                 inbox, self._inbox = self._inbox, []
             self._apply_inbox(inbox)
-            if self.scheduler.has_work:
+            if self.scheduler.has_work or self._inflight is not None:
                 self._step()
 
     def _apply_inbox(self, inbox: list[tuple[str, Any]]) -> None:
@@ -293,6 +308,8 @@ class HFEngine(Engine):
                 self._streams[request_id] = stream
                 for seq in stream.seqs:
                     self.scheduler.add(seq)
+                    if seq.state.get("matcher") is not None or seq.sampling.needs_penalties:
+                        self._history_seqs.add(seq)
                 self._stats.prompt_tokens += stream.seqs[0].prompt_len
             elif kind == "adapter":
                 op, name, path, loop, future = payload
@@ -307,27 +324,65 @@ class HFEngine(Engine):
                 self._stats.aborted_requests += 1
 
     def _step(self) -> None:
-        batch, too_long = self.scheduler.schedule()
         out: list[tuple[RequestStream, Delta | BaseException]] = []
+        phase = self.phase_seconds
+        if self._inflight is not None and not self._can_overlap():
+            out.extend(self._resolve(self._inflight))
+            self._inflight = None
+        t0 = time.perf_counter()
+        batch, too_long = self.scheduler.schedule()
         for seq in too_long:
             out.append(self._finish_delta(seq, "length", []))
+        t1 = time.perf_counter()
+        phase["schedule"] += t1 - t0
+        launched = None
         if batch and self.is_reward_model:
             out.extend(self._score_step(batch))
         elif batch:
             rows = {it.seq.seq_id: self._sampling_row(it.seq) for it in batch if it.samples}
             try:
-                results = self.runner.execute(batch, rows)
+                launched = self.runner.execute(batch, rows)
             except Exception as e:  # keep serving: fail only the requests in this step
                 logger.exception("Engine step failed")
                 self._fail([it.seq for it in batch], e)
-                return
-            self.scheduler.complete_step(batch)
-            self._stats.steps += 1
-            self._stats.max_batch_size = max(self._stats.max_batch_size, len(batch))
-            seqs = {it.seq.seq_id: it.seq for it in batch}
-            for seq_id, (row, result) in results.items():
-                out.append(self._on_token(seqs[seq_id], row, result))
+            if launched is not None:
+                self.scheduler.complete_step(batch)
+                for seq in launched.seqs:
+                    seq.num_pending += 1
+                self._stats.steps += 1
+                self._stats.max_batch_size = max(self._stats.max_batch_size, len(batch))
+        phase["launch"] += time.perf_counter() - t1
+        if self._inflight is not None:
+            out.extend(self._resolve(self._inflight))
+        self._inflight = launched
+        if launched is not None and not self.async_scheduling:
+            out.extend(self._resolve(launched))
+            self._inflight = None
+        t2 = time.perf_counter()
         deliver(out)
+        phase["deliver"] += time.perf_counter() - t2
+
+    def _can_overlap(self) -> bool:
+        """Whether the next step may be scheduled before the running step's tokens reach the host."""
+        if not self.async_scheduling or self.runner.multimodal is not None:
+            return False
+        if self._history_seqs:
+            self._history_seqs = {s for s in self._history_seqs if not s.is_finished}
+        return not self._history_seqs
+
+    def _resolve(self, step: StepOutput) -> list[tuple[RequestStream, Delta]]:
+        """Wait for a launched step's tokens and turn them into deltas; sequences finished meanwhile drop theirs."""
+        t0 = time.perf_counter()
+        result = step.sample.result() if step.sample is not None else None
+        t1 = time.perf_counter()
+        out = []
+        for row, seq in enumerate(step.seqs):
+            seq.num_pending -= 1
+            if not seq.is_finished:
+                out.append(self._on_token(seq, row, result))
+        self.phase_seconds["wait"] += t1 - t0
+        self.phase_seconds["process"] += time.perf_counter() - t1
+        return out
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         matcher = seq.state.get("matcher")

@@ -27,19 +27,21 @@ class OutputProcessor:
 
     def suppressed(self, seq: Sequence) -> tuple[int, ...]:
         """Tokens that may not be sampled yet (EOS and stop tokens before min_new_tokens)."""
-        if seq.num_output_tokens < seq.sampling.min_new_tokens:
+        # The token about to be sampled comes after the pending ones too (async scheduling).
+        if seq.num_tokens - seq.prompt_len < seq.sampling.min_new_tokens:
             return tuple(self.eos_ids | set(seq.sampling.stop_token_ids))
         return ()
 
     def on_token(self, seq: Sequence, token: int) -> Outcome:
-        """Append a sampled token; return (new text, finish reason or None, the stop string/token that ended it)."""
+        """Append a sampled token (the oldest pending one); return (new text, finish reason or None, the stop
+        string/token that ended it)."""
         seq.token_ids.append(token)
         matcher = seq.state.get("matcher")
         complete = False
         if matcher is not None:
             matcher.accept(token)
             complete = matcher.is_finished  # the grammar is complete: nothing more may follow
-        at_limit = seq.num_output_tokens >= seq.max_new_tokens or seq.num_tokens >= self.max_model_len
+        at_limit = seq.num_output_tokens >= seq.max_new_tokens or len(seq.token_ids) >= self.max_model_len
         return seq.state["text"].add(token, at_limit=at_limit, complete=complete)
 
     def logprobs(self, token: int, row: int, result: SampleOutput) -> list[TokenLogprob]:

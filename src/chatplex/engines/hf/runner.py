@@ -3,10 +3,15 @@
 Layout of a step: every scheduled token of every sequence sits in one row (batch size 1), single-token decodes
 first, then prefill chunks. Positions and cache slots are computed from block tables with tensor ops, so the
 per-step Python work is proportional to the number of sequences, not to their context lengths.
+
+A step returns without waiting for the device (`StepOutput.sample` is still on it). A sequence's pending token
+(sampled by the previous step, not yet on the host) is read from that step's device tensor of tokens, so the
+engine can launch step N+1 before it has seen step N's tokens. Host -> device copies are non-blocking.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +22,16 @@ from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.lora import LoraAdapters
 from chatplex.engines.hf.scoring import decoder_of
-from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
+from chatplex.engines.hf.sampler import PendingSample, SamplingRow, sample_async
 from chatplex.engines.hf.scheduler import ScheduledSeq
+from chatplex.engines.hf.sequence import Sequence
+from chatplex.engines.hf.transfer import h2d
+
+
+@dataclass
+class StepOutput:
+    seqs: list[Sequence]  # the sequences that sampled this step, in the sample's row order
+    sample: PendingSample | None
 
 
 class ModelRunner:
@@ -44,6 +57,37 @@ class ModelRunner:
         self.use_kernel = triton_decode.available(device)
         self.graphs = graphs
         self.graph_steps = 0  # decode steps replayed from CUDA graphs (for stats and tests)
+        # The last step's sampled tokens on the device, and each sampling sequence's row in them.
+        self._prev_tokens: torch.Tensor | None = None
+        self._prev_rows: dict[int, int] = {}
+
+    def _pending_row(self, seq: Sequence) -> int:
+        """Row of `seq`'s pending token in the previous step's device tokens."""
+        row = self._prev_rows.get(seq.seq_id)
+        if row is None or self._prev_tokens is None:
+            raise RuntimeError(f"sequence {seq.seq_id} has a pending token that no running step sampled")
+        return row
+
+    def _step_tokens(self, items: list[ScheduledSeq]) -> tuple[list[int], list[int], list[int]]:
+        """The host token ids of the scheduled positions (0 where pending), and (index, previous-step row) pairs
+        for the pending ones."""
+        token_ids: list[int] = []
+        fill_at: list[int] = []
+        fill_from: list[int] = []
+        for it in items:
+            seq = it.seq
+            end = it.start + it.num_tokens
+            known = len(seq.token_ids)
+            if end <= known:
+                token_ids.extend(seq.token_ids[it.start : end])
+                continue
+            token_ids.extend(seq.token_ids[it.start : known])
+            if end - max(it.start, known) != 1:
+                raise RuntimeError(f"sequence {seq.seq_id}: more than one pending token scheduled")
+            fill_at.append(len(token_ids))
+            fill_from.append(self._pending_row(seq))
+            token_ids.append(0)
+        return token_ids, fill_at, fill_from
 
     def _slots(self, tables: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Cache slots of `positions` ([rows, n]) for sequences whose block tables are `tables` ([rows, blocks])."""
@@ -53,7 +97,7 @@ class ModelRunner:
     def _tables(self, items: list[ScheduledSeq]) -> torch.Tensor:
         width = max(len(it.seq.block_table) for it in items)
         rows = [it.seq.block_table + [0] * (width - len(it.seq.block_table)) for it in items]
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
+        return h2d(rows, torch.long, self.device)
 
     def _metadata(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]) -> tuple[AttentionMetadata, torch.Tensor]:
         dev = self.device
@@ -62,7 +106,7 @@ class ModelRunner:
         decode_ctx = decode_pos = None
         decode_tables = decode_lens = None
         if decodes:
-            decode_pos = torch.tensor([it.start for it in decodes], dtype=torch.long, device=dev)
+            decode_pos = h2d([it.start for it in decodes], torch.long, dev)
             tables = self._tables(decodes)
             slot_parts.append(self._slots(tables, decode_pos[:, None])[:, 0])
             pos_parts.append(decode_pos)
@@ -77,7 +121,7 @@ class ModelRunner:
         segments = []
         offset = len(decodes)
         for it in prefills:
-            table = torch.tensor([it.seq.block_table], dtype=torch.long, device=dev)
+            table = h2d([it.seq.block_table], torch.long, dev)
             end = it.start + it.num_tokens
             ctx = self._slots(table, torch.arange(end, device=dev)[None, :])[0]
             segments.append(PrefillSegment(offset, it.num_tokens, it.start, ctx if it.start else None))
@@ -97,16 +141,13 @@ class ModelRunner:
         return meta, torch.cat(pos_parts)
 
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> dict[int, tuple[int, SampleOutput]]:
-        """Run one step. `rows` maps seq_id -> sampling settings for each sequence that samples this step.
-
-        Returns seq_id -> (row index into the SampleOutput, the shared SampleOutput).
-        """
+    def execute(self, batch: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> StepOutput:
+        """Launch one step. `rows` maps seq_id -> sampling settings for each sequence that samples this step."""
         decodes = [it for it in batch if it.num_tokens == 1]
         prefills = [it for it in batch if it.num_tokens > 1]
         uses_lora = any(it.seq.state.get("adapter") for it in batch)
         if self.graphs is not None and not prefills and not uses_lora and len(decodes) <= self.graphs.max_batch:
-            return self._execute_graph(decodes, rows)
+            return self._remember(self._execute_graph(decodes, rows))
         ordered = decodes + prefills
         input_ids, meta, positions = self._flat_batch(decodes, prefills)
         sampling_items, last_index = self._last_tokens(ordered)
@@ -116,19 +157,28 @@ class ModelRunner:
         if self.multimodal is not None:
             inputs = self.multimodal.step_inputs(ordered, input_ids, positions)
         try:
-            return self._forward(inputs, meta, sampling_items, last_index, rows)
+            return self._remember(self._forward(inputs, meta, sampling_items, last_index, rows))
         finally:
             if self.lora is not None:
                 self.lora.deactivate()
 
+    def _remember(self, out: StepOutput) -> StepOutput:
+        if out.sample is not None:
+            self._prev_tokens = out.sample.tokens
+            self._prev_rows = {seq.seq_id: i for i, seq in enumerate(out.seqs)}
+        return out
+
     def _flat_batch(
         self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]
     ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor]:
-        token_ids: list[int] = []
-        for it in decodes + prefills:
-            token_ids.extend(it.seq.token_ids[it.start : it.start + it.num_tokens])
+        token_ids, fill_at, fill_from = self._step_tokens(decodes + prefills)
         meta, positions = self._metadata(decodes, prefills)
-        return torch.tensor([token_ids], dtype=torch.long, device=self.device), meta, positions
+        input_ids = h2d([token_ids], torch.long, self.device)
+        if fill_at:
+            assert self._prev_tokens is not None
+            src = self._prev_tokens.index_select(0, h2d(fill_from, torch.long, self.device))
+            input_ids[0].index_copy_(0, h2d(fill_at, torch.long, self.device), src)
+        return input_ids, meta, positions
 
     @staticmethod
     def _last_tokens(ordered: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], list[int]]:
@@ -150,7 +200,7 @@ class ModelRunner:
             if name:
                 groups.setdefault(name, []).extend(range(offset, offset + it.num_tokens))
             offset += it.num_tokens
-        self.lora.activate({n: torch.tensor(idx, dtype=torch.long, device=self.device) for n, idx in groups.items()})
+        self.lora.activate({n: h2d(idx, torch.long, self.device) for n, idx in groups.items()})
 
     def _forward(
         self,
@@ -159,22 +209,18 @@ class ModelRunner:
         sampling_items: list[ScheduledSeq],
         last_index: list[int],
         rows: dict[int, SamplingRow],
-    ) -> dict[int, tuple[int, SampleOutput]]:
+    ) -> StepOutput:
         if not sampling_items:
             self.model(**inputs, use_cache=False, logits_to_keep=1, chatplex_meta=meta)
-            return {}
-        out = self.model(
-            **inputs,
-            use_cache=False,
-            logits_to_keep=torch.tensor(last_index, device=self.device),
-            chatplex_meta=meta,
-        )
+            return StepOutput([], None)
+        keep = h2d(last_index, torch.long, self.device)
+        out = self.model(**inputs, use_cache=False, logits_to_keep=keep, chatplex_meta=meta)
         logits = out.logits[0]
         if logits.shape[0] != len(sampling_items):
             # Some models' forward ignores logits_to_keep (Qwen2-Audio projects every position): take the rows here.
-            logits = logits[torch.tensor(last_index, device=logits.device)]
-        result = sample(logits, [rows[it.seq.seq_id] for it in sampling_items])
-        return {it.seq.seq_id: (i, result) for i, it in enumerate(sampling_items)}
+            logits = logits[keep.to(logits.device)]
+        result = sample_async(logits, [rows[it.seq.seq_id] for it in sampling_items])
+        return StepOutput([it.seq for it in sampling_items], result)
 
     @torch.inference_mode()
     def score(self, batch: list[ScheduledSeq]) -> dict[int, float]:
@@ -189,18 +235,23 @@ class ModelRunner:
         ).last_hidden_state[0]
         if not items:
             return {}
-        last = hidden[torch.tensor(last_index, device=self.device)]
+        last = hidden[h2d(last_index, torch.long, self.device)]
         values = self.score_head(last.to(self.score_head.weight.dtype))[:, 0].float().tolist()
         return {it.seq.seq_id: v for it, v in zip(items, values)}
 
-    def _execute_graph(self, decodes: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> dict[int, tuple[int, SampleOutput]]:
+    def _execute_graph(self, decodes: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> StepOutput:
         assert self.graphs is not None
         bs = self.block_size
         tables = [it.seq.block_table for it in decodes]
         positions = [it.start for it in decodes]
         slots = [t[p // bs] * bs + p % bs for t, p in zip(tables, positions)]
-        token_ids = [it.seq.token_ids[it.start] for it in decodes]
-        logits = self.graphs.run(token_ids, positions, slots, tables)
+        token_ids, fill_at, fill_from = self._step_tokens(decodes)
+        sources = None
+        if fill_at:
+            sources = [-1] * len(decodes)
+            for i, row in zip(fill_at, fill_from):
+                sources[i] = row
+        logits = self.graphs.run(token_ids, positions, slots, tables, sources, self._prev_tokens)
         self.graph_steps += 1
-        result = sample(logits, [rows[it.seq.seq_id] for it in decodes])
-        return {it.seq.seq_id: (i, result) for i, it in enumerate(decodes)}
+        result = sample_async(logits, [rows[it.seq.seq_id] for it in decodes])
+        return StepOutput([it.seq for it in decodes], result)

@@ -5,6 +5,9 @@ tokens it forbids get -inf), then greedy argmax or temperature / top-k / top-p /
 min-p and a draw. Draws use the exponential-race form (argmax of p / q with q ~ Exp(1)), which equals
 multinomial sampling and lets a seeded row use its own generator. Logprobs are of the raw model distribution
 (as vLLM and OpenAI report them), taken before any processing.
+
+`sample_async` leaves the result on the device: its `tokens` feed the next step's inputs directly, and the copy to
+the host overlaps the next step (async scheduling, engine.py). Every host -> device copy here is non-blocking.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from chatplex.engines.hf.transfer import D2H, h2d
 from chatplex.types import SamplingParams
 
 
@@ -34,22 +38,23 @@ class SampleOutput:
 
 
 def _apply_bias_and_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    dev = logits.device
     for i, row in enumerate(rows):
         p = row.params
         if p.logit_bias:
-            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
-            logits[i].index_add_(0, ids, torch.tensor([b for _, b in p.logit_bias], device=logits.device))
+            ids = h2d([t for t, _ in p.logit_bias], torch.long, dev)
+            logits[i].index_add_(0, ids, h2d([b for _, b in p.logit_bias], logits.dtype, dev))
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(row.token_ids)), device=logits.device)
+            seen = h2d(sorted(set(row.token_ids)), torch.long, dev)
             vals = logits[i, seen]
             logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if p.presence_penalty or p.frequency_penalty:
             out = row.token_ids[row.prompt_len :]
             if out:
-                ids, counts = torch.tensor(out, device=logits.device).unique(return_counts=True)
+                ids, counts = h2d(out, torch.long, dev).unique(return_counts=True)
                 logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
         if row.suppress_ids:
-            logits[i, list(row.suppress_ids)] = float("-inf")
+            logits[i].index_fill_(0, h2d(list(row.suppress_ids), torch.long, dev), float("-inf"))
         if row.allowed is not None:
             _apply_mask(logits[i], row.allowed.to(logits.device, non_blocking=True))
 
@@ -70,25 +75,62 @@ def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     dev = logits.device
     top_ks = [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params]
     if min(top_ks) < vocab:
-        k = torch.tensor(top_ks, device=dev)
+        k = h2d(top_ks, torch.long, dev)
         kth = logits.topk(max(top_ks), dim=-1).values.gather(-1, (k - 1)[:, None])
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if any(p.top_p < 1.0 for p in params):
-        top_p = torch.tensor([p.top_p for p in params], device=dev)
+        top_p = h2d([p.top_p for p in params], logits.dtype, dev)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keeps at least the top token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     if any(p.min_p > 0 for p in params):
-        min_p = torch.tensor([p.min_p for p in params], device=dev)
+        min_p = h2d([p.min_p for p in params], logits.dtype, dev)
         probs = logits.softmax(dim=-1)
         logits = logits.masked_fill(probs < probs.max(dim=-1, keepdim=True).values * min_p[:, None], float("-inf"))
     return logits
 
 
+class PendingSample:
+    """One step's sampled tokens, still on the device. `tokens` ([rows] long) may feed the next step before the
+    host has seen them; `result()` waits for the background copy and returns the host lists."""
+
+    def __init__(self, tokens: torch.Tensor, n_top: list[int | None], chosen=None, top_vals=None, top_ids=None):
+        self.tokens = tokens
+        self._n_top = n_top
+        parts = [tokens] + ([chosen] if chosen is not None else []) + ([top_vals, top_ids] if top_ids is not None else [])
+        self._copy = D2H(*parts)
+        self._result: SampleOutput | None = None
+
+    def result(self) -> SampleOutput:
+        if self._result is not None:
+            return self._result
+        host = self._copy.get()
+        token_list = host[0].tolist()
+        rows = len(token_list)
+        logprobs: list[float | None] = [None] * rows
+        tops: list[list[tuple[int, float]]] = [[] for _ in range(rows)]
+        if len(host) > 1:
+            chosen = host[1].tolist()
+            top_vals, top_ids = (host[2].tolist(), host[3].tolist()) if len(host) > 2 else (None, None)
+            for i, n in enumerate(self._n_top):
+                if n is None:
+                    continue
+                logprobs[i] = chosen[i]
+                if n and top_ids is not None and top_vals is not None:
+                    tops[i] = list(zip(top_ids[i][:n], top_vals[i][:n]))
+        self._result = SampleOutput(token_list, logprobs, tops)
+        return self._result
+
+
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleOutput:
-    """Pick one token per row of `logits` ([rows, vocab])."""
+    """Pick one token per row of `logits` ([rows, vocab]); waits for the result."""
+    return sample_async(logits, rows).result()
+
+
+def sample_async(logits: torch.Tensor, rows: list[SamplingRow]) -> PendingSample:
+    """Pick one token per row of `logits` ([rows, vocab]) without waiting for the device."""
     logits = logits.float()
     n_top = [r.params.logprobs for r in rows]
     raw = torch.log_softmax(logits, dim=-1) if any(n is not None for n in n_top) else None
@@ -99,31 +141,20 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleOutput:
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
         dev = logits.device
-        sub = logits[sampled] / torch.tensor([rows[i].params.temperature for i in sampled], device=dev)[:, None]
+        index = None if len(sampled) == len(rows) else h2d(sampled, torch.long, dev)
+        sub = logits if index is None else logits.index_select(0, index)
+        sub = sub / h2d([rows[i].params.temperature for i in sampled], sub.dtype, dev)[:, None]
         sub = _filter(sub, [rows[i].params for i in sampled])
         probs = sub.softmax(dim=-1)
         race = torch.empty_like(probs).exponential_()
         for j, i in enumerate(sampled):
             if rows[i].generator is not None:  # seeded rows draw from their own generator
                 race[j].exponential_(generator=rows[i].generator)
-        tokens[sampled] = (probs / race).argmax(dim=-1)
-    if tokens.is_cuda:
-        # Wait on an event (which lets go of the GIL) rather than inside tolist (which holds it), so the event
-        # loop thread can deliver the previous step's text while the GPU works.
-        done = torch.cuda.Event()
-        done.record()
-        done.synchronize()
-    token_list = tokens.tolist()
-    logprobs: list[float | None] = [None] * len(rows)
-    tops: list[list[tuple[int, float]]] = [[] for _ in rows]
-    if raw is not None:
-        chosen = raw.gather(-1, tokens[:, None])[:, 0].tolist()
-        k = max(n or 0 for n in n_top)
-        top_vals, top_ids = raw.topk(k, dim=-1) if k else (None, None)
-        for i, n in enumerate(n_top):
-            if n is None:
-                continue
-            logprobs[i] = chosen[i]
-            if n:
-                tops[i] = list(zip(top_ids[i, :n].tolist(), top_vals[i, :n].tolist()))
-    return SampleOutput(token_list, logprobs, tops)
+        drawn = (probs / race).argmax(dim=-1)
+        tokens = drawn if index is None else tokens.index_copy(0, index, drawn)
+    if raw is None:
+        return PendingSample(tokens, n_top)
+    chosen = raw.gather(-1, tokens[:, None])[:, 0]
+    k = max(n or 0 for n in n_top)
+    top_vals, top_ids = raw.topk(k, dim=-1) if k else (None, None)
+    return PendingSample(tokens, n_top, chosen, top_vals, top_ids)

@@ -6,6 +6,10 @@ Policy: first come, first served, continuous batching with chunked prefill.
   3. Waiting sequences are admitted in arrival order while a slot, budget and KV blocks are free.
 When a decoding sequence needs a block and none is free, the most recently admitted sequence is preempted: its
 blocks are freed and it goes back to the front of the queue, to be recomputed later (its output is kept).
+
+With async scheduling the engine schedules step N+1 before step N's sampled tokens reach the host: those
+tokens are pending (`Sequence.num_pending`) and count as positions, so a decoding sequence decodes its pending
+token. A sequence whose pending token is its last (`is_draining`) is left out until that token arrives.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         batch: list[ScheduledSeq] = []
         too_long: list[Sequence] = []
-        for seq in [s for s in self.running if s.num_uncomputed == 1]:
+        for seq in [s for s in self.running if s.num_uncomputed == 1 and not s.is_draining]:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
             while not self.blocks.can_grow(seq, seq.num_tokens):
@@ -100,6 +104,8 @@ class Scheduler:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.is_draining:
+                break  # preempted with its last token in flight: it finishes when that token arrives
             n = min(seq.num_uncomputed, budget)
             if not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
                 break

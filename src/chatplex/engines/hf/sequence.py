@@ -30,6 +30,9 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose keys/values are in the cache
+    # Tokens sampled by steps still running on the device (async scheduling): they count as the sequence's
+    # next positions, so the following step is scheduled before their values reach `token_ids`.
+    num_pending: int = 0
     block_table: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
@@ -38,11 +41,18 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        """Positions the sequence has, including pending tokens not yet known on the host."""
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output_tokens(self) -> int:
+        """Output tokens known on the host."""
         return len(self.token_ids) - self.prompt_len
+
+    @property
+    def is_draining(self) -> bool:
+        """Its last token is sampled but not yet known: no further step may run for it."""
+        return self.num_pending > 0 and self.num_tokens - self.prompt_len >= self.max_new_tokens
 
     @property
     def output_ids(self) -> list[int]:
