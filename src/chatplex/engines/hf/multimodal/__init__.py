@@ -4,6 +4,7 @@ per-request inputs at admission, and splices the media embeddings into a step's 
     base.py         MediaFamily, the interface every family implements, and the shared embedding splice
     qwen_vl.py      Qwen2-VL / Qwen2.5-VL: images and videos, M-RoPE (3-D) positions
     qwen2_audio.py  Qwen2-Audio: audio clips, 1-D positions
+    qwen_omni.py    Qwen2.5-Omni's thinker: images, videos and audio in one prompt, M-RoPE positions
 
 A family is picked by the checkpoint's `model_type`. The engine asks three things of this package: whether a
 request carries media (`has_media`), the error for media sent to a text-only model (`refuse_media`), and the
@@ -26,6 +27,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_vl": "qwen_vl:VisionLanguage",
     "qwen2_5_vl": "qwen_vl:VisionLanguage",
     "qwen2_audio": "qwen2_audio:AudioLanguage",
+    "qwen2_5_omni_thinker": "qwen_omni:OmniThinker",
 }
 
 

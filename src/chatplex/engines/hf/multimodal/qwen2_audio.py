@@ -32,6 +32,17 @@ def audio_token_counts(frames: torch.Tensor) -> list[int]:
     return ((after_conv - 2) // 2 + 1).tolist()
 
 
+def check_durations(clips: list[Any], max_seconds: float, kind: str, request: GenerationRequest) -> None:
+    """Refuse clips longer than the encoder's fixed window: cutting one silently would answer about part of it."""
+    for i, clip in enumerate(clips):
+        if clip.array.size / clip.sampling_rate > max_seconds:
+            raise InvalidRequestError(
+                f"audios[{i}]: the audio lasts {clip.array.size / clip.sampling_rate:.1f} s; "
+                f"{kind} takes at most {max_seconds:g} s per clip.",
+                param="audios" if request.audios else "messages",
+            )
+
+
 class AudioLanguage(MediaFamily):
     """Qwen2-Audio processing."""
 
@@ -74,14 +85,7 @@ class AudioLanguage(MediaFamily):
             raise UnsupportedFeatureError(
                 f"messages: {self.model.config.model_type} takes no images or video.", param="messages"
             )
-        for i, clip in enumerate(media.audios):
-            if clip.array.size / clip.sampling_rate > self.max_seconds:
-                # The encoder's window is fixed; cutting the clip silently would answer about part of it.
-                raise InvalidRequestError(
-                    f"audios[{i}]: the audio lasts {clip.array.size / clip.sampling_rate:.1f} s; "
-                    f"{self.model.config.model_type} takes at most {self.max_seconds:g} s per clip.",
-                    param="audios" if request.audios else "messages",
-                )
+        check_durations(media.audios, self.max_seconds, self.model.config.model_type, request)
         text = self.render(prompts, request, media.messages)
         if not media.audios:
             return self.tokenize(prompts, request, text), None

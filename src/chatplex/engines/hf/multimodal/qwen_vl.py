@@ -24,16 +24,30 @@ from chatplex.types import GenerationRequest
 
 @dataclass
 class MediaInputs:
-    """One request's vision inputs (shared by its n sequences)."""
+    """One request's media inputs (shared by its n sequences)."""
 
     positions: torch.Tensor  # [3, prompt_len] M-RoPE positions of the prompt
     rope_delta: int  # output token i (absolute index p >= prompt_len) sits at p + rope_delta on every axis
-    rank: torch.Tensor  # [prompt_len]: row of the embeddings (images first, then videos), -1 for text tokens
+    rank: torch.Tensor  # [prompt_len]: row of the embeddings (images, then videos, then audio), -1 for text
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
+    input_features: torch.Tensor | None = None  # audio (Qwen2.5-Omni): log-mel features and their frame mask
+    feature_attention_mask: torch.Tensor | None = None
     embeds: torch.Tensor | None = None  # [media tokens, hidden], filled by the first prefill that needs it
+
+
+def load_video_processor(source: str) -> tuple[Any, str]:
+    """The checkpoint's video processor, or None and the reason a video request will be refused."""
+    try:
+        from transformers import AutoVideoProcessor
+
+        return AutoVideoProcessor.from_pretrained(source), ""
+    except ImportError as e:  # transformers' video processors are built on torchvision
+        return None, f"video input needs torchvision next to this torch (pip install 'chatplex[video]'): {e}".strip()
+    except (OSError, ValueError):
+        return None, "the model directory has no video processor config (video_preprocessor_config.json)."
 
 
 class VisionLanguage(MediaFamily):
@@ -62,34 +76,23 @@ class VisionLanguage(MediaFamily):
         self.merge = config.vision_config.spatial_merge_size
         # Qwen2.5-VL spaces video frames on the time axis by seconds (`second_per_grid_ts`); Qwen2-VL by index.
         self.timed_video = config.model_type == "qwen2_5_vl"
+        self.media_token_ids = [self.image_token_id, self.video_token_id]  # the order `embeddings` stacks them in
+        self.video_kwargs: dict[str, Any] = {}  # what the model's processor adds to its video processor's call
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> VisionLanguage:
         from transformers import AutoImageProcessor
 
-        video_processor, reason = None, "this model has no video processor."
-        try:
-            from transformers import AutoVideoProcessor
-
-            video_processor = AutoVideoProcessor.from_pretrained(source)
-        except ImportError as e:  # transformers' video processors are built on torchvision
-            reason = f"video input needs torchvision next to this torch (pip install 'chatplex[video]'): {e}".strip()
-        except (OSError, ValueError):
-            reason = "the model directory has no video processor config (video_preprocessor_config.json)."
+        video_processor, reason = load_video_processor(source)
         return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source), policy, video_processor, reason)
 
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], MediaInputs | None]:
-        """Load and check the request's media, render and tokenize the prompt with expanded image/video tokens."""
-        kind = self.model.config.model_type
-        if request.audios:
-            raise UnsupportedFeatureError(f"audios: {kind} takes no audio.", param="audios")
+        """Load and check the request's media, render and tokenize the prompt with expanded media tokens."""
         if (request.videos or _has_video_part(request)) and self.video_processor is None:
             param = "videos" if request.videos else "messages"
             raise UnsupportedFeatureError(f"{param}: {self.no_video_reason}", param=param)
-        media = collect_media(request.messages or [], request.images, None, self.policy, videos=request.videos)
-        if media.audios:
-            raise UnsupportedFeatureError(f"messages: {kind} takes no audio.", param="messages")
+        media = self.collect(request)
         text = self.render(prompts, request, media.messages)
         if not media:
             return self.tokenize(prompts, request, text), None
@@ -101,28 +104,45 @@ class VisionLanguage(MediaFamily):
         if media.videos:
             # Frames are already sampled (chatplex.media.video); the processor resizes and patches them.
             processed = self.video_processor(
-                videos=[clip.frames for clip in media.videos], do_sample_frames=False, return_tensors="pt"
+                videos=[clip.frames for clip in media.videos], do_sample_frames=False, return_tensors="pt",
+                **self.video_kwargs,
             )
             inputs["pixel_values_videos"] = processed["pixel_values_videos"]
             inputs["video_grid_thw"] = processed["video_grid_thw"]
             text = self.expand(text, self.video_token, self._tokens(inputs["video_grid_thw"]), "video")
+        text = self.add_audio(media, text, inputs)
         ids = self.tokenize(prompts, request, text)
         seconds = [self.video_processor.temporal_patch_size / clip.fps for clip in media.videos]
-        return ids, self._inputs(ids, inputs, seconds)
+        positions, delta = self.rope_index(torch.tensor([ids], dtype=torch.long), inputs, seconds)
+        return ids, MediaInputs(positions, delta, self.ranks(ids, self.media_token_ids), **inputs)
+
+    def collect(self, request: GenerationRequest) -> Any:
+        """The request's images and videos; Qwen-VL takes no audio."""
+        kind = self.model.config.model_type
+        if request.audios:
+            raise UnsupportedFeatureError(f"audios: {kind} takes no audio.", param="audios")
+        media = collect_media(request.messages or [], request.images, None, self.policy, videos=request.videos)
+        if media.audios:
+            raise UnsupportedFeatureError(f"messages: {kind} takes no audio.", param="messages")
+        return media
+
+    def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
+        return text
 
     def _tokens(self, grid: torch.Tensor) -> list[int]:
         return (grid.prod(-1) // self.merge**2).tolist()
 
-    def _inputs(self, ids: list[int], inputs: dict[str, Any], seconds_per_grid: list[float]) -> MediaInputs:
-        input_ids = torch.tensor([ids], dtype=torch.long)
+    def rope_index(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], seconds_per_grid: list[float]
+    ) -> tuple[torch.Tensor, int]:
+        """The prompt's M-RoPE positions [3, prompt_len] and the offset of the tokens generated after it."""
         types = (input_ids == self.image_token_id).int() + 2 * (input_ids == self.video_token_id).int()
         extra = {"second_per_grid_ts": torch.tensor(seconds_per_grid)} if self.timed_video and seconds_per_grid else {}
         positions, deltas = self.model.model.get_rope_index(
             input_ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
             video_grid_thw=inputs.get("video_grid_thw"), **extra,
         )
-        rank = self.ranks(ids, [self.image_token_id, self.video_token_id])
-        return MediaInputs(positions[:, 0], int(deltas.reshape(-1)[0]), rank, **inputs)
+        return positions[:, 0], int(deltas.reshape(-1)[0])
 
     # ---- run time (engine thread) --------------------------------------------------------------------------
     def step_inputs(self, items: list[Any], input_ids: torch.Tensor, positions: torch.Tensor) -> dict[str, Any]:
@@ -149,19 +169,23 @@ class VisionLanguage(MediaFamily):
 
     def embeddings(self, media: MediaInputs) -> torch.Tensor:
         if media.embeds is None:
-            device, parts = self.model.device, []
-            if media.pixel_values is not None:
-                out = self.model.model.get_image_features(
-                    media.pixel_values.to(device), media.image_grid_thw.to(device), return_dict=True
-                )
-                parts.extend(out.pooler_output)
-            if media.pixel_values_videos is not None:
-                out = self.model.model.get_video_features(
-                    media.pixel_values_videos.to(device), media.video_grid_thw.to(device), return_dict=True
-                )
-                parts.extend(out.pooler_output)
-            media.embeds = torch.cat(parts, dim=0)
+            media.embeds = torch.cat(self.encode(media), dim=0)
         return media.embeds
+
+    def encode(self, media: MediaInputs) -> list[torch.Tensor]:
+        """Run the towers: image embeddings, then video embeddings (the order of `media_token_ids`)."""
+        device, parts = self.model.device, []
+        if media.pixel_values is not None:
+            out = self.model.model.get_image_features(
+                media.pixel_values.to(device), media.image_grid_thw.to(device), return_dict=True
+            )
+            parts.extend(out.pooler_output)
+        if media.pixel_values_videos is not None:
+            out = self.model.model.get_video_features(
+                media.pixel_values_videos.to(device), media.video_grid_thw.to(device), return_dict=True
+            )
+            parts.extend(out.pooler_output)
+        return parts
 
 
 def _has_video_part(request: GenerationRequest) -> bool:

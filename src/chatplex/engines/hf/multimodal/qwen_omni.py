@@ -1,0 +1,95 @@
+"""Qwen2.5-Omni's thinker (the part that writes text): images and videos as in Qwen2.5-VL, plus audio clips, all
+in one prompt. Audio goes through the Whisper feature extractor and the thinker's audio tower; `<|AUDIO|>` is
+expanded by the encoder's output length, and the M-RoPE positions come from the thinker's own `get_rope_index`,
+which gives audio tokens their own time axis. A video's soundtrack is not read (`use_audio_in_video` off): send
+it as an audio part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from chatplex.engines.hf.multimodal.qwen2_audio import audio_token_counts, check_durations
+from chatplex.engines.hf.multimodal.qwen_vl import MediaInputs, VisionLanguage, load_video_processor
+from chatplex.media import MediaPolicy, collect_media
+from chatplex.types import GenerationRequest
+
+
+class OmniThinker(VisionLanguage):
+    towers = ("vision_config", "audio_config")
+    model_class = "Qwen2_5OmniThinkerForConditionalGeneration"
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, feature_extractor: Any, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, image_processor, **kwargs)
+        self.feature_extractor = feature_extractor
+        self.audio_token_id = model.config.audio_token_id
+        self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
+        self.rate = int(feature_extractor.sampling_rate)
+        self.max_seconds = feature_extractor.n_samples / self.rate  # features are padded to this fixed window
+        self.media_token_ids = [self.image_token_id, self.video_token_id, self.audio_token_id]
+        # Qwen2_5OmniProcessor sizes video frames itself (qwen-omni-utils' 128..768 merged patches per frame),
+        # over whatever the video processor's own config says: do as it does.
+        from transformers import Qwen2_5OmniProcessor
+
+        size = getattr(Qwen2_5OmniProcessor, "videos_kwargs", {}).get("size")
+        self.video_kwargs = {"size": size} if size else {}
+
+    @classmethod
+    def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> OmniThinker:
+        from transformers import AutoImageProcessor, WhisperFeatureExtractor
+
+        video_processor, reason = load_video_processor(source)
+        return cls(
+            model, tokenizer, AutoImageProcessor.from_pretrained(source), WhisperFeatureExtractor.from_pretrained(source),
+            policy=policy, video_processor=video_processor, no_video_reason=reason,
+        )
+
+    # ---- admission -------------------------------------------------------------------------------------------
+    def collect(self, request: GenerationRequest) -> Any:
+        media = collect_media(
+            request.messages or [], request.images, request.audios, self.policy, audio_rate=self.rate,
+            videos=request.videos,
+        )
+        check_durations(media.audios, self.max_seconds, self.model.config.model_type, request)
+        return media
+
+    def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
+        if not media.audios:
+            return text
+        processed = self.feature_extractor(
+            [clip.array for clip in media.audios], sampling_rate=self.rate, padding="max_length",
+            return_attention_mask=True, return_tensors="pt",
+        )
+        inputs["input_features"] = processed["input_features"]
+        inputs["feature_attention_mask"] = processed["attention_mask"]
+        counts = audio_token_counts(processed["attention_mask"].sum(-1))
+        return self.expand(text, self.audio_token, counts, "audio")
+
+    def rope_index(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], seconds_per_grid: list[float]
+    ) -> tuple[torch.Tensor, int]:
+        mask = inputs.get("feature_attention_mask")
+        positions, deltas = self.model.model.get_rope_index(
+            input_ids,
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            attention_mask=torch.ones_like(input_ids),
+            use_audio_in_video=False,
+            audio_seqlens=mask.sum(-1) if mask is not None else None,
+            second_per_grids=torch.tensor(seconds_per_grid) if seconds_per_grid else None,
+        )
+        return positions[:, 0], int(deltas.reshape(-1)[0])
+
+    # ---- run time --------------------------------------------------------------------------------------------
+    def encode(self, media: MediaInputs) -> list[torch.Tensor]:
+        parts = super().encode(media)
+        if media.input_features is not None:
+            tower = self.model.model.audio_tower
+            out = self.model.model.get_audio_features(
+                media.input_features.to(tower.device, tower.dtype), media.feature_attention_mask.to(tower.device),
+                return_dict=True,
+            )
+            parts.append(out.last_hidden_state)
+        return parts

@@ -1,0 +1,192 @@
+"""Qwen2.5-Omni's thinker through the HF engine equals transformers' own `Qwen2_5OmniProcessor` + `generate` on a
+tiny random thinker: image, video and audio in one prompt, audio alone, a mixed batch with text requests, and
+chunked prefill. The processor needs torchvision (its video processor): run by `make test` in .venv-media."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chatplex import ChatModel
+from chatplex.errors import InvalidRequestError
+from tests.engines.hf.test_multimodal_qwen2audio import _clip, _wav
+from tests.engines.hf.test_multimodal_qwen_video import needs_torchvision
+from tests.media.conftest import encode_mp4
+
+pytestmark = [needs_torchvision, pytest.mark.video]
+
+NAMES = dict(
+    image_token="<|IMAGE|>", video_token="<|VIDEO|>", audio_token="<|AUDIO|>", vision_bos_token="<|vision_bos|>",
+    vision_eos_token="<|vision_eos|>", audio_bos_token="<|audio_bos|>", audio_eos_token="<|audio_eos|>",
+)
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+    "{% for p in m.content %}{% if p.type == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif p.type == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif p.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MAX_TOKENS = 8
+
+
+def _processor(tok):
+    from transformers import Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+
+    return Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=28 * 28, max_pixels=56 * 84),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+        tokenizer=tok, chat_template=TEMPLATE,
+    )
+
+
+def _build(path) -> None:
+    from transformers import AutoTokenizer, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from chatplex.models.embedded import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir(), extra_special_tokens=NAMES)
+    tok.chat_template = TEMPLATE
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in NAMES.items()}
+    config = Qwen2_5OmniThinkerConfig(
+        text_config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            vocab_size=len(tok), max_position_embeddings=4096, eos_token_id=2, bos_token_id=1,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32, output_dim=64, n_window=50),
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+    with torch.no_grad():  # sharpen attention so that positions (and so M-RoPE mistakes) change the tokens
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+        # Random convolutions leave the audio's content far below the encoder's sinusoidal positions: scale it up
+        # so that different clips give different answers.
+        model.model.audio_tower.conv1.weight.mul_(30)
+        model.model.audio_tower.conv2.weight.mul_(30)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    _processor(tok).save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def omni_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("omni")
+    _build(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    path = tmp_path_factory.mktemp("omni-clip") / "clip.mp4"
+    path.write_bytes(encode_mp4([tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(16)], 8, (96, 64)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(omni_dir):
+    """Greedy tokens from transformers: its video loader, Qwen2_5OmniProcessor and the thinker's generate."""
+    from transformers import AutoTokenizer, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.video_utils import load_video
+
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(omni_dir, dtype=torch.float32).eval()
+    processor = _processor(AutoTokenizer.from_pretrained(omni_dir))
+
+    def run(messages, images=(), videos=(), audios=()):
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        kwargs = {}
+        if videos:
+            kwargs = dict(videos=[load_video(v, backend="pyav", fps=2)[0] for v in videos], do_sample_frames=False)
+        if audios:
+            kwargs.update(audio=list(audios), sampling_rate=16000)
+        inputs = processor(text=[text], images=list(images) or None, return_tensors="pt", **kwargs)
+        with torch.inference_mode():
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def chat_model(omni_dir):
+    model = ChatModel({"model_name_or_path": str(omni_dir), "infer_dtype": "float32", "max_num_batched_tokens": 40})
+    yield model
+    model.close()
+
+
+def _tokens(chat_model, messages, **kw):
+    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
+    return response.token_ids
+
+
+def _noise(size, seed) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_image_video_and_audio_in_one_prompt_equal_generate(chat_model, reference, clip_path) -> None:
+    image, audio = _noise((70, 56), 1), _clip(1.0, 1)
+    parts = [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "video"}, {"type": "audio"},
+             {"type": "text", "text": "what?"}]
+    expected = reference([{"role": "user", "content": parts}], images=[image], videos=[clip_path], audios=[audio])
+    assert len(expected) == MAX_TOKENS
+    wav = "data:audio/wav;base64," + base64.b64encode(_wav(audio)).decode()
+    messages = [{"role": "user", "content": [
+        {"type": "image", "image": image}, {"type": "text", "text": "and"},
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,"
+                                             + base64.b64encode(open(clip_path, "rb").read()).decode()}},
+        {"type": "audio_url", "audio_url": {"url": wav}}, {"type": "text", "text": "what?"},
+    ]}]
+    assert _tokens(chat_model, messages) == expected
+
+
+def test_audio_alone_equals_generate_and_changes_the_answer(chat_model, reference) -> None:
+    parts = [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]
+    expected = reference([{"role": "user", "content": parts}], audios=[_clip(1.5, 2)])
+    assert reference([{"role": "user", "content": parts}], audios=[_clip(1.5, 3)]) != expected
+    got = _tokens(chat_model, [{"role": "user", "content": "<audio>Transcribe."}], audios=[(_clip(1.5, 2), 16000)])
+    assert got == expected
+
+
+async def test_mixed_batch_equals_each_alone(chat_model, reference, clip_path) -> None:
+    cases = [
+        ("Only text here.", {}),
+        ("Hear this.", {"audios": [_clip(0.8, 4)]}),
+        ("See this.", {"images": [_noise((84, 56), 5)]}),
+        ("Watch and hear.", {"videos": [clip_path], "audios": [_clip(0.6, 6)]}),
+    ]
+    alone = []
+    for text, media in cases:
+        parts = [{"type": k[:-1]} for k in ("images", "videos", "audios") for _ in media.get(k, [])]
+        alone.append(reference([{"role": "user", "content": [*parts, {"type": "text", "text": text}]}], **media))
+
+    async def one(text, media):
+        kw = {**media, "audios": [(a, 16000) for a in media.get("audios", [])] or None}
+        [r] = await chat_model.achat([{"role": "user", "content": text}], do_sample=False, max_tokens=MAX_TOKENS,
+                                     ignore_eos=True, **kw)
+        return r.token_ids
+
+    assert await asyncio.gather(*(one(t, m) for t, m in cases)) == alone
+    assert chat_model.stats().max_batch_size >= 2
+
+
+def test_too_long_audio_names_the_argument(chat_model) -> None:
+    with pytest.raises(InvalidRequestError, match="at most 30 s") as info:
+        chat_model.chat([{"role": "user", "content": "x"}], audios=[(np.zeros(16000 * 31, np.float32), 16000)])
+    assert info.value.param == "audios"
+    assert len(_tokens(chat_model, [{"role": "user", "content": "still serving"}])) == MAX_TOKENS
