@@ -190,3 +190,27 @@ def test_too_long_audio_names_the_argument(chat_model) -> None:
         chat_model.chat([{"role": "user", "content": "x"}], audios=[(np.zeros(16000 * 31, np.float32), 16000)])
     assert info.value.param == "audios"
     assert len(_tokens(chat_model, [{"role": "user", "content": "still serving"}])) == MAX_TOKENS
+
+
+def test_whole_omni_checkpoint_loads_its_thinker(omni_dir, reference, tmp_path) -> None:
+    """A whole Qwen2.5-Omni checkpoint (model_type qwen2_5_omni, weights under `thinker.`) serves text from its
+    thinker alone, with the same answers as the thinker checkpoint."""
+    from transformers import (
+        AutoTokenizer, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(omni_dir)
+    whole = Qwen2_5OmniForConditionalGeneration(
+        Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False)
+    )
+    whole.thinker.load_state_dict(thinker.state_dict())
+    whole.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(omni_dir)
+    tok.save_pretrained(tmp_path)
+    _processor(tok).save_pretrained(tmp_path)
+    audio = _clip(1.0, 7)
+    expected = reference([{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Hm?"}]}],
+                         audios=[audio])
+    with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "float32"}) as model:
+        assert type(model.engine.multimodal.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+        assert _tokens(model, [{"role": "user", "content": "<audio>Hm?"}], audios=[(audio, 16000)]) == expected

@@ -67,7 +67,7 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     hf_logging.disable_progress_bar()  # a CLI or server start-up should not print transformers' loading bars
 
     source, gguf, _ = model_source(args)
-    auto_class = AutoModelForSequenceClassification if classifier else _generative_class(args, source, gguf)
+    auto_class, extra = (AutoModelForSequenceClassification, {}) if classifier else _generative_class(args, source, gguf)
     try:
         model = auto_class.from_pretrained(
             source,
@@ -76,6 +76,7 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
             trust_remote_code=args.trust_remote_code,
             revision=args.model_revision,
             cache_dir=args.cache_dir,
+            **extra,
         )
     except OSError as e:
         raise ConfigError(
@@ -88,9 +89,9 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     return model.to(device).eval()
 
 
-def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> Any:
-    """Multimodal checkpoints load through their family's class (the image-text-to-text Auto class, or their
-    own): to transformers they are not causal LMs."""
+def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> tuple[Any, dict[str, Any]]:
+    """The class to load with, and extra `from_pretrained` arguments. Multimodal checkpoints load through their
+    family's class (the image-text-to-text Auto class, or their own): to transformers they are not causal LMs."""
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -104,8 +105,9 @@ def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> An
         except (OSError, ValueError):
             config = None  # from_pretrained below reports it
         if config is not None and model_kind(config):
-            return getattr(transformers, family_class(config.model_type).model_class)
-    return AutoModelForCausalLM
+            family = family_class(config.model_type)
+            return getattr(transformers, family.model_class), family.checkpoint_kwargs(config)
+    return AutoModelForCausalLM, {}
 
 
 def _time_forward(model: Any, device: torch.device, reps: int = 3) -> float:

@@ -28,6 +28,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_5_vl": "qwen_vl:VisionLanguage",
     "qwen2_audio": "qwen2_audio:AudioLanguage",
     "qwen2_5_omni_thinker": "qwen_omni:OmniThinker",
+    "qwen2_5_omni": "qwen_omni:OmniThinker",
 }
 
 

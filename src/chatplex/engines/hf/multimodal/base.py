@@ -36,6 +36,11 @@ class MediaFamily:
     def load(cls, model: Any, tokenizer: Any, source: str, policy: Any = None) -> MediaFamily:
         raise NotImplementedError
 
+    @classmethod
+    def checkpoint_kwargs(cls, config: Any) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments for this checkpoint (loading one part of a larger model, say)."""
+        return {}
+
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], RequestMedia | None]:
         """Load and check the request's media; render and tokenize its prompt with expanded placeholders."""
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Qwen2.5-Omni's thinker (the part that writes text): images and videos as in Qwen2.5-VL, plus audio clips, all
+"""Qwen2.5-Omni's thinker (the part that writes text; from a whole checkpoint only the thinker is loaded): images and videos as in Qwen2.5-VL, plus audio clips, all
 in one prompt. Audio goes through the Whisper feature extractor and the thinker's audio tower; `<|AUDIO|>` is
 expanded by the encoder's output length, and the M-RoPE positions come from the thinker's own `get_rope_index`,
 which gives audio tokens their own time axis. A video's soundtrack is not read (`use_audio_in_video` off): send
@@ -20,6 +20,13 @@ from chatplex.types import GenerationRequest
 class OmniThinker(VisionLanguage):
     towers = ("vision_config", "audio_config")
     model_class = "Qwen2_5OmniThinkerForConditionalGeneration"
+
+    @classmethod
+    def checkpoint_kwargs(cls, config: Any) -> dict[str, Any]:
+        """A whole Qwen2.5-Omni checkpoint (thinker, talker, vocoder): load the thinker alone, from its weights."""
+        if config.model_type == "qwen2_5_omni":
+            return {"config": config.thinker_config, "key_mapping": {r"^thinker\.": ""}}
+        return {}
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, feature_extractor: Any, **kwargs: Any) -> None:
         super().__init__(model, tokenizer, image_processor, **kwargs)
