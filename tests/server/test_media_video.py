@@ -17,10 +17,10 @@ from tests.server.conftest import running_server
 pytestmark = [needs_torchvision, pytest.mark.video]
 
 
-@pytest.fixture(scope="module")
-def vl_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("srv-qwen2vl-video")
-    _build(path, "qwen2_vl")
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def vl_dir(tmp_path_factory, request):
+    path = tmp_path_factory.mktemp(f"srv-{request.param}-video")
+    _build(path, request.param)
     return str(path)
 
 
