@@ -7,7 +7,8 @@ import openai
 import pytest
 
 from chatplex import ChatModel
-from tests.engines.hf.test_multimodal_qwen2vl import _build, _data_url, _noise
+from tests.engines.hf.multimodal_testing import noise_image
+from tests.engines.hf.test_multimodal_qwen2vl import _build, _data_url
 from tests.server.conftest import running_server
 
 
@@ -26,7 +27,7 @@ def vl_server(vl_dir, tmp_path_factory):
 
 
 def test_image_url_part_equals_the_python_api(vl_server, vl_dir):
-    url = _data_url(_noise((56, 56), 3))
+    url = _data_url(noise_image((56, 56), 3))
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                              {"type": "text", "text": "Describe."}]}]
     client = openai.OpenAI(base_url=f"{vl_server.url}/v1", api_key="x", max_retries=0)

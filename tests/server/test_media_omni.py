@@ -12,8 +12,8 @@ import pytest
 
 from chatplex import ChatModel
 from tests.engines.hf.test_multimodal_qwen2audio import _clip, _wav
-from tests.engines.hf.test_multimodal_qwen_omni import _build, _noise
-from tests.engines.hf.test_multimodal_qwen_video import needs_torchvision
+from tests.engines.hf.multimodal_testing import needs_torchvision, noise_image
+from tests.engines.hf.test_multimodal_qwen_omni import _build
 from tests.media.conftest import encode_mp4
 from tests.server.conftest import running_server
 
@@ -36,7 +36,7 @@ def omni_server(omni_dir, tmp_path_factory):
 
 def test_image_video_and_input_audio_parts_equal_the_python_api(omni_server, omni_dir):
     png = io.BytesIO()
-    _noise((56, 84), 9).save(png, format="PNG")
+    noise_image((56, 84), 9).save(png, format="PNG")
     mp4 = encode_mp4([(200, i * 15, 40) for i in range(16)], fps=8, size=(96, 64))
     messages = [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}},

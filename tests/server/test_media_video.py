@@ -10,7 +10,8 @@ import openai
 import pytest
 
 from chatplex import ChatModel
-from tests.engines.hf.test_multimodal_qwen_video import _build, needs_torchvision
+from tests.engines.hf.multimodal_testing import needs_torchvision
+from tests.engines.hf.test_multimodal_qwen_video import _build
 from tests.media.conftest import encode_mp4
 from tests.server.conftest import running_server
 

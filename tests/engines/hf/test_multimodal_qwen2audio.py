@@ -15,6 +15,7 @@ import torch
 
 from chatplex import ChatModel
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+from tests.engines.hf.multimodal_testing import engine_tokens, generate_tokens, sharpen_attention
 
 # ChatML that writes Qwen2-Audio's placeholder for audio parts (real checkpoints ship their own).
 TEMPLATE = (
@@ -48,10 +49,8 @@ def _build(path) -> None:
     )
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(config).eval()
-    with torch.no_grad():  # sharpen attention and the projector so that the audio decides the tokens
-        for layer in model.model.language_model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
+    sharpen_attention(model.model.language_model)
+    with torch.no_grad():  # and the projector, so that the audio decides the tokens
         model.model.multi_modal_projector.linear.weight.mul_(20)
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -80,9 +79,7 @@ def reference(audio_dir):
             inputs = processor(text=text, audio=audios, sampling_rate=RATE, return_tensors="pt")
         else:
             inputs = tok(text, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return generate_tokens(model, inputs, MAX_TOKENS)
 
     return run
 
@@ -108,8 +105,7 @@ def _wav(array: np.ndarray) -> bytes:
 
 
 def _tokens(chat_model, messages, **kw):
-    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
-    return response.token_ids
+    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
 def _audio_messages(text):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from chatplex import ChatModel
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+from tests.engines.hf.multimodal_testing import engine_tokens, generate_tokens, noise_image, sharpen_attention
 
 # ChatML that writes Qwen2-VL's image placeholder for image parts (real checkpoints ship their own).
 TEMPLATE = (
@@ -46,10 +47,7 @@ def _build(path) -> None:
     )
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # sharpen attention so that positions (and so M-RoPE mistakes) change the tokens
-        for layer in model.model.language_model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
+    sharpen_attention(model.model.language_model)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112).save_pretrained(path)
@@ -83,10 +81,7 @@ def reference(vl_dir):
             kwargs = dict(px)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         kwargs["mm_token_type_ids"] = (ids == image_id).int()
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=MAX_TOKENS, **kwargs)
-        return out[0, ids.shape[1]:].tolist()
+        return generate_tokens(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), **kwargs}, MAX_TOKENS)
 
     return run
 
@@ -108,15 +103,8 @@ def _data_url(image: Image.Image, fmt: str = "PNG") -> str:
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _noise(size, seed) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
-    return Image.fromarray(arr)
-
-
 def _tokens(chat_model, messages, **kw):
-    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
-    return response.token_ids
+    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
 def _image_messages(text="Describe."):
@@ -124,17 +112,17 @@ def _image_messages(text="Describe."):
 
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
-    image = _noise((90, 70), 1)
+    image = noise_image((90, 70), 1)
     expected = reference(_image_messages("What is this?"), [image])
     assert len(expected) == MAX_TOKENS
     assert _tokens(chat_model, [{"role": "user", "content": "What is this?"}], images=[image]) == expected
     # the image changes the answer (the vision path is live), and the same image through a placeholder agrees
-    assert reference(_image_messages("What is this?"), [_noise((90, 70), 2)]) != expected
+    assert reference(_image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
     assert _tokens(chat_model, [{"role": "user", "content": "<image>What is this?"}], images=[image]) == expected
 
 
 def test_openai_image_url_parts_equal_generate(chat_model, reference) -> None:
-    a, b = _noise((60, 100), 3), _noise((120, 50), 4)
+    a, b = noise_image((60, 100), 3), noise_image((120, 50), 4)
     expected = reference(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]}], [a, b]
     )
@@ -151,7 +139,7 @@ def test_openai_image_url_parts_equal_generate(chat_model, reference) -> None:
 
 def test_chunked_prefill_and_text_only_requests(chat_model, reference) -> None:
     # max_num_batched_tokens=64 splits a prompt of ~80 tokens (with 4x4 merged patches per image) into chunks
-    image = _noise((112, 112), 5)
+    image = noise_image((112, 112), 5)
     vision = chat_model.engine.multimodal.model.model
     calls = []
     original = vision.get_image_features
@@ -172,8 +160,8 @@ def test_chunked_prefill_and_text_only_requests(chat_model, reference) -> None:
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
     cases = [
         ([{"role": "user", "content": "Hi, a text request."}], None),
-        ([{"role": "user", "content": "First image"}], [_noise((80, 80), 6)]),
-        ([{"role": "user", "content": "Another"}], [_noise((50, 110), 7)]),
+        ([{"role": "user", "content": "First image"}], [noise_image((80, 80), 6)]),
+        ([{"role": "user", "content": "Another"}], [noise_image((50, 110), 7)]),
         ([{"role": "user", "content": "Text again, longer this time."}], None),
     ]
     alone = [

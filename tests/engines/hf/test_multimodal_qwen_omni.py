@@ -10,12 +10,13 @@ import base64
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from chatplex import ChatModel
 from chatplex.errors import InvalidRequestError
+from tests.engines.hf.multimodal_testing import (
+    engine_tokens, generate_tokens, needs_torchvision, noise_image, sharpen_attention,
+)
 from tests.engines.hf.test_multimodal_qwen2audio import _clip, _wav
-from tests.engines.hf.test_multimodal_qwen_video import needs_torchvision
 from tests.media.conftest import encode_mp4
 
 pytestmark = [needs_torchvision, pytest.mark.video]
@@ -71,10 +72,8 @@ def _build(path) -> None:
     )
     torch.manual_seed(0)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
-    with torch.no_grad():  # sharpen attention so that positions (and so M-RoPE mistakes) change the tokens
-        for layer in model.model.language_model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
+    sharpen_attention(model.model.language_model)
+    with torch.no_grad():
         # Random convolutions leave the audio's content far below the encoder's sinusoidal positions: scale it up
         # so that different clips give different answers.
         model.model.audio_tower.conv1.weight.mul_(30)
@@ -116,9 +115,7 @@ def reference(omni_dir):
         if audios:
             kwargs.update(audio=list(audios), sampling_rate=16000)
         inputs = processor(text=[text], images=list(images) or None, return_tensors="pt", **kwargs)
-        with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return generate_tokens(model, inputs, MAX_TOKENS)
 
     return run
 
@@ -131,16 +128,11 @@ def chat_model(omni_dir):
 
 
 def _tokens(chat_model, messages, **kw):
-    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
-    return response.token_ids
-
-
-def _noise(size, seed) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
 def test_image_video_and_audio_in_one_prompt_equal_generate(chat_model, reference, clip_path) -> None:
-    image, audio = _noise((70, 56), 1), _clip(1.0, 1)
+    image, audio = noise_image((70, 56), 1), _clip(1.0, 1)
     parts = [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "video"}, {"type": "audio"},
              {"type": "text", "text": "what?"}]
     expected = reference([{"role": "user", "content": parts}], images=[image], videos=[clip_path], audios=[audio])
@@ -167,7 +159,7 @@ async def test_mixed_batch_equals_each_alone(chat_model, reference, clip_path) -
     cases = [
         ("Only text here.", {}),
         ("Hear this.", {"audios": [_clip(0.8, 4)]}),
-        ("See this.", {"images": [_noise((84, 56), 5)]}),
+        ("See this.", {"images": [noise_image((84, 56), 5)]}),
         ("Watch and hear.", {"videos": [clip_path], "audios": [_clip(0.6, 6)]}),
     ]
     alone = []

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from chatplex import ChatModel
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from tests.media.conftest import encode_mp4
-
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-needs_torchvision = pytest.mark.skipif(
-    not HAS_TORCHVISION, reason="needs torchvision for transformers' video processors: run by `make test` in .venv-media"
+from tests.engines.hf.multimodal_testing import (
+    HAS_TORCHVISION, engine_tokens, generate_tokens, needs_torchvision, noise_image, sharpen_attention,
 )
+from tests.media.conftest import encode_mp4
 
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
@@ -68,10 +64,7 @@ def _build(path, family: str) -> None:
     )
     torch.manual_seed(0)
     model = model_cls(config).eval()
-    with torch.no_grad():  # sharpen attention so that positions (and so M-RoPE mistakes) change the tokens
-        for layer in model.model.language_model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
+    sharpen_attention(model.model.language_model)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112).save_pretrained(path)
@@ -122,9 +115,7 @@ def reference(vl_dir, family):
             loaded = [load_video(v, backend="pyav", fps=2) for v in videos]
             kwargs = dict(videos=[v for v, _ in loaded], video_metadata=[m for _, m in loaded], do_sample_frames=False)
         inputs = processor(text=[text], images=list(images) or None, return_tensors="pt", **kwargs)
-        with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return generate_tokens(model, inputs, MAX_TOKENS)
 
     return run
 
@@ -137,17 +128,11 @@ def chat_model(vl_dir):
 
 
 def _tokens(chat_model, messages, **kw):
-    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
-    return response.token_ids
+    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
 def _video_messages(text):
     return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
-
-
-def _noise(size, seed) -> Image.Image:
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(arr)
 
 
 @needs_torchvision
@@ -164,7 +149,7 @@ def test_video_argument_equals_generate(chat_model, reference, clips) -> None:
 @needs_torchvision
 @pytest.mark.video
 def test_video_url_part_next_to_an_image(chat_model, reference, clips) -> None:
-    image = _noise((70, 90), 3)
+    image = noise_image((70, 90), 3)
     expected = reference(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "then"}, {"type": "video"}]}],
         images=[image], videos=[clips[1]],
@@ -182,7 +167,7 @@ def test_video_url_part_next_to_an_image(chat_model, reference, clips) -> None:
 @needs_torchvision
 @pytest.mark.video
 async def test_mixed_batch_equals_each_alone(chat_model, reference, clips) -> None:
-    image = _noise((80, 60), 4)
+    image = noise_image((80, 60), 4)
     cases = [
         ({"role": "user", "content": "A plain text request."}, {}),
         ({"role": "user", "content": "A video."}, {"videos": [clips[0]]}),
@@ -219,7 +204,7 @@ def test_without_torchvision_video_is_a_clear_error(chat_model, clips) -> None:
     with pytest.raises(UnsupportedFeatureError, match="torchvision") as info:
         chat_model.chat([{"role": "user", "content": "x"}], videos=[clips[0]], max_tokens=2)
     assert info.value.param == "videos"
-    assert len(_tokens(chat_model, [{"role": "user", "content": "images still work"}], images=[_noise((56, 56), 1)])) == MAX_TOKENS
+    assert len(_tokens(chat_model, [{"role": "user", "content": "images still work"}], images=[noise_image((56, 56), 1)])) == MAX_TOKENS
 
 
 @needs_torchvision
