@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_audio": "qwen2_audio:AudioLanguage",
     "qwen2_5_omni_thinker": "qwen_omni:OmniThinker",
     "qwen2_5_omni": "qwen_omni:OmniThinker",
+    "llava": "llava:Llava",
 }
 
 

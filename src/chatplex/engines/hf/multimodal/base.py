@@ -3,12 +3,14 @@ splice of a request's media embeddings into a step's flat batch of token embeddi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from chatplex.engines.base import PromptPreparer
-from chatplex.errors import InvalidRequestError
+from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+from chatplex.media import MediaPolicy, collect_media
 from chatplex.templates import render_prompt
 from chatplex.types import GenerationRequest
 
@@ -17,6 +19,18 @@ class RequestMedia(Protocol):
     """One request's prepared media (shared by its n sequences), as the engine keeps it in `seq.state["media"]`."""
 
     rank: torch.Tensor  # [prompt_len]: row of the request's media embeddings for each token, -1 for text tokens
+
+
+@dataclass
+class ImageInputs:
+    """One request's images for families whose tower takes one batch of pixel tensors (LLaVA, Gemma 3)."""
+
+    pixel_values: torch.Tensor  # [images, 3, H, W]
+    rank: torch.Tensor  # [prompt_len]: index into the image embeddings, -1 for text tokens
+    embeds: torch.Tensor | None = None  # [image tokens, hidden], filled by the first prefill that needs it
+    # [prompt_len]: for models whose image tokens attend to each other both ways (Gemma 3), the image each
+    # prompt token belongs to (0, 1, ...), -1 for text; None for causal-only models.
+    spans: torch.Tensor | None = None
 
 
 class MediaFamily:
@@ -53,7 +67,27 @@ class MediaFamily:
         """Model inputs for a flat step with 1-D positions; families with other positions override this."""
         return {**self.embedded(items, input_ids), "position_ids": positions[None]}
 
+    def bidirectional(self, item: Any) -> torch.Tensor | None:
+        """For a prefill chunk (a ScheduledSeq): the span id of each context position [0, start + num_tokens)
+        whose tokens attend to each other both ways (-1 elsewhere), or None when the whole chunk is causal."""
+        return None
+
+    def align_chunks(self, batch: list[Any]) -> None:
+        """Move a chunk that starts inside a bidirectional span back to the span's start, so the span's tokens
+        run together and see each other (their cache entries from the earlier chunk are recomputed)."""
+
     # ---- shared helpers ------------------------------------------------------------------------------------
+    def collect_images(self, request: GenerationRequest, policy: MediaPolicy) -> Any:
+        """The request's images (chatplex.media's RequestMedia); audio and video are refused, naming the field."""
+        kind = self.model.config.model_type
+        for param in ("audios", "videos"):
+            if getattr(request, param):
+                raise UnsupportedFeatureError(f"{param}: {kind} takes images only.", param=param)
+        media = collect_media(request.messages or [], request.images, None, policy)
+        if media.audios or getattr(media, "videos", None):
+            raise UnsupportedFeatureError(f"messages: {kind} takes images only.", param="messages")
+        return media
+
     def render(self, prompts: PromptPreparer, request: GenerationRequest, messages: list[Any]) -> str:
         return render_prompt(
             prompts.tokenizer, prompts.template, messages, tools=request.tools, template_kwargs=request.template_kwargs

@@ -1,0 +1,73 @@
+"""LLaVA (1.5-style): a CLIP-like vision tower on fixed-size images, `<image>` expanded to one token per patch
+(plus the CLS token under the "full" feature strategy), features through the model's own projector; 1-D positions.
+
+The vision tower runs once per request, at the first prefill chunk that reaches its image tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from chatplex.engines.base import PromptPreparer
+from chatplex.engines.hf.multimodal.base import ImageInputs, MediaFamily
+from chatplex.media import MediaPolicy
+from chatplex.types import GenerationRequest
+
+
+def load_image_processor(source: str) -> Any:
+    """The checkpoint's image processor. Without torchvision, transformers falls back to the PIL class itself
+    (with a warning); the PIL classes give the same pixels, so no torchvision is needed here."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(source)
+
+
+class Llava(MediaFamily):
+    """LlavaForConditionalGeneration."""
+
+    model_class = "LlavaForConditionalGeneration"
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None) -> None:
+        super().__init__(model, tokenizer)
+        self.image_processor = image_processor
+        self.policy = policy or MediaPolicy()
+        config = model.config
+        self.image_token_id = config.image_token_id
+        self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self.patch = config.vision_config.patch_size
+        self.feature_layer = config.vision_feature_layer
+        self.strategy = config.vision_feature_select_strategy
+
+    @classmethod
+    def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> Llava:
+        return cls(model, tokenizer, load_image_processor(source), policy)
+
+    # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
+    def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], ImageInputs | None]:
+        """Load and check the request's images, render and tokenize the prompt with expanded `<image>` tokens."""
+        media = self.collect_images(request, self.policy)
+        text = self.render(prompts, request, media.messages)
+        if not media.images:
+            return self.tokenize(prompts, request, text), None
+        pixels = self.image_processor(images=media.images, return_tensors="pt")["pixel_values"]
+        height, width = pixels.shape[-2:]
+        # Patches, plus the CLS token that the "full" strategy keeps ("default" drops it).
+        count = (height // self.patch) * (width // self.patch) + (self.strategy == "full")
+        text = self.expand(text, self.image_token, [count] * len(pixels), "image")
+        ids = self.tokenize(prompts, request, text)
+        return ids, ImageInputs(pixels, self.ranks(ids, [self.image_token_id]))
+
+    # ---- run time (engine thread) --------------------------------------------------------------------------
+    def embeddings(self, media: ImageInputs) -> torch.Tensor:
+        if media.embeds is None:
+            tower = self.model.model.vision_tower
+            out = self.model.model.get_image_features(
+                media.pixel_values.to(tower.device, tower.dtype),
+                vision_feature_layer=self.feature_layer,
+                vision_feature_select_strategy=self.strategy,
+                return_dict=True,
+            )
+            media.embeds = torch.cat(list(out.pooler_output), dim=0)
+        return media.embeds
