@@ -94,7 +94,8 @@ install-vllm: $(VLLM_VENV)/.installed
 # The engine conformance suite and the vLLM engine's own tests, on the vllm engine only (~2 min of engine start).
 test-vllm: install-vllm
 	$(VLLM_BIN)/python -m pytest -q -ra -p no:cacheprovider -k vllm \
-		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py
+		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py \
+		tests/engines/test_vllm_media.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(MEDIA_VENV) build src/*.egg-info

@@ -4,7 +4,8 @@ Loops: `AsyncLLM` belongs to the event loop it first runs on, but chatplex calls
 ChatModel's background loop, a server's, a test's). So the engine keeps one loop thread of its own for vLLM;
 each request's sequences run there as tasks and hand their deltas back to the caller's loop.
 
-Prompts are rendered with chatplex's templates and tokenizer and reach vLLM as token ids. Each of the `n`
+Prompts are rendered with chatplex's templates and tokenizer and reach vLLM as token ids; a request's images and
+audio go with them as `multi_modal_data` (see `media.py`), and vLLM's processor expands their placeholders. Each of the `n`
 sequences is its own vLLM request (seed + index, as in the other local engines). vLLM samples; chatplex decides
 where a sequence ends and what its text is (see `output.py`). Closing the delta stream cancels the sequences'
 tasks, and vLLM aborts a request whose `generate` is cancelled or closed.
@@ -33,9 +34,11 @@ from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.hf import loader
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.engines.vllm import params, scoring
+from chatplex.engines.vllm.media import MediaInputs, has_media
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
 from chatplex.errors import ChatplexError, EngineClosedError, EngineError, UnsupportedFeatureError
+from chatplex.media import MediaPolicy
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
@@ -88,6 +91,7 @@ class VLLMEngine(Engine):
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer)
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
         self.eos_ids, self.text_stops = self._stop_tokens(template.stop_words)
+        self.media = MediaInputs.from_llm(self._llm, MediaPolicy.from_config(margs.media), self._name)
         logger.info("Loaded %s with vLLM (context %d)", self._name, model_config.max_model_len)
 
     async def _create(self, engine_args: Any) -> AsyncLLM:
@@ -148,7 +152,13 @@ class VLLMEngine(Engine):
             raise EngineClosedError("The engine is not running.")
         if self.is_reward_model:
             raise UnsupportedFeatureError(f"{self._name} is a reward model: it scores, it does not generate.", param="model")
-        prompt_ids = self.prompts.prompt_ids(request)
+        media: dict[str, list[Any]] | None = None
+        if has_media(request):
+            self.media.check(request)  # before loading anything
+            # Fetching and decoding media is blocking work: keep it off the caller's event loop.
+            prompt_ids, media = await asyncio.to_thread(self.media.prepare, self.prompts, request)
+        else:
+            prompt_ids = self.prompts.prompt_ids(request)
         lora = self._loras.pick(request.adapter)
         structured = params.structured_outputs(request.constraint)
         caller = asyncio.get_running_loop()
@@ -158,7 +168,8 @@ class VLLMEngine(Engine):
         base_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
         tasks: list[Future] = [
             asyncio.run_coroutine_threadsafe(
-                self._run_sequence(request, prompt_ids, index, f"{base_id}-{index}", lora, structured, caller, out), self._loop.loop
+                self._run_sequence(request, prompt_ids, media, index, f"{base_id}-{index}", lora, structured, caller, out),
+                self._loop.loop,
             )
             for index in range(n)
         ]
@@ -188,6 +199,7 @@ class VLLMEngine(Engine):
         self,
         request: GenerationRequest,
         prompt_ids: list[int],
+        media: dict[str, list[Any]] | None,
         index: int,
         vllm_id: str,
         lora: Any,
@@ -201,9 +213,14 @@ class VLLMEngine(Engine):
         seq = SequenceOutput(index, len(prompt_ids), sp, max_new, self.eos_ids, self.text_stops, self.tokenizer)
         vparams = params.sampling_params(sp, index, max_new, seq.stop_token_ids, structured)
         assert self._llm is not None
-        stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), vparams, vllm_id, lora_request=lora)
+        prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+        if media:
+            prompt["multi_modal_data"] = media
+        stream = self._llm.generate(prompt, vparams, vllm_id, lora_request=lora)
         try:
             async for result in stream:
+                if media and result.prompt_token_ids is not None:
+                    seq.prompt_len = len(result.prompt_token_ids)  # with each item's placeholder expanded
                 completion = result.outputs[0]
                 delta = seq.add(completion.token_ids, completion.logprobs, completion.finish_reason)
                 _send(caller, out, delta)

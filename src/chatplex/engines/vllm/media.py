@@ -1,0 +1,113 @@
+"""A request's images and audio -> vLLM's `multi_modal_data`, next to the prompt chatplex renders.
+
+chatplex loads and checks the media (chatplex.media: sources, limits, decoding, the part index in errors) and
+renders the prompt with the model's chat template, which writes one placeholder per item; vLLM's own processor
+for the model family then expands each placeholder to the item's token count and runs the encoders. So any
+family vLLM serves works here, as long as its template writes the placeholders vLLM expects.
+
+Which modalities a model takes, and how many per prompt, is what vLLM's processor allows (`allowed_mm_limits`);
+anything else is refused before it reaches vLLM, naming the field. Video is refused for now: vLLM wants frames
+with their timing metadata per family, and no video model runs on this CPU build to test it against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatplex.engines.base import PromptPreparer
+from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
+from chatplex.media import MediaPolicy, collect_media
+from chatplex.messages import TEXT_PART_TYPES
+from chatplex.templates import render_prompt
+from chatplex.types import GenerationRequest
+
+_FIELDS = {"image": "images", "audio": "audios", "video": "videos"}
+_PART_KINDS = {
+    "image_url": "image", "image": "image", "input_audio": "audio", "audio_url": "audio", "audio": "audio",
+    "video_url": "video", "video": "video",
+}
+
+
+def has_media(request: GenerationRequest) -> bool:
+    if request.images or request.audios or request.videos:
+        return True
+    return any(_media_parts(request))
+
+
+def _media_parts(request: GenerationRequest) -> list[tuple[str, str]]:
+    """(param, kind) of every media content part, in prompt order."""
+    found = []
+    for i, m in enumerate(request.messages or []):
+        content = m.get("content")
+        for j, p in enumerate(content if isinstance(content, list) else []):
+            if isinstance(p, dict) and p.get("type") not in TEXT_PART_TYPES:
+                found.append((f"messages[{i}].content[{j}]", _PART_KINDS.get(p.get("type"), "?")))
+    return found
+
+
+class MediaInputs:
+    """What one loaded vLLM model accepts, and the conversion of a request's media for it."""
+
+    def __init__(self, mm_processor: Any, policy: MediaPolicy, model_name: str) -> None:
+        self.policy = policy
+        self.model_name = model_name
+        # {modality: most items per prompt}; empty for a text-only model.
+        self.limits: dict[str, int] = dict(mm_processor.info.allowed_mm_limits) if mm_processor is not None else {}
+        self.audio_rate = _audio_rate(mm_processor) if "audio" in self.limits else None
+
+    @classmethod
+    def from_llm(cls, llm: Any, policy: MediaPolicy, model_name: str) -> MediaInputs:
+        renderer = getattr(llm, "renderer", None)
+        return cls(getattr(renderer, "mm_processor", None), policy, model_name)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse media this model cannot take, naming the first offending field (cheap: nothing is loaded)."""
+        items = [(_FIELDS[k], k) for k in _FIELDS if getattr(request, _FIELDS[k])] + _media_parts(request)
+        for param, kind in items:
+            if not self.limits:
+                raise UnsupportedFeatureError(
+                    f"{param}: {self.model_name} is a text-only model; it takes no images, video or audio.", param=param
+                )
+            if kind == "video":
+                raise UnsupportedFeatureError(f"{param}: the vllm engine does not take video input yet.", param=param)
+            if kind not in self.limits:
+                raise UnsupportedFeatureError(
+                    f"{param}: {self.model_name} takes {', '.join(sorted(self.limits))} through vLLM, not {kind}.",
+                    param=param,
+                )
+
+    def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], dict[str, list[Any]]]:
+        """Load the media (blocking: run it in a thread), render and tokenize the prompt with one placeholder per
+        item, and return the prompt ids with vLLM's `multi_modal_data`."""
+        self.check(request)
+        if request.messages is None:
+            raise InvalidRequestError("images: media go with chat messages, not a raw prompt.", param="images")
+        media = collect_media(request.messages, request.images, request.audios, self.policy, audio_rate=self.audio_rate)
+        for kind, items in (("image", media.images), ("audio", media.audios)):
+            if len(items) > self.limits.get(kind, 0):
+                raise InvalidRequestError(
+                    f"{_FIELDS[kind]}: {len(items)} {kind}s in one request; {self.model_name} takes at most "
+                    f"{self.limits[kind]} per prompt in vLLM (vllm_config limit_mm_per_prompt).",
+                    param=_FIELDS[kind],
+                )
+        text = render_prompt(
+            prompts.tokenizer, prompts.template, media.messages, tools=request.tools,
+            template_kwargs=request.template_kwargs,
+        )
+        ids = prompts.tokenizer.encode(text, add_special_tokens=False)
+        prompts.check_fits(len(ids), request)
+        data: dict[str, list[Any]] = {}
+        if media.images:
+            data["image"] = list(media.images)
+        if media.audios:
+            data["audio"] = [(clip.array, clip.sampling_rate) for clip in media.audios]
+        return ids, data
+
+
+def _audio_rate(mm_processor: Any) -> int | None:
+    """The sampling rate the model's feature extractor wants (chatplex resamples; vLLM then needs none)."""
+    try:
+        extractor = mm_processor.info.get_hf_processor().feature_extractor
+    except (AttributeError, ValueError, OSError):
+        return None
+    return getattr(extractor, "sampling_rate", None)
