@@ -119,3 +119,35 @@ def test_model_path_must_be_gguf(tmp_path):
         gguf_file(str(tmp_path))
     (tmp_path / "a.gguf").write_bytes(b"")
     assert gguf_file(str(tmp_path)) == str(tmp_path / "a.gguf")
+
+
+def test_media_is_refused_naming_the_field(model):
+    """Images, audio and video are never dropped silently: the request fails, naming the field."""
+    from PIL import Image
+
+    from chatplex.errors import UnsupportedFeatureError
+
+    ask = [{"role": "user", "content": "What is this?"}]
+    for kwargs, param in (
+        ({"images": [Image.new("RGB", (8, 8))]}, "images"),
+        ({"audios": [([0.0] * 160, 16000)]}, "audios"),
+        ({"videos": ["clip.mp4"]}, "videos"),
+    ):
+        with pytest.raises(UnsupportedFeatureError, match="takes text only") as e:
+            model.chat(ask, max_new_tokens=2, **kwargs)
+        assert e.value.param == param
+    parts = [{"role": "user", "content": [
+        {"type": "text", "text": "Listen:"},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    ]}]
+    with pytest.raises(UnsupportedFeatureError, match="'input_audio' parts") as e:
+        model.chat(parts, max_new_tokens=2)
+    assert e.value.param == "messages[0].content[1]"
+    assert model.chat(ask, max_new_tokens=2, ignore_eos=True)[0].response_length == 2  # still serving
+
+
+@pytest.mark.parametrize("key", ["mmproj", "clip_model_path"])
+def test_a_multimodal_projector_is_refused_not_ignored(key):
+    with pytest.raises(ConfigError, match="multimodal projectors") as e:
+        ChatModel({"infer_backend": "llama.cpp", "engine_config": {key: "mmproj-model-f16.gguf"}})
+    assert e.value.param == f"engine_config.{key}"

@@ -13,6 +13,10 @@ engines. Grammar-constrained output (GBNF, or a JSON schema turned into GBNF) ma
 grammar matcher: `json_schema_grammar` + `generate(request, grammar=...)`.
 
 Cancellation: closing the delta stream sets a flag the worker checks before every token.
+
+Media: images, video and audio are refused, naming the field. llama-cpp-python sees images only through a
+multimodal projector (an mmproj GGUF) inside its own chat-completion handlers, which this engine's token loop
+does not use; a projector given in engine_config is refused at start rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
 from chatplex.engines.sequence_text import SequenceText, stop_tokens, token_logprob
+from chatplex.messages import TEXT_PART_TYPES
 from chatplex.errors import (
     ConfigError,
     EngineClosedError,
@@ -86,6 +91,35 @@ def _lora_option(adapter: str | None, named: Any) -> dict[str, Any]:
     return {"lora_path": paths[0]}
 
 
+# llama_cpp.Llama swallows unknown keyword arguments, so these would be ignored without a word.
+_PROJECTOR_KEYS = ("mmproj", "clip_model_path", "chat_handler")
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for key in _PROJECTOR_KEYS:
+        if key in options:
+            raise ConfigError(
+                f"engine_config.{key}: the llama.cpp engine takes text only; multimodal projectors (mmproj) are not "
+                "supported. Serve image/audio models with infer_backend huggingface or vllm.",
+                param=f"engine_config.{key}",
+            )
+
+
+def _refuse_media(request: GenerationRequest) -> None:
+    """Media never reach llama.cpp here: refuse them, naming the first media field, instead of dropping them."""
+    for param in ("images", "videos", "audios"):
+        if getattr(request, param):
+            raise UnsupportedFeatureError(f"{param}: the llama.cpp engine takes text only.", param=param)
+    for i, message in enumerate(request.messages or []):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") not in TEXT_PART_TYPES:
+                param = f"messages[{i}].content[{j}]"
+                raise UnsupportedFeatureError(
+                    f"{param}: the llama.cpp engine takes text only, not {part.get('type')!r} parts.", param=param
+                )
+
+
 class LlamaCppEngine(Engine):
     backend = "llama.cpp"
     supports_constraints = True  # JSON response formats, through llama.cpp's own GBNF grammars
@@ -96,6 +130,7 @@ class LlamaCppEngine(Engine):
         self._name = EMBEDDED_NAME if args.model.model_name_or_path is None else os.path.basename(self.path)[:-5]
         # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...), when config has them.
         self.options: dict[str, Any] = dict(getattr(args.model, "engine_config", None) or {})
+        _check_options(self.options)
         self.options.update(_lora_option(args.model.adapter_name_or_path, getattr(args.model, "lora_modules", None)))
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -157,6 +192,7 @@ class LlamaCppEngine(Engine):
                 f"model: the llama.cpp engine serves one model; adapter {request.adapter!r} is not available.",
                 param="model", code="model_not_found",
             )
+        _refuse_media(request)
         if grammar is None and request.constraint is not None:
             if request.constraint.json_schema is None:
                 raise UnsupportedFeatureError(
