@@ -29,6 +29,9 @@ class PrefillSegment:
     q_len: int
     start_pos: int  # position of the first new token in its sequence
     ctx_slots: torch.Tensor | None  # [start_pos + q_len] cache slots of the whole context (None if start_pos == 0)
+    # [start_pos + q_len] span id per context position: tokens of one span (a Gemma 3 image, >= 0) attend to
+    # each other both ways; -1 elsewhere. None: plain causal.
+    spans: torch.Tensor | None = None
 
 
 @dataclass
@@ -63,11 +66,14 @@ def _build_decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Ten
 
 
 def _prefill_mask(seg: PrefillSegment, window: int | None, device: torch.device) -> torch.Tensor | None:
-    if seg.start_pos == 0 and not window:
+    if seg.start_pos == 0 and not window and seg.spans is None:
         return None  # plain causal
     q_pos = torch.arange(seg.start_pos, seg.start_pos + seg.q_len, device=device)[:, None]
     key_pos = torch.arange(seg.start_pos + seg.q_len, device=device)[None, :]
     mask = key_pos <= q_pos
+    if seg.spans is not None:  # causal OR same span, then the window (transformers' Gemma 3 order)
+        q_span = seg.spans[seg.start_pos :, None]
+        mask |= (q_span >= 0) & (q_span == seg.spans[None, :])
     if window:
         mask &= key_pos > q_pos - window
     return mask

@@ -124,7 +124,8 @@ class ModelRunner:
             table = h2d([it.seq.block_table], torch.long, dev)
             end = it.start + it.num_tokens
             ctx = self._slots(table, torch.arange(end, device=dev)[None, :])[0]
-            segments.append(PrefillSegment(offset, it.num_tokens, it.start, ctx if it.start else None))
+            spans = self.multimodal.bidirectional(it) if self.multimodal is not None else None
+            segments.append(PrefillSegment(offset, it.num_tokens, it.start, ctx if it.start else None, spans))
             slot_parts.append(ctx[it.start :])
             pos_parts.append(torch.arange(it.start, end, device=dev))
             offset += it.num_tokens
@@ -143,6 +144,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq], rows: dict[int, SamplingRow]) -> StepOutput:
         """Launch one step. `rows` maps seq_id -> sampling settings for each sequence that samples this step."""
+        if self.multimodal is not None:  # Gemma 3: an image's tokens run in one chunk (they attend both ways)
+            self.multimodal.align_chunks(batch)
         decodes = [it for it in batch if it.num_tokens == 1]
         prefills = [it for it in batch if it.num_tokens > 1]
         uses_lora = any(it.seq.state.get("adapter") for it in batch)
