@@ -37,58 +37,79 @@ def _data_url(image: Image.Image, fmt: str = "PNG") -> str:
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _build(path) -> None:
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration
+# LLaVA-NeXT tiles an image onto the best of these (height, width) grids of 28x28 tiles, by its size.
+PINPOINTS = [[28, 56], [56, 28], [56, 56]]
+
+
+def _build(path, kind: str = "llava") -> None:
+    import transformers
+    from transformers import AutoTokenizer
 
     from chatplex.models.embedded import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     tok.chat_template = TEMPLATE
-    config = LlavaConfig(
+    next_ = kind == "llava_next"
+    config_class = transformers.LlavaNextConfig if next_ else transformers.LlavaConfig
+    config = config_class(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=28, patch_size=7),
         text_config=dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=128, vocab_size=len(tok),
                          max_position_embeddings=2048, eos_token_id=2, bos_token_id=1),
         image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy="default", **({"image_grid_pinpoints": PINPOINTS} if next_ else {}),
     )
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
+    model_class = transformers.LlavaNextForConditionalGeneration if next_ else transformers.LlavaForConditionalGeneration
+    model = model_class(config).eval()
     with torch.no_grad():  # loud image features, so that the picture decides the tokens
         model.model.multi_modal_projector.linear_2.weight.mul_(20)
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
+    sizes = dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    if next_:
+        transformers.LlavaNextImageProcessorPil(image_grid_pinpoints=PINPOINTS, **sizes).save_pretrained(path)
+    else:
+        transformers.CLIPImageProcessorPil(**sizes).save_pretrained(path)
 
 
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llava")
-    _build(path)
+@pytest.fixture(scope="module", params=["llava", "llava_next"])
+def llava_dir(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    _build(path, request.param)
     return path
 
 
 @pytest.fixture(scope="module")
 def reference(llava_dir):
-    """Greedy tokens from transformers: LlavaProcessor (its own `<image>` expansion) + model.generate."""
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
+    """Greedy tokens from transformers: its own processor (LlavaProcessor / LlavaNextProcessor: `<image>` expansion,
+    tiling) + model.generate. `run.prompt_len` gives the processor's prompt length."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
-    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32).eval()
+    next_ = AutoConfig.from_pretrained(llava_dir).model_type == "llava_next"
+    model_class = transformers.LlavaNextForConditionalGeneration if next_ else transformers.LlavaForConditionalGeneration
+    model = model_class.from_pretrained(llava_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(llava_dir)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil.from_pretrained(llava_dir), tokenizer=tok, patch_size=7,
+    image_processor = (transformers.LlavaNextImageProcessorPil if next_ else transformers.CLIPImageProcessorPil)
+    processor = (transformers.LlavaNextProcessor if next_ else transformers.LlavaProcessor)(
+        image_processor=image_processor.from_pretrained(llava_dir), tokenizer=tok, patch_size=7,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
     )
 
-    def run(messages, images):
+    def inputs(messages, images):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = processor(text=text, images=images or None, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return processor(text=text, images=images or None, return_tensors="pt", add_special_tokens=False)
 
+    def run(messages, images):
+        x = inputs(messages, images)
+        with torch.inference_mode():
+            out = model.generate(**x, do_sample=False, max_new_tokens=MAX_TOKENS)
+        return out[0, x["input_ids"].shape[1]:].tolist()
+
+    run.prompt_len = lambda messages, images: inputs(messages, images)["input_ids"].shape[1]
     return run
 
 
@@ -117,8 +138,14 @@ def test_images_argument_equals_generate(chat_model, reference) -> None:
     # the image changes the answer (the vision path is live)
     assert reference(_image_messages("What is this?"), [_noise((90, 70), 2)]) != expected
     [r] = chat_model.chat([{"role": "user", "content": "<image>What is this?"}], images=[image], max_tokens=1)
-    [text_only] = chat_model.chat([{"role": "user", "content": "What is this?"}], max_tokens=1)
-    assert r.prompt_length == text_only.prompt_length + IMAGE_TOKENS + 1  # + the "\n" after the image
+    assert r.prompt_length == reference.prompt_len(_image_messages("What is this?"), [image])
+    # LLaVA: 16 tokens per image; LLaVA-NeXT: the count follows the image's size
+    wide, tall = _noise((120, 30), 8), _noise((30, 120), 8)
+    lengths = [chat_model.chat([{"role": "user", "content": "Hi"}], images=[im], max_tokens=1)[0].prompt_length
+               for im in (wide, tall, _noise((90, 90), 8))]
+    assert lengths == [reference.prompt_len(_image_messages("Hi"), [im]) for im in (wide, tall, _noise((90, 90), 8))]
+    anyres = chat_model.engine.multimodal.model.config.model_type == "llava_next"
+    assert len(set(lengths)) == (3 if anyres else 1), lengths
 
 
 def test_image_url_parts_and_chunked_prefill(chat_model, reference) -> None:
@@ -173,6 +200,6 @@ def test_bad_media_names_the_part(chat_model) -> None:
     with pytest.raises(InvalidRequestError, match="more than 16 images") as info:
         chat_model.chat(many, max_tokens=2)
     assert info.value.param == "messages[0].content[16]"
-    with pytest.raises(UnsupportedFeatureError, match="audios: llava takes images only"):
+    with pytest.raises(UnsupportedFeatureError, match="audios: llava(_next)? takes images only"):
         chat_model.chat([{"role": "user", "content": "x"}], audios=[([0.0] * 160, 16000)], max_tokens=2)
     assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS

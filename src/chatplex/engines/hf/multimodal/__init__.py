@@ -30,6 +30,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_5_omni_thinker": "qwen_omni:OmniThinker",
     "qwen2_5_omni": "qwen_omni:OmniThinker",
     "llava": "llava:Llava",
+    "llava_next": "llava:LlavaNext",
     "gemma3": "gemma3:Gemma3",
 }
 

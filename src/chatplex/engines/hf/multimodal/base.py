@@ -25,12 +25,13 @@ class RequestMedia(Protocol):
 class ImageInputs:
     """One request's images for families whose tower takes one batch of pixel tensors (LLaVA, Gemma 3)."""
 
-    pixel_values: torch.Tensor  # [images, 3, H, W]
+    pixel_values: torch.Tensor  # [images, 3, H, W] ([images, tiles, 3, H, W] for LLaVA-NeXT)
     rank: torch.Tensor  # [prompt_len]: index into the image embeddings, -1 for text tokens
     embeds: torch.Tensor | None = None  # [image tokens, hidden], filled by the first prefill that needs it
     # [prompt_len]: for models whose image tokens attend to each other both ways (Gemma 3), the image each
     # prompt token belongs to (0, 1, ...), -1 for text; None for causal-only models.
     spans: torch.Tensor | None = None
+    image_sizes: torch.Tensor | None = None  # [images, 2] original (height, width), for LLaVA-NeXT's tiling
 
 
 class MediaFamily:

@@ -1,7 +1,8 @@
-"""LLaVA (1.5-style): a CLIP-like vision tower on fixed-size images, `<image>` expanded to one token per patch
-(plus the CLS token under the "full" feature strategy), features through the model's own projector; 1-D positions.
+"""LLaVA-style models, 1-D positions, the vision tower once per request (at the first prefill chunk that reaches
+its image tokens), features through the model's own projector:
 
-The vision tower runs once per request, at the first prefill chunk that reaches its image tokens.
+    Llava      LLaVA 1.5: fixed-size images, `<image>` expanded to one token per patch (+ CLS under "full")
+    LlavaNext  LLaVA-NeXT ("anyres"): each image tiled by its size, so its token count depends on the size
 """
 
 from __future__ import annotations
@@ -70,4 +71,61 @@ class Llava(MediaFamily):
                 return_dict=True,
             )
             media.embeds = torch.cat(list(out.pooler_output), dim=0)
+        return media.embeds
+
+
+class LlavaNext(Llava):
+    """LlavaNextForConditionalGeneration: the token count per image comes from transformers' LlavaNextProcessor
+    (the same arithmetic its own expansion uses), packing (unpadding, row newlines) from the model."""
+
+    model_class = "LlavaNextForConditionalGeneration"
+
+    def __init__(self, model: Any, tokenizer: Any, processor: Any, policy: MediaPolicy | None = None) -> None:
+        super().__init__(model, tokenizer, processor.image_processor, policy)
+        self.processor = processor
+
+    @classmethod
+    def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> LlavaNext:
+        from transformers import LlavaNextProcessor
+
+        try:
+            processor = LlavaNextProcessor.from_pretrained(source)
+        except (OSError, ValueError, TypeError):
+            processor = None
+        if processor is None or processor.patch_size is None:
+            # No processor_config.json: take its settings from the model config (CLIP-style towers add a CLS).
+            config = model.config
+            processor = LlavaNextProcessor(
+                image_processor=load_image_processor(source), tokenizer=tokenizer,
+                patch_size=config.vision_config.patch_size,
+                vision_feature_select_strategy=config.vision_feature_select_strategy, num_additional_image_tokens=1,
+                image_token=tokenizer.convert_ids_to_tokens(config.image_token_id),
+            )
+        return cls(model, tokenizer, processor, policy)
+
+    def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], ImageInputs | None]:
+        """Load and check the request's images, render and tokenize the prompt with `<image>` expanded by size."""
+        media = self.collect_images(request, self.policy)
+        text = self.render(prompts, request, media.messages)
+        if not media.images:
+            return self.tokenize(prompts, request, text), None
+        processed = self.image_processor(images=media.images, return_tensors="pt")
+        sizes = processed["image_sizes"]
+        counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes.tolist())["num_image_tokens"]
+        text = self.expand(text, self.image_token, counts, "image")
+        ids = self.tokenize(prompts, request, text)
+        rank = self.ranks(ids, [self.image_token_id])
+        return ids, ImageInputs(processed["pixel_values"], rank, image_sizes=sizes)
+
+    def embeddings(self, media: ImageInputs) -> torch.Tensor:
+        if media.embeds is None:
+            tower = self.model.model.vision_tower
+            out = self.model.model.get_image_features(
+                media.pixel_values.to(tower.device, tower.dtype),
+                media.image_sizes.to(tower.device),
+                vision_feature_layer=self.feature_layer,
+                vision_feature_select_strategy=self.strategy,
+                return_dict=True,
+            )
+            media.embeds = torch.cat(list(out.pooler_output), dim=0)  # one [tokens, hidden] per image
         return media.embeds
