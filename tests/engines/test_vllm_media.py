@@ -1,10 +1,10 @@
-"""Media through the vLLM engine: audio requests to a tiny random Qwen2-Audio reach vLLM as `multi_modal_data`
-and give the tokens transformers' own processor + `generate` give; media a model cannot take is refused naming
-the field. One engine for the module (vLLM's start is the slow part).
+"""Media through the vLLM engine: audio requests to a tiny random Qwen2-Audio and image requests to a tiny
+random Idefics3 reach vLLM as `multi_modal_data` and give the tokens transformers' own processor + `generate`
+give; media a model cannot take is refused naming the field. Two engines (vLLM's start is the slow part), each
+module-scoped.
 
-Images: vLLM 0.32's image families (Qwen2-VL, LLaVA, Gemma 3, Qwen2.5-Omni...) import transformers' torchvision
-image processors, and torchvision does not load in `.venv-vllm` on this CPU build, so no image model can start
-there; the image path is the same code (`multi_modal_data["image"]`) and is covered here only by its refusals.
+Why Idefics3 for images: vLLM 0.32's Qwen2-VL, LLaVA, Gemma 3 and Qwen2.5-Omni modules import transformers'
+torchvision image processors at import time, and torchvision does not load in `.venv-vllm` on this CPU build.
 
 Runs in vLLM's environment (`make test-vllm`); elsewhere the module is skipped.
 """
@@ -79,6 +79,41 @@ def _build(path) -> None:
     Qwen2AudioProcessor(WhisperFeatureExtractor(feature_size=128), tok, chat_template=TEMPLATE).save_pretrained(path)
 
 
+IMAGE_TEMPLATE = TEMPLATE.replace("<|audio_bos|><|AUDIO|><|audio_eos|>", "<image>").replace("'audio'", "'image'")
+
+
+def _build_idefics3(path) -> None:
+    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    from chatplex.models.embedded import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    specials = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.chat_template = IMAGE_TEMPLATE
+    config = Idefics3Config(
+        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2, pad_token_id=2,
+        vision_config=dict(hidden_size=32, image_size=64, patch_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64),
+        text_config=dict(model_type="llama", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=128, vocab_size=len(tok), max_position_embeddings=2048,
+                         eos_token_id=2, bos_token_id=1, pad_token_id=2),
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # sharpen attention and the connector so that the picture decides the tokens
+        for layer in model.model.text_model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+        model.model.connector.modality_projection.proj.weight.mul_(20)
+    model.save_pretrained(path)
+    # One 64x64 tile per image: (64 / 16)^2 patches, merged 2x2 -> 4 image tokens.
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 64},
+                                       do_image_splitting=False)
+    Idefics3Processor(images, tok, image_seq_len=4, chat_template=IMAGE_TEMPLATE).save_pretrained(path)
+
+
 def _tone(freq: float, seconds: float = 1.0) -> np.ndarray:
     t = np.arange(int(RATE * seconds)) / RATE
     return (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
@@ -127,6 +162,66 @@ def vllm_audio(audio_dir):
     })
     yield model
     model.close()
+
+
+@pytest.fixture(scope="module")
+def image_reference(tmp_path_factory):
+    """(model dir, run): greedy tokens and prompt length from transformers' Idefics3Processor + generate."""
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    path = tmp_path_factory.mktemp("idefics3-vllm")
+    _build_idefics3(path)
+    model = Idefics3ForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+
+    def run(messages, images):
+        text = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=text, images=[images], return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS)
+        return out[0, inputs["input_ids"].shape[1]:].tolist(), inputs["input_ids"].shape[1]
+
+    return path, run
+
+
+@pytest.fixture(scope="module")
+def vllm_image(image_reference):
+    model = ChatModel({
+        "infer_backend": "vllm", "model_name_or_path": str(image_reference[0]), "infer_dtype": "float32",
+        "vllm_maxlen": 1024, "vllm_enforce_eager": True,
+    })
+    yield model
+    model.close()
+
+
+def _picture(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 40, 3), dtype=np.uint8))
+
+
+def _png_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_vllm_image_argument_and_part_equal_transformers(vllm_image, image_reference):
+    run = image_reference[1]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    want, want_prompt = run(messages, [_picture(1)])
+    other, _ = run(messages, [_picture(2)])
+    assert other != want  # the picture decides the tokens
+    got, prompt = asyncio.run(_run(vllm_image, [{"role": "user", "content": "What is in the picture?"}],
+                                   images=[_picture(1)]))
+    assert (got, prompt) == (want, want_prompt)  # usage counts the image's expanded tokens
+    parts = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _png_data_url(_picture(2))}},
+                                          {"type": "text", "text": "What is in the picture?"}]}]
+    assert asyncio.run(_run(vllm_image, parts))[0] == other
+
+
+def test_vllm_image_model_refuses_audio(vllm_image):
+    with pytest.raises(UnsupportedFeatureError, match="takes image through vLLM, not audio") as e:
+        vllm_image.chat([{"role": "user", "content": ASK}], audios=[(_tone(440), RATE)], max_new_tokens=2)
+    assert e.value.param == "audios"
 
 
 async def _run(model: ChatModel, messages, **kwargs) -> tuple[list[int], int]:
