@@ -32,6 +32,7 @@ FAMILIES: dict[str, str] = {
     "llava": "llava:Llava",
     "llava_next": "llava:LlavaNext",
     "gemma3": "gemma3:Gemma3",
+    "qwen3_vl": "qwen3_vl:Qwen3VisionLanguage",
 }
 
 
