@@ -58,10 +58,10 @@ def test_bad_values_name_the_key(raw, match):
 
 
 def test_media_policy_keys_are_checked():
-    args = load_args({"media": {"max_images": 2, "allow_remote": False}})
-    assert args.model.media == {"max_images": 2, "allow_remote": False}
-    with pytest.raises(ConfigError, match=r"media.max_videos: unknown; valid keys: max_images"):
-        load_args({"media": {"max_videos": 1}})
+    args = load_args({"media": {"max_images": 2, "allow_remote": False, "max_videos": 1}})
+    assert args.model.media == {"max_images": 2, "allow_remote": False, "max_videos": 1}
+    with pytest.raises(ConfigError, match=r"media.max_movies: unknown; valid keys: max_images"):
+        load_args({"media": {"max_movies": 1}})
     with pytest.raises(ConfigError, match="max_images"):
         load_args({"media": {"max_images": -1}})
 
