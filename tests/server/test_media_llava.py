@@ -26,17 +26,18 @@ def llava_server(llava_dir, tmp_path_factory):
 
 
 def test_image_url_part_equals_the_python_api(llava_server, llava_dir):
-    url = _data_url(_noise((56, 40), 3))
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": "Describe."}]}]
     client = openai.OpenAI(base_url=f"{llava_server.url}/v1", api_key="x", max_retries=0)
     model = client.models.list().data[0].id
-    served = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
-                                            extra_body={"ignore_eos": True})
-    other = client.chat.completions.create(model=model, max_tokens=8, temperature=0, extra_body={"ignore_eos": True},
-                                           messages=[{**messages[0], "content": [
-                                               {"type": "image_url", "image_url": {"url": _data_url(_noise((56, 40), 4))}},
-                                               messages[0]["content"][1]]}])
+
+    def ask(image):
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}},
+                                                 {"type": "text", "text": "Describe."}]}]
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
+                                               extra_body={"ignore_eos": True})
+        return messages, reply
+
+    messages, served = ask(_noise((56, 40), 3))
+    _, other = ask(_noise((56, 40), 4))
     with ChatModel({"model_name_or_path": llava_dir, "infer_dtype": "float32"}) as local:
         [direct] = local.chat(messages, max_new_tokens=8, temperature=0, ignore_eos=True)
         [text_only] = local.chat([{"role": "user", "content": "Describe."}], max_new_tokens=1)

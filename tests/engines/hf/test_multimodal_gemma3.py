@@ -185,7 +185,8 @@ async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
 
 def test_bad_media_names_the_part(chat_model) -> None:
     url = _data_url(_noise((8, 8), 9))
-    many = [{"role": "user", "content": [{"type": "text", "text": "x"}] + [{"type": "image_url", "image_url": url}] * 17}]
+    parts = [{"type": "text", "text": "x"}] + [{"type": "image_url", "image_url": url}] * 17
+    many = [{"role": "user", "content": parts}]
     with pytest.raises(InvalidRequestError, match="more than 16 images") as info:
         chat_model.chat(many, max_tokens=2)
     assert info.value.param == "messages[0].content[17]"

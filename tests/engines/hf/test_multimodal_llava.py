@@ -62,7 +62,7 @@ def _build(path, kind: str = "llava") -> None:
         vision_feature_select_strategy="default", **({"image_grid_pinpoints": PINPOINTS} if next_ else {}),
     )
     torch.manual_seed(0)
-    model_class = transformers.LlavaNextForConditionalGeneration if next_ else transformers.LlavaForConditionalGeneration
+    model_class = getattr(transformers, ("LlavaNext" if next_ else "Llava") + "ForConditionalGeneration")
     model = model_class(config).eval()
     with torch.no_grad():  # loud image features, so that the picture decides the tokens
         model.model.multi_modal_projector.linear_2.weight.mul_(20)
@@ -90,7 +90,7 @@ def reference(llava_dir):
     from transformers import AutoConfig, AutoTokenizer
 
     next_ = AutoConfig.from_pretrained(llava_dir).model_type == "llava_next"
-    model_class = transformers.LlavaNextForConditionalGeneration if next_ else transformers.LlavaForConditionalGeneration
+    model_class = getattr(transformers, ("LlavaNext" if next_ else "Llava") + "ForConditionalGeneration")
     model = model_class.from_pretrained(llava_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(llava_dir)
     image_processor = (transformers.LlavaNextImageProcessorPil if next_ else transformers.CLIPImageProcessorPil)

@@ -70,7 +70,8 @@ class Gemma3(MediaFamily):
     def embeddings(self, media: ImageInputs) -> torch.Tensor:
         if media.embeds is None:
             tower = self.model.model.vision_tower
-            out = self.model.model.get_image_features(media.pixel_values.to(tower.device, tower.dtype), return_dict=True)
+            pixels = media.pixel_values.to(tower.device, tower.dtype)
+            out = self.model.model.get_image_features(pixels, return_dict=True)
             media.embeds = out.pooler_output.flatten(0, 1)  # [images x mm_tokens_per_image, hidden]
         return media.embeds
 
