@@ -4,7 +4,10 @@
 W1: one request, 512-token prompt, 256 new tokens (EOS ignored).
 W2: 512 requests, prompts uniform in 128..1024, outputs uniform in 128..512 (seed 0), max concurrency 64.
 
-    python benchmarks/gpu_engine.py --shape llama-3.2-1b --out results.json [--sweep] [--skip-baselines]
+    python benchmarks/gpu_engine.py --shape llama-3.2-1b --out results.json [--sweep] [--skip-baselines] [--compare-sync]
+
+--compare-sync also runs W1 and W2 with the engine's async scheduling off (one step at a time: the host waits for
+each step's tokens before it schedules the next), in the same process on the same weights.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def greedy_agreement(model: ChatModel, hf_model, n: int = 8, length: int = 32) -
     scores = []
     hf_model.set_attn_implementation("sdpa")  # the reference runs transformers' own attention
     for p, mine in zip(prompts, ours):
-        ref = hf_model.generate(torch.tensor([p], device=hf_model.device), max_new_tokens=length, min_new_tokens=length,
+        ref = hf_model.generate(torch.tensor([p], device=hf_model.device), max_new_tokens=length, eos_token_id=-1,
                                 do_sample=False, pad_token_id=0)[0, len(p):].tolist()
         same = 0
         for a, b in zip(mine, ref):
@@ -134,6 +137,71 @@ def greedy_agreement(model: ChatModel, hf_model, n: int = 8, length: int = 32) -
     return sum(scores) / len(scores)
 
 
+def sync_report(model: ChatModel) -> dict:
+    """Where the engine thread makes the host wait for the device: CUDA's sync debug mode on a short mixed run,
+    counted by the innermost chatplex / transformers frame."""
+    import collections
+    import traceback
+    import warnings
+
+    counts: collections.Counter = collections.Counter()
+    original = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return original(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack() if ("chatplex" in f.filename or "transformers" in f.filename)
+                  and "warnings" not in f.filename]
+        where = " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in frames[-3:][::-1])
+        counts[where] += 1
+
+    warnings.showwarning = record
+    warnings.simplefilter("always")
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        steps = model.stats().steps
+        r = asyncio.run(run_engine(model, workload_w2(12, seed=5)[:12], 6))
+        steps = model.stats().steps - steps
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = original
+    return {"engine_steps": steps, "output_tokens": r["output_tokens"], "syncs": dict(counts.most_common(12))}
+
+
+def graph_replay_ms(engine) -> dict:
+    """Device time of one CUDA-graph decode step per batch size (static buffers as left by the last step)."""
+    graphs = engine.runner.graphs
+    if graphs is None:
+        return {}
+    out = {}
+    for size in sorted({1, 8, 32, 64, graphs.max_batch} & set(graphs.buckets)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graphs.graphs[size].replay()
+        start.record()
+        for _ in range(50):
+            graphs.graphs[size].replay()
+        end.record()
+        end.synchronize()
+        out[size] = start.elapsed_time(end) / 50
+    return out
+
+
+def run_phased(model: ChatModel, work, concurrency: int, async_on: bool) -> dict:
+    engine = model.engine
+    engine.async_scheduling = async_on
+    before = dict(engine.phase_seconds)
+    steps = model.stats().steps
+    try:
+        r = asyncio.run(run_engine(model, work, concurrency))
+    finally:
+        engine.async_scheduling = True
+    r["engine_steps"] = model.stats().steps - steps
+    r["engine_thread_ms_per_step"] = {k: round(1e3 * (v - before[k]) / max(r["engine_steps"], 1), 3)
+                                      for k, v in engine.phase_seconds.items()}
+    r["async_scheduling"] = async_on
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama-3.2-1b")
@@ -143,6 +211,11 @@ def main() -> None:
     ap.add_argument("--batch-requests", type=int, default=128, help="W2 requests for generate_batch (a rate)")
     ap.add_argument("--sweep", action="store_true", help="throughput at concurrency 1, 8, 32, 64, 128")
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--compare-sync", nargs="?", const="all", choices=["w1", "all"],
+                    help="also run W1 (and W2, with 'all') with async scheduling off")
+    ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--switch-intervals", default="", help="comma-separated GIL switch intervals (s) to compare on "
+                    "256 W2 requests before the main rows (the engine sets its own at start)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
     args = ap.parse_args()
 
@@ -168,23 +241,47 @@ def main() -> None:
         finally:
             hf_model.set_attn_implementation("chatplex_paged")
 
-    result["greedy_agreement_first32"] = greedy_agreement(model, hf_model)
+    if not args.skip_agreement:
+        result["greedy_agreement_first32"] = greedy_agreement(model, hf_model)
 
     w1 = [([random.Random(2).randrange(1000, 30000) for _ in range(512)], 256)]
     asyncio.run(run_engine(model, w1, 1))  # warm-up (Triton autotune / first prefill)
-    r = asyncio.run(run_engine(model, w1, 1))
-    decode_tok_s = 1e3 / r["tpot_p50_ms"]
     roof_w1 = bw / (weight_bytes + (512 + 128) * kv_tok)
-    result["W1"] = {**r, "decode_tok_s": decode_tok_s, "roofline_tok_s": roof_w1, "mbu": decode_tok_s / roof_w1}
-    print(json.dumps(result, indent=1), flush=True)
+    for key, async_on in (("W1", True), ("W1_sync", False)):
+        if key == "W1_sync" and not args.compare_sync:
+            continue
+        r = run_phased(model, w1, 1, async_on)
+        decode_tok_s = 1e3 / r["tpot_p50_ms"]
+        result[key] = {**r, "decode_tok_s": decode_tok_s, "roofline_tok_s": roof_w1, "mbu": decode_tok_s / roof_w1}
+        print(key, json.dumps(result[key]), flush=True)
+    result["graph_replay_ms"] = graph_replay_ms(engine)
+    print("graph replay ms", result["graph_replay_ms"], flush=True)
+
+    if args.switch_intervals:
+        import sys
+
+        engine_default = sys.getswitchinterval()
+        result["switch_interval_W2_256"] = {}
+        for value in [float(v) for v in args.switch_intervals.split(",")]:
+            sys.setswitchinterval(value)
+            r = run_phased(model, workload_w2(256, seed=3), 64, True)
+            result["switch_interval_W2_256"][value] = r
+            print("switch interval", value, json.dumps(r), flush=True)
+        sys.setswitchinterval(engine_default)
 
     work = workload_w2(args.w2_requests)
-    r = asyncio.run(run_engine(model, work, 64))
     avg_ctx = statistics.mean(len(p) + n / 2 for p, n in work)
     roof_w2 = 64 * bw / (weight_bytes + 64 * avg_ctx * kv_tok)
-    result["W2"] = {**r, "roofline_tok_s_at_64": roof_w2, "fraction_of_roofline": r["output_tok_s"] / roof_w2,
-                    "graph_steps": engine.runner.graph_steps, "engine_steps": model.stats().steps}
-    print(json.dumps(result["W2"], indent=1), flush=True)
+    for key, async_on in (("W2", True), ("W2_sync", False)):
+        if key == "W2_sync" and args.compare_sync != "all":
+            continue
+        graph_steps = engine.runner.graph_steps
+        r = run_phased(model, work, 64, async_on)
+        result[key] = {**r, "roofline_tok_s_at_64": roof_w2, "fraction_of_roofline": r["output_tok_s"] / roof_w2,
+                       "graph_steps": engine.runner.graph_steps - graph_steps}
+        print(key, json.dumps(result[key]), flush=True)
+    result["syncs"] = sync_report(model)
+    print("syncs", json.dumps(result["syncs"], indent=1), flush=True)
 
     if not args.skip_baselines:
         result["W1_sequential_generate"] = with_sdpa(sequential_generate, hf_model, w1)

@@ -13,6 +13,8 @@ the host) is taken from that step's device tensor of tokens.
 from __future__ import annotations
 
 import bisect
+import itertools
+from array import array
 from typing import Any
 
 import torch
@@ -118,8 +120,10 @@ class DecodeGraphs:
         if sources is not None:
             host[4, :batch] = torch.tensor(sources, dtype=torch.long)
         tables_host = self.host_tables[turn][: size * width].view(size, width)
-        tables_host.zero_()
-        tables_host[:batch] = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        # One flat C array (array('i') converts a list far faster than torch.tensor does a nested one).
+        flat = array("i", itertools.chain.from_iterable(t + [0] * (width - len(t)) for t in tables))
+        tables_host.view(-1)[: batch * width].copy_(torch.frombuffer(flat, dtype=torch.int32))
+        tables_host[batch:].zero_()
         dev = host.to(self.device, non_blocking=True)
         dev_tables = tables_host.to(self.device, non_blocking=True)
         event = torch.cuda.Event()

@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,8 @@ from chatplex.errors import (
 from chatplex.types import Delta, FinishReason, GenerationRequest, SamplingParams, TokenLogprob, new_request_id
 
 logger = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_S = 0.0002
 
 
 class HFEngine(Engine):
@@ -84,6 +87,11 @@ class HFEngine(Engine):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
+        if self.device.type == "cuda" and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+            # The engine thread releases the GIL in every device call (graph launch, copies, event waits) and must
+            # get it back at once to keep the GPU fed; at Python's default 5 ms a busy event loop thread (one
+            # coroutine wake per stream per step) holds it that long each time. Process-wide, like any GIL setting.
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name="chatplex-hf-engine", daemon=True)
         self._thread.start()
 
@@ -385,11 +393,16 @@ class HFEngine(Engine):
         return out
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
+        row = seq.state.get("row")
+        if row is not None:
+            return row
         matcher = seq.state.get("matcher")
         allowed = matcher.allowed() if matcher is not None else None
-        return SamplingRow(
-            seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], self.output.suppressed(seq), allowed
-        )
+        suppressed = self.output.suppressed(seq)
+        row = SamplingRow(seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], suppressed, allowed)
+        if matcher is None and not suppressed:
+            seq.state["row"] = row  # nothing in it changes from now on (token_ids is the sequence's own list)
+        return row
 
     def _on_token(self, seq: Sequence, row: int, result: Any) -> tuple[RequestStream, Delta]:
         token = result.token_ids[row]

@@ -133,12 +133,21 @@ def sample_async(logits: torch.Tensor, rows: list[SamplingRow]) -> PendingSample
     """Pick one token per row of `logits` ([rows, vocab]) without waiting for the device."""
     logits = logits.float()
     n_top = [r.params.logprobs for r in rows]
-    raw = torch.log_softmax(logits, dim=-1) if any(n is not None for n in n_top) else None
-    if any(r.params.logit_bias or r.params.needs_penalties or r.suppress_ids or r.allowed is not None for r in rows):
+    sampled: list[int] = []
+    wants_logprobs = processed = False
+    for i, r in enumerate(rows):  # one pass over the rows: this runs every step for every sequence
+        p = r.params
+        if not p.greedy:
+            sampled.append(i)
+        if p.logprobs is not None:
+            wants_logprobs = True
+        if p.logit_bias or p.needs_penalties or r.suppress_ids or r.allowed is not None:
+            processed = True
+    raw = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
+    if processed:
         logits = logits.clone()
         _apply_bias_and_penalties(logits, rows)
     tokens = logits.argmax(dim=-1)
-    sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
         dev = logits.device
         index = None if len(sampled) == len(rows) else h2d(sampled, torch.long, dev)
