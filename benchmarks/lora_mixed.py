@@ -2,7 +2,8 @@
 
 The embedded SmolLM2-135M-Instruct with random LoRA adapters (peft, `init_lora_weights=False`, saved to a temp
 dir). Every row streams the same N chat requests (greedy, exactly max_new_tokens each) through
-`ChatModel.agenerate`, all arriving at t=0:
+`ChatModel.agenerate`, all arriving at t=0. The rows run interleaved, one round after another (`--repeats`), and
+each row reports its median round, so load drifting on a shared machine hits every row alike:
 
 - base model only: no adapter loaded (the reference, ratio 1.00)
 - base requests with the adapters resident: what loading adapters costs requests that use none
@@ -70,13 +71,11 @@ async def drive(model: ChatModel, adapters: list[str | None], max_new_tokens: in
     return list(records), time.perf_counter() - t0
 
 
-def measure(model: ChatModel, label: str, adapters: list[str | None], ns: argparse.Namespace) -> dict:
-    """Median-throughput run of `repeats`, after a short warm-up on the same adapters."""
-    asyncio.run(drive(model, adapters[:3], 4))
-    runs = [asyncio.run(drive(model, adapters, ns.max_new_tokens)) for _ in range(ns.repeats)]
+def summarize_row(label: str, runs: list[tuple[list[RequestRecord], float]]) -> dict:
+    """The median-throughput run of a row's repeats."""
     sums = [summarize([request_metrics(r, r.start) for r in recs], duration) for recs, duration in runs]
     pick = sorted(sums, key=lambda s: s.output_throughput)[len(sums) // 2]
-    row = {
+    return {
         "row": label,
         "requests": pick.completed,
         "output_tokens": pick.total_output_tokens,
@@ -86,28 +85,42 @@ def measure(model: ChatModel, label: str, adapters: list[str | None], ns: argpar
         "tpot_mean_ms": round(pick.tpot.mean, 2) if pick.tpot.mean is not None else None,
         "ttft_mean_ms": round(pick.ttft.mean, 1),
     }
-    print(f"{label:<44}{row['output_tok_s']:>8}{row['tpot_mean_ms']:>9}{row['duration_s']:>8}", flush=True)
-    return row
 
 
 def run_rows(paths: dict[str, str], ns: argparse.Namespace) -> list[dict]:
+    """Every row once per round, rounds repeated: on a shared machine the load drifts, and interleaving spreads
+    that drift over all rows instead of charging it to whichever row ran last. The three models stay loaded
+    (an idle engine waits on its queue and takes no CPU)."""
     n = ns.concurrency
     a, b = list(paths)[:2]
     common = {"infer_dtype": ns.dtype}
-    rows = []
-    with ChatModel(common) as model:
-        rows.append(measure(model, f"base model only, {n} streams", [None] * n, ns))
-    with ChatModel({**common, "lora_modules": paths, "max_loras": len(paths)}) as model:
-        rows.append(measure(model, f"base, {len(paths)} adapters resident", [None] * n, ns))
-        rows.append(measure(model, f"all {n} on adapter {a} (unmerged)", [a] * n, ns))
-        mixed = [(None, a, b)[i % 3] for i in range(n)]
-        rows.append(measure(model, f"mixed base/{a}/{b}, round robin", mixed, ns))
-    with ChatModel({**common, "adapter_name_or_path": paths[a], "merge_lora": True}) as model:
-        rows.append(measure(model, f"adapter {a} merged (merge_lora)", [None] * n, ns))
-    base = rows[0]["output_tok_s"]
-    for row in rows:
-        row["ratio_to_base"] = round(row["output_tok_s"] / base, 2)
-    return rows
+    base = ChatModel(common)
+    lora = ChatModel({**common, "lora_modules": paths, "max_loras": len(paths)})
+    merged = ChatModel({**common, "adapter_name_or_path": paths[a], "merge_lora": True})
+    rows = [
+        (f"base model only, {n} streams", base, [None] * n),
+        (f"base, {len(paths)} adapters resident", lora, [None] * n),
+        (f"all {n} on adapter {a} (unmerged)", lora, [a] * n),
+        (f"mixed base/{a}/{b}, round robin", lora, [(None, a, b)[i % 3] for i in range(n)]),
+        (f"adapter {a} merged (merge_lora)", merged, [None] * n),
+    ]
+    runs: dict[str, list] = {label: [] for label, _, _ in rows}
+    try:
+        for _, model, adapters in rows:
+            asyncio.run(drive(model, adapters[:3], 4))  # warm-up
+        for round_ in range(ns.repeats):
+            for label, model, adapters in rows:
+                runs[label].append(asyncio.run(drive(model, adapters, ns.max_new_tokens)))
+                recs, duration = runs[label][-1]
+                tok_s = sum(r.completion_tokens for r in recs) / duration
+                print(f"round {round_ + 1}: {label:<40}{tok_s:>8.1f} tok/s", flush=True)
+    finally:
+        for model in (base, lora, merged):
+            model.close()
+    out = [summarize_row(label, runs[label]) for label, _, _ in rows]
+    for row in out:
+        row["ratio_to_base"] = round(row["output_tok_s"] / out[0]["output_tok_s"], 2)
+    return out
 
 
 def main() -> int:
@@ -118,21 +131,20 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the random adapters")
     parser.add_argument("--targets", default=",".join(ALL_LINEAR), help="comma-separated target modules")
     parser.add_argument("--adapters", type=int, default=2, help="how many adapters to build (2 or 3)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the median is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all rows; each row's median is reported")
     parser.add_argument("--json", help="write machine info and rows to this file")
     ns = parser.parse_args()
     if ns.adapters < 2:
         parser.error("--adapters: the mixed row needs at least 2")
     info = machine_info()
     print(json.dumps(info))
-    print(f"{'row':<44}{'tok/s':>8}{'TPOT ms':>9}{'time s':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         names = ["a", "b", "c", "d"][: ns.adapters]
         rows = run_rows(build_adapters(tmp, names, ns.rank, ns.targets.split(",")), ns)
     info["load_average_after"] = machine_info()["load_average"]
-    print()
-    for row in rows:
-        print(f"{row['row']:<44} x{row['ratio_to_base']:.2f} of base-only")
+    print(f"\n{'row':<44}{'tok/s':>8}{'TPOT ms':>9}{'time s':>8}  of base-only")
+    for r in rows:
+        print(f"{r['row']:<44}{r['output_tok_s']:>8}{r['tpot_mean_ms']:>9}{r['duration_s']:>8}  x{r['ratio_to_base']:.2f}")
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"machine": info, "args": vars(ns), "rows": rows}, f, indent=2)
