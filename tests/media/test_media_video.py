@@ -31,6 +31,7 @@ def test_samples_at_video_fps_like_transformers(mp4: str) -> None:
     clip = load_video(mp4, "videos[0]", MediaPolicy(video_fps=2.0))
     assert clip.frames.shape == (4, 48, 64, 3) and clip.frames.dtype == np.uint8
     assert clip.fps == pytest.approx(2.0) and clip.seconds == pytest.approx(2.0)
+    assert clip.frame_times == [0.0, 0.5, 1.0, 1.5]  # frames 0, 4, 8, 12 of an 8 fps clip
     reference, metadata = hf_load_video(mp4, backend="pyav", fps=2)
     assert list(metadata.frames_indices) == [0, 4, 8, 12]
     np.testing.assert_array_equal(clip.frames, reference)
@@ -55,6 +56,7 @@ def test_every_source_form(mp4: str) -> None:
     frames = [Image.new("RGB", (8, 6), (i * 30, 0, 0)) for i in range(3)]
     clip = load_video(frames, "v", MediaPolicy(video_fps=2.0))
     assert clip.frames.shape == (3, 6, 8, 3) and clip.fps == 2.0
+    assert clip.frame_times == [0.0, 0.5, 1.0]
     assert clip.frames[2, 0, 0, 0] == 60
     arrays = load_video({"frames": [np.zeros((6, 8, 3), np.uint8)] * 2, "fps": 4})
     assert arrays.frames.shape == (2, 6, 8, 3) and arrays.fps == 4.0

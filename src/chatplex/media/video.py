@@ -24,10 +24,15 @@ from chatplex.media.sources import load_source
 class VideoClip:
     frames: np.ndarray  # [frames, height, width, 3] uint8 RGB
     fps: float  # frames per second of `frames` as sampled (what time positions are computed from)
+    times: list[float] | None = None  # each frame's time in the clip, in seconds (None: i / fps)
 
     @property
     def seconds(self) -> float:
         return len(self.frames) / self.fps
+
+    @property
+    def frame_times(self) -> list[float]:
+        return self.times if self.times is not None else [i / self.fps for i in range(len(self.frames))]
 
 
 def sample_indices(total: int, native_fps: float, target_fps: float, max_frames: int) -> np.ndarray:
@@ -79,7 +84,8 @@ def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
     if not frames:
         raise InvalidRequestError(f"{param}: the video has no decodable frames.", param=param)
     sampled_fps = len(frames) / total * native_fps if native_fps else policy.video_fps
-    return VideoClip(np.stack(frames), sampled_fps)
+    times = [int(i) / native_fps for i in wanted[: len(frames)]] if native_fps else None
+    return VideoClip(np.stack(frames), sampled_fps, times)
 
 
 def _frames(source: list | tuple, param: str, policy: MediaPolicy, trusted: bool) -> VideoClip:

@@ -102,13 +102,19 @@ class MediaFamily:
     @staticmethod
     def expand(text: str, placeholder: str, counts: list[int], what: str) -> str:
         """Each placeholder the template wrote becomes `counts[i]` copies of itself (one per embedding row)."""
+        return MediaFamily.replace_each(text, placeholder, [placeholder * n for n in counts], what)
+
+    @staticmethod
+    def replace_each(text: str, placeholder: str, replacements: list[str], what: str) -> str:
+        """The i-th placeholder the template wrote becomes `replacements[i]`; the counts must agree."""
         pieces = text.split(placeholder)
-        if len(pieces) - 1 != len(counts):
+        if len(pieces) - 1 != len(replacements):
             raise InvalidRequestError(
-                f"messages: the chat template wrote {len(pieces) - 1} {what} placeholders for {len(counts)} {what}s.",
+                f"messages: the chat template wrote {len(pieces) - 1} {what} placeholders for "
+                f"{len(replacements)} {what}s.",
                 param="messages",
             )
-        return pieces[0] + "".join(placeholder * n + piece for n, piece in zip(counts, pieces[1:]))
+        return pieces[0] + "".join(new + piece for new, piece in zip(replacements, pieces[1:]))
 
     @staticmethod
     def ranks(ids: list[int], token_ids: list[int]) -> torch.Tensor:

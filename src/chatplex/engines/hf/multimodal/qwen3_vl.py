@@ -4,8 +4,9 @@ tokens after its first decoder layers.
 
 The decoder takes those as `visual_pos_masks` / `deepstack_visual_embeds`, which Qwen3VLModel fills only from
 pixels it encodes itself in the same call. chatplex encodes each request once at prefill and runs a flat batch, so
-a forward pre-hook on the decoder hands it the step's image positions and their DeepStack rows. Video is refused:
-Qwen3-VL's prompts carry a timestamp per frame, which the shared video path does not write yet.
+a forward pre-hook on the decoder hands it the step's image positions and their DeepStack rows. Videos take the
+same path; their prompt carries each temporal patch's time (`<1.0 seconds>`) before its tokens, as
+Qwen3VLProcessor writes it, from the times chatplex.media sampled the frames at.
 """
 
 from __future__ import annotations
@@ -16,26 +17,26 @@ from typing import Any
 import torch
 
 from chatplex.engines.base import PromptPreparer
-from chatplex.engines.hf.multimodal.qwen_vl import MediaInputs, VisionLanguage
+from chatplex.engines.hf.multimodal.qwen_vl import MediaInputs, VisionLanguage, load_video_processor
 from chatplex.media import MediaPolicy
 from chatplex.types import GenerationRequest
 
 
 @dataclass
 class DeepstackInputs(MediaInputs):
-    deepstack: list[torch.Tensor] | None = None  # per DeepStack layer [image tokens, hidden], filled with `embeds`
+    deepstack: list[torch.Tensor] | None = None  # per DeepStack layer [media tokens, hidden], filled with `embeds`
 
 
 class Qwen3VisionLanguage(VisionLanguage):
-    """Qwen3VLForConditionalGeneration, images only."""
+    """Qwen3VLForConditionalGeneration: images and videos."""
 
     model_class = "Qwen3VLForConditionalGeneration"
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None) -> None:
-        super().__init__(
-            model, tokenizer, image_processor, policy, None,
-            "video input is not supported for qwen3_vl yet (its prompts carry a timestamp per frame).",
-        )
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None,
+                 video_processor: Any = None, no_video_reason: str = "this model has no video processor.") -> None:
+        super().__init__(model, tokenizer, image_processor, policy, video_processor, no_video_reason)
+        self.vision_start = tokenizer.convert_ids_to_tokens(model.config.vision_start_token_id)
+        self.vision_end = tokenizer.convert_ids_to_tokens(model.config.vision_end_token_id)
         # The step's (image positions [1, T], DeepStack rows per layer), set by step_inputs, read by the hook.
         self._deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         model.model.language_model.register_forward_pre_hook(self._feed_deepstack, with_kwargs=True)
@@ -44,7 +45,8 @@ class Qwen3VisionLanguage(VisionLanguage):
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> Qwen3VisionLanguage:
         from transformers import AutoImageProcessor
 
-        return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source), policy)
+        video_processor, reason = load_video_processor(source)
+        return cls(model, tokenizer, AutoImageProcessor.from_pretrained(source), policy, video_processor, reason)
 
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], MediaInputs | None]:
         ids, media = super().prepare(prompts, request)
@@ -52,16 +54,33 @@ class Qwen3VisionLanguage(VisionLanguage):
             return ids, None
         return ids, DeepstackInputs(**{f.name: getattr(media, f.name) for f in fields(media)})
 
+    def expand_videos(self, text: str, grid: torch.Tensor, clips: list[Any]) -> str:
+        """Each video placeholder becomes, per temporal patch, `<t seconds>` + vision start + its tokens + vision
+        end, t being the mean time of the patch's frames (the last frame repeats to fill the last patch)."""
+        step = self.video_processor.temporal_patch_size
+        placeholders = []
+        for (frames, height, width), clip in zip(grid.tolist(), clips):
+            times = list(clip.frame_times)
+            times += times[-1:] * (-len(times) % step)
+            per_frame = height * width // self.merge**2
+            placeholders.append("".join(
+                f"<{(times[i] + times[i + step - 1]) / 2:.1f} seconds>{self.vision_start}"
+                f"{self.video_token * per_frame}{self.vision_end}"
+                for i in range(0, frames * step, step)
+            ))
+        return self.replace_each(text, self.video_token, placeholders, "video")
+
     # ---- run time (engine thread) --------------------------------------------------------------------------
-    def embeddings(self, media: DeepstackInputs) -> torch.Tensor:
-        if media.embeds is None:
-            device = self.model.device
-            out = self.model.model.get_image_features(
-                media.pixel_values.to(device), media.image_grid_thw.to(device), return_dict=True
-            )
-            media.embeds = torch.cat(out.pooler_output, dim=0)
-            media.deepstack = [torch.cat(layer, dim=0) for layer in out.deepstack_features]
-        return media.embeds
+    def encode(self, media: DeepstackInputs) -> list[torch.Tensor]:
+        """Image then video embeddings, with their DeepStack rows in the same order."""
+        device, parts, deepstack = self.model.device, [], []
+        for pixels, grid in ((media.pixel_values, media.image_grid_thw), (media.pixel_values_videos, media.video_grid_thw)):
+            if pixels is not None:
+                out = self.model.model.get_image_features(pixels.to(device), grid.to(device), return_dict=True)
+                parts.extend(out.pooler_output)
+                deepstack.append([torch.cat(layer, dim=0) for layer in out.deepstack_features])  # split per item
+        media.deepstack = [torch.cat(rows, dim=0) for rows in zip(*deepstack)]
+        return parts
 
     def step_inputs(self, items: list[Any], input_ids: torch.Tensor, positions: torch.Tensor) -> dict[str, Any]:
         inputs = super().step_inputs(items, input_ids, positions)

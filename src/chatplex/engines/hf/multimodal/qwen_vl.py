@@ -109,7 +109,7 @@ class VisionLanguage(MediaFamily):
             )
             inputs["pixel_values_videos"] = processed["pixel_values_videos"]
             inputs["video_grid_thw"] = processed["video_grid_thw"]
-            text = self.expand(text, self.video_token, self._tokens(inputs["video_grid_thw"]), "video")
+            text = self.expand_videos(text, inputs["video_grid_thw"], media.videos)
         text = self.add_audio(media, text, inputs)
         ids = self.tokenize(prompts, request, text)
         seconds = [self.video_processor.temporal_patch_size / clip.fps for clip in media.videos]
@@ -125,6 +125,10 @@ class VisionLanguage(MediaFamily):
         if media.audios:
             raise UnsupportedFeatureError(f"messages: {kind} takes no audio.", param="messages")
         return media
+
+    def expand_videos(self, text: str, grid: torch.Tensor, clips: list[Any]) -> str:
+        """Each video placeholder becomes one token per merged patch of all its frames."""
+        return self.expand(text, self.video_token, self._tokens(grid), "video")
 
     def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
         return text
