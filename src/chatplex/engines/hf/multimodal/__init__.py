@@ -3,8 +3,11 @@ per-request inputs at admission, and splices the media embeddings into a step's 
 
     base.py         MediaFamily, the interface every family implements, and the shared embedding splice
     qwen_vl.py      Qwen2-VL / Qwen2.5-VL: images and videos, M-RoPE (3-D) positions
-    qwen2_audio.py  Qwen2-Audio: audio clips, 1-D positions
+    qwen3_vl.py     Qwen3-VL: as above, plus DeepStack features and per-frame timestamps in video prompts
     qwen_omni.py    Qwen2.5-Omni's thinker: images, videos and audio in one prompt, M-RoPE positions
+    qwen2_audio.py  Qwen2-Audio: audio clips, 1-D positions
+    llava.py        LLaVA and LLaVA-NeXT (anyres tiles): images, 1-D positions
+    gemma3.py       Gemma 3: images whose tokens attend to each other both ways (bidirectional prefill spans)
 
 A family is picked by the checkpoint's `model_type`. The engine asks three things of this package: whether a
 request carries media (`has_media`), the error for media sent to a text-only model (`refuse_media`), and the
