@@ -3,51 +3,21 @@ Qwen2-VL model exactly as through the Python API, and bad media is a 400 naming 
 
 from __future__ import annotations
 
-import openai
-import pytest
+from tests.engines.hf.multimodal_testing import CORRUPT_PNG, image_url_messages, noise_image, served_model_fixture, user
+from tests.engines.hf.test_multimodal_qwen2vl import _build
 
-from chatplex import ChatModel
-from tests.engines.hf.multimodal_testing import noise_image
-from tests.engines.hf.test_multimodal_qwen2vl import _build, _data_url
-from tests.server.conftest import running_server
+vl_server = served_model_fixture("qwen2vl", _build)
 
 
-@pytest.fixture(scope="module")
-def vl_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("srv-qwen2vl")
-    _build(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def vl_server(vl_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("vl") / "server.log"
-    with running_server(["--model", vl_dir, "--infer-dtype", "float32"], log) as srv:
-        yield srv
-
-
-def test_image_url_part_equals_the_python_api(vl_server, vl_dir):
-    url = _data_url(noise_image((56, 56), 3))
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": "Describe."}]}]
-    client = openai.OpenAI(base_url=f"{vl_server.url}/v1", api_key="x", max_retries=0)
-    served = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages, max_tokens=8,
-                                            temperature=0, extra_body={"ignore_eos": True})
-    with ChatModel({"model_name_or_path": vl_dir, "infer_dtype": "float32"}) as local:
-        [direct] = local.chat(messages, max_new_tokens=8, temperature=0, ignore_eos=True)
-        [text_only] = local.chat([{"role": "user", "content": "Describe."}], max_new_tokens=1)
+def test_image_url_part_equals_the_python_api(vl_server):
+    messages = image_url_messages(noise_image((56, 56), 3))
+    served = vl_server.ask(messages)
+    direct, text_only = vl_server.ask_locally(messages, user("Describe."))
     assert served.choices[0].message.content == direct.response_text
     # The image's tokens are counted: a 56x56 image is 4x4 patches, merged 2x2 into 4 tokens (+ 2 markers).
     assert served.usage.prompt_tokens == direct.prompt_length == text_only.prompt_length + 6
 
 
 def test_corrupt_image_is_400_naming_the_part(vl_server):
-    client = openai.OpenAI(base_url=f"{vl_server.url}/v1", api_key="x", max_retries=0)
-    bad = [{"role": "user", "content": [{"type": "text", "text": "Look:"},
-                                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=client.models.list().data[0].id, messages=bad, max_tokens=4)
-    assert err.value.body["param"] == "messages[0].content[1]"
-    ok = client.chat.completions.create(model=client.models.list().data[0].id,
-                                        messages=[{"role": "user", "content": "hi"}], max_tokens=3)
-    assert ok.choices[0].finish_reason in ("stop", "length")
+    bad = user([{"type": "text", "text": "Look:"}, {"type": "image_url", "image_url": {"url": CORRUPT_PNG}}])
+    vl_server.assert_bad_request(bad, "messages[0].content[1]")

@@ -4,36 +4,27 @@ image), across prefill chunks smaller than an image, and in batches mixed with t
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
-from chatplex import ChatModel
-from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from tests.engines.hf.test_multimodal_llava import _data_url, _noise
+from chatplex.errors import UnsupportedFeatureError
+from tests.engines.hf.multimodal_testing import (
+    CORRUPT_PNG, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
+    chatml_template, counting_calls, engine_tokens, generate_tokens, image_data_url, image_messages, noise_image,
+    save_all, tiny_chat_model, tiny_tokenizer, user,
+)
 
 SPECIALS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
-# ChatML that writes Gemma 3's `<start_of_image>` for image parts, as Gemma's own template does.
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
-    "{% for p in m.content %}{% if p.type == 'image' %}<start_of_image>"
-    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+TEMPLATE = chatml_template(image="<start_of_image>")  # as Gemma's own template writes image parts
 MAX_TOKENS = 8
 IMAGE_TOKENS = 16  # mm_tokens_per_image
 CHUNK = 12  # prefill tokens per step: smaller than one image
 
 
 def _build(path) -> None:
-    from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
 
-    from chatplex.models.embedded import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tok.add_special_tokens({"additional_special_tokens": SPECIALS})
-    tok.chat_template = TEMPLATE
+    tok = tiny_tokenizer(TEMPLATE, SPECIALS)
     ids = tok.convert_tokens_to_ids(SPECIALS)
     config = Gemma3Config(
         text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -53,16 +44,12 @@ def _build(path) -> None:
         for layer in model.model.language_model.layers:
             layer.self_attn.q_norm.weight.fill_(3.0)
             layer.self_attn.k_norm.weight.fill_(3.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    Gemma3ImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(path)
+    save_all(path, model, tok, Gemma3ImageProcessorPil(size={"height": 28, "width": 28}))
 
 
 @pytest.fixture(scope="module")
 def gemma_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gemma3")
-    _build(path)
-    return path
+    return build_in(tmp_path_factory, "gemma3", _build)
 
 
 @pytest.fixture(scope="module")
@@ -91,28 +78,19 @@ def reference(gemma_dir, hf_model):
         inputs = processor(text=text, images=images or None, return_tensors="pt", add_special_tokens=False)
         if causal:
             inputs.pop("token_type_ids")
-        with torch.inference_mode():
-            out = hf_model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return generate_tokens(hf_model, inputs, MAX_TOKENS)
 
     return run
 
 
 @pytest.fixture(scope="module")
 def chat_model(gemma_dir):
-    model = ChatModel({"model_name_or_path": str(gemma_dir), "infer_dtype": "float32", "max_num_seqs": 4,
-                       "max_num_batched_tokens": CHUNK})
-    yield model
-    model.close()
+    with tiny_chat_model(gemma_dir, max_num_seqs=4, max_num_batched_tokens=CHUNK) as model:
+        yield model
 
 
 def _tokens(chat_model, messages, **kw):
-    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
-    return response.token_ids
-
-
-def _image_messages(text="Describe."):
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
 def test_input_embeddings_are_what_the_model_embeds(hf_model) -> None:
@@ -132,68 +110,42 @@ def test_input_embeddings_are_what_the_model_embeds(hf_model) -> None:
 
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
-    image = _noise((50, 40), 1)
-    expected = reference(_image_messages("What is this?"), [image])
+    image = noise_image((50, 40), 11)  # a picture on which the causal-only mask changes 6 of the 8 tokens
+    expected = reference(image_messages("What is this?"), [image])
     assert len(expected) == MAX_TOKENS
     # chunks of CHUNK tokens split the image: its tokens still see each other both ways
-    assert _tokens(chat_model, [{"role": "user", "content": "What is this?"}], images=[image]) == expected
+    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
     # the picture changes the answer, and so does a causal-only mask over the image (the bidirectional mask is live)
-    assert reference(_image_messages("What is this?"), [_noise((50, 40), 2)]) != expected
-    assert reference(_image_messages("What is this?"), [image], causal=True) != expected
-    [r] = chat_model.chat([{"role": "user", "content": "<image>What is this?"}], images=[image], max_tokens=1)
-    [text_only] = chat_model.chat([{"role": "user", "content": "What is this?"}], max_tokens=1)
+    assert reference(image_messages("What is this?"), [noise_image((50, 40), 2)]) != expected
+    assert reference(image_messages("What is this?"), [image], causal=True) != expected
+    [r] = chat_model.chat(user("<image>What is this?"), images=[image], max_tokens=1)
+    [text_only] = chat_model.chat(user("What is this?"), max_tokens=1)
     assert r.prompt_length > text_only.prompt_length + IMAGE_TOKENS + 2  # + boi, eoi and the blank lines
 
 
 def test_image_url_parts_in_chunks_encode_once(chat_model, reference) -> None:
-    a, b = _noise((60, 100), 3), _noise((120, 50), 4)
-    expected = reference(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]}], [a, b]
-    )
-    vision = chat_model.engine.multimodal.model.model
-    calls = []
-    original = vision.get_image_features
-    vision.get_image_features = lambda *args, **kw: calls.append(1) or original(*args, **kw)
-    try:
-        messages = [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": _data_url(a)}},
-            {"type": "text", "text": "and"},
-            {"type": "image_url", "image_url": _data_url(b)},
-        ]}]
+    a, b = noise_image((60, 100), 3), noise_image((120, 50), 4)
+    expected = reference(user([{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]), [a, b])
+    messages = user([
+        {"type": "image_url", "image_url": {"url": image_data_url(a)}},
+        {"type": "text", "text": "and"},
+        {"type": "image_url", "image_url": image_data_url(b)},
+    ])
+    with counting_calls(chat_model.engine.multimodal.model.model, "get_image_features") as calls:
         assert _tokens(chat_model, messages) == expected
-    finally:
-        del vision.get_image_features
     assert calls == [1]
 
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
-    cases = [
-        ([{"role": "user", "content": "Hi, a text request."}], None),
-        ([{"role": "user", "content": "First image"}], [_noise((80, 80), 6)]),
-        ([{"role": "user", "content": "Another"}], [_noise((50, 110), 7)]),
-        ([{"role": "user", "content": "Text again, longer this time."}], None),
-    ]
-    alone = [reference(_image_messages(m[0]["content"]) if imgs else m, imgs or []) for m, imgs in cases]
-
-    async def one(messages, images):
-        [r] = await chat_model.achat(messages, images=images, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
-        return r.token_ids
-
-    assert await asyncio.gather(*(one(m, i) for m, i in cases)) == alone
-    assert chat_model.stats().max_batch_size >= 2
+    await assert_mixed_image_batch_equals_alone(chat_model, reference, MAX_TOKENS)
 
 
 def test_bad_media_names_the_part(chat_model) -> None:
-    url = _data_url(_noise((8, 8), 9))
-    parts = [{"type": "text", "text": "x"}] + [{"type": "image_url", "image_url": url}] * 17
-    many = [{"role": "user", "content": parts}]
-    with pytest.raises(InvalidRequestError, match="more than 16 images") as info:
-        chat_model.chat(many, max_tokens=2)
-    assert info.value.param == "messages[0].content[17]"
-    bad = [{"role": "user", "content": [{"type": "image_url", "image_url": "data:image/png;base64,AAAA"}]}]
-    with pytest.raises(InvalidRequestError, match="not a readable image") as info:
-        chat_model.chat(bad, max_tokens=2)
-    assert info.value.param == "messages[0].content[0]"
-    with pytest.raises(UnsupportedFeatureError, match="videos: gemma3 takes images only"):
-        chat_model.chat([{"role": "user", "content": "x"}], videos=["clip.mp4"], max_tokens=2)
-    assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS
+    url = image_data_url(noise_image((8, 8), 9))
+    many = user([{"type": "text", "text": "x"}] + [{"type": "image_url", "image_url": url}] * 17)
+    assert_refused(chat_model, many, "more than 16 images", "messages[0].content[17]")
+    bad = user([{"type": "image_url", "image_url": CORRUPT_PNG}])
+    assert_refused(chat_model, bad, "not a readable image", "messages[0].content[0]")
+    assert_refused(chat_model, user("x"), "videos: gemma3 takes images only", None, UnsupportedFeatureError,
+                   videos=["clip.mp4"])
+    assert_still_serving(chat_model, MAX_TOKENS)

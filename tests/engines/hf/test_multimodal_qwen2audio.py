@@ -4,8 +4,6 @@ audio tower once at prefill), and a corrupt clip named by its part."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import io
 
 import numpy as np
@@ -13,30 +11,22 @@ import pytest
 import soundfile
 import torch
 
-from chatplex import ChatModel
-from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from tests.engines.hf.multimodal_testing import engine_tokens, generate_tokens, sharpen_attention
-
-# ChatML that writes Qwen2-Audio's placeholder for audio parts (real checkpoints ship their own).
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
-    "{% for p in m.content %}{% if p.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
-    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+from chatplex.errors import UnsupportedFeatureError
+from tests.engines.hf.multimodal_testing import (
+    CORRUPT_PNG, assert_refused, assert_still_serving, build_in, chatml_template, concurrent_tokens, counting_calls,
+    data_url, engine_tokens, generate_tokens, input_audio_part, save_all, sharpen_attention, tiny_chat_model,
+    tiny_tokenizer, user,
 )
+
+TEMPLATE = chatml_template(audio="<|audio_bos|><|AUDIO|><|audio_eos|>")
 MAX_TOKENS = 10
 RATE = 16000
 
 
 def _build(path) -> None:
-    from transformers import AutoTokenizer, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
 
-    from chatplex.models.embedded import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    specials = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.chat_template = TEMPLATE
+    tok = tiny_tokenizer(TEMPLATE, ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"])
     config = Qwen2AudioConfig(
         text_config=dict(
             model_type="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -52,16 +42,12 @@ def _build(path) -> None:
     sharpen_attention(model.model.language_model)
     with torch.no_grad():  # and the projector, so that the audio decides the tokens
         model.model.multi_modal_projector.linear.weight.mul_(20)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    WhisperFeatureExtractor(feature_size=128, chunk_length=2).save_pretrained(path)
+    save_all(path, model, tok, WhisperFeatureExtractor(feature_size=128, chunk_length=2))
 
 
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qwen2audio")
-    _build(path)
-    return path
+    return build_in(tmp_path_factory, "qwen2audio", _build)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +72,8 @@ def reference(audio_dir):
 
 @pytest.fixture(scope="module")
 def chat_model(audio_dir):
-    model = ChatModel({"model_name_or_path": str(audio_dir), "infer_dtype": "float32", "max_num_batched_tokens": 32})
-    yield model
-    model.close()
+    with tiny_chat_model(audio_dir, max_num_batched_tokens=32) as model:
+        yield model
 
 
 def _clip(seconds: float, seed: int) -> np.ndarray:
@@ -109,7 +94,7 @@ def _tokens(chat_model, messages, **kw):
 
 
 def _audio_messages(text):
-    return [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": text}]}]
+    return user([{"type": "audio"}, {"type": "text", "text": text}])
 
 
 def test_audios_argument_with_wav_equals_generate(chat_model, reference, tmp_path) -> None:
@@ -120,73 +105,49 @@ def test_audios_argument_with_wav_equals_generate(chat_model, reference, tmp_pat
     assert len(expected) == MAX_TOKENS
     # the audio changes the answer (the audio path is live)
     assert reference(_audio_messages("What is this?"), [_clip(1.0, 2)]) != expected
-    assert _tokens(chat_model, [{"role": "user", "content": "What is this?"}], audios=[str(path)]) == expected
-    assert _tokens(chat_model, [{"role": "user", "content": "<audio>What is this?"}], audios=[(clip, RATE)]) == expected
+    assert _tokens(chat_model, user("What is this?"), audios=[str(path)]) == expected
+    assert _tokens(chat_model, user("<audio>What is this?"), audios=[(clip, RATE)]) == expected
 
 
 def test_input_audio_part_equals_generate(chat_model, reference) -> None:
     a, b = _clip(0.7, 3), _clip(1.5, 4)
-    expected = reference(
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "then"}, {"type": "audio"}]}], [a, b]
-    )
-    data = base64.b64encode(_wav(a)).decode()
-    messages = [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+    expected = reference(user([{"type": "audio"}, {"type": "text", "text": "then"}, {"type": "audio"}]), [a, b])
+    messages = user([
+        input_audio_part(_wav(a)),
         {"type": "text", "text": "then"},
-        {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64," + base64.b64encode(_wav(b)).decode()}},
-    ]}]
+        {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", _wav(b))}},
+    ])
     assert _tokens(chat_model, messages) == expected
 
 
 def test_chunked_prefill_runs_the_audio_tower_once(chat_model, reference) -> None:
     # 1.2 s -> 30 audio tokens; max_num_batched_tokens=32 splits them over two prefill chunks
     clip = _clip(1.2, 5)
-    tower = chat_model.engine.multimodal.model.model.audio_tower
-    calls = []
-    original = tower.forward
-    tower.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        expected = reference(_audio_messages("x " * 10), [clip])
-        calls.clear()
-        assert _tokens(chat_model, [{"role": "user", "content": "<audio>" + "x " * 10}], audios=[(clip, RATE)]) == expected
-    finally:
-        del tower.forward
+    expected = reference(_audio_messages("x " * 10), [clip])
+    with counting_calls(chat_model.engine.multimodal.model.model.audio_tower, "forward") as calls:
+        assert _tokens(chat_model, user("<audio>" + "x " * 10), audios=[(clip, RATE)]) == expected
     assert calls == [1]
 
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
     cases = [
-        ([{"role": "user", "content": "Hi, a text request."}], None),
-        ([{"role": "user", "content": "First clip"}], [_clip(0.5, 6)]),
-        ([{"role": "user", "content": "Another"}], [_clip(1.8, 7)]),
-        ([{"role": "user", "content": "Text again, longer this time."}], None),
+        ("Hi, a text request.", None),
+        ("First clip", [_clip(0.5, 6)]),
+        ("Another", [_clip(1.8, 7)]),
+        ("Text again, longer this time.", None),
     ]
-    alone = [reference(_audio_messages(m[0]["content"]) if a else m, a or []) for m, a in cases]
-
-    async def one(messages, audios):
-        audios = [(x, RATE) for x in audios] if audios else None
-        [r] = await chat_model.achat(messages, audios=audios, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
-        return r.token_ids
-
-    together = await asyncio.gather(*(one(m, a) for m, a in cases))
-    assert together == alone
+    alone = [reference(_audio_messages(text) if clips else user(text), clips or []) for text, clips in cases]
+    requests = [(user(text), {"audios": [(x, RATE) for x in clips] if clips else None}) for text, clips in cases]
+    assert await concurrent_tokens(chat_model, requests, MAX_TOKENS) == alone
     assert chat_model.stats().max_batch_size >= 2
 
 
 def test_bad_audio_names_the_part(chat_model) -> None:
-    corrupt = base64.b64encode(b"RIFF\x00\x00not a wav at all").decode()
-    bad = [{"role": "user", "content": [
-        {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {"data": corrupt, "format": "wav"}},
-    ]}]
-    with pytest.raises(InvalidRequestError, match="not a readable audio") as info:
-        chat_model.chat(bad, max_tokens=2)
-    assert info.value.param == "messages[0].content[1]"
-    with pytest.raises(InvalidRequestError, match="at most 2 s"):
-        chat_model.chat([{"role": "user", "content": "x"}], audios=[(_clip(2.5, 8), RATE)], max_tokens=2)
-    with pytest.raises(UnsupportedFeatureError, match="images"):
-        chat_model.chat([{"role": "user", "content": "x"}], images=["data:image/png;base64,AAAA"], max_tokens=2)
-    # the engine keeps serving
-    assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS
+    bad = user([{"type": "text", "text": "x"}, input_audio_part(b"RIFF\x00\x00not a wav at all")])
+    assert_refused(chat_model, bad, "not a readable audio", "messages[0].content[1]")
+    assert_refused(chat_model, user("x"), "at most 2 s", None, audios=[(_clip(2.5, 8), RATE)])
+    assert_refused(chat_model, user("x"), "images", None, UnsupportedFeatureError, images=[CORRUPT_PNG])
+    assert_still_serving(chat_model, MAX_TOKENS)
 
 
 def test_feature_extractor_sized_to_the_encoder_without_a_preprocessor_config(audio_dir, tmp_path) -> None:

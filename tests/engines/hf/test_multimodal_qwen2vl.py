@@ -3,37 +3,27 @@ and in a batch mixed with text requests (per-request 3-D positions, vision encod
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import io
 
 import pytest
 import torch
-from PIL import Image
 
-from chatplex import ChatModel
-from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from tests.engines.hf.multimodal_testing import engine_tokens, generate_tokens, noise_image, sharpen_attention
-
-# ChatML that writes Qwen2-VL's image placeholder for image parts (real checkpoints ship their own).
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
-    "{% for p in m.content %}{% if p.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+from chatplex.errors import UnsupportedFeatureError
+from tests.engines.hf.multimodal_testing import (
+    CORRUPT_PNG, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
+    chatml_template, counting_calls, data_url, engine_tokens, expand_image_pads, generate_tokens, image_data_url,
+    image_messages, noise_image, save_all, sharpen_attention, tiny_chat_model, tiny_tokenizer, user,
 )
+
+TEMPLATE = chatml_template(image="<|vision_start|><|image_pad|><|vision_end|>")
 MAX_TOKENS = 10
 
 
 def _build(path) -> None:
-    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
 
-    from chatplex.models.embedded import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.chat_template = TEMPLATE
+    tok = tiny_tokenizer(TEMPLATE, specials)
     ids = tok.convert_tokens_to_ids(specials)
     config = Qwen2VLConfig(
         text_config=dict(
@@ -48,16 +38,12 @@ def _build(path) -> None:
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()
     sharpen_attention(model.model.language_model)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112).save_pretrained(path)
+    save_all(path, model, tok, Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112))
 
 
 @pytest.fixture(scope="module")
 def vl_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qwen2vl")
-    _build(path)
-    return path
+    return build_in(tmp_path_factory, "qwen2vl", _build)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +60,8 @@ def reference(vl_dir):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         kwargs = {}
         if images:
-            px = processor(images=images, return_tensors="pt")
-            for n in (px["image_grid_thw"].prod(-1) // 4).tolist():
-                text = text.replace("<|image_pad|>", "<|IMG|>" * n, 1)
-            text = text.replace("<|IMG|>", "<|image_pad|>")
-            kwargs = dict(px)
+            kwargs = dict(processor(images=images, return_tensors="pt"))
+            text = expand_image_pads(text, kwargs["image_grid_thw"])
         ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         kwargs["mm_token_type_ids"] = (ids == image_id).int()
         return generate_tokens(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), **kwargs}, MAX_TOKENS)
@@ -88,101 +71,56 @@ def reference(vl_dir):
 
 @pytest.fixture(scope="module")
 def chat_model(vl_dir):
-    model = ChatModel({"model_name_or_path": str(vl_dir), "infer_dtype": "float32", "max_num_batched_tokens": 64})
-    yield model
-    model.close()
-
-
-def _image(size, color) -> Image.Image:
-    return Image.new("RGB", size, color)
-
-
-def _data_url(image: Image.Image, fmt: str = "PNG") -> str:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
+    with tiny_chat_model(vl_dir, max_num_batched_tokens=64) as model:
+        yield model
 
 
 def _tokens(chat_model, messages, **kw):
     return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
-def _image_messages(text="Describe."):
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-
-
 def test_images_argument_equals_generate(chat_model, reference) -> None:
     image = noise_image((90, 70), 1)
-    expected = reference(_image_messages("What is this?"), [image])
+    expected = reference(image_messages("What is this?"), [image])
     assert len(expected) == MAX_TOKENS
-    assert _tokens(chat_model, [{"role": "user", "content": "What is this?"}], images=[image]) == expected
+    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
     # the image changes the answer (the vision path is live), and the same image through a placeholder agrees
-    assert reference(_image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
-    assert _tokens(chat_model, [{"role": "user", "content": "<image>What is this?"}], images=[image]) == expected
+    assert reference(image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
+    assert _tokens(chat_model, user("<image>What is this?"), images=[image]) == expected
 
 
 def test_openai_image_url_parts_equal_generate(chat_model, reference) -> None:
     a, b = noise_image((60, 100), 3), noise_image((120, 50), 4)
-    expected = reference(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]}], [a, b]
-    )
-    messages = [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": _data_url(a)}},
+    expected = reference(user([{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]), [a, b])
+    webp = io.BytesIO()
+    b.save(webp, format="WEBP", lossless=True)  # lossless: the same pixels as the reference's
+    messages = user([
+        {"type": "image_url", "image_url": {"url": image_data_url(a)}},
         {"type": "text", "text": "and"},
-        {"type": "image_url", "image_url": _data_url(b, "WEBP")},  # plain-string form; lossless webp below
-    ]}]
-    buf = io.BytesIO()
-    b.save(buf, format="WEBP", lossless=True)
-    messages[0]["content"][2]["image_url"] = "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode()
+        {"type": "image_url", "image_url": data_url("image/webp", webp.getvalue())},  # the plain-string form
+    ])
     assert _tokens(chat_model, messages) == expected
 
 
 def test_chunked_prefill_and_text_only_requests(chat_model, reference) -> None:
     # max_num_batched_tokens=64 splits a prompt of ~80 tokens (with 4x4 merged patches per image) into chunks
     image = noise_image((112, 112), 5)
-    vision = chat_model.engine.multimodal.model.model
-    calls = []
-    original = vision.get_image_features
-    vision.get_image_features = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        messages = [{"role": "user", "content": "x " * 55 + "<image> and more text"}]
-        expected = reference(
-            [{"role": "user", "content": [{"type": "text", "text": "x " * 55}, {"type": "image"},
-                                          {"type": "text", "text": " and more text"}]}], [image])
+    messages = user("x " * 55 + "<image> and more text")
+    expected = reference(user([{"type": "text", "text": "x " * 55}, {"type": "image"},
+                               {"type": "text", "text": " and more text"}]), [image])
+    with counting_calls(chat_model.engine.multimodal.model.model, "get_image_features") as calls:
         assert _tokens(chat_model, messages, images=[image]) == expected
-    finally:
-        del vision.get_image_features
     assert calls == [1]  # the image tokens span two prefill chunks; the vision tower ran once
-    text_expected = reference([{"role": "user", "content": "Hello there"}], [])
-    assert _tokens(chat_model, [{"role": "user", "content": "Hello there"}]) == text_expected
+    text_expected = reference(user("Hello there"), [])
+    assert _tokens(chat_model, user("Hello there")) == text_expected
 
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
-    cases = [
-        ([{"role": "user", "content": "Hi, a text request."}], None),
-        ([{"role": "user", "content": "First image"}], [noise_image((80, 80), 6)]),
-        ([{"role": "user", "content": "Another"}], [noise_image((50, 110), 7)]),
-        ([{"role": "user", "content": "Text again, longer this time."}], None),
-    ]
-    alone = [
-        reference(_image_messages(m[0]["content"]) if imgs else m, imgs or []) for m, imgs in cases
-    ]
-
-    async def one(messages, images):
-        [r] = await chat_model.achat(messages, images=images, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
-        return r.token_ids
-
-    together = await asyncio.gather(*(one(m, i) for m, i in cases))
-    assert together == alone
-    assert chat_model.stats().max_batch_size >= 2
+    await assert_mixed_image_batch_equals_alone(chat_model, reference, MAX_TOKENS)
 
 
 def test_bad_media_names_the_part(chat_model) -> None:
-    bad = [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": "data:image/png;base64,AAAA"}]}]
-    with pytest.raises(InvalidRequestError, match="not a readable image") as info:
-        chat_model.chat(bad, max_tokens=2)
-    assert info.value.param == "messages[0].content[1]"
-    with pytest.raises(UnsupportedFeatureError, match="audio"):
-        chat_model.chat([{"role": "user", "content": "x"}], audios=[([0.0] * 160, 16000)], max_tokens=2)
-    # the engine keeps serving
-    assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS
+    bad = user([{"type": "text", "text": "x"}, {"type": "image_url", "image_url": CORRUPT_PNG}])
+    assert_refused(chat_model, bad, "not a readable image", "messages[0].content[1]")
+    assert_refused(chat_model, user("x"), "audio", None, UnsupportedFeatureError, audios=[([0.0] * 160, 16000)])
+    assert_still_serving(chat_model, MAX_TOKENS)

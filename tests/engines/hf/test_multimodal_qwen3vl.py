@@ -4,36 +4,27 @@ prefill chunks and mixed with text requests."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
-from chatplex import ChatModel
-from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from tests.engines.hf.multimodal_testing import HAS_TORCHVISION
-from tests.engines.hf.test_multimodal_llava import _data_url, _noise
+from chatplex.errors import UnsupportedFeatureError
+from tests.engines.hf.multimodal_testing import (
+    HAS_TORCHVISION, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
+    chatml_template, counting_calls, engine_tokens, expand_image_pads, generate_tokens, image_data_url,
+    image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
+)
 
 SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
-    "{% for p in m.content %}{% if p.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+TEMPLATE = chatml_template(image="<|vision_start|><|image_pad|><|vision_end|>")
 MAX_TOKENS = 8
 CHUNK = 16
 
 
 def _build(path) -> None:
-    from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from chatplex.models.embedded import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tok.add_special_tokens({"additional_special_tokens": SPECIALS})
-    tok.chat_template = TEMPLATE
+    tok = tiny_tokenizer(TEMPLATE, SPECIALS)
     ids = tok.convert_tokens_to_ids(SPECIALS)
     config = Qwen3VLConfig(
         text_config=dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
@@ -48,17 +39,13 @@ def _build(path) -> None:
     )
     torch.manual_seed(0)
     model = Qwen3VLForConditionalGeneration(config).eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
-                             max_pixels=128 * 128).save_pretrained(path)
+    save_all(path, model, tok, Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                                        min_pixels=32 * 32, max_pixels=128 * 128))
 
 
 @pytest.fixture(scope="module")
 def vl_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qwen3vl")
-    _build(path)
-    return path
+    return build_in(tmp_path_factory, "qwen3vl", _build)
 
 
 @pytest.fixture(scope="module")
@@ -79,97 +66,63 @@ def reference(vl_dir):
         kwargs = {}
         if images:
             kwargs = dict(processor(images=images, return_tensors="pt"))
-            for n in (kwargs["image_grid_thw"].prod(-1) // 4).tolist():
-                text = text.replace("<|image_pad|>", "<|IMG|>" * n, 1)
-            text = text.replace("<|IMG|>", "<|image_pad|>")
+            text = expand_image_pads(text, kwargs["image_grid_thw"])
         ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         decoder = model.model.language_model
         if not deepstack:
             decoder._deepstack_process = lambda hidden, mask, embeds: hidden
         try:
-            with torch.inference_mode():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     mm_token_type_ids=(ids == image_id).int(), max_new_tokens=MAX_TOKENS, **kwargs)
+            return generate_tokens(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                           "mm_token_type_ids": (ids == image_id).int(), **kwargs}, MAX_TOKENS)
         finally:
             decoder.__dict__.pop("_deepstack_process", None)
-        return out[0, ids.shape[1]:].tolist()
 
     return run
 
 
 @pytest.fixture(scope="module")
 def chat_model(vl_dir):
-    model = ChatModel({"model_name_or_path": str(vl_dir), "infer_dtype": "float32", "max_num_seqs": 4,
-                       "max_num_batched_tokens": CHUNK})
-    yield model
-    model.close()
+    with tiny_chat_model(vl_dir, max_num_seqs=4, max_num_batched_tokens=CHUNK) as model:
+        yield model
 
 
 def _tokens(chat_model, messages, **kw):
-    [response] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True, **kw)
-    return response.token_ids
-
-
-def _image_messages(text="Describe."):
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
 
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
-    image = _noise((90, 70), 1)
-    expected = reference(_image_messages("What is this?"), [image])
+    image = noise_image((90, 70), 1)
+    expected = reference(image_messages("What is this?"), [image])
     assert len(expected) == MAX_TOKENS
-    assert _tokens(chat_model, [{"role": "user", "content": "What is this?"}], images=[image]) == expected
+    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
     # the picture changes the answer, and so does DeepStack (its rows must reach the decoder)
-    assert reference(_image_messages("What is this?"), [_noise((90, 70), 2)]) != expected
-    assert reference(_image_messages("What is this?"), [image], deepstack=False) != expected
+    assert reference(image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
+    assert reference(image_messages("What is this?"), [image], deepstack=False) != expected
 
 
 def test_image_url_parts_in_chunks_encode_once(chat_model, reference) -> None:
-    a, b = _noise((60, 100), 3), _noise((120, 50), 4)
-    vision = chat_model.engine.multimodal.model.model
-    calls = []
-    original = vision.get_image_features
-    vision.get_image_features = lambda *args, **kw: calls.append(1) or original(*args, **kw)
-    try:
-        messages = [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": _data_url(a)}},
-            {"type": "text", "text": "and " * 6},
-            {"type": "image_url", "image_url": _data_url(b)},
-        ]}]
-        expected = reference([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and " * 6},
-                                                           {"type": "image"}]}], [a, b])
+    a, b = noise_image((60, 100), 3), noise_image((120, 50), 4)
+    messages = user([
+        {"type": "image_url", "image_url": {"url": image_data_url(a)}},
+        {"type": "text", "text": "and " * 6},
+        {"type": "image_url", "image_url": image_data_url(b)},
+    ])
+    expected = reference(user([{"type": "image"}, {"type": "text", "text": "and " * 6}, {"type": "image"}]), [a, b])
+    with counting_calls(chat_model.engine.multimodal.model.model, "get_image_features") as calls:
         [r] = chat_model.chat(messages, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
-        assert r.token_ids == expected
-        assert r.prompt_length > 2 * CHUNK
-    finally:
-        del vision.get_image_features
+    assert r.token_ids == expected
+    assert r.prompt_length > 2 * CHUNK
     assert calls == [1]
 
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
-    cases = [
-        ([{"role": "user", "content": "Hi, a text request."}], None),
-        ([{"role": "user", "content": "First image"}], [_noise((80, 80), 6)]),
-        ([{"role": "user", "content": "Another"}], [_noise((50, 110), 7)]),
-        ([{"role": "user", "content": "Text again, longer this time."}], None),
-    ]
-    alone = [reference(_image_messages(m[0]["content"]) if imgs else m, imgs or []) for m, imgs in cases]
-
-    async def one(messages, images):
-        [r] = await chat_model.achat(messages, images=images, do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
-        return r.token_ids
-
-    assert await asyncio.gather(*(one(m, i) for m, i in cases)) == alone
-    assert chat_model.stats().max_batch_size >= 2
+    await assert_mixed_image_batch_equals_alone(chat_model, reference, MAX_TOKENS)
 
 
 def test_bad_media_names_the_part(chat_model) -> None:
-    url = _data_url(_noise((40, 40), 9))
-    many = [{"role": "user", "content": [{"type": "image_url", "image_url": url}] * 17}]
-    with pytest.raises(InvalidRequestError, match="more than 16 images") as info:
-        chat_model.chat(many, max_tokens=2)
-    assert info.value.param == "messages[0].content[16]"
+    many = user([{"type": "image_url", "image_url": image_data_url(noise_image((40, 40), 9))}] * 17)
+    assert_refused(chat_model, many, "more than 16 images", "messages[0].content[16]")
     if not HAS_TORCHVISION:  # with it, test_multimodal_qwen3vl_video.py sends real videos
-        with pytest.raises(UnsupportedFeatureError, match="videos: video input needs torchvision"):
-            chat_model.chat([{"role": "user", "content": "x"}], videos=["clip.mp4"], max_tokens=2)
-    assert len(_tokens(chat_model, [{"role": "user", "content": "still here"}])) == MAX_TOKENS
+        assert_refused(chat_model, user("x"), "videos: video input needs torchvision", None, UnsupportedFeatureError,
+                       videos=["clip.mp4"])
+    assert_still_serving(chat_model, MAX_TOKENS)

@@ -4,20 +4,16 @@ chunked prefill. The processor needs torchvision (its video processor): run by `
 
 from __future__ import annotations
 
-import asyncio
-import base64
-
 import numpy as np
 import pytest
 import torch
 
-from chatplex import ChatModel
-from chatplex.errors import InvalidRequestError
 from tests.engines.hf.multimodal_testing import (
-    engine_tokens, generate_tokens, needs_torchvision, noise_image, sharpen_attention,
+    assert_refused, assert_still_serving, build_in, chatml_template, color_clip, concurrent_tokens, data_url,
+    engine_tokens, generate_tokens, needs_torchvision, noise_image, save_all, sharpen_attention, tiny_chat_model,
+    tiny_tokenizer, user,
 )
 from tests.engines.hf.test_multimodal_qwen2audio import _clip, _wav
-from tests.media.conftest import encode_mp4
 
 pytestmark = [needs_torchvision, pytest.mark.video]
 
@@ -25,14 +21,8 @@ NAMES = dict(
     image_token="<|IMAGE|>", video_token="<|VIDEO|>", audio_token="<|AUDIO|>", vision_bos_token="<|vision_bos|>",
     vision_eos_token="<|vision_eos|>", audio_bos_token="<|audio_bos|>", audio_eos_token="<|audio_eos|>",
 )
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
-    "{% for p in m.content %}{% if p.type == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
-    "{% elif p.type == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
-    "{% elif p.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
-    "{% elif p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+TEMPLATE = chatml_template(image="<|vision_bos|><|IMAGE|><|vision_eos|>", video="<|vision_bos|><|VIDEO|><|vision_eos|>",
+                           audio="<|audio_bos|><|AUDIO|><|audio_eos|>")
 MAX_TOKENS = 8
 
 
@@ -48,12 +38,9 @@ def _processor(tok):
 
 
 def _build(path) -> None:
-    from transformers import AutoTokenizer, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-    from chatplex.models.embedded import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir(), extra_special_tokens=NAMES)
-    tok.chat_template = TEMPLATE
+    tok = tiny_tokenizer(TEMPLATE, extra_special_tokens=NAMES)
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in NAMES.items()}
     config = Qwen2_5OmniThinkerConfig(
         text_config=dict(
@@ -78,23 +65,18 @@ def _build(path) -> None:
         # so that different clips give different answers.
         model.model.audio_tower.conv1.weight.mul_(30)
         model.model.audio_tower.conv2.weight.mul_(30)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    _processor(tok).save_pretrained(path)
+    save_all(path, model, tok, _processor(tok))
 
 
 @pytest.fixture(scope="module")
 def omni_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("omni")
-    _build(path)
-    return path
+    return build_in(tmp_path_factory, "omni", _build)
 
 
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory):
-    rng = np.random.default_rng(5)
     path = tmp_path_factory.mktemp("omni-clip") / "clip.mp4"
-    path.write_bytes(encode_mp4([tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(16)], 8, (96, 64)))
+    path.write_bytes(color_clip(5))
     return str(path)
 
 
@@ -122,9 +104,8 @@ def reference(omni_dir):
 
 @pytest.fixture(scope="module")
 def chat_model(omni_dir):
-    model = ChatModel({"model_name_or_path": str(omni_dir), "infer_dtype": "float32", "max_num_batched_tokens": 40})
-    yield model
-    model.close()
+    with tiny_chat_model(omni_dir, max_num_batched_tokens=40) as model:
+        yield model
 
 
 def _tokens(chat_model, messages, **kw):
@@ -135,24 +116,22 @@ def test_image_video_and_audio_in_one_prompt_equal_generate(chat_model, referenc
     image, audio = noise_image((70, 56), 1), _clip(1.0, 1)
     parts = [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "video"}, {"type": "audio"},
              {"type": "text", "text": "what?"}]
-    expected = reference([{"role": "user", "content": parts}], images=[image], videos=[clip_path], audios=[audio])
+    expected = reference(user(parts), images=[image], videos=[clip_path], audios=[audio])
     assert len(expected) == MAX_TOKENS
-    wav = "data:audio/wav;base64," + base64.b64encode(_wav(audio)).decode()
-    messages = [{"role": "user", "content": [
+    messages = user([
         {"type": "image", "image": image}, {"type": "text", "text": "and"},
-        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,"
-                                             + base64.b64encode(open(clip_path, "rb").read()).decode()}},
-        {"type": "audio_url", "audio_url": {"url": wav}}, {"type": "text", "text": "what?"},
-    ]}]
+        {"type": "video_url", "video_url": {"url": data_url("video/mp4", open(clip_path, "rb").read())}},
+        {"type": "audio_url", "audio_url": {"url": data_url("audio/wav", _wav(audio))}},
+        {"type": "text", "text": "what?"},
+    ])
     assert _tokens(chat_model, messages) == expected
 
 
 def test_audio_alone_equals_generate_and_changes_the_answer(chat_model, reference) -> None:
-    parts = [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]
-    expected = reference([{"role": "user", "content": parts}], audios=[_clip(1.5, 2)])
-    assert reference([{"role": "user", "content": parts}], audios=[_clip(1.5, 3)]) != expected
-    got = _tokens(chat_model, [{"role": "user", "content": "<audio>Transcribe."}], audios=[(_clip(1.5, 2), 16000)])
-    assert got == expected
+    parts = user([{"type": "audio"}, {"type": "text", "text": "Transcribe."}])
+    expected = reference(parts, audios=[_clip(1.5, 2)])
+    assert reference(parts, audios=[_clip(1.5, 3)]) != expected
+    assert _tokens(chat_model, user("<audio>Transcribe."), audios=[(_clip(1.5, 2), 16000)]) == expected
 
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference, clip_path) -> None:
@@ -165,23 +144,16 @@ async def test_mixed_batch_equals_each_alone(chat_model, reference, clip_path) -
     alone = []
     for text, media in cases:
         parts = [{"type": k[:-1]} for k in ("images", "videos", "audios") for _ in media.get(k, [])]
-        alone.append(reference([{"role": "user", "content": [*parts, {"type": "text", "text": text}]}], **media))
-
-    async def one(text, media):
-        kw = {**media, "audios": [(a, 16000) for a in media.get("audios", [])] or None}
-        [r] = await chat_model.achat([{"role": "user", "content": text}], do_sample=False, max_tokens=MAX_TOKENS,
-                                     ignore_eos=True, **kw)
-        return r.token_ids
-
-    assert await asyncio.gather(*(one(t, m) for t, m in cases)) == alone
+        alone.append(reference(user([*parts, {"type": "text", "text": text}]), **media))
+    requests = [(user(text), {**media, "audios": [(a, 16000) for a in media.get("audios", [])] or None})
+                for text, media in cases]
+    assert await concurrent_tokens(chat_model, requests, MAX_TOKENS) == alone
     assert chat_model.stats().max_batch_size >= 2
 
 
 def test_too_long_audio_names_the_argument(chat_model) -> None:
-    with pytest.raises(InvalidRequestError, match="at most 30 s") as info:
-        chat_model.chat([{"role": "user", "content": "x"}], audios=[(np.zeros(16000 * 31, np.float32), 16000)])
-    assert info.value.param == "audios"
-    assert len(_tokens(chat_model, [{"role": "user", "content": "still serving"}])) == MAX_TOKENS
+    assert_refused(chat_model, user("x"), "at most 30 s", "audios", audios=[(np.zeros(16000 * 31, np.float32), 16000)])
+    assert_still_serving(chat_model, MAX_TOKENS)
 
 
 def test_whole_omni_checkpoint_loads_its_thinker(omni_dir, reference, tmp_path) -> None:
@@ -196,13 +168,10 @@ def test_whole_omni_checkpoint_loads_its_thinker(omni_dir, reference, tmp_path) 
         Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False)
     )
     whole.thinker.load_state_dict(thinker.state_dict())
-    whole.save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(omni_dir)
-    tok.save_pretrained(tmp_path)
-    _processor(tok).save_pretrained(tmp_path)
+    save_all(tmp_path, whole, tok, _processor(tok))
     audio = _clip(1.0, 7)
-    expected = reference([{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Hm?"}]}],
-                         audios=[audio])
-    with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "float32"}) as model:
+    expected = reference(user([{"type": "audio"}, {"type": "text", "text": "Hm?"}]), audios=[audio])
+    with tiny_chat_model(tmp_path) as model:
         assert type(model.engine.multimodal.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
-        assert _tokens(model, [{"role": "user", "content": "<audio>Hm?"}], audios=[(audio, 16000)]) == expected
+        assert _tokens(model, user("<audio>Hm?"), audios=[(audio, 16000)]) == expected
