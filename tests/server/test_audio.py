@@ -11,9 +11,7 @@ audio_server = served_model_fixture("qwen2audio", _build)
 
 def test_input_audio_part_equals_the_python_api(audio_server):
     messages = user([input_audio_part(_wav(_clip(1.0, 3))), {"type": "text", "text": "Transcribe."}])
-    served = audio_server.ask(messages)
-    direct, text_only = audio_server.ask_locally(messages, user("Transcribe."))
-    assert served.choices[0].message.content == direct.response_text
+    served, direct, text_only = audio_server.assert_equals_python_api(messages, user("Transcribe."))
     # 1 s = 100 mel frames -> 50 after the stride-2 conv -> 25 after pooling (+ the two audio markers)
     assert served.usage.prompt_tokens == direct.prompt_length == text_only.prompt_length + 27
 

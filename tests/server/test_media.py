@@ -11,9 +11,7 @@ vl_server = served_model_fixture("qwen2vl", _build)
 
 def test_image_url_part_equals_the_python_api(vl_server):
     messages = image_url_messages(noise_image((56, 56), 3))
-    served = vl_server.ask(messages)
-    direct, text_only = vl_server.ask_locally(messages, user("Describe."))
-    assert served.choices[0].message.content == direct.response_text
+    served, direct, text_only = vl_server.assert_equals_python_api(messages, user("Describe."))
     # The image's tokens are counted: a 56x56 image is 4x4 patches, merged 2x2 into 4 tokens (+ 2 markers).
     assert served.usage.prompt_tokens == direct.prompt_length == text_only.prompt_length + 6
 

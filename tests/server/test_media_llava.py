@@ -13,9 +13,8 @@ llava_server = served_model_fixture("llava", _build)
 
 def test_image_url_part_equals_the_python_api(llava_server):
     messages = image_url_messages(noise_image((56, 40), 3))
-    served, other = llava_server.ask(messages), llava_server.ask(image_url_messages(noise_image((56, 40), 4)))
-    direct, text_only = llava_server.ask_locally(messages, user("Describe."))
-    assert served.choices[0].message.content == direct.response_text
+    served, direct, text_only = llava_server.assert_equals_python_api(messages, user("Describe."))
+    other = llava_server.ask(image_url_messages(noise_image((56, 40), 4)))
     assert other.choices[0].message.content != served.choices[0].message.content  # the picture matters
     assert served.usage.prompt_tokens == direct.prompt_length == text_only.prompt_length + IMAGE_TOKENS + 1
 

@@ -26,9 +26,7 @@ def test_image_video_and_input_audio_parts_equal_the_python_api(omni_server):
         input_audio_part(_wav(_clip(0.7, 4))),
         {"type": "text", "text": "What do you see and hear?"},
     ]
-    served = omni_server.ask(user(parts))
-    direct, without_audio = omni_server.ask_locally(user(parts), user(parts[:2] + parts[3:]))
-    assert served.choices[0].message.content == direct.response_text
+    served, direct, without_audio = omni_server.assert_equals_python_api(user(parts), user(parts[:2] + parts[3:]))
     # 0.7 s of audio: 70 mel frames -> 35 after the stride-2 conv -> 17 after pooling, + the 2 audio markers
     assert served.usage.prompt_tokens == direct.prompt_length == without_audio.prompt_length + 19
 

@@ -19,9 +19,7 @@ def test_video_url_part_equals_the_python_api(vl_server):
     mp4 = encode_mp4([(i * 16, 200 - i * 10, 90) for i in range(16)], fps=8, size=(96, 64))
     messages = user([{"type": "video_url", "video_url": {"url": data_url("video/mp4", mp4)}},
                      {"type": "text", "text": "What happens?"}])
-    served = vl_server.ask(messages)
-    direct, text_only = vl_server.ask_locally(messages, user("What happens?"))
-    assert served.choices[0].message.content == direct.response_text
+    served, direct, text_only = vl_server.assert_equals_python_api(messages, user("What happens?"))
     # 4 frames sampled at 2 fps, resized to 56x84 (4x6 patches): 2 temporal patches x 6 merged tokens, + 2 markers
     assert served.usage.prompt_tokens == direct.prompt_length == text_only.prompt_length + 14
 

@@ -211,6 +211,17 @@ async def assert_mixed_image_batch_equals_alone(chat_model: Any, reference: Call
     assert chat_model.stats().max_batch_size >= 2
 
 
+def assert_image_equals_generate(chat_model: Any, reference: Callable, image: Image.Image, other: Image.Image,
+                                 max_tokens: int) -> list[int]:
+    """chatplex's tokens for `images=[image]` equal the reference's (all `max_tokens` of them), and `other` changes
+    the reference's answer (the vision path is live); the reference's tokens."""
+    expected = reference(image_messages("What is this?"), [image])
+    assert len(expected) == max_tokens
+    assert engine_tokens(chat_model, user("What is this?"), max_tokens, images=[image]) == expected
+    assert reference(image_messages("What is this?"), [other]) != expected
+    return expected
+
+
 # --- refusals ------------------------------------------------------------------------------------------------------
 
 def assert_refused(chat_model: Any, messages: list[dict], match: str, param: str | None,
@@ -237,18 +248,22 @@ class ServedModel:
     client: openai.OpenAI
     model: str
 
-    def ask(self, messages: list[dict], max_tokens: int = 8) -> Any:
-        """The served greedy completion, EOS ignored."""
-        return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
-                                                   temperature=0, extra_body={"ignore_eos": True})
+    def ask(self, messages: list[dict]) -> Any:
+        """The served greedy completion of 8 tokens, EOS ignored."""
+        return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=8, temperature=0,
+                                                   extra_body={"ignore_eos": True})
 
-    def ask_locally(self, messages: list[dict], baseline: list[dict], max_tokens: int = 8) -> tuple[Any, Any]:
-        """The same request through the Python API on the same folder, and a one-token `baseline` request (its
-        prompt length is what the media adds to)."""
+    def assert_equals_python_api(self, messages: list[dict], baseline: list[dict]) -> tuple[Any, Any, Any]:
+        """The served greedy answer has the text and prompt token count of the same request through the Python API
+        on the same folder; (served, direct, base), base a one-token `baseline` request through the Python API
+        (its prompt length is what the media adds to)."""
+        served = self.ask(messages)
         with tiny_chat_model(self.model_dir) as local:
-            [direct] = local.chat(messages, max_new_tokens=max_tokens, temperature=0, ignore_eos=True)
+            [direct] = local.chat(messages, max_new_tokens=8, temperature=0, ignore_eos=True)
             [base] = local.chat(baseline, max_new_tokens=1)
-        return direct, base
+        assert served.choices[0].message.content == direct.response_text
+        assert served.usage.prompt_tokens == direct.prompt_length
+        return served, direct, base
 
     def assert_bad_request(self, messages: list[dict], param: str | None, max_tokens: int = 4) -> dict:
         """The request is a 400 whose body names `param` (unless None), and the server keeps serving; the error

@@ -4,14 +4,15 @@ image), across prefill chunks smaller than an image, and in batches mixed with t
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 
 from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
-    CORRUPT_PNG, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
-    chatml_template, counting_calls, engine_tokens, generate_tokens, image_data_url, image_messages, noise_image,
-    save_all, tiny_chat_model, tiny_tokenizer, user,
+    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
+    assert_still_serving, build_in, chatml_template, counting_calls, engine_tokens, generate_tokens, image_data_url,
+    image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
 )
 
 SPECIALS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
@@ -89,8 +90,7 @@ def chat_model(gemma_dir):
         yield model
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def test_input_embeddings_are_what_the_model_embeds(hf_model) -> None:
@@ -111,12 +111,9 @@ def test_input_embeddings_are_what_the_model_embeds(hf_model) -> None:
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
     image = noise_image((50, 40), 11)  # a picture on which the causal-only mask changes 6 of the 8 tokens
-    expected = reference(image_messages("What is this?"), [image])
-    assert len(expected) == MAX_TOKENS
     # chunks of CHUNK tokens split the image: its tokens still see each other both ways
-    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
-    # the picture changes the answer, and so does a causal-only mask over the image (the bidirectional mask is live)
-    assert reference(image_messages("What is this?"), [noise_image((50, 40), 2)]) != expected
+    expected = assert_image_equals_generate(chat_model, reference, image, noise_image((50, 40), 2), MAX_TOKENS)
+    # a causal-only mask over the image changes the answer too (the bidirectional mask is live)
     assert reference(image_messages("What is this?"), [image], causal=True) != expected
     [r] = chat_model.chat(user("<image>What is this?"), images=[image], max_tokens=1)
     [text_only] = chat_model.chat(user("What is this?"), max_tokens=1)

@@ -3,14 +3,15 @@ model: alone, in a batch mixed with text requests, and across prefill chunks (vi
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 
 from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
-    CORRUPT_PNG, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
-    chatml_template, counting_calls, engine_tokens, generate_tokens, image_data_url, image_messages, noise_image,
-    save_all, tiny_chat_model, tiny_tokenizer, user,
+    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
+    assert_still_serving, build_in, chatml_template, counting_calls, engine_tokens, generate_tokens, image_data_url,
+    image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
 )
 
 TEMPLATE = chatml_template(image="<image>\n")  # LLaVA's `<image>` for image parts
@@ -90,17 +91,12 @@ def chat_model(llava_dir):
         yield model
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
     image = noise_image((90, 70), 1)
-    expected = reference(image_messages("What is this?"), [image])
-    assert len(expected) == MAX_TOKENS
-    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
-    # the image changes the answer (the vision path is live)
-    assert reference(image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
+    assert_image_equals_generate(chat_model, reference, image, noise_image((90, 70), 2), MAX_TOKENS)
     [r] = chat_model.chat(user("<image>What is this?"), images=[image], max_tokens=1)
     assert r.prompt_length == reference.prompt_len(image_messages("What is this?"), [image])
     # LLaVA: 16 tokens per image; LLaVA-NeXT: the count follows the image's size

@@ -4,6 +4,7 @@ audio tower once at prefill), and a corrupt clip named by its part."""
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -89,8 +90,7 @@ def _wav(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def _audio_messages(text):

@@ -3,6 +3,7 @@ and in a batch mixed with text requests (per-request 3-D positions, vision encod
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pytest
@@ -10,9 +11,9 @@ import torch
 
 from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
-    CORRUPT_PNG, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
-    chatml_template, counting_calls, data_url, engine_tokens, expand_image_pads, generate_tokens, image_data_url,
-    image_messages, noise_image, save_all, sharpen_attention, tiny_chat_model, tiny_tokenizer, user,
+    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
+    assert_still_serving, build_in, chatml_template, counting_calls, data_url, engine_tokens, expand_image_pads,
+    generate_tokens, image_data_url, noise_image, save_all, sharpen_attention, tiny_chat_model, tiny_tokenizer, user,
 )
 
 TEMPLATE = chatml_template(image="<|vision_start|><|image_pad|><|vision_end|>")
@@ -75,17 +76,13 @@ def chat_model(vl_dir):
         yield model
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
     image = noise_image((90, 70), 1)
-    expected = reference(image_messages("What is this?"), [image])
-    assert len(expected) == MAX_TOKENS
-    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
-    # the image changes the answer (the vision path is live), and the same image through a placeholder agrees
-    assert reference(image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
+    expected = assert_image_equals_generate(chat_model, reference, image, noise_image((90, 70), 2), MAX_TOKENS)
+    # the same image through a placeholder agrees
     assert _tokens(chat_model, user("<image>What is this?"), images=[image]) == expected
 
 

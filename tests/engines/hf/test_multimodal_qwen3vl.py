@@ -4,14 +4,15 @@ prefill chunks and mixed with text requests."""
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 
 from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
-    HAS_TORCHVISION, assert_mixed_image_batch_equals_alone, assert_refused, assert_still_serving, build_in,
-    chatml_template, counting_calls, engine_tokens, expand_image_pads, generate_tokens, image_data_url,
-    image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
+    HAS_TORCHVISION, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
+    assert_still_serving, build_in, chatml_template, counting_calls, engine_tokens, expand_image_pads,
+    generate_tokens, image_data_url, image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
 )
 
 SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -86,17 +87,13 @@ def chat_model(vl_dir):
         yield model
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def test_images_argument_equals_generate(chat_model, reference) -> None:
     image = noise_image((90, 70), 1)
-    expected = reference(image_messages("What is this?"), [image])
-    assert len(expected) == MAX_TOKENS
-    assert _tokens(chat_model, user("What is this?"), images=[image]) == expected
-    # the picture changes the answer, and so does DeepStack (its rows must reach the decoder)
-    assert reference(image_messages("What is this?"), [noise_image((90, 70), 2)]) != expected
+    expected = assert_image_equals_generate(chat_model, reference, image, noise_image((90, 70), 2), MAX_TOKENS)
+    # DeepStack changes the answer too (its rows must reach the decoder)
     assert reference(image_messages("What is this?"), [image], deepstack=False) != expected
 
 

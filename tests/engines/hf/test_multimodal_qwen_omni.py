@@ -4,6 +4,7 @@ chunked prefill. The processor needs torchvision (its video processor): run by `
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import torch
@@ -108,8 +109,7 @@ def chat_model(omni_dir):
         yield model
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def test_image_video_and_audio_in_one_prompt_equal_generate(chat_model, reference, clip_path) -> None:

@@ -8,6 +8,7 @@ tests run in `.venv-media` (`make test` runs them there); in the main environmen
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 
@@ -93,8 +94,7 @@ def chat_model(vl_dir):
         yield model
 
 
-def _tokens(chat_model, messages, **kw):
-    return engine_tokens(chat_model, messages, MAX_TOKENS, **kw)
+_tokens = functools.partial(engine_tokens, max_tokens=MAX_TOKENS)  # (chat_model, messages, **request kwargs)
 
 
 def _video_messages(text):
