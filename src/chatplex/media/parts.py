@@ -16,9 +16,15 @@ from chatplex.media.audio import AudioClip, load_audio
 from chatplex.media.image import load_image
 from chatplex.media.policy import MediaPolicy
 from chatplex.media.video import VideoClip, load_video
+from chatplex.messages import TEXT_PART_TYPES
 from chatplex.types import Message
 
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+ARGUMENT_FIELDS = {"image": "images", "video": "videos", "audio": "audios"}  # the Python API's argument per kind
+PART_KINDS = {
+    "image_url": "image", "image": "image", "input_audio": "audio", "audio_url": "audio", "audio": "audio",
+    "video_url": "video", "video": "video",
+}
 _PLACEHOLDER_RE = re.compile("(<image>|<video>|<audio>)")
 
 
@@ -31,6 +37,19 @@ class RequestMedia:
 
     def __bool__(self) -> bool:
         return bool(self.images or self.audios or self.videos)
+
+
+def media_items(request: Any) -> list[tuple[str, str]]:
+    """(param, kind) of every media item a request names, without loading anything: its `images` / `videos` /
+    `audios` arguments, then its media content parts in prompt order (kind "?" for an unknown non-text part).
+    Engines use it to refuse media they cannot take, naming the field."""
+    items = [(field, kind) for kind, field in ARGUMENT_FIELDS.items() if getattr(request, field, None)]
+    for i, message in enumerate(getattr(request, "messages", None) or []):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") not in TEXT_PART_TYPES:
+                items.append((f"messages[{i}].content[{j}]", PART_KINDS.get(part.get("type"), "?")))
+    return items
 
 
 def _url_of(part: dict[str, Any], key: str, param: str) -> Any:

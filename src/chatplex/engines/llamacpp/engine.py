@@ -40,7 +40,7 @@ from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
 from chatplex.engines.sequence_text import SequenceText, stop_tokens, token_logprob
-from chatplex.messages import TEXT_PART_TYPES
+from chatplex.media import media_items
 from chatplex.errors import (
     ConfigError,
     EngineClosedError,
@@ -107,17 +107,11 @@ def _check_options(options: dict[str, Any]) -> None:
 
 def _refuse_media(request: GenerationRequest) -> None:
     """Media never reach llama.cpp here: refuse them, naming the first media field, instead of dropping them."""
-    for param in ("images", "videos", "audios"):
-        if getattr(request, param):
-            raise UnsupportedFeatureError(f"{param}: the llama.cpp engine takes text only.", param=param)
-    for i, message in enumerate(request.messages or []):
-        content = message.get("content")
-        for j, part in enumerate(content if isinstance(content, list) else []):
-            if isinstance(part, dict) and part.get("type") not in TEXT_PART_TYPES:
-                param = f"messages[{i}].content[{j}]"
-                raise UnsupportedFeatureError(
-                    f"{param}: the llama.cpp engine takes text only, not {part.get('type')!r} parts.", param=param
-                )
+    items = media_items(request)
+    if items:
+        param, kind = items[0]
+        what = f"{kind} input" if kind != "?" else "that content part"
+        raise UnsupportedFeatureError(f"{param}: the llama.cpp engine takes text only, not {what}.", param=param)
 
 
 class LlamaCppEngine(Engine):

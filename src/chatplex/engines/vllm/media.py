@@ -16,33 +16,13 @@ from typing import Any
 
 from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from chatplex.media import MediaPolicy, collect_media
-from chatplex.messages import TEXT_PART_TYPES
+from chatplex.media import MediaPolicy, collect_media, media_items
+from chatplex.media.parts import ARGUMENT_FIELDS
 from chatplex.templates import render_prompt
 from chatplex.types import GenerationRequest
 
-_FIELDS = {"image": "images", "audio": "audios", "video": "videos"}
-_PART_KINDS = {
-    "image_url": "image", "image": "image", "input_audio": "audio", "audio_url": "audio", "audio": "audio",
-    "video_url": "video", "video": "video",
-}
-
-
 def has_media(request: GenerationRequest) -> bool:
-    if request.images or request.audios or request.videos:
-        return True
-    return any(_media_parts(request))
-
-
-def _media_parts(request: GenerationRequest) -> list[tuple[str, str]]:
-    """(param, kind) of every media content part, in prompt order."""
-    found = []
-    for i, m in enumerate(request.messages or []):
-        content = m.get("content")
-        for j, p in enumerate(content if isinstance(content, list) else []):
-            if isinstance(p, dict) and p.get("type") not in TEXT_PART_TYPES:
-                found.append((f"messages[{i}].content[{j}]", _PART_KINDS.get(p.get("type"), "?")))
-    return found
+    return bool(media_items(request))
 
 
 class MediaInputs:
@@ -62,8 +42,7 @@ class MediaInputs:
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse media this model cannot take, naming the first offending field (cheap: nothing is loaded)."""
-        items = [(_FIELDS[k], k) for k in _FIELDS if getattr(request, _FIELDS[k])] + _media_parts(request)
-        for param, kind in items:
+        for param, kind in media_items(request):
             if not self.limits:
                 raise UnsupportedFeatureError(
                     f"{param}: {self.model_name} is a text-only model; it takes no images, video or audio.", param=param
@@ -86,9 +65,9 @@ class MediaInputs:
         for kind, items in (("image", media.images), ("audio", media.audios)):
             if len(items) > self.limits.get(kind, 0):
                 raise InvalidRequestError(
-                    f"{_FIELDS[kind]}: {len(items)} {kind}s in one request; {self.model_name} takes at most "
+                    f"{ARGUMENT_FIELDS[kind]}: {len(items)} {kind}s in one request; {self.model_name} takes at most "
                     f"{self.limits[kind]} per prompt in vLLM (vllm_config limit_mm_per_prompt).",
-                    param=_FIELDS[kind],
+                    param=ARGUMENT_FIELDS[kind],
                 )
         text = render_prompt(
             prompts.tokenizer, prompts.template, media.messages, tools=request.tools,

@@ -21,8 +21,7 @@ from typing import Any
 
 from chatplex.engines.hf.multimodal.base import MediaFamily
 from chatplex.errors import UnsupportedFeatureError
-from chatplex.media import MediaPolicy
-from chatplex.messages import TEXT_PART_TYPES
+from chatplex.media import MediaPolicy, media_items
 from chatplex.types import GenerationRequest
 
 # model_type -> "module:Class" of its family (modules import lazily: each pulls its own transformers classes).
@@ -57,21 +56,12 @@ def load_family(model: Any, tokenizer: Any, source: str, policy: MediaPolicy | N
 
 
 def has_media(request: GenerationRequest) -> bool:
-    if request.images or request.audios or request.videos:
-        return True
-    return any(
-        isinstance(m.get("content"), list) and any(p.get("type") not in TEXT_PART_TYPES for p in m["content"])
-        for m in request.messages or []
-    )
+    return bool(media_items(request))
 
 
 def refuse_media(request: GenerationRequest, model_name: str) -> UnsupportedFeatureError:
     """The error for media sent to a text-only model, naming the first media item."""
-    param = "images" if request.images else "audios" if request.audios else "videos" if request.videos else "messages"
-    for i, m in enumerate(request.messages or []):
-        for j, p in enumerate(m.get("content") if isinstance(m.get("content"), list) else []):
-            if p.get("type") not in TEXT_PART_TYPES and param == "messages":
-                param = f"messages[{i}].content[{j}]"
+    param = media_items(request)[0][0]
     return UnsupportedFeatureError(
         f"{param}: {model_name} is a text-only model; it takes no images, video or audio.", param=param
     )
