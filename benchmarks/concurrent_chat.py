@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
-from engine_driver import chat_messages, load_baseline, machine_info, run_baseline, run_engine, run_static_batch
+from engine_driver import (
+    chat_messages, load_baseline, machine_info, run_baseline, run_engine, run_static_batch, save_results,
+)
 
 from chatplex import ChatModel
 from chatplex.bench import request_metrics, summarize
@@ -98,10 +99,7 @@ def main() -> int:
     print(json.dumps(info))
     rows = [r for dtype in ns.dtypes.split(",") for r in bench_dtype(dtype.strip(), ns)]
     print_table(rows)
-    info["load_average_after"] = machine_info()["load_average"]
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump({"machine": info, "args": vars(ns), "rows": rows}, f, indent=2)
+    save_results(ns.json, info, ns, rows=rows)
     return 0
 
 

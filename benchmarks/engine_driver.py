@@ -8,6 +8,7 @@ the time a request waits for earlier ones, which is what a user of a one-at-a-ti
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import subprocess
 import time
@@ -41,9 +42,15 @@ def chat_messages(n: int) -> list[list[dict[str, str]]]:
 
 
 async def drive_engine(
-    model: Any, conversations: list[list[dict[str, Any]]], concurrency: int, max_new_tokens: int, ignore_eos: bool
+    model: Any,
+    conversations: list[list[dict[str, Any]]],
+    concurrency: int,
+    max_new_tokens: int,
+    ignore_eos: bool,
+    request_kwargs: list[dict[str, Any]] | None = None,
 ) -> tuple[list[RequestRecord], float]:
-    """Stream every conversation through `ChatModel.agenerate`, at most `concurrency` at once, greedy.
+    """Stream every conversation through `ChatModel.agenerate`, at most `concurrency` at once, greedy;
+    `request_kwargs[i]` adds to request i's arguments (an adapter, say).
 
     Returns one record per request (a chunk is a delta that carries text) and the wall duration. A request's
     start is when it gets a slot, as `chatplex bench` counts it; with concurrency >= requests that is t=0.
@@ -51,9 +58,11 @@ async def drive_engine(
     gate = asyncio.Semaphore(concurrency)
     t0 = time.perf_counter()
 
-    async def one(messages: list[dict[str, Any]]) -> RequestRecord:
+    async def one(messages: list[dict[str, Any]], extra: dict[str, Any]) -> RequestRecord:
         async with gate:
-            request = model.build_request(messages, temperature=0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
+            request = model.build_request(
+                messages, temperature=0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, **extra
+            )
             record = RequestRecord(start=time.perf_counter())
             async for delta in model.agenerate(request):
                 if delta.text:
@@ -62,7 +71,8 @@ async def drive_engine(
             record.end = time.perf_counter()
             return record
 
-    records = await asyncio.gather(*(one(m) for m in conversations))
+    extras = request_kwargs or [{}] * len(conversations)
+    records = await asyncio.gather(*(one(m, extra) for m, extra in zip(conversations, extras)))
     return list(records), time.perf_counter() - t0
 
 
@@ -171,3 +181,11 @@ def machine_info() -> dict[str, str]:
         "transformers": transformers.__version__,
         "torch_threads": str(torch.get_num_threads()),
     }
+
+
+def save_results(path: str | None, info: dict[str, Any], args: Any, **results: Any) -> None:
+    """Machine info (with the load average now, after the run), the command's arguments and the results, as JSON."""
+    info["load_average_after"] = machine_info()["load_average"]
+    if path:
+        with open(path, "w") as f:
+            json.dump({"machine": info, "args": vars(args), **results}, f, indent=2)

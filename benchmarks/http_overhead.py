@@ -27,7 +27,7 @@ import sys
 import time
 
 import httpx
-from engine_driver import machine_info, run_engine
+from engine_driver import machine_info, run_engine, save_results
 
 from chatplex import ChatModel
 from chatplex.bench import BenchConfig, random_prompts, request_metrics, run_benchmark, summarize
@@ -119,10 +119,7 @@ def main() -> int:
         rounds.append((http, engine))
         print(f"round {i + 1}: HTTP {http['output_tok_s']} tok/s, engine {engine['output_tok_s']} tok/s", flush=True)
     report(rounds)
-    info["load_average_after"] = machine_info()["load_average"]
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump({"machine": info, "args": vars(ns), "rounds": rounds}, f, indent=2)
+    save_results(ns.json, info, ns, rounds=rounds)
     return 0
 
 

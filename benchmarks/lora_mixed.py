@@ -22,10 +22,8 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
-from typing import Any
 
-from engine_driver import chat_messages, machine_info
+from engine_driver import chat_messages, drive_engine, machine_info, save_results
 
 from chatplex import ChatModel
 from chatplex.bench import RequestRecord, request_metrics, summarize
@@ -53,22 +51,8 @@ def build_adapters(out_dir: str, names: list[str], rank: int, targets: list[str]
 
 async def drive(model: ChatModel, adapters: list[str | None], max_new_tokens: int) -> tuple[list[RequestRecord], float]:
     """One greedy chat request per entry of `adapters` (None: the model as loaded), all at once."""
-    convs = chat_messages(len(adapters))
-    t0 = time.perf_counter()
-
-    async def one(messages: list[dict[str, Any]], adapter: str | None) -> RequestRecord:
-        request = model.build_request(messages, temperature=0, max_new_tokens=max_new_tokens, ignore_eos=True,
-                                      adapter=adapter)
-        record = RequestRecord(start=time.perf_counter())
-        async for delta in model.agenerate(request):
-            if delta.text:
-                record.chunk_times.append(time.perf_counter())
-            record.prompt_tokens, record.completion_tokens = delta.prompt_tokens, delta.completion_tokens
-        record.end = time.perf_counter()
-        return record
-
-    records = await asyncio.gather(*(one(m, a) for m, a in zip(convs, adapters)))
-    return list(records), time.perf_counter() - t0
+    extras = [{"adapter": a} for a in adapters]
+    return await drive_engine(model, chat_messages(len(adapters)), len(adapters), max_new_tokens, True, extras)
 
 
 def summarize_row(label: str, runs: list[tuple[list[RequestRecord], float]]) -> dict:
@@ -141,13 +125,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         names = ["a", "b", "c", "d"][: ns.adapters]
         rows = run_rows(build_adapters(tmp, names, ns.rank, ns.targets.split(",")), ns)
-    info["load_average_after"] = machine_info()["load_average"]
     print(f"\n{'row':<44}{'tok/s':>8}{'TPOT ms':>9}{'time s':>8}  of base-only")
     for r in rows:
         print(f"{r['row']:<44}{r['output_tok_s']:>8}{r['tpot_mean_ms']:>9}{r['duration_s']:>8}  x{r['ratio_to_base']:.2f}")
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump({"machine": info, "args": vars(ns), "rows": rows}, f, indent=2)
+    save_results(ns.json, info, ns, rows=rows)
     return 0
 
 

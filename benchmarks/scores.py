@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from engine_driver import machine_info
+from engine_driver import machine_info, save_results
 
 
 def build_reward_model(path: str) -> None:
@@ -120,10 +120,7 @@ def main() -> int:
     for row in rows:
         row["ratio_to_baseline"] = round(row["scores_s"] / base, 2)
         print(f"{row['row']:<52} x{row['ratio_to_baseline']:.2f}")
-    info["load_average_after"] = machine_info()["load_average"]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=2)
+    save_results(args.json, info, args, rows=rows)
     return 0
 
 
