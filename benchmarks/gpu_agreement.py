@@ -4,7 +4,9 @@ Random weights give nearly flat next-token distributions, so bf16 rounding in an
 and agreement measures noise, not the engine. A trained model has peaked distributions: this uses the embedded
 SmolLM2-135M-Instruct (its GGUF dequantized to safetensors), chat prompts rendered with its template, and compares
 the first 32 greedy tokens of the engine (paged attention, CUDA graphs, compiled decode) with `model.generate`
-(transformers' SDPA attention, dynamic cache) on the same bf16 weights, and both with fp32 `generate`.
+(transformers' SDPA attention, dynamic cache) on the same bf16 weights, and both with fp32 `generate`. Both stop at
+EOS as a chat reply does (past EOS a chat model continues on nearly flat distributions, which measures noise
+again); a reply's score is its common prefix with the reference over the longer of the two (1.0: identical).
 
     python benchmarks/gpu_agreement.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out agreement.json
     python benchmarks/gpu_agreement.py --model-dir ~/.cache/chatplex/models/SmolLM2-... --device cpu  # smoke run
@@ -36,6 +38,7 @@ QUESTIONS = [
 
 
 def prefix_fraction(a: list[int], b: list[int], length: int) -> float:
+    length = max(min(max(len(a), len(b)), length), 1)
     same = 0
     for x, y in zip(a, b):
         if x != y:
@@ -69,7 +72,7 @@ def main() -> None:
                for q in QUESTIONS]
     prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p for p in prompts]
     n = args.length
-    sp = build_sampling_params({"max_new_tokens": n, "temperature": 0, "ignore_eos": True})
+    sp = build_sampling_params({"max_new_tokens": n, "temperature": 0})
 
     async def engine_all():
         async def one(p):
@@ -88,8 +91,7 @@ def main() -> None:
 
     def generate(m, p):
         ids = torch.tensor([p], device=args.device)
-        # eos_token_id=-1: run past EOS as the engine does with ignore_eos (min_new_tokens would forbid EOS instead)
-        out = m.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=-1, pad_token_id=0)
+        out = m.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
         return out[0, len(p):].tolist()
 
     gaps = []
@@ -103,7 +105,8 @@ def main() -> None:
         fp32 = generate(ref32, p)
         rows.append({
             "question": q, "engine_vs_generate": prefix_fraction(mine, ref, n),
-            "engine_vs_generate_positionwise": sum(a == b for a, b in zip(mine, ref)) / n,
+            "engine_vs_generate_positionwise": sum(a == b for a, b in zip(mine, ref)) / max(len(mine), len(ref)),
+            "engine_tokens": len(mine), "generate_tokens": len(ref),
             "generate_bf16_vs_fp32": prefix_fraction(ref, fp32, n), "engine_vs_fp32": prefix_fraction(mine, fp32, n),
             "engine_text": tok.decode(mine), "generate_text": tok.decode(ref),
         })

@@ -48,7 +48,7 @@ from chatplex.types import Delta, FinishReason, GenerationRequest, SamplingParam
 
 logger = logging.getLogger(__name__)
 
-GIL_SWITCH_INTERVAL_S = 0.0002
+GIL_SWITCH_INTERVAL_S = 0.00005
 
 
 class HFEngine(Engine):
