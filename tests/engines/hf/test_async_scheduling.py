@@ -97,3 +97,17 @@ def test_abort_mid_stream_frees_everything(model):
             break
         model._loop.run(asyncio.sleep(0.02))
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_padded_eager_steps_change_nothing(model):
+    """Eager steps padded to a multiple of 16 tokens (as on a GPU, where it keeps matrix shapes few) emit the
+    same deltas as unpadded ones."""
+    requests = [build(model, p) for p in PROMPTS]
+    plain = run_all(model, requests, async_on=True)
+    runner = model.engine.runner
+    runner.pad_tokens_to = 16
+    try:
+        padded = run_all(model, requests, async_on=True)
+    finally:
+        runner.pad_tokens_to = 0
+    assert padded == plain

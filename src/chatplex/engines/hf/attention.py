@@ -45,6 +45,8 @@ class AttentionMetadata:
     # Kernel path (CUDA + Triton): decode attention reads the cache in place through block tables.
     decode_block_tables: torch.Tensor | None = None  # [num_decode, max_blocks] int32
     decode_seq_lens: torch.Tensor | None = None  # [num_decode] int32, context length including the new token
+    # Rows from here on are padding (eager steps round their token count up, see runner.py): no attention, zeros.
+    padded_from: int | None = None
     # Masks depend only on the step, not the layer: built once per sliding-window size and reused by every layer.
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
@@ -154,6 +156,8 @@ def paged_attention_forward(
                 qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=group > 1 and not q.is_cuda
             )
         out[seg.q_start : seg.q_start + seg.q_len] = seg_out[0].transpose(0, 1)
+    if meta.padded_from is not None:
+        out[meta.padded_from :] = 0
     return out.unsqueeze(0), None
 
 

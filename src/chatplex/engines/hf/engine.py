@@ -70,7 +70,8 @@ class HFEngine(Engine):
         self._inflight: StepOutput | None = None  # the launched step whose tokens the host has not seen yet
         self._history_seqs: set[Sequence] = set()  # live sequences whose sampling needs every token on the host
         # Seconds the engine thread spent per phase (a developer's view of where a step's time goes).
-        self.phase_seconds = {"schedule": 0.0, "launch": 0.0, "wait": 0.0, "process": 0.0, "deliver": 0.0}
+        self.phase_seconds = {"schedule": 0.0, "launch": 0.0, "wait": 0.0, "process": 0.0, "deliver": 0.0,
+                              "launch_eager": 0.0}  # launch_eager: the part of launch spent in non-graph steps
 
     # ---- loading -------------------------------------------------------------------------------------------
     @property
@@ -348,6 +349,7 @@ class HFEngine(Engine):
             out.extend(self._score_step(batch))
         elif batch:
             rows = {it.seq.seq_id: self._sampling_row(it.seq) for it in batch if it.samples}
+            graph_steps = self.runner.graph_steps
             try:
                 launched = self.runner.execute(batch, rows)
             except Exception as e:  # keep serving: fail only the requests in this step
@@ -360,6 +362,8 @@ class HFEngine(Engine):
                 self._stats.steps += 1
                 self._stats.max_batch_size = max(self._stats.max_batch_size, len(batch))
         phase["launch"] += time.perf_counter() - t1
+        if batch and not self.is_reward_model and self.runner.graph_steps == graph_steps:
+            phase["launch_eager"] += time.perf_counter() - t1
         if self._inflight is not None:
             out.extend(self._resolve(self._inflight))
         self._inflight = launched
