@@ -8,9 +8,10 @@ all query heads of that group (GQA) in one tile, using an online softmax over ti
 
 Split context (flash-decoding): at small batch, sequences x key/value heads is far fewer programs than the GPU has
 SMs (batch 1 of a Llama-3 model: 8), and each walks its whole context alone, so attention cost latency, not
-bandwidth. Then the context is cut into SPLITS ranges, one program each, writing a partial (max, sum, output) that
-a second kernel merges. SPLITS depends only on the batch size and head count, so launch shapes stay fixed for
-CUDA graphs.
+bandwidth. Then the context is cut into `splits` ranges, one program each, writing a partial (max, sum, output)
+that a second kernel merges. The split count depends only on the batch size and head count, so launch shapes stay
+fixed for CUDA graphs; it is a run-time argument, not a compile-time one, so a new batch size never waits for a
+kernel build (each build stalled every stream for about a second).
 """
 
 from __future__ import annotations
@@ -72,13 +73,13 @@ if triton is not None:
                  mask=gmask[:, None] & dmask[None, :])
 
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["splits"])
     def _paged_decode_split_kernel(
         q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, tables_ptr, lens_ptr,
-        scale, window,
+        scale, window, splits,
         stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_tb,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-        KV_BLOCK: tl.constexpr, TILE: tl.constexpr, SPLITS: tl.constexpr,
+        KV_BLOCK: tl.constexpr, TILE: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -99,7 +100,7 @@ if triton is not None:
         if window > 0:
             start = tl.maximum(seq_len - window, 0)
         lo = (start // TILE) * TILE
-        per_split = tl.cdiv(tl.cdiv(seq_len - lo, TILE), SPLITS) * TILE
+        per_split = tl.cdiv(tl.cdiv(seq_len - lo, TILE), splits) * TILE
         begin = lo + split * per_split
         end = tl.minimum(seq_len, begin + per_split)
         for t0 in range(begin, end, TILE):
@@ -119,16 +120,15 @@ if triton is not None:
             v = tl.load(v_ptr + slot[:, None] * stride_vt + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
-        part = (b * kv_heads + kvh) * SPLITS + split
+        part = (b * kv_heads + kvh) * splits + split
         tl.store(acc_ptr + part * GROUP_PAD * BLOCK_D + g[:, None] * BLOCK_D + d[None, :], acc)
         tl.store(ml_ptr + part * 2 * GROUP_PAD + g, m)
         tl.store(ml_ptr + part * 2 * GROUP_PAD + GROUP_PAD + g, l)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["splits"])
     def _merge_splits_kernel(
-        acc_ptr, ml_ptr, o_ptr, stride_ob, stride_oh,
+        acc_ptr, ml_ptr, o_ptr, stride_ob, stride_oh, splits,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-        SPLITS: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -138,8 +138,8 @@ if triton is not None:
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-        for split in tl.static_range(SPLITS):
-            part = (b * kv_heads + kvh) * SPLITS + split
+        for split in range(splits):
+            part = (b * kv_heads + kvh) * splits + split
             m_s = tl.load(ml_ptr + part * 2 * GROUP_PAD + g)
             l_s = tl.load(ml_ptr + part * 2 * GROUP_PAD + GROUP_PAD + g)
             acc_s = tl.load(acc_ptr + part * GROUP_PAD * BLOCK_D + g[:, None] * BLOCK_D + d[None, :])
@@ -195,15 +195,15 @@ def paged_decode_attention(
         ml = torch.empty(batch * kv_heads * splits * 2 * group_pad, dtype=torch.float32, device=q.device)
         _paged_decode_split_kernel[(batch, kv_heads, splits)](
             q, k_cache, v_cache, acc, ml, block_tables, seq_lens,
-            scale, window,
+            scale, window, splits,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             block_tables.stride(0),
             GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, KV_BLOCK=block_size,
-            TILE=max(64, block_size), SPLITS=splits,
+            TILE=max(64, block_size),
         )
         _merge_splits_kernel[(batch, kv_heads)](
-            acc, ml, out, out.stride(0), out.stride(1),
-            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, SPLITS=splits,
+            acc, ml, out, out.stride(0), out.stride(1), splits,
+            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d,
         )
         return out
     _paged_decode_kernel[(batch, kv_heads)](
