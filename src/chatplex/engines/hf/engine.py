@@ -63,6 +63,7 @@ class HFEngine(Engine):
         self._streams: dict[str, RequestStream] = {}
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._switch_interval_before: float | None = None  # Python's own, while a CUDA engine has lowered it
         self._active_requests = 0
         self._stats = EngineStats()
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
@@ -92,6 +93,7 @@ class HFEngine(Engine):
             # The engine thread releases the GIL in every device call (graph launch, copies, event waits) and must
             # get it back at once to keep the GPU fed; at Python's default 5 ms a busy event loop thread (one
             # coroutine wake per stream per step) holds it that long each time. Process-wide, like any GIL setting.
+            self._switch_interval_before = sys.getswitchinterval()
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name="chatplex-hf-engine", daemon=True)
         self._thread.start()
@@ -466,3 +468,6 @@ class HFEngine(Engine):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        before = self._switch_interval_before
+        if before is not None and sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S:
+            sys.setswitchinterval(before)  # the process gets its own setting back (unless someone changed it since)
