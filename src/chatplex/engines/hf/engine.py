@@ -31,6 +31,7 @@ import torch
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.engines.hf import loader, multimodal, scoring, setup
+from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.output_processor import OutputProcessor
 from chatplex.engines.hf.runner import StepOutput
 from chatplex.engines.hf.sampler import SamplingRow
@@ -88,7 +89,7 @@ class HFEngine(Engine):
         return self.model.config.get_text_config().vocab_size if hasattr(self, "model") else None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        await run_in_fresh_thread(self._load)
         if self.device.type == "cuda" and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             # The engine thread releases the GIL in every device call (graph launch, copies, event waits) and must
             # get it back at once to keep the GPU fed; at Python's default 5 ms a busy event loop thread (one
@@ -123,7 +124,7 @@ class HFEngine(Engine):
             if self.multimodal is None:
                 raise multimodal.refuse_media(request, self._name)
             # Decoding, fetching and preprocessing media is blocking work: keep it off the event loop.
-            prompt_ids, media = await asyncio.to_thread(self.multimodal.prepare, self.prompts, request)
+            prompt_ids, media = await run_in_fresh_thread(self.multimodal.prepare, self.prompts, request)
         else:
             prompt_ids = self.prompts.prompt_ids(request)
         matchers = await self._grammar_matchers(request)
