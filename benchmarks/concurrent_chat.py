@@ -15,7 +15,8 @@ import json
 import sys
 
 from engine_driver import (
-    chat_messages, load_baseline, machine_info, run_baseline, run_engine, run_static_batch, save_results,
+    chat_messages, in_ended_thread, load_baseline, machine_info, run_baseline, run_engine, run_static_batch,
+    save_results,
 )
 
 from chatplex import ChatModel
@@ -53,15 +54,21 @@ def bench_dtype(dtype: str, ns: argparse.Namespace) -> list[dict]:
         engine_runs = [run_engine(model, convs, ns.concurrency, ns.max_new_tokens, ns.ignore_eos) for _ in range(ns.repeats)]
     finally:
         model.close()
-    hf_model, tokenizer = load_baseline(embedded_model_dir(), model.engine.dtype)
-    run_baseline(hf_model, tokenizer, chat_messages(1), 8, ns.ignore_eos)  # warm-up
-    base_runs = [run_baseline(hf_model, tokenizer, convs, ns.max_new_tokens, ns.ignore_eos) for _ in range(ns.repeats)]
+    hf_model, tokenizer = in_ended_thread(load_baseline, embedded_model_dir(), model.engine.dtype)
+    in_ended_thread(run_baseline, hf_model, tokenizer, chat_messages(1), 8, ns.ignore_eos)  # warm-up
+    base_runs = [
+        in_ended_thread(run_baseline, hf_model, tokenizer, convs, ns.max_new_tokens, ns.ignore_eos)
+        for _ in range(ns.repeats)
+    ]
     rows = [
         row(f"chatplex engine, {ns.concurrency} concurrent", label, engine_runs),
         row("transformers generate, sequential", label, base_runs),
     ]
     if ns.static_batch:
-        static = [run_static_batch(hf_model, tokenizer, convs, ns.max_new_tokens, ns.ignore_eos) for _ in range(ns.repeats)]
+        static = [
+            in_ended_thread(run_static_batch, hf_model, tokenizer, convs, ns.max_new_tokens, ns.ignore_eos)
+            for _ in range(ns.repeats)
+        ]
         rows.append(row(f"(ref) generate, static batch of {ns.concurrency}", label, static))
     del hf_model
     return rows

@@ -11,6 +11,7 @@ import asyncio
 import json
 import platform
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -189,3 +190,23 @@ def save_results(path: str | None, info: dict[str, Any], args: Any, **results: A
     if path:
         with open(path, "w") as f:
             json.dump({"machine": info, "args": vars(args), **results}, f, indent=2)
+
+
+def in_ended_thread(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a thread that ends before this returns. Baselines run this way: a thread that has run torch
+    on the CPU keeps an idle OpenMP pool for as long as it lives, and while one is alive another thread's forward
+    passes (the engine's) run 1.5x slower on a 2-core machine (chatplex.engines.hf.fresh_thread)."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from engine_driver import machine_info, save_results
+from engine_driver import in_ended_thread, machine_info, save_results
 
 
 def build_reward_model(path: str) -> None:
@@ -111,10 +111,10 @@ def main() -> int:
     print(f"{'row':<52}{'scores/s':>10}{'time s':>9}")
     texts = inputs(args.inputs)
     with tempfile.TemporaryDirectory() as tmp:
-        build_reward_model(tmp)
-        # The baseline runs first: transformers models loaded after a chatplex engine ran in the same process
-        # measured ~15x slower here (2026-11-25), so running it second would flatter chatplex.
-        baseline = transformers_one_at_a_time(tmp, texts, getattr(torch, args.dtype))
+        # Building and the baseline run in threads that end, so no idle OpenMP pool of theirs slows the engine
+        # thread afterwards (engine_driver.in_ended_thread); the baseline still runs first, on a quiet process.
+        in_ended_thread(build_reward_model, tmp)
+        baseline = in_ended_thread(transformers_one_at_a_time, tmp, texts, getattr(torch, args.dtype))
         rows = [baseline, *chatplex_rows(tmp, texts, args.dtype)[0]]
     base = rows[0]["scores_s"]
     for row in rows:
