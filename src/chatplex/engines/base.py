@@ -48,8 +48,9 @@ class Engine(ABC):
 
     @property
     def max_model_len(self) -> int | None:
-        """The longest prompt + output the model takes, when known."""
-        return None
+        """The longest prompt + output the model takes, when known (in-process engines: their prompt preparer's)."""
+        prompts = getattr(self, "prompts", None)
+        return prompts.max_model_len if isinstance(prompts, PromptPreparer) else None
 
     @property
     def vocab_size(self) -> int | None:

@@ -81,10 +81,6 @@ class HFEngine(Engine):
         return self._name
 
     @property
-    def max_model_len(self) -> int | None:
-        return self.prompts.max_model_len if hasattr(self, "prompts") else None
-
-    @property
     def vocab_size(self) -> int | None:
         return self.model.config.get_text_config().vocab_size if hasattr(self, "model") else None
 

@@ -139,10 +139,6 @@ class LlamaCppEngine(Engine):
         return self._name
 
     @property
-    def max_model_len(self) -> int | None:
-        return self.prompts.max_model_len if hasattr(self, "prompts") else None
-
-    @property
     def vocab_size(self) -> int | None:
         return self.runner.n_vocab if hasattr(self, "runner") else None
 

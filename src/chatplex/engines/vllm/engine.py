@@ -67,10 +67,6 @@ class VLLMEngine(Engine):
         return self._name
 
     @property
-    def max_model_len(self) -> int | None:
-        return self.prompts.max_model_len if hasattr(self, "prompts") else None
-
-    @property
     def vocab_size(self) -> int | None:
         return self._vocab_size if hasattr(self, "_vocab_size") else None
 

@@ -10,9 +10,12 @@ import torch
 
 from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from chatplex.media import MediaPolicy, collect_media
+from chatplex.media import MediaPolicy, collect_media, media_items
 from chatplex.templates import render_prompt
 from chatplex.types import GenerationRequest
+
+
+_KIND_NAMES = {"image": "images", "video": "video", "audio": "audio"}
 
 
 class RequestMedia(Protocol):
@@ -42,10 +45,14 @@ class MediaFamily:
     towers: tuple[str, ...] = ("vision_config",)
     # The transformers Auto class (or model class) that loads the checkpoint.
     model_class: str = "AutoModelForImageTextToText"
+    # The media kinds the family takes; requests with others are refused, naming the field.
+    kinds: tuple[str, ...] = ("image",)
+    audio_rate: int | None = None  # the rate audio is resampled to, for families that take audio
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, policy: MediaPolicy | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.policy = policy or MediaPolicy()  # limits and allowed sources for each request's media
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: Any = None) -> MediaFamily:
@@ -78,16 +85,19 @@ class MediaFamily:
         run together and see each other (their cache entries from the earlier chunk are recomputed)."""
 
     # ---- shared helpers ------------------------------------------------------------------------------------
-    def collect_images(self, request: GenerationRequest, policy: MediaPolicy) -> Any:
-        """The request's images (chatplex.media's RequestMedia); audio and video are refused, naming the field."""
-        kind = self.model.config.model_type
-        for param in ("audios", "videos"):
-            if getattr(request, param):
-                raise UnsupportedFeatureError(f"{param}: {kind} takes images only.", param=param)
-        media = collect_media(request.messages or [], request.images, None, policy)
-        if media.audios or getattr(media, "videos", None):
-            raise UnsupportedFeatureError(f"messages: {kind} takes images only.", param="messages")
-        return media
+    def collect(self, request: GenerationRequest) -> Any:
+        """The request's media, loaded and checked (chatplex.media's RequestMedia); kinds this family does not take
+        are refused first, naming the field."""
+        for param, kind in media_items(request):
+            if kind in _KIND_NAMES and kind not in self.kinds:
+                takes = " and ".join(_KIND_NAMES[k] for k in self.kinds)
+                raise UnsupportedFeatureError(
+                    f"{param}: {self.model.config.model_type} takes {takes} only, not {kind}.", param=param
+                )
+        return collect_media(
+            request.messages or [], request.images, request.audios, self.policy, audio_rate=self.audio_rate,
+            videos=request.videos,
+        )
 
     def render(self, prompts: PromptPreparer, request: GenerationRequest, messages: list[Any]) -> str:
         return render_prompt(

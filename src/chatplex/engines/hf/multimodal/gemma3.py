@@ -35,9 +35,8 @@ class Gemma3(MediaFamily):
     model_class = "Gemma3ForConditionalGeneration"
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None) -> None:
-        super().__init__(model, tokenizer)
+        super().__init__(model, tokenizer, policy)
         self.image_processor = image_processor
-        self.policy = policy or MediaPolicy()
         config = model.config
         self.image_token_id = config.image_token_id
         self.boi = tokenizer.convert_ids_to_tokens(config.boi_token_id)
@@ -51,7 +50,7 @@ class Gemma3(MediaFamily):
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], ImageInputs | None]:
         """Load and check the request's images, render and tokenize the prompt with each image's soft tokens."""
-        media = self.collect_images(request, self.policy)
+        media = self.collect(request)
         text = self.render(prompts, request, media.messages)
         if not media.images:
             return self.tokenize(prompts, request, text), None

@@ -31,9 +31,8 @@ class Llava(MediaFamily):
     model_class = "LlavaForConditionalGeneration"
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None) -> None:
-        super().__init__(model, tokenizer)
+        super().__init__(model, tokenizer, policy)
         self.image_processor = image_processor
-        self.policy = policy or MediaPolicy()
         config = model.config
         self.image_token_id = config.image_token_id
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
@@ -48,7 +47,7 @@ class Llava(MediaFamily):
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], ImageInputs | None]:
         """Load and check the request's images, render and tokenize the prompt with expanded `<image>` tokens."""
-        media = self.collect_images(request, self.policy)
+        media = self.collect(request)
         text = self.render(prompts, request, media.messages)
         if not media.images:
             return self.tokenize(prompts, request, text), None
@@ -105,7 +104,7 @@ class LlavaNext(Llava):
 
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], ImageInputs | None]:
         """Load and check the request's images, render and tokenize the prompt with `<image>` expanded by size."""
-        media = self.collect_images(request, self.policy)
+        media = self.collect(request)
         text = self.render(prompts, request, media.messages)
         if not media.images:
             return self.tokenize(prompts, request, text), None

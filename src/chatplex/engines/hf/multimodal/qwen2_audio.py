@@ -10,8 +10,8 @@ import torch
 
 from chatplex.engines.base import PromptPreparer
 from chatplex.engines.hf.multimodal.base import MediaFamily
-from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from chatplex.media import MediaPolicy, collect_media
+from chatplex.errors import InvalidRequestError
+from chatplex.media import MediaPolicy
 from chatplex.types import GenerationRequest
 
 
@@ -48,16 +48,16 @@ class AudioLanguage(MediaFamily):
 
     towers = ("audio_config",)
     model_class = "Qwen2AudioForConditionalGeneration"
+    kinds = ("audio",)
 
     def __init__(self, model: Any, tokenizer: Any, feature_extractor: Any, policy: MediaPolicy | None = None) -> None:
-        super().__init__(model, tokenizer)
+        super().__init__(model, tokenizer, policy)
         self.feature_extractor = feature_extractor
-        self.policy = policy or MediaPolicy()
         self.audio_token_id = model.config.audio_token_id
         self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
-        self.rate = int(feature_extractor.sampling_rate)
+        self.audio_rate = int(feature_extractor.sampling_rate)
         # The encoder takes a fixed number of mel frames (max_source_positions x its conv stride of 2).
-        self.max_seconds = feature_extractor.n_samples / self.rate
+        self.max_seconds = feature_extractor.n_samples / self.audio_rate
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> AudioLanguage:
@@ -76,21 +76,13 @@ class AudioLanguage(MediaFamily):
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], AudioInputs | None]:
         """Load and check the request's audio, render and tokenize the prompt with expanded audio tokens."""
-        if request.videos:
-            raise UnsupportedFeatureError(f"videos: {self.model.config.model_type} takes no video.", param="videos")
-        if request.images:
-            raise UnsupportedFeatureError(f"images: {self.model.config.model_type} takes no images.", param="images")
-        media = collect_media(request.messages or [], None, request.audios, self.policy, audio_rate=self.rate)
-        if media.images or media.videos:
-            raise UnsupportedFeatureError(
-                f"messages: {self.model.config.model_type} takes no images or video.", param="messages"
-            )
+        media = self.collect(request)
         check_durations(media.audios, self.max_seconds, self.model.config.model_type, request)
         text = self.render(prompts, request, media.messages)
         if not media.audios:
             return self.tokenize(prompts, request, text), None
         processed = self.feature_extractor(
-            [clip.array for clip in media.audios], sampling_rate=self.rate, padding="max_length",
+            [clip.array for clip in media.audios], sampling_rate=self.audio_rate, padding="max_length",
             return_attention_mask=True, return_tensors="pt",
         )
         mask = processed["attention_mask"]

@@ -13,13 +13,14 @@ import torch
 
 from chatplex.engines.hf.multimodal.qwen2_audio import audio_token_counts, check_durations
 from chatplex.engines.hf.multimodal.qwen_vl import MediaInputs, VisionLanguage, load_video_processor
-from chatplex.media import MediaPolicy, collect_media
+from chatplex.media import MediaPolicy
 from chatplex.types import GenerationRequest
 
 
 class OmniThinker(VisionLanguage):
     towers = ("vision_config", "audio_config")
     model_class = "Qwen2_5OmniThinkerForConditionalGeneration"
+    kinds = ("image", "video", "audio")
 
     @classmethod
     def checkpoint_kwargs(cls, config: Any) -> dict[str, Any]:
@@ -33,8 +34,8 @@ class OmniThinker(VisionLanguage):
         self.feature_extractor = feature_extractor
         self.audio_token_id = model.config.audio_token_id
         self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
-        self.rate = int(feature_extractor.sampling_rate)
-        self.max_seconds = feature_extractor.n_samples / self.rate  # features are padded to this fixed window
+        self.audio_rate = int(feature_extractor.sampling_rate)
+        self.max_seconds = feature_extractor.n_samples / self.audio_rate  # features are padded to this fixed window
         self.media_token_ids = [self.image_token_id, self.video_token_id, self.audio_token_id]
         # Qwen2_5OmniProcessor sizes video frames itself (qwen-omni-utils' 128..768 merged patches per frame),
         # over whatever the video processor's own config says: do as it does.
@@ -55,10 +56,7 @@ class OmniThinker(VisionLanguage):
 
     # ---- admission -------------------------------------------------------------------------------------------
     def collect(self, request: GenerationRequest) -> Any:
-        media = collect_media(
-            request.messages or [], request.images, request.audios, self.policy, audio_rate=self.rate,
-            videos=request.videos,
-        )
+        media = super().collect(request)
         check_durations(media.audios, self.max_seconds, self.model.config.model_type, request)
         return media
 
@@ -66,7 +64,7 @@ class OmniThinker(VisionLanguage):
         if not media.audios:
             return text
         processed = self.feature_extractor(
-            [clip.array for clip in media.audios], sampling_rate=self.rate, padding="max_length",
+            [clip.array for clip in media.audios], sampling_rate=self.audio_rate, padding="max_length",
             return_attention_mask=True, return_tensors="pt",
         )
         inputs["input_features"] = processed["input_features"]

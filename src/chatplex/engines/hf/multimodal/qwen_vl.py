@@ -18,7 +18,7 @@ import torch
 from chatplex.engines.base import PromptPreparer
 from chatplex.engines.hf.multimodal.base import MediaFamily
 from chatplex.errors import UnsupportedFeatureError
-from chatplex.media import MediaPolicy, collect_media
+from chatplex.media import MediaPolicy, media_items
 from chatplex.types import GenerationRequest
 
 
@@ -54,6 +54,8 @@ class VisionLanguage(MediaFamily):
     """Qwen2-VL-style processing: images through the image processor, videos (frames sampled by
     chatplex.media) through the video processor, each expanded to one token per merged patch."""
 
+    kinds = ("image", "video")
+
     def __init__(
         self,
         model: Any,
@@ -63,11 +65,10 @@ class VisionLanguage(MediaFamily):
         video_processor: Any = None,
         no_video_reason: str = "this model has no video processor.",
     ) -> None:
-        super().__init__(model, tokenizer)
+        super().__init__(model, tokenizer, policy)
         self.image_processor = image_processor
         self.video_processor = video_processor
         self.no_video_reason = no_video_reason
-        self.policy = policy or MediaPolicy()
         config = model.config
         self.image_token_id = config.image_token_id
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
@@ -89,9 +90,9 @@ class VisionLanguage(MediaFamily):
     # ---- admission (asyncio side, in a worker thread) ------------------------------------------------------
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], MediaInputs | None]:
         """Load and check the request's media, render and tokenize the prompt with expanded media tokens."""
-        if (request.videos or _has_video_part(request)) and self.video_processor is None:
-            param = "videos" if request.videos else "messages"
-            raise UnsupportedFeatureError(f"{param}: {self.no_video_reason}", param=param)
+        videos = [param for param, kind in media_items(request) if kind == "video"]
+        if videos and self.video_processor is None:
+            raise UnsupportedFeatureError(f"{videos[0]}: {self.no_video_reason}", param=videos[0])
         media = self.collect(request)
         text = self.render(prompts, request, media.messages)
         if not media:
@@ -115,20 +116,6 @@ class VisionLanguage(MediaFamily):
         seconds = [self.video_processor.temporal_patch_size / clip.fps for clip in media.videos]
         positions, delta = self.rope_index(torch.tensor([ids], dtype=torch.long), inputs, seconds)
         return ids, MediaInputs(positions, delta, self.ranks(ids, self.media_token_ids), **inputs)
-
-    def collect(self, request: GenerationRequest) -> Any:
-        """The request's images and videos; Qwen-VL takes no audio."""
-        kind = self.model.config.model_type
-        if request.audios:
-            raise UnsupportedFeatureError(f"audios: {kind} takes no audio.", param="audios")
-        media = collect_media(request.messages or [], request.images, None, self.policy, videos=request.videos)
-        if media.audios:
-            raise UnsupportedFeatureError(f"messages: {kind} takes no audio.", param="messages")
-        return media
-
-    def expand_videos(self, text: str, grid: torch.Tensor, clips: list[Any]) -> str:
-        """Each video placeholder becomes one token per merged patch of all its frames."""
-        return self.expand(text, self.video_token, self._tokens(grid), "video")
 
     def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
         return text
@@ -190,10 +177,3 @@ class VisionLanguage(MediaFamily):
             )
             parts.extend(out.pooler_output)
         return parts
-
-
-def _has_video_part(request: GenerationRequest) -> bool:
-    return any(
-        isinstance(m.get("content"), list) and any(p.get("type") in ("video", "video_url") for p in m["content"])
-        for m in request.messages or []
-    )
