@@ -117,6 +117,10 @@ class VisionLanguage(MediaFamily):
         positions, delta = self.rope_index(torch.tensor([ids], dtype=torch.long), inputs, seconds)
         return ids, MediaInputs(positions, delta, self.ranks(ids, self.media_token_ids), **inputs)
 
+    def expand_videos(self, text: str, grid: torch.Tensor, clips: list[Any]) -> str:
+        """Each video placeholder becomes one token per merged patch of all its frames."""
+        return self.expand(text, self.video_token, self._tokens(grid), "video")
+
     def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
         return text
 
