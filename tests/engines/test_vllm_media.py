@@ -311,14 +311,15 @@ def test_vllm_text_only_model_refuses_media_naming_the_field():
     inputs = MediaInputs(None, MediaPolicy(), "SmolLM2")
     from chatplex.config import load_args
     from chatplex.sampling import build_sampling_params
+    from chatplex.media import media_items
     from chatplex.types import GenerationRequest
 
     sampling = build_sampling_params({}, load_args({}).generating.as_request_defaults())
     request = GenerationRequest(sampling=sampling, messages=[{"role": "user", "content": "hi"}], audios=[b"x"])
     with pytest.raises(UnsupportedFeatureError, match="text-only") as e:
-        inputs.check(request)
+        inputs.check(media_items(request))
     assert e.value.param == "audios"
     parts = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]
     with pytest.raises(UnsupportedFeatureError) as e:
-        inputs.check(GenerationRequest(sampling=sampling, messages=parts))
+        inputs.check(media_items(GenerationRequest(sampling=sampling, messages=parts)))
     assert e.value.param == "messages[0].content[0]"

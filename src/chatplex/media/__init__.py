@@ -15,11 +15,11 @@ Every error is an `InvalidRequestError` whose `param` names the offending item (
 
 from chatplex.media.audio import AudioClip, load_audio
 from chatplex.media.image import load_image
-from chatplex.media.parts import RequestMedia, collect_media, media_items
+from chatplex.media.parts import RequestMedia, collect_media, media_items, text_only_error
 from chatplex.media.policy import MediaPolicy
 from chatplex.media.video import VideoClip, load_video
 
 __all__ = [
     "AudioClip", "MediaPolicy", "RequestMedia", "VideoClip", "collect_media", "load_audio", "load_image", "load_video",
-    "media_items",
+    "media_items", "text_only_error",
 ]

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatplex.errors import InvalidRequestError
+from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.media.audio import AudioClip, load_audio
 from chatplex.media.image import load_image
 from chatplex.media.policy import MediaPolicy
@@ -50,6 +50,13 @@ def media_items(request: Any) -> list[tuple[str, str]]:
             if isinstance(part, dict) and part.get("type") not in TEXT_PART_TYPES:
                 items.append((f"messages[{i}].content[{j}]", PART_KINDS.get(part.get("type"), "?")))
     return items
+
+
+def text_only_error(param: str, model_name: str) -> UnsupportedFeatureError:
+    """The error for a media item (named by `param`) sent to a text-only model."""
+    return UnsupportedFeatureError(
+        f"{param}: {model_name} is a text-only model; it takes no images, video or audio.", param=param
+    )
 
 
 def _url_of(part: dict[str, Any], key: str, param: str) -> Any:

@@ -30,7 +30,7 @@ import torch
 
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
-from chatplex.engines.hf import loader, multimodal, scoring, setup
+from chatplex.engines.hf import loader, scoring, setup
 from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.output_processor import OutputProcessor
 from chatplex.engines.hf.runner import StepOutput
@@ -45,6 +45,7 @@ from chatplex.errors import (
     NotFoundError,
     UnsupportedFeatureError,
 )
+from chatplex.media import media_items, text_only_error
 from chatplex.types import Delta, FinishReason, GenerationRequest, SamplingParams, TokenLogprob, new_request_id
 
 logger = logging.getLogger(__name__)
@@ -116,9 +117,10 @@ class HFEngine(Engine):
             )
         adapter = self._resolve_adapter(request.adapter)
         media = None
-        if multimodal.has_media(request):
+        items = media_items(request)
+        if items:
             if self.multimodal is None:
-                raise multimodal.refuse_media(request, self._name)
+                raise text_only_error(items[0][0], self._name)
             # Decoding, fetching and preprocessing media is blocking work: keep it off the event loop.
             prompt_ids, media = await run_in_fresh_thread(self.multimodal.prepare, self.prompts, request)
         else:

@@ -68,7 +68,7 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-def _lora_option(adapter: str | None, named: Any) -> dict[str, Any]:
+def _lora_option(paths: list[str], named: dict[str, str]) -> dict[str, Any]:
     """llama.cpp applies one GGUF LoRA for the whole context (its binding's `lora_path`): a single adapter
     converted to GGUF is merged that way; anything else is a clear error rather than silently ignored."""
     if named:
@@ -77,9 +77,8 @@ def _lora_option(adapter: str | None, named: Any) -> dict[str, Any]:
             "or vllm, or merge the adapter.",
             param="lora_modules",
         )
-    if adapter is None:
+    if not paths:
         return {}
-    paths = [p.strip() for p in adapter.split(",") if p.strip()]
     if len(paths) != 1 or not paths[0].endswith(".gguf"):
         raise ConfigError(
             "adapter_name_or_path: the llama.cpp engine takes one LoRA adapter converted to GGUF (a .gguf file, "
@@ -122,10 +121,10 @@ class LlamaCppEngine(Engine):
         self.args = args
         self.path = loader.gguf_file(args.model.model_name_or_path)
         self._name = EMBEDDED_NAME if args.model.model_name_or_path is None else os.path.basename(self.path)[:-5]
-        # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...), when config has them.
-        self.options: dict[str, Any] = dict(getattr(args.model, "engine_config", None) or {})
+        # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...).
+        self.options: dict[str, Any] = dict(args.model.engine_config or {})
         _check_options(self.options)
-        self.options.update(_lora_option(args.model.adapter_name_or_path, getattr(args.model, "lora_modules", None)))
+        self.options.update(_lora_option(args.model.adapter_paths, args.model.lora_modules))
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closing = False

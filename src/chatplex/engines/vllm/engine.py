@@ -34,11 +34,11 @@ from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.hf import loader
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.engines.vllm import params, scoring
-from chatplex.engines.vllm.media import MediaInputs, has_media
+from chatplex.engines.vllm.media import MediaInputs
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
 from chatplex.errors import ChatplexError, EngineClosedError, EngineError, UnsupportedFeatureError
-from chatplex.media import MediaPolicy
+from chatplex.media import MediaPolicy, media_items
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
@@ -51,7 +51,7 @@ class VLLMEngine(Engine):
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
         self.model_dir, _, self._name = loader.model_source(args.model)
-        self._loras = params.Adapters(params.adapter_paths(args.model), params.lora_modules(args.model))
+        self._loras = params.Adapters(params.adapter_paths(args.model), dict(args.model.lora_modules))
         self._loop: BackgroundLoop | None = None
         self._llm: AsyncLLM | None = None
         self._closing = False
@@ -149,8 +149,9 @@ class VLLMEngine(Engine):
         if self.is_reward_model:
             raise UnsupportedFeatureError(f"{self._name} is a reward model: it scores, it does not generate.", param="model")
         media: dict[str, list[Any]] | None = None
-        if has_media(request):
-            self.media.check(request)  # before loading anything
+        items = media_items(request)
+        if items:
+            self.media.check(items)  # before loading anything
             # Fetching and decoding media is blocking work: keep it off the caller's event loop.
             prompt_ids, media = await asyncio.to_thread(self.media.prepare, self.prompts, request)
         else:

@@ -16,14 +16,10 @@ from typing import Any
 
 from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
-from chatplex.media import MediaPolicy, collect_media, media_items
+from chatplex.media import MediaPolicy, collect_media, text_only_error
 from chatplex.media.parts import ARGUMENT_FIELDS
 from chatplex.templates import render_prompt
 from chatplex.types import GenerationRequest
-
-def has_media(request: GenerationRequest) -> bool:
-    return bool(media_items(request))
-
 
 class MediaInputs:
     """What one loaded vLLM model accepts, and the conversion of a request's media for it."""
@@ -40,13 +36,12 @@ class MediaInputs:
         renderer = getattr(llm, "renderer", None)
         return cls(getattr(renderer, "mm_processor", None), policy, model_name)
 
-    def check(self, request: GenerationRequest) -> None:
-        """Refuse media this model cannot take, naming the first offending field (cheap: nothing is loaded)."""
-        for param, kind in media_items(request):
+    def check(self, items: list[tuple[str, str]]) -> None:
+        """Refuse media items (chatplex.media.media_items) this model cannot take, naming the first offending
+        field (cheap: nothing is loaded)."""
+        for param, kind in items:
             if not self.limits:
-                raise UnsupportedFeatureError(
-                    f"{param}: {self.model_name} is a text-only model; it takes no images, video or audio.", param=param
-                )
+                raise text_only_error(param, self.model_name)
             if kind == "video":
                 raise UnsupportedFeatureError(f"{param}: the vllm engine does not take video input yet.", param=param)
             if kind not in self.limits:
@@ -57,8 +52,7 @@ class MediaInputs:
 
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], dict[str, list[Any]]]:
         """Load the media (blocking: run it in a thread), render and tokenize the prompt with one placeholder per
-        item, and return the prompt ids with vLLM's `multi_modal_data`."""
-        self.check(request)
+        item, and return the prompt ids with vLLM's `multi_modal_data` (after `check`)."""
         if request.messages is None:
             raise InvalidRequestError("images: media go with chat messages, not a raw prompt.", param="images")
         media = collect_media(request.messages, request.images, request.audios, self.policy, audio_rate=self.audio_rate)

@@ -62,7 +62,7 @@ def engine_args(
 
 def adapter_paths(margs: ModelArguments) -> list[str]:
     """The adapters of `adapter_name_or_path` (comma-separated). vLLM cannot merge or stack them: one at most."""
-    paths = [p.strip() for p in (margs.adapter_name_or_path or "").split(",") if p.strip()]
+    paths = margs.adapter_paths
     if len(paths) > 1:
         raise ConfigError(
             "adapter_name_or_path: the vllm engine applies one adapter to every request and cannot stack several; "
@@ -70,11 +70,6 @@ def adapter_paths(margs: ModelArguments) -> list[str]:
             param="adapter_name_or_path",
         )
     return paths
-
-
-def lora_modules(margs: ModelArguments) -> dict[str, str]:
-    """Named adapters a request may pick (`lora_modules`, {name: path})."""
-    return dict(getattr(margs, "lora_modules", None) or {})
 
 
 def _check_adapter_dir(path: str, param: str) -> str:

@@ -9,9 +9,8 @@ per-request inputs at admission, and splices the media embeddings into a step's 
     llava.py        LLaVA and LLaVA-NeXT (anyres tiles): images, 1-D positions
     gemma3.py       Gemma 3: images whose tokens attend to each other both ways (bidirectional prefill spans)
 
-A family is picked by the checkpoint's `model_type`. The engine asks three things of this package: whether a
-request carries media (`has_media`), the error for media sent to a text-only model (`refuse_media`), and the
-family object for a loaded model (`load_family`).
+A family is picked by the checkpoint's `model_type`; the engine asks this package for the family object of a
+loaded model (`load_family`). Which media a request carries is chatplex.media's `media_items`.
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ import importlib
 from typing import Any
 
 from chatplex.engines.hf.multimodal.base import MediaFamily
-from chatplex.errors import UnsupportedFeatureError
-from chatplex.media import MediaPolicy, media_items
-from chatplex.types import GenerationRequest
+from chatplex.media import MediaPolicy
 
 # model_type -> "module:Class" of its family (modules import lazily: each pulls its own transformers classes).
 FAMILIES: dict[str, str] = {
@@ -55,16 +52,4 @@ def load_family(model: Any, tokenizer: Any, source: str, policy: MediaPolicy | N
     return family_class(kind).load(model, tokenizer, source, policy) if kind else None
 
 
-def has_media(request: GenerationRequest) -> bool:
-    return bool(media_items(request))
-
-
-def refuse_media(request: GenerationRequest, model_name: str) -> UnsupportedFeatureError:
-    """The error for media sent to a text-only model, naming the first media item."""
-    param = media_items(request)[0][0]
-    return UnsupportedFeatureError(
-        f"{param}: {model_name} is a text-only model; it takes no images, video or audio.", param=param
-    )
-
-
-__all__ = ["FAMILIES", "MediaFamily", "family_class", "has_media", "load_family", "model_kind", "refuse_media"]
+__all__ = ["FAMILIES", "MediaFamily", "family_class", "load_family", "model_kind"]
