@@ -48,7 +48,8 @@ class AttentionMetadata:
     # Rows from here on are padding (eager steps round their token count up, see runner.py): no attention, zeros.
     padded_from: int | None = None
     # Masks depend only on the step, not the layer: built once per sliding-window size and reused by every layer.
-    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+    # Keys: the window for the decode mask, (segment index, window) for a prefill segment's mask (None: causal).
+    masks: dict[Any, torch.Tensor | None] = field(default_factory=dict)
 
 
 def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
@@ -139,7 +140,7 @@ def paged_attention_forward(
         )
         out[:nd] = od[:, :, 0]
     group = q.shape[0] // k_cache.shape[1]
-    for seg in meta.prefills:
+    for i, seg in enumerate(meta.prefills):
         qs = q[:, seg.q_start : seg.q_start + seg.q_len].unsqueeze(0)
         if seg.ctx_slots is None:  # the whole context is new: use it directly, no gather
             ks = key[:, :, seg.q_start : seg.q_start + seg.q_len]
@@ -150,7 +151,9 @@ def paged_attention_forward(
         if group > 1 and q.is_cuda:
             # SDPA's fused CUDA kernels don't take grouped heads (enable_gqa falls back to the slow math kernel).
             ks, vs = ks.repeat_interleave(group, dim=1), vs.repeat_interleave(group, dim=1)
-        mask = _prefill_mask(seg, window, q.device)
+        if (i, window) not in meta.masks:
+            meta.masks[(i, window)] = _prefill_mask(seg, window, q.device)
+        mask = meta.masks[(i, window)]
         with sdpa_kernel(_PREFILL_BACKENDS):
             seg_out = F.scaled_dot_product_attention(
                 qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=group > 1 and not q.is_cuda
