@@ -252,15 +252,25 @@ class ChatModel:
         ]
 
     # ---- scores --------------------------------------------------------------------------------------------
-    async def aget_scores(self, batch_input: list[Any], max_length: int | None = None) -> list[float]:
+    async def aget_scores(
+        self, batch_input: list[Any], max_length: int | None = None, *, truncation_side: str = "right"
+    ) -> list[float]:
         """Raw reward-model scores, one per input: a string, or a conversation (list of messages) that is
-        rendered with the model's chat template. Raises UnsupportedFeatureError for a generative model."""
+        rendered with the model's chat template. An input longer than `max_length` tokens loses its end
+        (`truncation_side="right"`, LLaMA-Factory's way) or its beginning ("left", vLLM's truncate_prompt_tokens).
+        Raises UnsupportedFeatureError for a generative model."""
         if not isinstance(batch_input, list) or not batch_input:
             raise InvalidRequestError("batch_input: must be a non-empty list.", param="batch_input")
-        return await self.engine.score(batch_input, max_length)
+        if truncation_side not in ("left", "right"):
+            raise InvalidRequestError(
+                f"truncation_side: must be 'left' or 'right', got {truncation_side!r}.", param="truncation_side"
+            )
+        return await self.engine.score(batch_input, max_length, truncation_side)
 
-    def get_scores(self, batch_input: list[Any], max_length: int | None = None) -> list[float]:
-        return self._loop.run(self.aget_scores(batch_input, max_length))
+    def get_scores(
+        self, batch_input: list[Any], max_length: int | None = None, *, truncation_side: str = "right"
+    ) -> list[float]:
+        return self._loop.run(self.aget_scores(batch_input, max_length, truncation_side=truncation_side))
 
     # ---- LoRA adapters -------------------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import os
 import sys
@@ -159,18 +160,30 @@ def parse_lora_modules(value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if isinstance(value, str):
-        value = [item for item in value.replace(",", " ").split() if item]
+        value = [value] if value.lstrip().startswith("{") else [item for item in value.replace(",", " ").split() if item]
     if isinstance(value, list):
-        pairs = {}
-        for item in value:
-            name, eq, path = str(item).partition("=")
-            if not eq or not name.strip() or not path.strip():
-                raise ConfigError(f"lora_modules: {item!r} is not name=path.", param="lora_modules")
-            pairs[name.strip()] = path.strip()
-        value = pairs
+        value = dict(_lora_module(item) for item in value)
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ConfigError("lora_modules: must map adapter names to paths ({name: path} or name=path,...).", param="lora_modules")
     return dict(value)
+
+
+def _lora_module(item: Any) -> tuple[str, str]:
+    """One adapter: "name=path", or vLLM's JSON form '{"name": ..., "path": ...}' (other keys ignored)."""
+    text = str(item).strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"lora_modules: {text!r} is not valid JSON ({exc.msg}).", param="lora_modules") from None
+        name, path = spec.get("name"), spec.get("path")
+        if isinstance(name, str) and isinstance(path, str) and name.strip() and path.strip():
+            return name.strip(), path.strip()
+        raise ConfigError(f"lora_modules: {text!r} needs string fields 'name' and 'path'.", param="lora_modules")
+    name, eq, path = text.partition("=")
+    if not eq or not name.strip() or not path.strip():
+        raise ConfigError(f"lora_modules: {item!r} is not name=path.", param="lora_modules")
+    return name.strip(), path.strip()
 
 
 @dataclass

@@ -31,7 +31,7 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
 def lora_server(tiny_model_dir, adapter_dirs, tmp_path_factory):
     with running_server(
         ["--model", tiny_model_dir, "--infer-dtype", "float32", "--api-key", API_KEY, "--served-model-name", "base",
-         "--set", f"lora_modules=a1={adapter_dirs['a1']}", "--set", "max_loras=2"],
+         "--lora-modules", f"a1={adapter_dirs['a1']}", "--max-loras", "2"],
         tmp_path_factory.mktemp("lora-srv") / "server.log",
     ) as srv:
         yield srv

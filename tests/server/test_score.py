@@ -100,10 +100,32 @@ def test_reward_model_refuses_chat(reward_server):
                                        messages=[{"role": "user", "content": "hi"}], max_tokens=2)
 
 
+def test_classify_truncates_like_vllm(rhttp, reward_dir, tokenizer):
+    """truncate_prompt_tokens keeps the last k tokens (vLLM's meaning); -1 is the model's whole context."""
+    ids = tokenizer.encode(TEXTS[1], add_special_tokens=False)
+    tail = tokenizer.decode(ids[-4:])
+    assert tokenizer.encode(tail, add_special_tokens=False) == ids[-4:] and len(ids) > 4
+    with ChatModel({"model_name_or_path": reward_dir, "infer_dtype": "float32"}) as model:
+        tail_score, whole_score = model.get_scores([tail, TEXTS[1]])
+    for k, want in ((4, tail_score), (-1, whole_score)):
+        body = rhttp.post("/classify", json={"input": TEXTS[1], "truncate_prompt_tokens": k,
+                                             "use_activation": False}).json()
+        assert body["data"][0]["probs"] == pytest.approx([want], abs=1e-5), k
+        assert body["usage"]["prompt_tokens"] == (4 if k == 4 else len(ids))
+    r = rhttp.post("/classify", json={"input": "a", "truncate_prompt_tokens": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
 def test_bad_score_requests(rhttp):
     assert rhttp.post("/v1/score", json={"input": [1, 2]}).status_code == 400
     r = rhttp.post("/v1/score", json={"input": ["a"], "max_length": 0})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_length"
+    # Errors name the request's own fields, not the Python API's `batch_input`.
+    r = rhttp.post("/v1/score", json={"input": ["fine", ""]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+    assert r.json()["error"]["message"].startswith("input[1]")
+    r = rhttp.post("/v1/score/evaluation", json={"model": "m", "messages": ["", "x"]})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("messages[0]"), r.text
     assert httpx.post(rhttp.base_url.join("/classify"), json={"input": "a"}).status_code == 401
 
 

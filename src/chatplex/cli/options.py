@@ -13,6 +13,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("config", nargs="?", help="a LLaMA-Factory style YAML file of arguments (optional)")
     g.add_argument("--model", dest="model_name_or_path", help="model directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--adapter", dest="adapter_name_or_path", help="LoRA adapter path(s), comma-separated")
+    g.add_argument("--lora-modules", dest="lora_modules", nargs="+", action="extend", metavar="NAME=PATH",
+                   help="named LoRA adapters a request picks by its model field (vLLM's form; repeatable)")
+    g.add_argument("--max-loras", dest="max_loras", type=int, help="how many named adapters may be resident (default: 8)")
     g.add_argument("--template", help="built-in chat template name (default: the tokenizer's own)")
     g.add_argument("--chat-template", dest="chat_template", help="a Jinja chat template file")
     g.add_argument("--infer-backend", dest="infer_backend", choices=BACKENDS, help="engine (default: huggingface)")
@@ -33,7 +36,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 MODEL_KEYS = (
-    "model_name_or_path adapter_name_or_path template chat_template infer_backend infer_dtype device default_system "
+    "model_name_or_path adapter_name_or_path lora_modules max_loras template chat_template infer_backend infer_dtype device default_system "
     "trust_remote_code max_model_len max_new_tokens temperature top_p top_k"
 ).split()
 

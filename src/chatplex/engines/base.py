@@ -74,10 +74,11 @@ class Engine(ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the request's output. Closing the iterator early aborts the request."""
 
-    async def score(self, inputs: list[str], max_length: int | None = None) -> list[float]:
+    async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
         raise UnsupportedFeatureError(
             f"{self.model_name} is a generative model, not a reward model: scores need a model with a value head "
-            "or a single-label sequence-classification head.",
+            "or a single-label sequence-classification head (a causal LM with LLaMA-Factory's value_head.safetensors "
+            "scores when loaded with task: score, or stage: rm).",
             param="model",
         )
 

@@ -127,8 +127,27 @@ def test_lora_modules_forms():
     assert load_args({"lora_modules": "a=/p, b=/q"}).model.lora_modules == {"a": "/p", "b": "/q"}
     assert load_args({"lora_modules": ["a=/p"]}).model.lora_modules == {"a": "/p"}
     assert load_args({"lora_modules": {"a": "/p"}}).model.lora_modules == {"a": "/p"}
+    vllm_json = '{"name": "a", "path": "/p", "base_model_name": "m"}'
+    assert load_args({"lora_modules": [vllm_json, "b=/q"]}).model.lora_modules == {"a": "/p", "b": "/q"}
     with pytest.raises(ConfigError, match="lora_modules"):
         load_args({"lora_modules": "nopath"})
+    with pytest.raises(ConfigError, match="lora_modules: .*'name' and 'path'"):
+        load_args({"lora_modules": ['{"name": "a"}']})
+    with pytest.raises(ConfigError, match="lora_modules: .*not valid JSON"):
+        load_args({"lora_modules": ['{"name": ']})
+
+
+def test_lora_flags_on_the_command_line():
+    import argparse
+
+    from chatplex.cli.options import add_model_options, model_args_from
+
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    ns = parser.parse_args(["--lora-modules", "a=/p", '{"name": "b", "path": "/q"}', "--lora-modules", "c=/r",
+                            "--max-loras", "3"])
+    config = load_args(model_args_from(ns))
+    assert config.model.lora_modules == {"a": "/p", "b": "/q", "c": "/r"} and config.model.max_loras == 3
     with pytest.raises(ConfigError, match="max_loras"):
         load_args({"lora_modules": "a=/p,b=/q", "max_loras": 1})
     with pytest.raises(ConfigError, match="merge_lora"):

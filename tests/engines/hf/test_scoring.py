@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from chatplex import ChatModel
-from chatplex.errors import ConfigError, InvalidRequestError, UnsupportedFeatureError
+from chatplex.errors import ConfigError, ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
 
 TEXTS = [
     "Hi",
@@ -15,6 +15,7 @@ TEXTS = [
     "One two three four five",
     "A much longer input: " + "lorem ipsum dolor sit amet " * 6,
     "x",
+    "Hello!<|im_end|>",  # ends in the pad token (SmolLM2's pad is its eos): a pad-id search would read too early
 ]
 CONVERSATION = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
 
@@ -181,3 +182,43 @@ def test_value_head_of_the_wrong_size(tmp_path, tiny_model_dir):
               str(path / "value_head.safetensors"))
     with pytest.raises(ConfigError, match="hidden size 64"):
         ChatModel({"model_name_or_path": str(path), "task": "score"})
+
+
+def test_value_head_bin_in_the_model_dir(tmp_path, value_head_dirs, smollm_tokenizer):
+    """value_head.bin (torch.save, as older LLaMA-Factory runs wrote it) beside a model with no adapter."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path / "rm"
+    shutil.copytree(value_head_dirs[0], path)
+    torch.manual_seed(3)
+    head = {"v_head.summary.weight": torch.randn(1, 64), "v_head.summary.bias": torch.randn(1)}
+    torch.save(head, path / "value_head.bin")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    expected = []
+    with torch.no_grad():
+        for text in TEXTS:
+            ids = torch.tensor([smollm_tokenizer.encode(text, add_special_tokens=False)])
+            last = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+            expected.append(float(last @ head["v_head.summary.weight"][0] + head["v_head.summary.bias"][0]))
+    with ChatModel({"model_name_or_path": str(path), "task": "score", "infer_dtype": "float32"}) as rm:
+        assert rm.get_scores(TEXTS) == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_inputs_and_the_kv_cache(classifier_dir, smollm_tokenizer):
+    """An input longer than the whole KV cache is refused (it could never be scheduled); inputs that only fit one
+    at a time still score, and equal their scores from a roomy cache."""
+    per_token = 2 * 2 * 2 * 16 * 4  # k and v, 2 layers, 2 kv heads, head dim 16, fp32
+    small = {"model_name_or_path": classifier_dir, "infer_dtype": "float32", "kv_block_size": 4,
+             "kv_cache_memory_gb": 32 * per_token / 2**30}
+    fits = [TEXTS[1], TEXTS[2], TEXTS[1] + " again"]
+    with ChatModel({"model_name_or_path": classifier_dir, "infer_dtype": "float32"}) as roomy:
+        expected = roomy.get_scores(fits)
+    with ChatModel(small) as model:
+        cap = model.engine.blocks.capacity_tokens
+        lengths = [len(smollm_tokenizer.encode(t, add_special_tokens=False)) for t in fits]
+        assert max(lengths) <= cap < sum(lengths) and len(smollm_tokenizer.encode(TEXTS[3])) > cap
+        with pytest.raises(ContextLengthExceededError, match=rf"batch_input\[1\].*KV cache holds {cap}\b"):
+            model.get_scores([TEXTS[0], TEXTS[3]])
+        assert model.get_scores(fits) == pytest.approx(expected, abs=1e-5)

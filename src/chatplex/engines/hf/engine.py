@@ -197,14 +197,21 @@ class HFEngine(Engine):
             raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="model", code="model_not_found")
         return name
 
-    async def score(self, inputs: list[Any], max_length: int | None = None) -> list[float]:
+    async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
         """Raw scores, one per input (a string, or a conversation rendered with the template), in one batch."""
         if not self.is_reward_model:
-            return await super().score(inputs, max_length)
+            return await super().score(inputs, max_length, truncation_side)
         if self._closing or self._thread is None:
             raise EngineClosedError("The engine is not running.")
         scoring.check_max_length(max_length)
-        ids = [scoring.input_ids(self.prompts, x, i, max_length) for i, x in enumerate(inputs)]
+        ids = [scoring.input_ids(self.prompts, x, i, max_length, truncation_side) for i, x in enumerate(inputs)]
+        for i, x in enumerate(ids):
+            # An input the KV cache cannot hold would wait for blocks forever.
+            if len(x) > self.blocks.capacity_tokens:
+                raise ContextLengthExceededError(
+                    f"batch_input[{i}]: {len(x)} tokens but the KV cache holds {self.blocks.capacity_tokens}; "
+                    "pass max_length, raise kv_cache_memory_gb or shorten the input.", param="batch_input",
+                )
         request_id = new_request_id("score")
         stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue())
         stream.seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]

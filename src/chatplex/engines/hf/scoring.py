@@ -121,11 +121,12 @@ def decoder_of(model: Any) -> torch.nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
-def input_ids(prompts: Any, inp: Any, index: int, max_length: int | None) -> list[int]:
+def input_ids(prompts: Any, inp: Any, index: int, max_length: int | None, truncation_side: str = "right") -> list[int]:
     """Token ids to score for one input: a string as it is, a conversation rendered with the model's template.
 
-    `prompts` is the engine's PromptPreparer. Long inputs are cut to `max_length` (then to the model's context)
-    keeping their beginning, as LLaMA-Factory's truncation does.
+    `prompts` is the engine's PromptPreparer. Long inputs are cut to `max_length` (then to the model's context):
+    truncation_side "right" keeps their beginning, as LLaMA-Factory's truncation does; "left" keeps their end,
+    as vLLM's truncate_prompt_tokens does.
     """
     if isinstance(inp, str):
         ids = prompts.tokenizer.encode(inp, add_special_tokens=False)
@@ -142,7 +143,7 @@ def input_ids(prompts: Any, inp: Any, index: int, max_length: int | None) -> lis
     if not ids:
         raise InvalidRequestError(f"batch_input[{index}]: the input is empty.", param="batch_input")
     limit = min(max_length or prompts.max_model_len, prompts.max_model_len)
-    return ids[:limit]
+    return ids[:limit] if truncation_side == "right" else ids[-limit:]
 
 
 def check_max_length(max_length: Any) -> None:

@@ -131,13 +131,13 @@ class VLLMEngine(Engine):
     def is_reward_model(self) -> bool:
         return getattr(self, "_pooling", False)
 
-    async def score(self, inputs: list[Any], max_length: int | None = None) -> list[float]:
+    async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
         """Raw scores, one per input (a string, or a conversation rendered with the template), batched by vLLM."""
         if not self.is_reward_model:
-            return await super().score(inputs, max_length)
+            return await super().score(inputs, max_length, truncation_side)
         if self._closing or self._llm is None:
             raise EngineClosedError("The engine is not running.")
-        ids = scoring.token_ids(self.prompts, inputs, max_length)
+        ids = scoring.token_ids(self.prompts, inputs, max_length, truncation_side)
         return await self._on_vllm(scoring.score_ids(self._llm, ids))
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:

@@ -32,10 +32,10 @@ def pooling(score_format: Any) -> bool:
     return True
 
 
-def token_ids(prompts: Any, inputs: list[Any], max_length: int | None) -> list[list[int]]:
+def token_ids(prompts: Any, inputs: list[Any], max_length: int | None, truncation_side: str) -> list[list[int]]:
     """Token ids to score, one list per input (InvalidRequestError naming the bad input)."""
     hf_scoring.check_max_length(max_length)
-    return [hf_scoring.input_ids(prompts, x, i, max_length) for i, x in enumerate(inputs)]
+    return [hf_scoring.input_ids(prompts, x, i, max_length, truncation_side) for i, x in enumerate(inputs)]
 
 
 async def score_ids(llm: Any, ids: list[list[int]]) -> list[float]:

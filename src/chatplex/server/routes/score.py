@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatplex.chat_model import ChatModel
+from chatplex.errors import ChatplexError, InvalidRequestError
 from chatplex.server.routes import ERROR_RESPONSES, get_state
 from chatplex.server.schemas import (
     ErrorResponse,
@@ -49,7 +52,9 @@ class ClassifyRequest(BaseModel):
     model: str | None = None
     input: str | list[str]
     use_activation: bool | None = Field(None, description="Sigmoid over the raw score (default true, as vLLM).")
-    truncate_prompt_tokens: int | None = None
+    truncate_prompt_tokens: int | None = Field(
+        None, description="Keep each input's last k tokens (vLLM's meaning); -1: up to the model's context length."
+    )
 
 
 class ClassificationData(BaseModel):
@@ -84,7 +89,8 @@ class ClassificationResponse(BaseModel):
 async def create_score(body: ScoreInputRequest, state: ServerState = Depends(get_state)) -> ScoreResponse:
     chat_model = state.model_for(body.model)
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    scores = await chat_model.aget_scores(list(inputs), body.max_length)
+    async with _named_as("input"):
+        scores = await chat_model.aget_scores(list(inputs), body.max_length)
     data = [ScoreData(index=i, score=score) for i, score in enumerate(scores)]
     return ScoreResponse(id=f"score-{uuid.uuid4().hex}", model=state.model_name, data=data)
 
@@ -95,7 +101,8 @@ async def create_score_evaluation(
 ) -> ScoreEvaluationResponse:
     # LLaMA-Factory ignored `model` here and its clients send any name; keep accepting them.
     chat_model = state.model_for(None)
-    scores = await chat_model.aget_scores(body.messages, body.max_length)
+    async with _named_as("messages"):
+        scores = await chat_model.aget_scores(body.messages, body.max_length)
     return ScoreEvaluationResponse(id=f"scoreval-{uuid.uuid4().hex}", model=state.model_name, scores=scores)
 
 
@@ -104,18 +111,46 @@ async def create_score_evaluation(
 async def create_classification(body: ClassifyRequest, state: ServerState = Depends(get_state)) -> ClassificationResponse:
     chat_model = state.model_for(body.model)
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    scores = await chat_model.aget_scores(list(inputs), body.truncate_prompt_tokens)
+    keep = _truncation(body.truncate_prompt_tokens)
+    async with _named_as("input", max_length="truncate_prompt_tokens"):
+        scores = await chat_model.aget_scores(list(inputs), keep, truncation_side="left")
     activate = body.use_activation is not False
     label = _label(chat_model)
     data = [
         ClassificationData(index=i, label=label, probs=[_sigmoid(s) if activate else s], num_classes=1)
         for i, s in enumerate(scores)
     ]
-    tokens = _count_tokens(chat_model, inputs, body.truncate_prompt_tokens)
+    tokens = _count_tokens(chat_model, inputs, keep)
     return ClassificationResponse(
         id=f"classify-{uuid.uuid4().hex}", model=state.model_name, data=data,
         usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens),
     )
+
+
+@contextlib.asynccontextmanager
+async def _named_as(field: str, max_length: str = "max_length") -> AsyncIterator[None]:
+    """Errors from the Python API name `batch_input`: say the request's own field names instead."""
+    try:
+        yield
+    except ChatplexError as exc:
+        for old, new in (("batch_input", field), ("max_length", max_length)):
+            if (exc.param or "").startswith(old):
+                exc.message = exc.message.replace(old, new, 1)
+                exc.param, exc.args = new, (exc.message,)
+                break
+        raise
+
+
+def _truncation(value: int | None) -> int | None:
+    """vLLM's truncate_prompt_tokens as a token count to keep (None: the model's context length)."""
+    if value is None or value == -1:
+        return None
+    if value <= 0:
+        raise InvalidRequestError(
+            f"truncate_prompt_tokens: must be a positive number of tokens or -1, got {value}.",
+            param="truncate_prompt_tokens",
+        )
+    return value
 
 
 def _sigmoid(x: float) -> float:
