@@ -233,6 +233,11 @@ def test_vllm_reward_model_scores_match_torch(reward_dir, smollm_tokenizer):
         # max_length keeps the beginning of a long input
         cut = model.get_scores(["Cats are great pets, and dogs too."], max_length=3)
         assert cut == pytest.approx(_torch_scores(reward_dir, [ids[1][:3]]), abs=1e-3)
+        # truncation_side "left" keeps the end (vLLM's truncate_prompt_tokens, served by /classify)
+        tail = model.get_scores(["Cats are great pets, and dogs too."], max_length=3, truncation_side="left")
+        assert tail == pytest.approx(_torch_scores(reward_dir, [ids[1][-3:]]), abs=1e-3)
+        with pytest.raises(UnsupportedFeatureError, match="loads no adapters"):
+            model.load_adapter("x", reward_dir)
         with pytest.raises(InvalidRequestError) as err:
             model.get_scores([42])
         assert err.value.param == "batch_input"
@@ -240,3 +245,13 @@ def test_vllm_reward_model_scores_match_torch(reward_dir, smollm_tokenizer):
             model.chat(STORY, max_new_tokens=2)
     finally:
         model.close()
+
+
+def test_vllm_reward_model_with_an_adapter_is_refused(tmp_path, reward_dir):
+    """vLLM's pooling runner would score with the base weights: refused at start, before vLLM loads anything."""
+    from chatplex.errors import ConfigError
+
+    adapter = _lora_adapter(tmp_path / "rm-lora", reward_dir)
+    with pytest.raises(ConfigError, match="adapter_name_or_path: the vllm engine scores") as err:
+        ChatModel({"infer_backend": "vllm", "model_name_or_path": reward_dir, "adapter_name_or_path": adapter})
+    assert err.value.param == "adapter_name_or_path"

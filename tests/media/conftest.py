@@ -54,7 +54,7 @@ def encode_mp4(colors: list[tuple[int, int, int]], fps: int = 8, size: tuple[int
 
 
 class MediaServer:
-    """Routes: /img.png, /big (no Content-Length), /slow, /redirect?to=..., /missing; counts hits."""
+    """Routes: /img.png, /big (no Content-Length), /slow, /trickle, /redirect?to=..., /missing; counts hits."""
 
     def __init__(self) -> None:
         self.hits: list[str] = []
@@ -75,6 +75,17 @@ class MediaServer:
                     self.end_headers()
                     for _ in range(64):
                         self.wfile.write(b"x" * 1024)
+                elif self.path == "/trickle":  # a byte every 0.1 s: no single read times out
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.end_headers()
+                    try:
+                        for _ in range(30):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                        pass
                 elif self.path == "/slow":
                     time.sleep(1.5)
                     self._send(200, outer.png, "image/png")

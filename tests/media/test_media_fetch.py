@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from chatplex.errors import InvalidRequestError
@@ -48,6 +50,15 @@ def test_timeout_and_http_errors(media_server) -> None:
         load_image(media_server.url("/slow"), "p", policy)
     with pytest.raises(InvalidRequestError, match="HTTP 404"):
         load_image(media_server.url("/missing"), "p", LOOPBACK)
+
+
+def test_time_limit_covers_the_whole_fetch(media_server) -> None:
+    """A server that sends a byte at a time never trips a per-read timeout; the fetch still ends on time."""
+    policy = MediaPolicy(allow_private_addresses=True, fetch_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(InvalidRequestError, match="took longer than 0.5 s"):
+        load_image(media_server.url("/trickle"), "p", policy)
+    assert time.monotonic() - started < 2.5  # the body alone takes 3 s
 
 
 def test_remote_can_be_switched_off(media_server) -> None:

@@ -52,6 +52,9 @@ def test_argument_media_with_and_without_placeholders(tmp_path) -> None:
     ]
     plain = collect_media([{"role": "system", "content": "s"}, {"role": "user", "content": "what?"}], images=[img])
     assert plain.messages[1]["content"] == [{"type": "image"}, {"type": "text", "text": "what?"}]
+    # Text parts (OpenAI's list form) with images= and no placeholder: the image goes before the parts.
+    listed = collect_media([{"role": "user", "content": [{"type": "text", "text": "what?"}]}], images=[img])
+    assert listed.messages[0]["content"] == [{"type": "image"}, {"type": "text", "text": "what?"}]
 
 
 def test_placeholder_count_mismatch() -> None:

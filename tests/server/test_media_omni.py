@@ -31,4 +31,4 @@ def test_image_video_and_input_audio_parts_equal_the_python_api(omni_server):
     assert served.usage.prompt_tokens == direct.prompt_length == without_audio.prompt_length + 19
 
     bad = user([{"type": "text", "text": "Listen:"}, input_audio_part(_wav(_clip(31.0, 1)))])
-    assert "at most 30 s" in omni_server.assert_bad_request(bad, None)["message"]
+    assert "at most 30 s" in omni_server.assert_bad_request(bad, "messages[0].content[1]")["message"]

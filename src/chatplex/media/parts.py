@@ -165,7 +165,8 @@ def _attach_arguments(messages: list[Message], arguments: dict[str, list[Any]], 
             raise InvalidRequestError("messages: media needs a user message to go in.", param="messages")
         head = [loader.add(k, s, f"{k}s[{i}]", trusted=True) for k, i, s in leftover]
         content = out[first]["content"]
-        out[first] = {**out[first], "content": head + [{"type": "text", "text": content}]}
+        rest = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        out[first] = {**out[first], "content": head + rest}
     return out
 
 

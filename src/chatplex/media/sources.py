@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -74,6 +75,8 @@ def fetch_url(url: str, param: str, policy: MediaPolicy) -> Blob:
 
     if not policy.allow_remote:
         raise InvalidRequestError(f"{param}: remote media URLs are not allowed here.", param=param)
+    # httpx's timeout bounds each read; the deadline bounds the whole fetch (a server may trickle bytes).
+    deadline = time.monotonic() + policy.fetch_timeout_s
     with httpx.Client(timeout=policy.fetch_timeout_s, follow_redirects=False, trust_env=False) as client:
         for _ in range(policy.max_redirects + 1):
             request = _pinned_request(client, url, param, policy)
@@ -87,7 +90,7 @@ def fetch_url(url: str, param: str, policy: MediaPolicy) -> Blob:
                     continue
                 if response.status_code != 200:
                     raise InvalidRequestError(f"{param}: fetching the media gave HTTP {response.status_code}.", param=param)
-                return Blob(_read_limited(response, param, policy), response.headers.get("content-type"))
+                return Blob(_read_limited(response, param, policy, deadline), response.headers.get("content-type"))
             except httpx.HTTPError as e:
                 raise InvalidRequestError(f"{param}: fetching the media failed ({type(e).__name__}).", param=param) from None
             finally:
@@ -113,7 +116,7 @@ def _pinned_request(client: object, url: str, param: str, policy: MediaPolicy) -
     )
 
 
-def _read_limited(response: object, param: str, policy: MediaPolicy) -> bytes:
+def _read_limited(response: object, param: str, policy: MediaPolicy, deadline: float) -> bytes:
     length = response.headers.get("content-length")  # type: ignore[attr-defined]
     if length and length.isdigit() and int(length) > policy.max_item_bytes:
         raise _too_big(param, policy)
@@ -122,6 +125,10 @@ def _read_limited(response: object, param: str, policy: MediaPolicy) -> bytes:
         total += len(chunk)
         if total > policy.max_item_bytes:
             raise _too_big(param, policy)
+        if time.monotonic() > deadline:
+            raise InvalidRequestError(
+                f"{param}: fetching the media took longer than {policy.fetch_timeout_s:g} s.", param=param
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

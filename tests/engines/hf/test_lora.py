@@ -123,6 +123,23 @@ def test_bad_adapter_paths(tiny_model_dir, tmp_path):
         ChatModel({"model_name_or_path": tiny_model_dir("llama"), "lora_modules": {"x": str(tmp_path)}})
 
 
+async def test_adapter_on_the_output_layer_is_refused_and_nothing_stays(tiny_model_dir, adapters, tmp_path):
+    """The runner computes logits for each sequence's last token only, so a per-request lm_head LoRA is refused;
+    the failed load leaves the model serving its other adapters as before."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "lm_head"], init_lora_weights=False)).save_pretrained(
+        tmp_path / "head")
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
+                    "lora_modules": {"a1": adapters["a1"]}}) as model:
+        before = await _tokens(model, PROMPTS[1], "a1")
+        with pytest.raises(ConfigError, match="targets lm_head, the output layer"):
+            await model.aload_adapter("head", str(tmp_path / "head"))
+        assert model.adapters == ["a1"] and await _tokens(model, PROMPTS[1], "a1") == before
+
+
 def test_lora_modules_forms():
     assert load_args({"lora_modules": "a=/p, b=/q"}).model.lora_modules == {"a": "/p", "b": "/q"}
     assert load_args({"lora_modules": ["a=/p"]}).model.lora_modules == {"a": "/p"}

@@ -143,6 +143,8 @@ def test_bad_media_names_the_part(chat_model) -> None:
     assert_refused(chat_model, many, "more than 16 images", "messages[0].content[17]")
     bad = user([{"type": "image_url", "image_url": CORRUPT_PNG}])
     assert_refused(chat_model, bad, "not a readable image", "messages[0].content[0]")
+    typed = user([{"type": "image_url", "image_url": url}, {"type": "text", "text": "<image_soft_token>"}])
+    assert_refused(chat_model, typed, "keeps for media", "messages[0].content[1]")
     assert_refused(chat_model, user("x"), "videos: gemma3 takes images only", None, UnsupportedFeatureError,
                    videos=["clip.mp4"])
     assert_still_serving(chat_model, MAX_TOKENS)

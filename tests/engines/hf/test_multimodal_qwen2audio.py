@@ -145,7 +145,9 @@ async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
 def test_bad_audio_names_the_part(chat_model) -> None:
     bad = user([{"type": "text", "text": "x"}, input_audio_part(b"RIFF\x00\x00not a wav at all")])
     assert_refused(chat_model, bad, "not a readable audio", "messages[0].content[1]")
-    assert_refused(chat_model, user("x"), "at most 2 s", None, audios=[(_clip(2.5, 8), RATE)])
+    assert_refused(chat_model, user("x"), "at most 2 s", "audios[1]", audios=[(_clip(0.5, 8), RATE), (_clip(2.5, 8), RATE)])
+    long_part = user([{"type": "text", "text": "x"}, input_audio_part(_wav(_clip(2.5, 8)))])
+    assert_refused(chat_model, long_part, r"messages\[0\]\.content\[1\]: .*at most 2 s", "messages[0].content[1]")
     assert_refused(chat_model, user("x"), "images", None, UnsupportedFeatureError, images=[CORRUPT_PNG])
     assert_still_serving(chat_model, MAX_TOKENS)
 

@@ -120,4 +120,14 @@ def test_bad_media_names_the_part(chat_model) -> None:
     bad = user([{"type": "text", "text": "x"}, {"type": "image_url", "image_url": CORRUPT_PNG}])
     assert_refused(chat_model, bad, "not a readable image", "messages[0].content[1]")
     assert_refused(chat_model, user("x"), "audio", None, UnsupportedFeatureError, audios=[([0.0] * 160, 16000)])
+    # A media token typed into the text would open embedding slots with no media behind them.
+    url = image_data_url(noise_image((56, 56), 7))
+    typed = user([{"type": "image_url", "image_url": url}, {"type": "text", "text": "and <|video_pad|> too"}])
+    assert_refused(chat_model, typed, "keeps for media", "messages[0].content[1]")
+    assert_refused(chat_model, user("<image>see <|image_pad|>"), "keeps for media", "messages[0].content[1]",
+                   images=[noise_image((56, 56), 7)])
+    # Qwen-VL's resize refuses an aspect ratio over 200: the processor's reason, naming the image it cannot take.
+    thin = user([{"type": "image_url", "image_url": url}, {"type": "image_url", "image_url": image_data_url(
+        noise_image((600, 2), 8))}, {"type": "text", "text": "x"}])
+    assert_refused(chat_model, thin, "processor cannot take this image", "messages[0].content[1]")
     assert_still_serving(chat_model, MAX_TOKENS)

@@ -152,7 +152,7 @@ async def test_mixed_batch_equals_each_alone(chat_model, reference, clip_path) -
 
 
 def test_too_long_audio_names_the_argument(chat_model) -> None:
-    assert_refused(chat_model, user("x"), "at most 30 s", "audios", audios=[(np.zeros(16000 * 31, np.float32), 16000)])
+    assert_refused(chat_model, user("x"), "at most 30 s", "audios[0]", audios=[(np.zeros(16000 * 31, np.float32), 16000)])
     assert_still_serving(chat_model, MAX_TOKENS)
 
 

@@ -73,8 +73,12 @@ class LoraAdapters:
                 self._peft_model.load_adapter(path, adapter_name=name)
         except (ValueError, RuntimeError, KeyError) as e:
             raise ConfigError(f"{param}: cannot load the adapter at {path!r} onto this model: {e}", param=param) from e
+        try:
+            self._hook_layers(peft)
+        except ConfigError:
+            self._peft_model.base_model.delete_adapter(name)  # leave the model as it was before this load
+            raise
         self.paths[name] = path
-        self._hook_layers(peft)
 
     def unload(self, name: str) -> None:
         if name not in self.paths:
@@ -86,9 +90,17 @@ class LoraAdapters:
         from peft.tuners.lora.layer import Linear as LoraLinear
         from peft.tuners.lora.layer import LoraLayer
 
+        head = self.model.get_output_embeddings()
         for module_name, module in self.model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
+            if module is head:
+                # The runner computes logits for each sequence's last token only, not for every token of the step.
+                raise ConfigError(
+                    f"lora_modules: the adapter targets {module_name}, the output layer; per-request adapters support "
+                    "the decoder's layers. Merge it instead (adapter_name_or_path).",
+                    param="lora_modules",
+                )
             if not isinstance(module, LoraLinear) or any(module.use_dora.values()) or any(module.lora_bias.values()):
                 raise ConfigError(
                     f"lora_modules: {module_name} is a {type(module).__name__} LoRA layer (or uses DoRA / bias); "

@@ -37,7 +37,7 @@ from chatplex.engines.vllm import params, scoring
 from chatplex.engines.vllm.media import MediaInputs
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
-from chatplex.errors import ChatplexError, EngineClosedError, EngineError, UnsupportedFeatureError
+from chatplex.errors import ChatplexError, ConfigError, EngineClosedError, EngineError, UnsupportedFeatureError
 from chatplex.media import MediaPolicy, media_items
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
@@ -73,6 +73,13 @@ class VLLMEngine(Engine):
     async def start(self) -> None:
         margs = self.args.model
         self._pooling = scoring.pooling(loader.score_format(margs))
+        if self._pooling and self._loras.enabled:
+            # vLLM's pooling runner would score with the base weights and say nothing.
+            raise ConfigError(
+                "adapter_name_or_path: the vllm engine scores with a classifier's own weights only; merge the adapter "
+                "into the model (peft's merge_and_unload) or use infer_backend huggingface, which merges it at load.",
+                param="adapter_name_or_path" if margs.adapter_name_or_path else "lora_modules",
+            )
         self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
         engine_args = params.engine_args(
             margs, self.model_dir, current_platform.is_cpu(), self._loras.enabled, pooling=self._pooling
@@ -105,6 +112,8 @@ class VLLMEngine(Engine):
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter under `name` (needs LoRA on at start: an adapter configured, or enable_lora)."""
+        if self._pooling:
+            raise UnsupportedFeatureError("A reward model scores with its own weights; it loads no adapters.", param="lora_name")
         if not self._lora_enabled:
             raise UnsupportedFeatureError(
                 "lora_path: this vLLM engine was started without LoRA; start it with lora_modules, "

@@ -51,7 +51,9 @@ class Llava(MediaFamily):
         text = self.render(prompts, request, media.messages)
         if not media.images:
             return self.tokenize(prompts, request, text), None
-        pixels = self.image_processor(images=media.images, return_tensors="pt")["pixel_values"]
+        pixels = self.process(
+            request, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
+        )["pixel_values"]
         height, width = pixels.shape[-2:]
         # Patches, plus the CLS token that the "full" strategy keeps ("default" drops it).
         count = (height // self.patch) * (width // self.patch) + (self.strategy == "full")
@@ -108,7 +110,9 @@ class LlavaNext(Llava):
         text = self.render(prompts, request, media.messages)
         if not media.images:
             return self.tokenize(prompts, request, text), None
-        processed = self.image_processor(images=media.images, return_tensors="pt")
+        processed = self.process(
+            request, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
+        )
         sizes = processed["image_sizes"]
         counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes.tolist())["num_image_tokens"]
         text = self.expand(text, self.image_token, counts, "image")

@@ -36,10 +36,11 @@ def check_durations(clips: list[Any], max_seconds: float, kind: str, request: Ge
     """Refuse clips longer than the encoder's fixed window: cutting one silently would answer about part of it."""
     for i, clip in enumerate(clips):
         if clip.array.size / clip.sampling_rate > max_seconds:
+            param = MediaFamily.item_param(request, "audio", i)
             raise InvalidRequestError(
-                f"audios[{i}]: the audio lasts {clip.array.size / clip.sampling_rate:.1f} s; "
+                f"{param}: the audio lasts {clip.array.size / clip.sampling_rate:.1f} s; "
                 f"{kind} takes at most {max_seconds:g} s per clip.",
-                param="audios" if request.audios else "messages",
+                param=param,
             )
 
 

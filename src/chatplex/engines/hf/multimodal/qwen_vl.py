@@ -99,15 +99,16 @@ class VisionLanguage(MediaFamily):
             return self.tokenize(prompts, request, text), None
         inputs: dict[str, Any] = {}
         if media.images:
-            processed = self.image_processor(images=media.images, return_tensors="pt")
+            processed = self.process(
+                request, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
+            )
             inputs["pixel_values"], inputs["image_grid_thw"] = processed["pixel_values"], processed["image_grid_thw"]
             text = self.expand(text, self.image_token, self._tokens(inputs["image_grid_thw"]), "image")
         if media.videos:
             # Frames are already sampled (chatplex.media.video); the processor resizes and patches them.
-            processed = self.video_processor(
-                videos=[clip.frames for clip in media.videos], do_sample_frames=False, return_tensors="pt",
-                **self.video_kwargs,
-            )
+            processed = self.process(request, "video", [clip.frames for clip in media.videos], lambda clips: (
+                self.video_processor(videos=clips, do_sample_frames=False, return_tensors="pt", **self.video_kwargs)
+            ))
             inputs["pixel_values_videos"] = processed["pixel_values_videos"]
             inputs["video_grid_thw"] = processed["video_grid_thw"]
             text = self.expand_videos(text, inputs["video_grid_thw"], media.videos)
