@@ -30,16 +30,21 @@ def _processor(path):
     )
 
 
-@pytest.fixture(scope="module")
-def vl_dir(tmp_path_factory):
+def build_with_video(path) -> None:
+    """The tiny Qwen3-VL with a video-aware chat template and its video processor saved beside it."""
     from transformers import AutoTokenizer
 
-    path = tmp_path_factory.mktemp("qwen3vl-video")
     build_images_only(path)
     tok = AutoTokenizer.from_pretrained(path)
     tok.chat_template = TEMPLATE
     tok.save_pretrained(path)
     _processor(path).video_processor.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def vl_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen3vl-video")
+    build_with_video(path)
     return path
 
 
