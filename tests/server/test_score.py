@@ -142,3 +142,27 @@ def test_openapi_documents_score(rhttp):
     schema = rhttp.get("/openapi.json").json()
     assert "/v1/score" in schema["paths"] and "/classify" in schema["paths"]
     assert "ScoreInputRequest" in schema["components"]["schemas"]
+
+
+def test_llamafactory_value_head_through_the_server(tmp_path, tokenizer):
+    """LLaMA-Factory's reward format (a causal LM + value_head.safetensors) served with `stage: rm`, as its YAML says."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(6)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=49152, max_position_embeddings=2048, eos_token_id=2,
+                         bos_token_id=1, pad_token_id=2)
+    path = tmp_path / "vh"
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    save_file({"v_head.summary.weight": torch.randn(1, 64), "v_head.summary.bias": torch.randn(1)},
+              str(path / "value_head.safetensors"))
+    (tmp_path / "rm.yaml").write_text(f"model_name_or_path: {path}\nstage: rm\nfinetuning_type: lora\n"
+                                      "infer_dtype: float32\n")
+    with ChatModel(str(tmp_path / "rm.yaml")) as model:
+        expected = model.get_scores(TEXTS)
+    assert len({round(x, 4) for x in expected}) == len(TEXTS)
+    with running_server([str(tmp_path / "rm.yaml")], tmp_path / "server.log") as srv:
+        body = httpx.post(f"{srv.url}/v1/score/evaluation", json={"model": "m", "messages": TEXTS}, timeout=60).json()
+        assert body["scores"] == pytest.approx(expected, abs=1e-5)
