@@ -75,7 +75,10 @@ def test_adapter_errors(tmp_path):
         params.Adapters([], {"x": str(tmp_path)})
     with pytest.raises(NotFoundError) as err:
         params.Adapters([], {}).pick("nope")
-    assert err.value.param == "adapter"
+    assert (err.value.param, err.value.code) == ("model", "model_not_found")
+    with pytest.raises(NotFoundError) as err:
+        params.Adapters([], {}).remove("nope")
+    assert (err.value.param, err.value.code) == ("lora_name", "model_not_found")
 
 
 def test_sequence_output_stop_string_across_tokens_and_logprobs(smollm_tokenizer):

@@ -107,7 +107,9 @@ class Adapters:
 
     def remove(self, name: str) -> LoRARequest:
         if name not in self.named:
-            raise NotFoundError(f"lora_name: no adapter named {name!r} is loaded.", param="lora_name")
+            raise NotFoundError(
+                f"lora_name: no adapter named {name!r} is loaded.", param="lora_name", code="model_not_found"
+            )
         return self.named.pop(name)
 
     def pick(self, adapter: str | None) -> LoRARequest | None:
@@ -115,7 +117,11 @@ class Adapters:
             return self.default
         if adapter not in self.named:
             known = ", ".join(self.named) or "none"
-            raise NotFoundError(f"adapter: {adapter!r} is not loaded; loaded adapters: {known}.", param="adapter")
+            # Named like the HF engine's error: the server's `model` field is what picks an adapter.
+            raise NotFoundError(
+                f"The LoRA adapter {adapter!r} is not loaded; loaded adapters: {known}.", param="model",
+                code="model_not_found",
+            )
         return self.named[adapter]
 
 
