@@ -34,6 +34,8 @@ class RequestMedia:
     images: list[Any] = field(default_factory=list)  # RGB PIL images, in prompt order
     audios: list[AudioClip] = field(default_factory=list)
     videos: list[VideoClip] = field(default_factory=list)
+    # The field that named each item, per kind, in prompt order: "messages[0].content[2]" or "audios[1]".
+    params: dict[str, list[str]] = field(default_factory=lambda: {"image": [], "video": [], "audio": []})
 
     def __bool__(self) -> bool:
         return bool(self.images or self.audios or self.videos)
@@ -83,6 +85,7 @@ class _Loader:
         self.images: list[Any] = []
         self.audios: list[AudioClip] = []
         self.videos: list[VideoClip] = []
+        self.params: dict[str, list[str]] = {"image": [], "video": [], "audio": []}
 
     def add(self, kind: str, source: Any, param: str, trusted: bool) -> dict[str, str]:
         if kind == "image":
@@ -97,6 +100,7 @@ class _Loader:
             if len(self.audios) >= self.policy.max_audios:
                 raise InvalidRequestError(f"{param}: more than {self.policy.max_audios} audios in one request.", param=param)
             self.audios.append(load_audio(source, param, self.policy, target_rate=self.audio_rate, trusted=trusted))
+        self.params[kind].append(param)
         return {"type": kind}
 
     def part(self, part: dict[str, Any], param: str) -> dict[str, Any]:
@@ -197,4 +201,4 @@ def collect_media(
             )
         arguments = {"image": list(images or []), "video": list(videos or []), "audio": list(audios or [])}
         out = _attach_arguments(out, arguments, loader)
-    return RequestMedia(out, loader.images, loader.audios, loader.videos)
+    return RequestMedia(out, loader.images, loader.audios, loader.videos, loader.params)

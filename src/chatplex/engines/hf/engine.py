@@ -126,11 +126,7 @@ class HFEngine(Engine):
         else:
             prompt_ids = self.prompts.prompt_ids(request)
         matchers = await self._grammar_matchers(request)
-        if len(prompt_ids) + 1 > self.blocks.capacity_tokens:
-            raise ContextLengthExceededError(
-                f"The prompt has {len(prompt_ids)} tokens but the KV cache holds {self.blocks.capacity_tokens}; "
-                "raise kv_cache_memory_gb or shorten the prompt."
-            )
+        self._check_cache_holds(len(prompt_ids) + 1, "The prompt", "messages")
         margs = self.args.model
         if margs.max_waiting_requests is not None and self._active_requests >= margs.max_num_seqs + margs.max_waiting_requests:
             raise EngineOverloadedError(
@@ -197,6 +193,14 @@ class HFEngine(Engine):
             raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="model", code="model_not_found")
         return name
 
+    def _check_cache_holds(self, tokens: int, what: str, param: str) -> None:
+        """A sequence longer than the whole KV cache would wait for blocks forever: refuse it at admission."""
+        if tokens > self.blocks.capacity_tokens:
+            raise ContextLengthExceededError(
+                f"{what} has {tokens} tokens but the KV cache holds {self.blocks.capacity_tokens}; "
+                "raise kv_cache_memory_gb or shorten it.", param=param,
+            )
+
     async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
         """Raw scores, one per input (a string, or a conversation rendered with the template), in one batch."""
         if not self.is_reward_model:
@@ -206,12 +210,7 @@ class HFEngine(Engine):
         scoring.check_max_length(max_length)
         ids = [scoring.input_ids(self.prompts, x, i, max_length, truncation_side) for i, x in enumerate(inputs)]
         for i, x in enumerate(ids):
-            # An input the KV cache cannot hold would wait for blocks forever.
-            if len(x) > self.blocks.capacity_tokens:
-                raise ContextLengthExceededError(
-                    f"batch_input[{i}]: {len(x)} tokens but the KV cache holds {self.blocks.capacity_tokens}; "
-                    "pass max_length, raise kv_cache_memory_gb or shorten the input.", param="batch_input",
-                )
+            self._check_cache_holds(len(x), f"batch_input[{i}]", "batch_input")
         request_id = new_request_id("score")
         stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue())
         stream.seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]

@@ -75,10 +75,11 @@ class VLLMEngine(Engine):
         self._pooling = scoring.pooling(loader.score_format(margs))
         if self._pooling and self._loras.enabled:
             # vLLM's pooling runner would score with the base weights and say nothing.
+            param = "adapter_name_or_path" if margs.adapter_name_or_path else "lora_modules"
             raise ConfigError(
-                "adapter_name_or_path: the vllm engine scores with a classifier's own weights only; merge the adapter "
-                "into the model (peft's merge_and_unload) or use infer_backend huggingface, which merges it at load.",
-                param="adapter_name_or_path" if margs.adapter_name_or_path else "lora_modules",
+                f"{param}: the vllm engine scores with a classifier's own weights only; merge the adapter into the "
+                "model (peft's merge_and_unload) or use infer_backend huggingface, which merges it at load.",
+                param=param,
             )
         self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
         engine_args = params.engine_args(

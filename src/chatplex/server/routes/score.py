@@ -112,7 +112,7 @@ async def create_classification(body: ClassifyRequest, state: ServerState = Depe
     chat_model = state.model_for(body.model)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     keep = _truncation(body.truncate_prompt_tokens)
-    async with _named_as("input", max_length="truncate_prompt_tokens"):
+    async with _named_as("input"):
         scores = await chat_model.aget_scores(list(inputs), keep, truncation_side="left")
     activate = body.use_activation is not False
     label = _label(chat_model)
@@ -128,16 +128,14 @@ async def create_classification(body: ClassifyRequest, state: ServerState = Depe
 
 
 @contextlib.asynccontextmanager
-async def _named_as(field: str, max_length: str = "max_length") -> AsyncIterator[None]:
-    """Errors from the Python API name `batch_input`: say the request's own field names instead."""
+async def _named_as(field: str) -> AsyncIterator[None]:
+    """Errors from the Python API name its `batch_input` argument: name the request's own field instead."""
     try:
         yield
     except ChatplexError as exc:
-        for old, new in (("batch_input", field), ("max_length", max_length)):
-            if (exc.param or "").startswith(old):
-                exc.message = exc.message.replace(old, new, 1)
-                exc.param, exc.args = new, (exc.message,)
-                break
+        if exc.param == "batch_input":
+            exc.message = exc.message.replace("batch_input", field, 1)
+            exc.param, exc.args = field, (exc.message,)
         raise
 
 

@@ -3,22 +3,24 @@ splice of a request's media embeddings into a step's flat batch of token embeddi
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from chatplex.engines.base import PromptPreparer
-from chatplex.errors import ChatplexError, InvalidRequestError, UnsupportedFeatureError
+from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.media import MediaPolicy, collect_media, media_items
-from chatplex.media.parts import ARGUMENT_FIELDS
 from chatplex.templates import render_prompt
 from chatplex.types import GenerationRequest
 
 
 _KIND_NAMES = {"image": "images", "video": "video", "audio": "audio"}
 _Out = TypeVar("_Out")
+# What transformers' processors raise for media they cannot take.
+_PROCESSOR_ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
 
 
 class RequestMedia(Protocol):
@@ -104,48 +106,38 @@ class MediaFamily:
         self.refuse_media_tokens(media.messages)
         return media
 
+    @functools.cached_property
+    def media_tokens(self) -> list[str]:
+        """The token strings this model gives media meaning (its image / video / audio tokens)."""
+        ids = [getattr(self, f"{kind}_token_id", None) for kind in self.kinds]
+        return [t for t in self.tokenizer.convert_ids_to_tokens([i for i in ids if i is not None]) if t]
+
     def refuse_media_tokens(self, messages: list[Any]) -> None:
         """Message text that spells one of the model's media tokens would open embedding slots with no media
         behind them (a wrong answer, or a failed step for every request in it): refuse it, naming the part."""
-        ids = [getattr(self, f"{kind}_token_id", None) for kind in self.kinds]
-        tokens = [t for t in self.tokenizer.convert_ids_to_tokens([i for i in ids if i is not None]) if t]
-        for i, message in enumerate(messages):
-            content = message.get("content")
-            parts = [(f"messages[{i}].content", content)] if isinstance(content, str) else [
-                (f"messages[{i}].content[{j}]", p.get("text")) for j, p in enumerate(content or []) if isinstance(p, dict)
-            ]
-            for param, text in parts:
-                for token in tokens:
-                    if isinstance(text, str) and token in text:
-                        raise InvalidRequestError(
-                            f"{param}: the text holds {token!r}, a token this model keeps for media; send media as "
-                            "content parts (or images= / videos= / audios= with <image> / <video> / <audio>).",
-                            param=param,
-                        )
+        for param, text in _texts(messages):
+            token = next((t for t in self.media_tokens if t in text), None)
+            if token is not None:
+                raise InvalidRequestError(
+                    f"{param}: the text holds {token!r}, a token this model keeps for media; send media as "
+                    "content parts (or images= / videos= / audios= with <image> / <video> / <audio>).",
+                    param=param,
+                )
 
     @staticmethod
-    def item_param(request: GenerationRequest, kind: str, index: int) -> str:
-        """The field holding the request's index-th media item of `kind`: `audios[1]` or `messages[0].content[2]`."""
-        field = ARGUMENT_FIELDS[kind]
-        if getattr(request, field, None):
-            return f"{field}[{index}]"
-        parts = [param for param, k in media_items(request) if k == kind]
-        return parts[index] if index < len(parts) else "messages"
-
-    def process(self, request: GenerationRequest, kind: str, items: list[Any], call: Callable[[list[Any]], _Out]) -> _Out:
-        """`call(items)` (the model's processor over all of a request's items of one kind); when it refuses them,
-        each item is tried alone to name the one it cannot take (a 1x300 image for Qwen-VL's resize, say)."""
+    def process(media: Any, kind: str, items: list[Any], call: Callable[[list[Any]], _Out]) -> _Out:
+        """`call(items)`: the model's processor over all of a request's items of one kind (`media` is the
+        request's RequestMedia). When it refuses them, each item is tried alone to name the one it cannot take
+        (a 1x300 image for Qwen-VL's resize, say)."""
         try:
             return call(items)
-        except ChatplexError:
-            raise
-        except (ValueError, TypeError, IndexError, RuntimeError) as exc:
+        except _PROCESSOR_ERRORS as exc:
             culprit, reason = "messages", exc
-            for i, item in enumerate(items):
+            for param, item in zip(media.params[kind], items):
                 try:
                     call([item])
-                except (ValueError, TypeError, IndexError, RuntimeError) as one:
-                    culprit, reason = self.item_param(request, kind, i), one
+                except _PROCESSOR_ERRORS as one:
+                    culprit, reason = param, one
                     break
             raise InvalidRequestError(
                 f"{culprit}: the model's processor cannot take this {kind}: {reason}", param=culprit
@@ -212,3 +204,14 @@ class MediaFamily:
         for start, hit, values in splice:
             embeds[0, start + hit.to(embeds.device)] = values.to(embeds.dtype)
         return {"inputs_embeds": embeds}
+
+
+def _texts(messages: list[Any]) -> Iterator[tuple[str, str]]:
+    """(param, text) of every text in the messages: whole string contents and text parts."""
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, str):
+            yield f"messages[{i}].content", content
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                yield f"messages[{i}].content[{j}]", part["text"]

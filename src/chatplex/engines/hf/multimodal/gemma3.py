@@ -60,7 +60,7 @@ class Gemma3(MediaFamily):
                 f"messages: the chat template wrote {len(pieces) - 1} {self.boi} for {len(media.images)} images.",
                 param="messages",
             )
-        pixels = self.process(request, "image", media.images, lambda imgs: self.image_processor(
+        pixels = self.process(media, "image", media.images, lambda imgs: self.image_processor(
             images=imgs, do_pan_and_scan=False, return_tensors="pt"
         ))["pixel_values"]
         ids = self.tokenize(prompts, request, self.image_sequence.join(pieces))

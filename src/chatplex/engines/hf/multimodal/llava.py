@@ -52,7 +52,7 @@ class Llava(MediaFamily):
         if not media.images:
             return self.tokenize(prompts, request, text), None
         pixels = self.process(
-            request, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
+            media, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
         )["pixel_values"]
         height, width = pixels.shape[-2:]
         # Patches, plus the CLS token that the "full" strategy keeps ("default" drops it).
@@ -111,7 +111,7 @@ class LlavaNext(Llava):
         if not media.images:
             return self.tokenize(prompts, request, text), None
         processed = self.process(
-            request, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
+            media, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
         )
         sizes = processed["image_sizes"]
         counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes.tolist())["num_image_tokens"]

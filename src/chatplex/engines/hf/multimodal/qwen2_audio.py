@@ -32,11 +32,10 @@ def audio_token_counts(frames: torch.Tensor) -> list[int]:
     return ((after_conv - 2) // 2 + 1).tolist()
 
 
-def check_durations(clips: list[Any], max_seconds: float, kind: str, request: GenerationRequest) -> None:
+def check_durations(media: Any, max_seconds: float, kind: str) -> None:
     """Refuse clips longer than the encoder's fixed window: cutting one silently would answer about part of it."""
-    for i, clip in enumerate(clips):
+    for param, clip in zip(media.params["audio"], media.audios):
         if clip.array.size / clip.sampling_rate > max_seconds:
-            param = MediaFamily.item_param(request, "audio", i)
             raise InvalidRequestError(
                 f"{param}: the audio lasts {clip.array.size / clip.sampling_rate:.1f} s; "
                 f"{kind} takes at most {max_seconds:g} s per clip.",
@@ -78,7 +77,7 @@ class AudioLanguage(MediaFamily):
     def prepare(self, prompts: PromptPreparer, request: GenerationRequest) -> tuple[list[int], AudioInputs | None]:
         """Load and check the request's audio, render and tokenize the prompt with expanded audio tokens."""
         media = self.collect(request)
-        check_durations(media.audios, self.max_seconds, self.model.config.model_type, request)
+        check_durations(media, self.max_seconds, self.model.config.model_type)
         text = self.render(prompts, request, media.messages)
         if not media.audios:
             return self.tokenize(prompts, request, text), None

@@ -57,7 +57,7 @@ class OmniThinker(VisionLanguage):
     # ---- admission -------------------------------------------------------------------------------------------
     def collect(self, request: GenerationRequest) -> Any:
         media = super().collect(request)
-        check_durations(media.audios, self.max_seconds, self.model.config.model_type, request)
+        check_durations(media, self.max_seconds, self.model.config.model_type)
         return media
 
     def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:

@@ -100,13 +100,13 @@ class VisionLanguage(MediaFamily):
         inputs: dict[str, Any] = {}
         if media.images:
             processed = self.process(
-                request, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
+                media, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
             )
             inputs["pixel_values"], inputs["image_grid_thw"] = processed["pixel_values"], processed["image_grid_thw"]
             text = self.expand(text, self.image_token, self._tokens(inputs["image_grid_thw"]), "image")
         if media.videos:
             # Frames are already sampled (chatplex.media.video); the processor resizes and patches them.
-            processed = self.process(request, "video", [clip.frames for clip in media.videos], lambda clips: (
+            processed = self.process(media, "video", [clip.frames for clip in media.videos], lambda clips: (
                 self.video_processor(videos=clips, do_sample_frames=False, return_tensors="pt", **self.video_kwargs)
             ))
             inputs["pixel_values_videos"] = processed["pixel_values_videos"]
