@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_TEMPLATES = REPO.parent / "shared" / "chat_templates"
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +76,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer) -
         return built[family]
 
     return build
-
-
-def shared_templates_dir() -> Path:
-    if not SHARED_TEMPLATES.is_dir():
-        pytest.skip(f"reference chat templates not found at {SHARED_TEMPLATES} (../shared is absent)")
-    return SHARED_TEMPLATES
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

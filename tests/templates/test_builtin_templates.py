@@ -1,4 +1,4 @@
-"""Each built-in template renders exactly what its family's reference template renders (../shared/chat_templates),
+"""Each built-in template renders exactly what its family's reference template renders (tests/fixtures/chat_templates),
 for conversations with and without tools, tool calls (arguments as objects, as normalize_messages leaves them) and
 tool results. Where the reference cannot render a conversation, ours must refuse it too.
 
