@@ -24,15 +24,30 @@ from chatplex.media.sources import load_source
 class VideoClip:
     frames: np.ndarray  # [frames, height, width, 3] uint8 RGB
     fps: float  # frames per second of `frames` as sampled (what time positions are computed from)
-    times: list[float] | None = None  # each frame's time in the clip, in seconds (None: i / fps)
+    # Where the frames came from in a decoded file: each one's index there and the file's own frame rate (None for
+    # frames given as a list, which are taken as frames 0, 1, ... at `fps`). Processors that print timestamps
+    # (Qwen3-VL) read these as transformers' VideoMetadata.
+    source_indices: list[int] | None = None
+    source_fps: float | None = None
 
     @property
     def seconds(self) -> float:
         return len(self.frames) / self.fps
 
     @property
+    def indices(self) -> list[int]:
+        """Each frame's index in its source clip."""
+        return self.source_indices if self.source_indices is not None else list(range(len(self.frames)))
+
+    @property
+    def index_fps(self) -> float:
+        """The frame rate `indices` count in."""
+        return self.source_fps if self.source_fps is not None else self.fps
+
+    @property
     def frame_times(self) -> list[float]:
-        return self.times if self.times is not None else [i / self.fps for i in range(len(self.frames))]
+        """Each frame's time in the clip, in seconds."""
+        return [i / self.index_fps for i in self.indices]
 
 
 def sample_indices(total: int, native_fps: float, target_fps: float, max_frames: int) -> np.ndarray:
@@ -84,8 +99,9 @@ def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
     if not frames:
         raise InvalidRequestError(f"{param}: the video has no decodable frames.", param=param)
     sampled_fps = len(frames) / total * native_fps if native_fps else policy.video_fps
-    times = [int(i) / native_fps for i in wanted[: len(frames)]] if native_fps else None
-    return VideoClip(np.stack(frames), sampled_fps, times)
+    if not native_fps:
+        return VideoClip(np.stack(frames), sampled_fps)
+    return VideoClip(np.stack(frames), sampled_fps, [int(i) for i in wanted[: len(frames)]], native_fps)
 
 
 def _frames(source: list | tuple, param: str, policy: MediaPolicy, trusted: bool) -> VideoClip:

@@ -161,14 +161,19 @@ class MediaFamily:
     @staticmethod
     def replace_each(text: str, placeholder: str, replacements: list[str], what: str) -> str:
         """The i-th placeholder the template wrote becomes `replacements[i]`; the counts must agree."""
+        MediaFamily.check_placeholders(text, placeholder, len(replacements), what)
         pieces = text.split(placeholder)
-        if len(pieces) - 1 != len(replacements):
+        return pieces[0] + "".join(new + piece for new, piece in zip(replacements, pieces[1:]))
+
+    @staticmethod
+    def check_placeholders(text: str, placeholder: str, count: int, what: str) -> None:
+        """The template must have written one placeholder per media item."""
+        written = text.count(placeholder)
+        if written != count:
             raise InvalidRequestError(
-                f"messages: the chat template wrote {len(pieces) - 1} {what} placeholders for "
-                f"{len(replacements)} {what}s.",
+                f"messages: the chat template wrote {written} {what} placeholders for {count} {what}s.",
                 param="messages",
             )
-        return pieces[0] + "".join(new + piece for new, piece in zip(replacements, pieces[1:]))
 
     @staticmethod
     def ranks(ids: list[int], token_ids: list[int]) -> torch.Tensor:

@@ -5,8 +5,8 @@ tokens after its first decoder layers.
 The decoder takes those as `visual_pos_masks` / `deepstack_visual_embeds`, which Qwen3VLModel fills only from
 pixels it encodes itself in the same call. chatplex encodes each request once at prefill and runs a flat batch, so
 a forward pre-hook on the decoder hands it the step's image positions and their DeepStack rows. Videos take the
-same path; their prompt carries each temporal patch's time (`<1.0 seconds>`) before its tokens, as
-Qwen3VLProcessor writes it, from the times chatplex.media sampled the frames at.
+same path; their prompt carries each temporal patch's time (`<1.0 seconds>`) before its tokens, written by
+Qwen3VLProcessor itself from the frames chatplex.media sampled.
 """
 
 from __future__ import annotations
@@ -35,8 +35,15 @@ class Qwen3VisionLanguage(VisionLanguage):
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None,
                  video_processor: Any = None, no_video_reason: str = "this model has no video processor.") -> None:
         super().__init__(model, tokenizer, image_processor, policy, video_processor, no_video_reason)
-        self.vision_start = tokenizer.convert_ids_to_tokens(model.config.vision_start_token_id)
-        self.vision_end = tokenizer.convert_ids_to_tokens(model.config.vision_end_token_id)
+        # The processor itself, built from the parts already loaded, for its video placeholder layout (expand_media).
+        # Without a video processor (no torchvision) transformers cannot build one, and videos are refused anyway:
+        # images then take VisionLanguage's expansion, which is what the processor writes for an image.
+        self.processor: Any = None
+        if video_processor is not None:
+            from transformers import Qwen3VLProcessor
+
+            self.processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                              video_processor=video_processor)
         # The step's (image positions [1, T], DeepStack rows per layer), set by step_inputs, read by the hook.
         self._deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         model.model.language_model.register_forward_pre_hook(self._feed_deepstack, with_kwargs=True)
@@ -54,21 +61,25 @@ class Qwen3VisionLanguage(VisionLanguage):
             return ids, None
         return ids, DeepstackInputs(**{f.name: getattr(media, f.name) for f in fields(media)})
 
-    def expand_videos(self, text: str, grid: torch.Tensor, clips: list[Any]) -> str:
-        """Each video placeholder becomes, per temporal patch, `<t seconds>` + vision start + its tokens + vision
-        end, t being the mean time of the patch's frames (the last frame repeats to fill the last patch)."""
-        step = self.video_processor.temporal_patch_size
-        placeholders = []
-        for (frames, height, width), clip in zip(grid.tolist(), clips):
-            times = list(clip.frame_times)
-            times += times[-1:] * (-len(times) % step)
-            per_frame = height * width // self.merge**2
-            placeholders.append("".join(
-                f"<{(times[i] + times[i + step - 1]) / 2:.1f} seconds>{self.vision_start}"
-                f"{self.video_token * per_frame}{self.vision_end}"
-                for i in range(0, frames * step, step)
-            ))
-        return self.replace_each(text, self.video_token, placeholders, "video")
+    def expand_media(self, text: str, inputs: dict[str, Any], clips: list[Any]) -> str:
+        """Qwen3VLProcessor writes the placeholders itself (each temporal patch's `<t seconds>` and its own vision
+        start/end; transformers 5.25 also folds the template's wrapper around a video away): chatplex hands it the
+        grids and the sampled frames' metadata rather than re-deriving its layout."""
+        if self.processor is None:
+            return super().expand_media(text, inputs, clips)
+        from transformers.video_utils import VideoMetadata
+
+        self.check_placeholders(text, self.image_token, len(inputs.get("image_grid_thw", ())), "image")
+        self.check_placeholders(text, self.video_token, len(clips), "video")
+        images = [self.processor.replace_image_token(inputs, i) for i in range(len(inputs.get("image_grid_thw", ())))]
+        videos = []
+        if clips:
+            metadata = [VideoMetadata(total_num_frames=len(c.frames), fps=c.index_fps, frames_indices=c.indices)
+                        for c in clips]
+            video_inputs = {"video_grid_thw": inputs["video_grid_thw"], "video_metadata": metadata}
+            videos = [self.processor.replace_video_token(video_inputs, i) for i in range(len(clips))]
+        [text], _ = self.processor.get_text_with_replacements([text], images, videos)
+        return text
 
     # ---- run time (engine thread) --------------------------------------------------------------------------
     def encode(self, media: DeepstackInputs) -> list[torch.Tensor]:

@@ -103,7 +103,6 @@ class VisionLanguage(MediaFamily):
                 media, "image", media.images, lambda imgs: self.image_processor(images=imgs, return_tensors="pt")
             )
             inputs["pixel_values"], inputs["image_grid_thw"] = processed["pixel_values"], processed["image_grid_thw"]
-            text = self.expand(text, self.image_token, self._tokens(inputs["image_grid_thw"]), "image")
         if media.videos:
             # Frames are already sampled (chatplex.media.video); the processor resizes and patches them.
             processed = self.process(media, "video", [clip.frames for clip in media.videos], lambda clips: (
@@ -111,16 +110,20 @@ class VisionLanguage(MediaFamily):
             ))
             inputs["pixel_values_videos"] = processed["pixel_values_videos"]
             inputs["video_grid_thw"] = processed["video_grid_thw"]
-            text = self.expand_videos(text, inputs["video_grid_thw"], media.videos)
+        text = self.expand_media(text, inputs, media.videos)
         text = self.add_audio(media, text, inputs)
         ids = self.tokenize(prompts, request, text)
         seconds = [self.video_processor.temporal_patch_size / clip.fps for clip in media.videos]
         positions, delta = self.rope_index(torch.tensor([ids], dtype=torch.long), inputs, seconds)
         return ids, MediaInputs(positions, delta, self.ranks(ids, self.media_token_ids), **inputs)
 
-    def expand_videos(self, text: str, grid: torch.Tensor, clips: list[Any]) -> str:
-        """Each video placeholder becomes one token per merged patch of all its frames."""
-        return self.expand(text, self.video_token, self._tokens(grid), "video")
+    def expand_media(self, text: str, inputs: dict[str, Any], clips: list[Any]) -> str:
+        """Each image / video placeholder becomes one token per merged patch (of all a video's frames)."""
+        if "image_grid_thw" in inputs:
+            text = self.expand(text, self.image_token, self._tokens(inputs["image_grid_thw"]), "image")
+        if "video_grid_thw" in inputs:
+            text = self.expand(text, self.video_token, self._tokens(inputs["video_grid_thw"]), "video")
+        return text
 
     def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
         return text
