@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from chatplex.errors import InvalidRequestError
@@ -12,6 +13,10 @@ ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {"developer": "system", "function": "tool"}  # OpenAI's newer and older names
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 MEDIA_PART_TYPES = ("image_url", "image", "input_audio", "audio_url", "video_url", "video")
+
+# OpenAI's rule for function names. A name outside it could close the template's tool markup (`</tool_call>`),
+# carry Jinja syntax into a prompt, or fill the context by itself.
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 def _bad(index: int, message: str, field: str = "") -> InvalidRequestError:
@@ -131,5 +136,11 @@ def validate_tools(tools: Any) -> list[dict[str, Any]] | None:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise InvalidRequestError(f"tools[{i}]: needs function.name.", param=f"tools[{i}]")
+        if not TOOL_NAME.fullmatch(fn["name"]):
+            raise InvalidRequestError(
+                f"tools[{i}].function.name: {fn['name'][:80]!r} is not a valid tool name; use 1 to 64 letters, "
+                "digits, underscores or dashes (OpenAI's rule).",
+                param=f"tools[{i}].function.name",
+            )
         out.append(tool)
     return out or None

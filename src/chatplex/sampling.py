@@ -6,6 +6,7 @@ Every engine gets the same validation, so a bad value gets the same error whiche
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ from chatplex.types import SamplingParams
 MAX_LOGPROBS = 20
 MAX_N = 64
 MAX_STOP_STRINGS = 16
+# Integers reach torch and the engines as 64-bit values: anything wider is refused here, not overflowed there.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Alias -> canonical name. OpenAI's names on the left where they differ from LLaMA-Factory's.
 ALIASES = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
@@ -35,6 +38,8 @@ def _number(kw: Mapping[str, Any], key: str, lo: float, hi: float, default: floa
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(key, f"expected a number, got {value!r}.")
+    if not math.isfinite(value):  # NaN passes every `<`/`>` check below
+        raise _bad(key, f"expected a finite number, got {value!r}.")
     if value < lo or value > hi or (lo_open and value == lo):
         low = f"> {lo}" if lo_open else f">= {lo}"
         raise _bad(key, f"{value} is out of range; it must be {low} and <= {hi}.")
@@ -47,8 +52,8 @@ def _integer(kw: Mapping[str, Any], key: str, lo: int, hi: int | None, default: 
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(key, f"expected an integer, got {value!r}.")
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+    if value < lo or value > (INT64_MAX if hi is None else hi):
+        rng = f"between {lo} and {INT64_MAX}" if hi is None else f"between {lo} and {hi}"
         raise _bad(key, f"{value} is out of range; it must be {rng}.")
     return value
 
@@ -64,7 +69,18 @@ def _stop_strings(value: Any) -> tuple[str, ...]:
         raise _bad("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(value)}.")
     if any(s == "" for s in value):
         raise _bad("stop", "stop strings must not be empty.")
+    if not all(valid_unicode(s) for s in value):
+        raise _bad("stop", "stop strings must be valid Unicode (a lone surrogate such as \\ud800 is not).")
     return tuple(dict.fromkeys(value))
+
+
+def valid_unicode(text: str) -> bool:
+    """False for strings holding lone surrogates (JSON's `\\ud800` escapes decode to them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
@@ -148,9 +164,7 @@ def build_sampling_params(
             for token_id in ids:
                 if token_id >= vocab_size:
                     raise _bad(name, f"token id {token_id} is outside the vocabulary (size {vocab_size}).")
-    seed = kw.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _bad("seed", f"expected an integer, got {seed!r}.")
+    seed = _integer(kw, "seed", INT64_MIN, INT64_MAX, None)  # OpenAI's and vLLM's range
     for flag in ("ignore_eos", "skip_special_tokens"):
         if not isinstance(kw.get(flag, False), bool):
             raise _bad(flag, f"expected true or false, got {kw[flag]!r}.")

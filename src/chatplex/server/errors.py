@@ -9,6 +9,7 @@ responses themselves. Streams that already sent headers use `error_payload` for 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -98,23 +99,38 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [p for p in loc if p != "body"]
-    out = ""
-    for p in parts:
+# Pydantic names the member of a union that failed in the error's location (`stop.str`, `stop.list[str]`,
+# `tools[0].ChatTool`); those are types, not fields, and the client named only `stop`.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|dict|list|json-or-python|function-\w+)(\[.*\])?$|.*\[|^[A-Z]")
+
+
+def _split_loc(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """(the field as the client wrote it, the union members pydantic tried there)."""
+    out, members = "", []
+    for p in loc:
+        if p == "body":
+            continue
+        if isinstance(p, str) and _UNION_MEMBER.match(p):
+            members.append(p)
+            continue
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
+    return out or "body", members
 
 
 def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    field = _field_name(tuple(first.get("loc", ())))
-    message = f"{field}: {first.get('msg', 'invalid value')}"
-    if len(errors) > 1:
-        others = sorted({_field_name(tuple(e.get("loc", ()))) for e in errors[1:]} - {field})
-        if others:
-            message += f" (also invalid: {', '.join(others[:5])})"
+    field, _ = _split_loc(tuple(first.get("loc", ())))
+    same = [e for e in errors if _split_loc(tuple(e.get("loc", ())))[0] == field]
+    tried = list(dict.fromkeys(m for e in same for m in _split_loc(tuple(e.get("loc", ())))[1][-1:]))
+    if len(tried) > 1:
+        got = type(first.get("input")).__name__.replace("NoneType", "null")
+        message = f"{field}: expected {' or '.join(tried)}, got {got}"
+    else:
+        message = f"{field}: {first.get('msg', 'invalid value')}"
+    others = sorted({_split_loc(tuple(e.get("loc", ())))[0] for e in errors} - {field})
+    if others:
+        message += f" (also invalid: {', '.join(others[:5])})"
     return JSONResponse(_payload(message, "invalid_request_error", field, None), status_code=400)
 
 
@@ -135,4 +151,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_response)  # type: ignore[arg-type]
     app.add_exception_handler(ServerError, on_error)
     app.add_exception_handler(ChatplexError, on_error)
-    app.add_exception_handler(Exception, on_error)
+    # Any other exception is answered by server.guards.RequestGuard (a handler for Exception here would run in
+    # Starlette's outermost middleware, which re-raises after answering and so drops the connection).

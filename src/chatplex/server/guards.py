@@ -1,4 +1,5 @@
-"""ASGI middleware that guards every API request before FastAPI sees it: drain, API key, body size.
+"""ASGI middleware that guards every API request before FastAPI sees it: drain, API key, body size; and an
+unhandled error after it, answered as a 500 on a connection that stays usable.
 
 It also counts in-flight requests (a streaming response counts until its last byte), which is what a SIGTERM
 drain waits for. Health, metrics and the web page pass without a key so probes and browsers can reach them.
@@ -29,7 +30,7 @@ class RequestGuard:
             return
         path = _route_path(scope)
         if path in PROBE_PATHS:
-            await self.app(scope, receive, send)
+            await self._answer(scope, receive, send)
             return
         try:
             self._check(scope, path)
@@ -39,9 +40,27 @@ class RequestGuard:
             return
         self.state.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self._answer(scope, receive, send)
         finally:
             self.state.in_flight -= 1
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as e:
+            # Starlette's outermost handler would answer, then re-raise, and uvicorn closes the keep-alive
+            # connection under the client (whose next pooled request gets ECONNRESET). Answering here ends the
+            # exchange cleanly. A response already under way cannot be replaced: re-raise, which ends it.
+            if started:
+                raise
+            await error_response(e)(scope, receive, send)
 
     def _check(self, scope: Scope, path: str) -> None:
         if self.state.draining:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 
+from chatplex.server.json_body import api_router
 from chatplex.server import output
 from chatplex.server.convert import chat_kwargs
 from chatplex.server.routes import ERROR_RESPONSES, get_state
@@ -13,7 +14,7 @@ from chatplex.server.schemas import ChatCompletion, ChatCompletionRequest, Error
 from chatplex.server.state import ServerState
 from chatplex.server.streaming import open_all, sse_response
 
-router = APIRouter()
+router = api_router()
 
 
 @router.post(

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from fastapi.responses import JSONResponse, Response
 
+from chatplex.server.json_body import api_router
 from chatplex.server.metrics import CONTENT_TYPE
 from chatplex.server.routes import get_state
 from chatplex.server.schemas import HealthStatus
 from chatplex.server.state import ServerState
 
-router = APIRouter()
+router = api_router()
 
 
 @router.get("/health", response_model=HealthStatus, responses={503: {"model": HealthStatus}})

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatplex.errors import InvalidRequestError
+from chatplex.server.json_body import api_router
 from chatplex.server.routes import ERROR_RESPONSES, get_state
 from chatplex.server.schemas import ErrorResponse
 from chatplex.server.state import ServerState
 
-router = APIRouter()
+router = api_router()
 _RESPONSES = {code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()}
 
 

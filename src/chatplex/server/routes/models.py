@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from pydantic import BaseModel
 
+from chatplex.server.json_body import api_router
 from chatplex.server.errors import model_not_found
 from chatplex.server.routes import get_state
 from chatplex.server.schemas import ErrorResponse, ModelCard
 from chatplex.server.state import ServerState
 
-router = APIRouter()
+router = api_router()
 
 
 class ModelCardWithParent(ModelCard):

@@ -10,11 +10,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatplex.chat_model import ChatModel
 from chatplex.errors import ChatplexError, InvalidRequestError
+from chatplex.server.json_body import api_router
 from chatplex.server.routes import ERROR_RESPONSES, get_state
 from chatplex.server.schemas import (
     ErrorResponse,
@@ -25,7 +26,7 @@ from chatplex.server.schemas import (
 )
 from chatplex.server.state import ServerState
 
-router = APIRouter()
+router = api_router()
 _RESPONSES = {code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()}
 
 Conversation = list[dict[str, Any]]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-router = APIRouter()
+from chatplex.server.json_body import api_router
+
+router = api_router()
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
