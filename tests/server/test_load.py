@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,6 +104,29 @@ def test_client_disconnect_aborts_generation(tiny_server):
         stream.close()
     assert _wait_for(lambda: _metric(url, "chatplex:aborted_requests_total") == before + 1)
     assert _wait_for(lambda: _metric(url, "chatplex:num_requests_running") == 0)
+
+
+def _send_raw(url: str, body: dict) -> socket.socket:
+    """A non-streaming request on a bare socket, so the test can leave without reading the reply."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return sock
+
+
+def test_non_streaming_client_disconnect_aborts_within_a_second(tiny_server):
+    url = tiny_server.url
+    before = _metric(url, "chatplex:aborted_requests_total")
+    sock = _send_raw(url, {**LONG, "stream": False})
+    assert _wait_for(lambda: _metric(url, "chatplex:num_requests_running") == 1)
+    sock.close()
+    # The issue's bound: the departed client's request is aborted (and its slot freed) within a second.
+    assert _wait_for(lambda: _metric(url, "chatplex:aborted_requests_total") == before + 1, timeout=1.0)
+    assert _wait_for(lambda: _metric(url, "chatplex:num_requests_running") == 0)
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_server):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from chatplex.cli.options import add_model_options, model_args_from
 from chatplex.server.settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
@@ -69,10 +70,17 @@ def settings_from(ns: argparse.Namespace) -> ServerSettings:
         raise ConfigError(str(e)) from None
 
 
-def run(ns: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> NoReturn:
     from chatplex.server.runner import serve
 
     model_args = model_args_from(ns)
     if ns.max_queued_requests is not None:
         model_args["max_waiting_requests"] = ns.max_queued_requests
-    return serve(model_args, settings_from(ns), getattr(ns, "log_level", "warning"))
+    code = serve(model_args, settings_from(ns), getattr(ns, "log_level", "warning"))
+    # Everything is closed by now (requests, engine, sockets). Python's own teardown of torch and transformers
+    # would still take 0.5-2 s on a small machine, which a SIGTERM caller waiting on `--drain-timeout` would see as
+    # the server overrunning it; so the process ends here, after flushing what it wrote.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

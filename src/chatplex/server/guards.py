@@ -7,6 +7,7 @@ drain waits for. Health, metrics and the web page pass without a key so probes a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -39,26 +40,33 @@ class RequestGuard:
             await error_response(e)(scope, receive, send)
             return
         self.state.in_flight += 1
+        progress = _Progress(send)
+        # The request runs as its own task so that a drain that runs out of time can stop it (cancelling the
+        # task closes its delta streams, which aborts it in the engine) and still end its response properly.
+        request = asyncio.ensure_future(self._answer(scope, receive, progress.send))
+        self.state.requests.add(request)
         try:
-            await self._answer(scope, receive, send)
+            await request
+        except asyncio.CancelledError:
+            if not request.cancelled() or _cancelling():  # this task itself was cancelled (uvicorn stopping)
+                raise
+            await progress.end(scope, receive, ServerError(
+                503, "The server stopped (drain timeout) before this request finished.", "service_unavailable",
+                code="draining", headers={"Connection": "close"},
+            ))
         finally:
+            self.state.requests.discard(request)
             self.state.in_flight -= 1
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        progress = _Progress(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, progress.send)
         except Exception as e:
             # Starlette's outermost handler would answer, then re-raise, and uvicorn closes the keep-alive
             # connection under the client (whose next pooled request gets ECONNRESET). Answering here ends the
             # exchange cleanly. A response already under way cannot be replaced: re-raise, which ends it.
-            if started:
+            if progress.started:
                 raise
             await error_response(e)(scope, receive, send)
 
@@ -101,6 +109,33 @@ class RequestGuard:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive)
+
+
+class _Progress:
+    """Where a response stands, seen from the messages sent for it."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = self.finished = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+    async def end(self, scope: Scope, receive: Receive, error: ServerError) -> None:
+        """End a stopped request's exchange: the error if nothing was sent yet, else the last (empty) body chunk."""
+        if not self.started:
+            await error_response(error)(scope, receive, self.send)
+        elif not self.finished:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

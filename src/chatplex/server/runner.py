@@ -44,7 +44,8 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         timeout = self.state.settings.drain_timeout
         if not await self.state.drain(timeout):
-            logger.warning("Drain timeout (%.0f s): stopping with %d requests in flight.", timeout, self.state.in_flight)
+            logger.warning("Drain timeout (%.0f s): stopping %d requests in flight.", timeout, self.state.in_flight)
+            await self.state.stop_in_flight()
         self.should_exit = True
 
 
@@ -54,7 +55,8 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
     state: ServerState = app.state.server
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, root_path=settings.root_path, log_level=log_level.lower(),
-        timeout_graceful_shutdown=5,
+        # What is left after a drain (requests stopped, connections closing) needs well under a second.
+        timeout_graceful_shutdown=0.5,
     )
     server = DrainingServer(config, state)
     loaded: dict[str, Any] = {}

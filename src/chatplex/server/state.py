@@ -19,6 +19,7 @@ class ServerState:
         self.settings = settings
         self.draining = False
         self.in_flight = 0
+        self.requests: set[asyncio.Task[None]] = set()  # the in-flight API requests (server.guards)
         self.metrics = Metrics(lambda: self.chat_model)
 
     @property
@@ -61,3 +62,11 @@ class ServerState:
         while self.in_flight > 0 and loop.time() < deadline:
             await asyncio.sleep(poll)
         return self.in_flight == 0
+
+    async def stop_in_flight(self, grace: float = 0.5) -> None:
+        """Cancel every in-flight request (each is aborted in the engine and its response ended), and wait at
+        most `grace` seconds for them to wind down."""
+        for request in list(self.requests):
+            request.cancel()
+        if self.requests:
+            await asyncio.wait(list(self.requests), timeout=grace)
