@@ -56,6 +56,8 @@ class ModelArguments:
     task: str = "auto"  # generate, score (a reward model), or auto: score only *ForSequenceClassification models
     template: str | None = None  # None: the tokenizer's own chat template
     chat_template: str | None = None  # a Jinja file (or inline template) that overrides both
+    # A template that does not render `tools` gets chatplex's generic tool prompt (templates.tool_prompt).
+    generic_tool_prompt: bool = True
     infer_backend: str = "huggingface"
     infer_dtype: str = "auto"
     device: str = "auto"

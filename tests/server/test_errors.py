@@ -40,6 +40,17 @@ def test_models(client):
     assert e.value.body["code"] == "model_not_found"
 
 
+def test_tools_reach_a_model_whose_template_ignores_them(client, http):
+    """SmolLM2's template does not render tools: the model card says the generic tool prompt carries them, and a
+    request with a tool costs more prompt tokens than the same request without."""
+    card = http.get(f"/v1/models/{SERVED_NAME}").json()
+    assert card["tool_prompt"] == "generic"
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+    bare = client.chat.completions.create(model=SERVED_NAME, messages=Q, max_tokens=1)
+    with_tool = client.chat.completions.create(model=SERVED_NAME, messages=Q, max_tokens=1, tools=[tool])
+    assert with_tool.usage.prompt_tokens > bare.usage.prompt_tokens + 40
+
+
 def test_unknown_model_in_a_request_is_404(http):
     err = _error(http.post("/v1/chat/completions", json={"model": "gpt-4", "messages": Q}), 404)
     assert err["param"] == "model"

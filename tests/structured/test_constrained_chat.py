@@ -91,8 +91,9 @@ def test_required_tool_call(chat_model):
 
 
 def test_named_tool_call(chat_model):
+    # SmolLM2 sees the tools through the generic tool prompt and fills get_time's open schema with a long object.
     (r,) = chat_model.chat(ASK, tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_time"}},
-                           temperature=0, max_tokens=40)
+                           temperature=0, max_tokens=160)
     assert r.finish_reason == "tool_calls"
     assert [c["function"]["name"] for c in r.tool_calls] == ["get_time"]
     jsonschema.validate(json.loads(r.tool_calls[0]["function"]["arguments"]), TIME["function"]["parameters"])

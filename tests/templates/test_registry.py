@@ -42,7 +42,8 @@ def test_templates_without_a_reference(render_tokenizer):
 
 def test_tokenizer_template_parsers_are_detected(render_tokenizer, tmp_path):
     t = resolve_template(None, None, render_tokenizer)  # SmolLM2: plain ChatML, no tools, no thinking
-    assert (t.name, t.source, t.tool_parser, t.reasoning_parser) == ("tokenizer", None, None, None)
+    # it does not render tools, so it gets the generic (Hermes) tool prompt and parser: tests/templates/test_tool_prompt
+    assert (t.name, t.source, t.tool_parser, t.reasoning_parser, t.tools) == ("tokenizer", None, "hermes", None, "generic")
     f = tmp_path / "qwen3.jinja"
     f.write_text(load_builtin("qwen3").source)
     t = resolve_template(None, str(f), render_tokenizer)

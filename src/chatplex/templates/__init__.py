@@ -9,14 +9,18 @@ add_generation_prompt, strftime_now...). `ChatTemplate.tool_parser` / `.reasonin
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 from chatplex.errors import ConfigError, InvalidRequestError
 from chatplex.templates.detect import detect_reasoning_parser, detect_tool_parser
 from chatplex.templates.registry import ALIASES, BY_NAME, FAMILIES
+from chatplex.templates.tool_prompt import renders_tools, with_tool_prompt
+
+logger = logging.getLogger(__name__)
 
 # Built-in template name -> stop strings its format ends turns with (besides the tokenizer's EOS).
 BUILTIN_STOP_WORDS: dict[str, tuple[str, ...]] = {f.name: f.stop_words for f in FAMILIES}
@@ -31,6 +35,10 @@ class ChatTemplate:
     stop_words: tuple[str, ...] = ()
     tool_parser: str | None = None  # a key of tool_parsers.TOOL_PARSERS
     reasoning_parser: str | None = None  # a key of reasoning.REASONING_PARSERS
+    # How a request's tools reach the model: "template" (it renders them), "generic" (it does not, and chatplex's
+    # tool prompt is added: templates.tool_prompt), "ignored" (it does not, and generic_tool_prompt is off or the
+    # family's own call format is not Hermes).
+    tools: str = "template"
 
 
 def builtin_names() -> list[str]:
@@ -55,8 +63,35 @@ def _detected(name: str, source: str | None, detect_from: str | None = None) -> 
     return ChatTemplate(name, source, (), detect_tool_parser(text), detect_reasoning_parser(text))
 
 
-def resolve_template(template: str | None, chat_template: str | None, tokenizer: Any) -> ChatTemplate:
-    """Pick the template a model renders with: a named built-in, a Jinja file/string, or the tokenizer's own."""
+def resolve_template(
+    template: str | None, chat_template: str | None, tokenizer: Any, *, generic_tool_prompt: bool = True
+) -> ChatTemplate:
+    """Pick the template a model renders with (a named built-in, a Jinja file/string, or the tokenizer's own), and
+    find out whether it shows the model a request's tools."""
+    chosen = _choose(template, chat_template, tokenizer)
+
+    def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+        return str(tokenizer.apply_chat_template(messages, tools=tools, chat_template=chosen.source, tokenize=False,
+                                                 add_generation_prompt=True))
+
+    if renders_tools(render):
+        return chosen
+    if chosen.tool_parser not in (None, "hermes"):
+        # The family has its own call format (DeepSeek-V3.1's template leaves tools to the system message): a Hermes
+        # prompt would teach the model a format its parser does not read.
+        logger.warning("The %s chat template does not render tools and its tool-call format (%s) has no generic "
+                       "prompt: describe the tools in the system message.", chosen.name, chosen.tool_parser)
+        return replace(chosen, tools="ignored")
+    if not generic_tool_prompt:
+        logger.warning("The %s chat template does not render tools, and generic_tool_prompt is off: requests' tools "
+                       "will not reach the model.", chosen.name)
+        return replace(chosen, tools="ignored")
+    logger.warning("The %s chat template does not render tools: requests with tools get chatplex's generic tool "
+                   "prompt (Hermes format; generic_tool_prompt: false turns it off).", chosen.name)
+    return replace(chosen, tools="generic", tool_parser="hermes")
+
+
+def _choose(template: str | None, chat_template: str | None, tokenizer: Any) -> ChatTemplate:
     if template:
         return load_builtin(template)
     if chat_template:
@@ -85,6 +120,8 @@ def render_prompt(
     template_kwargs: dict[str, Any] | None = None,
 ) -> str:
     """Render a normalised conversation to the prompt text the model continues."""
+    if tools and template.tools == "generic":
+        messages, tools = with_tool_prompt(messages, tools), None
     try:
         return tokenizer.apply_chat_template(
             messages,

@@ -86,7 +86,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         graphs = DecodeGraphs(model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile)
         graphs.capture()
     runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal)
-    template = resolve_template(margs.template, margs.chat_template, tokenizer)
+    template = resolve_template(margs.template, margs.chat_template, tokenizer,
+                                generic_tool_prompt=margs.generic_tool_prompt)
     # A sequence classifier (reward model) has no generation config.
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)

@@ -19,6 +19,9 @@ class ModelCardWithParent(ModelCard):
 
     root: str | None = None
     parent: str | None = None
+    # How a request's tools reach the model (in-process engines): "template" (its chat template renders them),
+    # "generic" (it does not; chatplex adds its generic tool prompt), "ignored" (it does not, generic_tool_prompt off).
+    tool_prompt: str | None = None
 
 
 class ModelCardList(BaseModel):
@@ -30,7 +33,9 @@ def _cards(state: ServerState) -> list[ModelCardWithParent]:
     if state.chat_model is None:
         return []
     engine = state.chat_model.engine
-    base = ModelCardWithParent(id=state.model_name, max_model_len=engine.max_model_len)
+    template = state.chat_model.template
+    base = ModelCardWithParent(id=state.model_name, max_model_len=engine.max_model_len,
+                               tool_prompt=template.tools if template is not None else None)
     lora = getattr(getattr(engine, "runner", None), "lora", None)
     paths = lora.paths if lora is not None else {}
     adapters = [
