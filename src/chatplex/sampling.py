@@ -94,6 +94,8 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
             token_id = int(token)
         except (TypeError, ValueError):
             raise _bad("logit_bias", f"key {token!r} is not a token id.") from None
+        if not 0 <= token_id <= INT64_MAX:
+            raise _bad("logit_bias", f"key {token!r} is not a token id (a non-negative integer).")
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
             raise _bad("logit_bias", f"bias for token {token_id} must be a number in [-100, 100], got {bias!r}.")
         out.append((token_id, float(bias)))
@@ -155,7 +157,7 @@ def build_sampling_params(
 
     stop_token_ids = kw.get("stop_token_ids") or ()
     if not isinstance(stop_token_ids, (list, tuple)) or not all(
-        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_token_ids
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= INT64_MAX for t in stop_token_ids
     ):
         raise _bad("stop_token_ids", "expected a list of non-negative token ids.")
     bias = _logit_bias(kw.get("logit_bias"))
