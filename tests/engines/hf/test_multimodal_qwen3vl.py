@@ -51,15 +51,15 @@ def vl_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(vl_dir):
-    """Greedy tokens from transformers: the image processor, `<|image_pad|>` expanded to grid / merge^2 copies (as
-    Qwen3VLProcessor.replace_image_token does; that processor itself needs torchvision for its video half, which
-    this venv lacks) + model.generate. `deepstack=False` switches DeepStack off, to show that it changes tokens."""
-    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    """Greedy tokens from transformers: the image processor AutoImageProcessor picks (the PIL one, or with
+    torchvision installed the torchvision one, whose resize differs), `<|image_pad|>` expanded to grid / merge^2
+    copies (as Qwen3VLProcessor.replace_image_token does; that processor itself needs torchvision for its video
+    half) + model.generate. `deepstack=False` switches DeepStack off, to show that it changes tokens."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(vl_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(vl_dir)
-    processor = Qwen2VLImageProcessorPil.from_pretrained(vl_dir)
+    processor = AutoImageProcessor.from_pretrained(vl_dir)
     image_id = model.config.image_token_id
 
     def run(messages, images, deepstack=True):
