@@ -32,6 +32,7 @@ from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.engines.hf import loader, scoring, setup
 from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
+from chatplex.engines.hf.heap import HeapTrimmer
 from chatplex.engines.hf.output_processor import OutputProcessor
 from chatplex.engines.hf.runner import StepOutput
 from chatplex.engines.hf.sampler import SamplingRow
@@ -63,6 +64,7 @@ class HFEngine(Engine):
         self._cv = threading.Condition()
         self._inbox: list[tuple[str, Any]] = []
         self._streams: dict[str, RequestStream] = {}
+        self._heap = HeapTrimmer()
         self._thread: threading.Thread | None = None
         self._closing = False
         self._switch_interval_before: float | None = None  # Python's own, while a CUDA engine has lowered it
@@ -316,6 +318,7 @@ class HFEngine(Engine):
             self._apply_inbox(inbox)
             if self.scheduler.has_work or self._inflight is not None:
                 self._step()
+            self._heap.maybe_trim()
 
     def _apply_inbox(self, inbox: list[tuple[str, Any]]) -> None:
         for kind, payload in inbox:
