@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-# Copied from ../shared/chat_templates into the repository: its README names each file's source, path, commit and
-# licence.
+# Reference templates kept in the repository (tests/fixtures): its README names each file's source, path, commit
+# and licence.
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 
 
