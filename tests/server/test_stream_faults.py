@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
 from chatplex import ChatModel
 from chatplex.server.app import create_app
 from chatplex.server.settings import ServerSettings
+from tests.server.conftest import serving_in_thread
 
 
 @pytest.fixture
@@ -32,18 +29,8 @@ def client_for(app) -> httpx.AsyncClient:
 @pytest.fixture
 def live_server(tiny_chat_model):
     """uvicorn on a free loopback port in a thread (httpx's ASGI transport buffers whole responses)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_chat_model, ServerSettings()), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(create_app(tiny_chat_model, ServerSettings())) as url:
+        yield url
 
 
 async def test_engine_failure_mid_stream_sends_error_chunk_then_done(tiny_chat_model, live_server):

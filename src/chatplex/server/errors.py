@@ -113,8 +113,15 @@ def _split_loc(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
         if isinstance(p, str) and _UNION_MEMBER.match(p):
             members.append(p)
             continue
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        out = join_path(out, p)
     return out or "body", members
+
+
+def join_path(parent: str, key: str | int) -> str:
+    """A field's path as clients write it: `messages[0].content`."""
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
 
 
 def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -31,7 +31,7 @@ class RequestGuard:
             return
         path = _route_path(scope)
         if path in PROBE_PATHS:
-            await self._answer(scope, receive, send)
+            await self._answer(scope, receive, _Progress(send))
             return
         try:
             self._check(scope, path)
@@ -43,7 +43,7 @@ class RequestGuard:
         progress = _Progress(send)
         # The request runs as its own task so that a drain that runs out of time can stop it (cancelling the
         # task closes its delta streams, which aborts it in the engine) and still end its response properly.
-        request = asyncio.ensure_future(self._answer(scope, receive, progress.send))
+        request = asyncio.ensure_future(self._answer(scope, receive, progress))
         self.state.requests.add(request)
         try:
             await request
@@ -58,8 +58,7 @@ class RequestGuard:
             self.state.requests.discard(request)
             self.state.in_flight -= 1
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        progress = _Progress(send)
+    async def _answer(self, scope: Scope, receive: Receive, progress: _Progress) -> None:
         try:
             await self.app(scope, receive, progress.send)
         except Exception as e:
@@ -68,7 +67,7 @@ class RequestGuard:
             # exchange cleanly. A response already under way cannot be replaced: re-raise, which ends it.
             if progress.started:
                 raise
-            await error_response(e)(scope, receive, send)
+            await error_response(e)(scope, receive, progress.send)
 
     def _check(self, scope: Scope, path: str) -> None:
         if self.state.draining:

@@ -25,13 +25,7 @@ from fastapi.routing import APIRoute
 
 from chatplex.errors import InvalidRequestError
 from chatplex.sampling import valid_unicode
-from chatplex.server.errors import ServerError, error_response
-
-
-def _path(parent: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    return f"{parent}.{key}" if parent else key
+from chatplex.server.errors import ServerError, error_response, join_path
 
 
 def check_json_values(value: Any) -> None:
@@ -52,9 +46,9 @@ def check_json_values(value: Any) -> None:
                 if not valid_unicode(key):
                     raise InvalidRequestError(f"{path or 'body'}: an object key is not valid Unicode.",
                                               param=path or "body")
-                stack.append((_path(path, key), child))
+                stack.append((join_path(path, key), child))
         elif isinstance(item, list):
-            stack.extend((_path(path, i), child) for i, child in reversed(list(enumerate(item))))
+            stack.extend((join_path(path, i), child) for i, child in reversed(list(enumerate(item))))
 
 
 class ParsedJSONRequest(Request):
