@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.server.conftest import running_server
-from tests.server.test_load import LONG, OpenStream, _metric, _send_raw, _wait_for
+from tests.server.load_helpers import LONG, OpenStream, metric, send_raw, wait_for
 
 DRAIN_TIMEOUT = 3.0
 
@@ -26,13 +26,13 @@ def test_sigterm_exits_within_the_drain_timeout_whatever_is_in_flight(tiny_model
         tmp_path / "server.log",
     ) as srv, httpx.Client(base_url=srv.url, timeout=60) as client, ThreadPoolExecutor(2) as pool:
         url = srv.url
-        orphan = _send_raw(url, {**endless, "stream": False})
+        orphan = send_raw(url, {**endless, "stream": False})
         waiting = pool.submit(client.post, "/v1/completions", json={**endless, "stream": False})
         stream = OpenStream(client, endless)
-        assert _wait_for(lambda: _metric(url, "chatplex:num_requests_running") == 3)
-        aborted = _metric(url, "chatplex:aborted_requests_total")
+        assert wait_for(lambda: metric(url, "chatplex:num_requests_running") == 3)
+        aborted = metric(url, "chatplex:aborted_requests_total")
         orphan.close()
-        assert _wait_for(lambda: _metric(url, "chatplex:aborted_requests_total") == aborted + 1)
+        assert wait_for(lambda: metric(url, "chatplex:aborted_requests_total") == aborted + 1)
 
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
