@@ -31,7 +31,7 @@ $(1)/bin/python requirements/check_installed.py $(2)
 endef
 
 .PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
-	test-media lock test-latest
+	test-media lock test-latest install-lf lf-goldens
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -150,6 +150,29 @@ test-vllm: install-vllm
 		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py \
 		tests/engines/test_vllm_media.py
 
+# LLaMA-Factory itself, as the oracle for its formats (not part of make test: the goldens it renders are committed).
+# Its own environment: llamafactory pins transformers<=5.6 and imports torchaudio, which needs torch 2.11.
+LF_VENV ?= .venv-lf
+LF_BIN := $(LF_VENV)/bin
+LF_GOLDENS := tests/fixtures/llamafactory/goldens
+
+$(LF_VENV)/bin/python:
+	$(call side_venv,$(LF_VENV))
+
+$(LF_VENV)/.installed: requirements/lf.txt | $(LF_VENV)/bin/python
+	$(LF_BIN)/$(PIP_LOCKED) requirements/lf.txt
+	$(LF_BIN)/python requirements/check_installed.py requirements/lf.txt
+	touch $@
+
+install-lf: $(LF_VENV)/.installed
+
+# Export LLaMA-Factory's formats as chatplex's data, then render the goldens with its own code (about a minute).
+lf-goldens: install-lf install
+	$(LF_BIN)/python oracles/llamafactory/export_formats.py src/chatplex/templates/llamafactory/formats.json
+	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/render_goldens.py \
+		"$$($(BIN)/python -c 'from chatplex.models.embedded import embedded_model_dir; print(embedded_model_dir())')" \
+		$(LF_GOLDENS)
+
 # The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
 # x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read
 # pip's configuration. After `make lock`, run `make test` before committing: a lock records what the suite passed.
@@ -171,6 +194,7 @@ lock: | $(BIN)/python
 		-o requirements/media.txt
 	$(UV_COMPILE) pyproject.toml requirements/vllm.in --extra test --no-emit-package torchvision \
 		--no-emit-package torchaudio --no-emit-package torchcodec -o requirements/vllm.txt
+	$(UV_COMPILE) requirements/lf.in -o requirements/lf.txt
 
 # Drift on purpose: a throw-away environment from pyproject.toml's ranges (the newest release of everything but
 # torch), then the main suite and the video tests in it. Not part of .ci/run: it reports what the next upstream
@@ -187,4 +211,4 @@ test-latest:
 		2>&1 | tee .test-artifacts/test-latest.log
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(MEDIA_VENV) build src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(MEDIA_VENV) $(LF_VENV) build src/*.egg-info

@@ -1,0 +1,92 @@
+"""OpenAI-style messages as the turns of a LLaMA-Factory format: (turns, system, tools).
+
+As LLaMA-Factory's API server splits a request: a leading system message becomes the system text, the rest must
+alternate user (or tool result) and assistant (or tool calls), starting and ending with the user; a tool result
+is an `observation` turn and an assistant's tool calls a `function` turn holding `[{"name", "arguments"}]` JSON.
+Media parts become LLaMA-Factory's placeholders (`<image>`, `<video>`, `<audio>`), which its multimodal plugins
+expand. Where the API differs from LLaMA-Factory's training data, the data wins (a fine-tune learnt that): the
+arguments stay an object, where LLaMA-Factory's API would encode the client's JSON string a second time; and
+results of parallel calls, which its API refuses, join in one observation turn, one result per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from chatplex.errors import InvalidRequestError
+
+# LLaMA-Factory reads its placeholders from the environment, defaulting to these.
+PLACEHOLDERS = {
+    "image": os.environ.get("IMAGE_PLACEHOLDER", "<image>"),
+    "video": os.environ.get("VIDEO_PLACEHOLDER", "<video>"),
+    "audio": os.environ.get("AUDIO_PLACEHOLDER", "<audio>"),
+}
+_MEDIA_KIND = {"image_url": "image", "image": "image", "video_url": "video", "video": "video",
+               "input_audio": "audio", "audio_url": "audio"}
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    out = []
+    for part in content:
+        kind = part.get("type")
+        out.append(PLACEHOLDERS[_MEDIA_KIND[kind]] if kind in _MEDIA_KIND else str(part.get("text", "")))
+    return "".join(out)
+
+
+def _calls_json(calls: list[dict[str, Any]]) -> str:
+    return json.dumps([{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls],
+                      ensure_ascii=False)
+
+
+def _tools_json(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The function definitions, with the fields LLaMA-Factory's API keeps, in its order."""
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        out.append({k: fn[k] for k in ("name", "description", "parameters") if k in fn})
+    return out
+
+
+def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, template: str,
+             add_generation_prompt: bool = True) -> tuple[list[dict[str, str]], str | None, list[dict[str, Any]] | None]:
+    """Normalised messages (chatplex.messages) as LLaMA-Factory turns. With `add_generation_prompt` false the
+    conversation may end with the assistant (a whole conversation, as scoring encodes it)."""
+    system = None
+    rest = list(messages)
+    if rest and rest[0]["role"] == "system":
+        system = _text(rest.pop(0).get("content"))
+    turns: list[dict[str, str]] = []
+    offset = len(messages) - len(rest)
+    for i, message in enumerate(rest):
+        role = message["role"]
+        if role == "tool" and turns and turns[-1]["role"] == "observation":
+            turns[-1]["content"] += "\n" + _text(message.get("content"))
+            continue
+        expect_user = len(turns) % 2 == 0
+        if role == "system":
+            raise InvalidRequestError(
+                f"messages[{i + offset}]: the LLaMA-Factory template {template!r} takes a system message only "
+                "as the first message.", param=f"messages[{i + offset}].role")
+        if expect_user != (role in ("user", "tool")):
+            want = "user or tool" if expect_user else "assistant"
+            raise InvalidRequestError(
+                f"messages[{i + offset}]: the LLaMA-Factory template {template!r} needs turns that alternate user "
+                f"and assistant (u/a/u/a/u...); expected {want}, got {role}.", param=f"messages[{i + offset}].role")
+        if role == "assistant" and message.get("tool_calls"):
+            turns.append({"role": "function", "content": _calls_json(message["tool_calls"])})
+        else:
+            lf_role = {"user": "user", "tool": "observation", "assistant": "assistant"}[role]
+            turns.append({"role": lf_role, "content": _text(message.get("content"))})
+    if add_generation_prompt and len(turns) % 2 == 0:
+        raise InvalidRequestError(
+            f"messages: the LLaMA-Factory template {template!r} generates a reply to a user or tool turn; "
+            "the conversation ends with the assistant.", param="messages")
+    return turns, system, _tools_json(tools)

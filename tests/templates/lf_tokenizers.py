@@ -1,0 +1,92 @@
+"""Tokenizers for the LLaMA-Factory goldens: each template's family's special tokens on a base vocabulary.
+
+No model hub here, so the families' own tokenizers cannot be had, except SmolLM2's (the embedded model), which
+the `smollm`/`smollm2` formats use as it is. Every other format gets a base vocabulary (SmolLM2's byte-level BPE,
+or for SentencePiece families the small Metaspace BPE in tests/fixtures/llamafactory/spm) with the family's BOS
+and EOS and every token its format names (named-token slots, stop words, `<|...|>`-style markers) added as
+special tokens. The same builder runs in LLaMA-Factory's environment (oracles/llamafactory/render_goldens.py) and
+in the test suite, and each golden records the special tokens' ids so both sides can be seen to agree.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llamafactory"
+
+# (bos, eos) of the real family, by template name prefix (longest match wins); eos "<|endoftext|>" otherwise.
+FAMILY_SPECIALS: dict[str, tuple[str | None, str]] = {
+    "alpaca": ("<s>", "</s>"), "vicuna": ("<s>", "</s>"), "llama2": ("<s>", "</s>"), "llava": ("<s>", "</s>"),
+    "mistral": ("<s>", "</s>"), "ministral": ("<s>", "</s>"), "pixtral": ("<s>", "</s>"), "zephyr": ("<s>", "</s>"),
+    "solar": ("<s>", "</s>"), "openchat": ("<s>", "<|end_of_turn|>"), "breeze": ("<s>", "</s>"),
+    "yi": ("<|startoftext|>", "<|im_end|>"), "xuanyuan": ("<s>", "</s>"), "intern": ("<s>", "<|im_end|>"),
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>"), "llava_next_llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+    "mllama": ("<|begin_of_text|>", "<|eot_id|>"), "llama4": ("<|begin_of_text|>", "<|eot|>"),
+    "qwen": (None, "<|im_end|>"), "llava_next_qwen": (None, "<|im_end|>"), "chatml": (None, "<|im_end|>"),
+    "mimo": (None, "<|im_end|>"), "moonlight": (None, "<|im_end|>"), "kimi": (None, "<|im_end|>"),
+    "gemma": ("<bos>", "<eos>"), "paligemma": ("<bos>", "<eos>"),
+    "phi": ("<s>", "<|endoftext|>"), "phi4": ("<|endoftext|>", "<|im_end|>"),
+    "deepseek": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"), "deepseekcoder": ("<｜begin▁of▁sentence｜>", "<|EOT|>"),
+    "cohere": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"), "granite": (None, "<|end_of_text|>"),
+    "exaone": ("[BOS]", "[|endofturn|]"), "seed": ("<seed:bos>", "<seed:eos>"), "gpt_oss": ("<|startoftext|>", "<|return|>"),
+    "hunyuan": ("<|startoftext|>", "<|eos|>"), "lfm2": ("<|startoftext|>", "<|im_end|>"),
+    "minicpm": ("<s>", "<|im_end|>"), "cpm4": ("<s>", "<|im_end|>"), "ernie": ("<s>", "</s>"),
+    "starchat": (None, "<|end|>"), "video_llava": ("<s>", "</s>"), "smollm": ("<|im_start|>", "<|im_end|>"),
+}
+
+# Families whose real tokenizer is SentencePiece: a word-boundary marker starts every separately encoded piece.
+SENTENCEPIECE = ("alpaca", "vicuna", "llama2", "llava", "mistral", "ministral", "pixtral", "zephyr", "solar",
+                 "openchat", "breeze", "yi", "xuanyuan", "gemma", "paligemma", "baichuan", "yuan", "video_llava")
+
+MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜]{1,40}｜>|\[/?[A-Z_]{2,20}\]|<(?:start|end)_of_turn>")
+
+
+def _by_prefix(name: str, table: dict[str, Any] | tuple[str, ...]) -> Any:
+    keys = [k for k in table if name.startswith(k)]
+    if not keys:
+        return None
+    best = max(keys, key=len)
+    return table[best] if isinstance(table, dict) else best
+
+
+def tokenizer_spec(name: str, fmt: dict[str, Any]) -> dict[str, Any]:
+    """What tokenizer the goldens of format NAME (its formats.json entry) are rendered with."""
+    if name in ("smollm", "smollm2"):
+        return {"base": "smollm2", "bos": None, "eos": None, "specials": []}
+    bos, eos = _by_prefix(name, FAMILY_SPECIALS) or (None, "<|endoftext|>")
+    specials: set[str] = set(fmt["stop_words"])
+    parts = [fmt[k] for k in ("prefix", "system", "user", "assistant", "observation", "function")]
+    parts.append(fmt["tools"].get("slots", []))
+    for slot in (s for part in parts for s in part):
+        if isinstance(slot, dict) and "token" in slot:
+            specials.add(slot["token"])
+        elif isinstance(slot, str):
+            specials.update(MARKER.findall(slot))
+    media = fmt["mm_plugin"]
+    specials.update(t for t in (media["image_token"], media["video_token"], media["audio_token"]) if t)
+    specials -= {bos, eos}
+    base = "spm" if _by_prefix(name, SENTENCEPIECE) else "smollm2"
+    return {"base": base, "bos": bos, "eos": eos, "specials": sorted(specials)}
+
+
+def build_tokenizer(spec: dict[str, Any], smollm_dir: str) -> Any:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if spec["base"] == "smollm2":
+        tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    else:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(FIXTURES / "spm" / "tokenizer.json"), unk_token="<unk>")
+    # One token at a time, in a fixed order, so that new ids are the same whatever the library version.
+    for key in ("bos", "eos"):
+        if spec[key] is not None:
+            tokenizer.add_special_tokens({f"{key}_token": spec[key]})
+    for token in spec["specials"]:
+        tokenizer.add_tokens([token], special_tokens=True)
+    return tokenizer
+
+
+def special_ids(tokenizer: Any, spec: dict[str, Any]) -> dict[str, int]:
+    tokens = [t for t in (spec["bos"], spec["eos"], *spec["specials"]) if t]
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
