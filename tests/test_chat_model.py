@@ -195,7 +195,7 @@ def test_content_parts_and_system_argument(chat_model):
         ({"model_name_or_path": "/nonexistent/model"}, "model_name_or_path: '/nonexistent/model' does not exist"),
         ({"temperatur": 0.5}, "Unknown argument 'temperatur'. Did you mean temperature"),
         ({"max_num_seqs": 0}, "max_num_seqs"),
-        ({"template": "nonsense"}, "template: 'nonsense' is not a built-in template"),
+        ({"template": "nonsense"}, "template: 'nonsense' is not a template name"),
         ({"num_beams": 2}, "num_beams"),
     ],
 )
@@ -214,7 +214,7 @@ def test_context_manager_frees_the_loop_thread(tiny_model_dir):
 
 
 def test_builtin_template_changes_the_prompt(tiny_model_dir):
-    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "template": "llama3"}) as model:
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "template": "llama3.0"}) as model:
         request = model.build_request(FRANCE)
         ids = model.engine.prompts.prompt_ids(request)
         text = model.engine.tokenizer.decode(ids)

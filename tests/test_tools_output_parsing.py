@@ -92,8 +92,9 @@ async def _collect(gen):
 
 
 def test_which_replies_are_parsed():
-    chatml = load_builtin("chatml")
+    chatml = load_builtin("phi3")
     assert tool_parser_name(chatml, TOOLS) == "hermes"  # no format of its own: Hermes <tool_call>
+    assert tool_parser_name(load_builtin("chatml"), TOOLS) == "react"  # LLaMA-Factory's default tool format
     assert tool_parser_name(load_builtin("llama3.1"), TOOLS) == "llama3_json"
     assert tool_parser_name(chatml, None) is None and tool_parser_name(None, TOOLS) is None
     assert reply_parsers(chatml, _request(tools=None), lambda: "") is None  # nothing to split

@@ -174,8 +174,8 @@ def test_markers_are_one_special_token_where_the_tokenizer_has_them(special_toke
 
 
 # -- generation round trips: the constraint on a real model, the reply read back by the family's parser ----------
-TEMPLATES = {"mistral": "mistral", "phi4_mini": "phi4", "deepseek_v3": "deepseek3", "deepseek_v31": "deepseek3.1",
-             "qwen3_coder": "qwen3-coder", "glm4": "glm4", "pythonic": "gemma3"}
+TEMPLATES = {"mistral": "mistral-v0.3", "phi4_mini": "phi4-mini", "deepseek_v3": "deepseek-v3", "deepseek_v31": "deepseek3.1",
+             "qwen3_coder": "qwen3-coder", "glm4": "glm4.5", "pythonic": "gemma3-hf"}
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 

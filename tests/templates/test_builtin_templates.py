@@ -58,19 +58,12 @@ CONVERSATIONS = {
 LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>")
 DS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")
 REFERENCES = {
-    "chatml": [("chatml.jinja", "<s>", "<|im_end|>", False, ())],
     "hermes": [("hermes-tools.jinja", "<|begin_of_text|>", "<|im_end|>", False, ())],
-    "alpaca": [("alpaca.jinja", "<s>", "</s>", False, ())],
-    # The reference's default system prompt has an unescaped apostrophe (user's) inside a single-quoted string,
-    # so it does not even parse; and its tags, written without whitespace control, spill their indentation into
-    # the prompt. We test against what it means: the quote escaped, every tag trimmed.
-    "vicuna": [("vicuna.jinja", "<s>", "</s>", False, (("user's questions", "user\\'s questions"), ("{% ", "{%- "),
-                                                        (" %}", " -%}"), ("{{ ", "{{- "), (" }}", " -}}")))],
     # vLLM's example Llama 3 template departs from Meta's own (Meta-Llama-3-*-Instruct tokenizer_config.json, which
     # LLaMA-Factory's llama3 follows): one newline after each header instead of two, untrimmed content, no
     # <|eot_id|> after a final assistant turn, and newlines between its tags. A model fine-tuned on Meta's format
-    # is one newline off with it, so `llama3` renders Meta's format: the fixes turn the reference into that.
-    "llama3": [("llama-3.jinja", *LLAMA3, False, (
+    # is one newline off with it, so `llama3.0` renders Meta's format: the fixes turn the reference into that.
+    "llama3.0": [("llama-3.jinja", *LLAMA3, False, (
         ("{{'<|begin_of_text|>'}}\n{% for", "{{'<|begin_of_text|>'}}{% for"),
         ("'<|end_header_id|>\\n' + message['content']}}", "'<|end_header_id|>\\n\\n' + message['content'] | trim}}"),
         ("{% if (loop.last and add_generation_prompt) or not loop.last %}{{'<|eot_id|>'}}{% endif %}", "{{'<|eot_id|>'}}"),
@@ -79,10 +72,10 @@ REFERENCES = {
     ))],
     "llama3.1": [("llama-3.1-json-tools.jinja", *LLAMA3, False, ())],
     "llama3.2": [("llama-3.2-pythonic-tools.jinja", *LLAMA3, False, ())],
-    "llama4": [("llama-4-pythonic-tools.jinja", "<|begin_of_text|>", "<|eot|>", False, ())],
-    "qwen3": [("qwen3-0.6b.jinja", "<|endoftext|>", "<|im_end|>", False, ())],
+    "llama4-hf": [("llama-4-pythonic-tools.jinja", "<|begin_of_text|>", "<|eot|>", False, ())],
+    "qwen3-hf": [("qwen3-0.6b.jinja", "<|endoftext|>", "<|im_end|>", False, ())],
     "qwen3-coder": [("qwen3-coder-tools.jinja", "<|endoftext|>", "<|im_end|>", False, ())],
-    "mistral": [("mistral-parallel-tools.jinja", "<s>", "</s>", False, ())],
+    "mistral-v0.3": [("mistral-parallel-tools.jinja", "<s>", "</s>", False, ())],
     "mistral-small": [
         # This copy went through a conversion that turned each "\\n" in the default system prompt into a
         # backslash-newline, which Jinja reads as a line continuation (no newline at all); the model's own
@@ -93,19 +86,19 @@ REFERENCES = {
         ("mistral-3-tools.jinja", "<s>", "</s>", False, (("(i % 2 == 0)", "(loop.index0 % 2 == 0)"),)),
     ],
     # Gemma 2 has no system role: the reference refuses system messages, and so do we.
-    "gemma": [("gemma-2-2b-it.jinja", "<bos>", "<eos>", False, ())],
+    "gemma2-hf": [("gemma-2-2b-it.jinja", "<bos>", "<eos>", False, ())],
     # The reference separates named arguments with a `first` flag set inside the loop, but a Jinja `set` in a loop
     # does not outlive its iteration, so it writes f(a=1b=2). It means comma-separated arguments: loop.first.
-    "gemma3": [("gemma-3-pythonic-tools.jinja", "<bos>", "<eos>", False,
+    "gemma3-hf": [("gemma-3-pythonic-tools.jinja", "<bos>", "<eos>", False,
                 (("{%- if not first %}, {% endif -%}", "{%- if not loop.first %}, {% endif -%}"),))],
     # Written for renderers that leave `tools` undefined when there are none; transformers passes tools=None,
     # which `tools is defined` lets through to a failing loop. It means "when there are tools".
-    "phi4": [("phi-4-mini-llamacpp.jinja", "<|endoftext|>", "<|endoftext|>", False, (("tools is defined", "tools"),))],
-    "deepseek3": [("deepseek-v3-tools.jinja", *DS, False, ())],
+    "phi4-mini": [("phi-4-mini-llamacpp.jinja", "<|endoftext|>", "<|endoftext|>", False, (("tools is defined", "tools"),))],
+    "deepseek-v3": [("deepseek-v3-tools.jinja", *DS, False, ())],
     "deepseek-r1": [("deepseek-r1-tools.jinja", *DS, False, ())],
     "deepseek-r1-distill": [("deepseek-r1-distill-qwen.jinja", *DS, True, ())],
     "deepseek3.1": [("deepseek-v3.1.jinja", *DS, True, ())],
-    "glm4": [("glm-4.6.jinja", "<sop>", "<|endoftext|>", False, ())],
+    "glm4.5": [("glm-4.6.jinja", "<sop>", "<|endoftext|>", False, ())],
 }
 
 PAIRS = [(name, ref, conv) for name, refs in REFERENCES.items() for ref in refs for conv in CONVERSATIONS]

@@ -37,6 +37,17 @@ CASES: dict[str, list[tuple[str, str | None, list]]] = {
          '{"name": "get_time", "arguments": {}}]<|/tool_call|>', "ok ", [W, T]),
         ("<|tool_call|>oops<|/tool_call|>", "<|tool_call|>oops<|/tool_call|>", []),
     ],
+    # LLaMA-Factory's default tool format, as its DefaultToolUtils writes calls (the goldens check the writing side)
+    "react": [
+        ('Action: get_weather\nAction Input: {"city": "Paris", "days": 3}', None, [W]),
+        ('Let me check.\nAction: get_weather\nAction Input: {"city": "Paris", "days": 3}\nAction: get_time\n'
+         'Action Input: {}', "Let me check.\n\n", [W, T]),
+        ('Action: get_weather\nAction Input: ```{"city": "Paris", "days": 3}```', None, [W]),
+        ('Action: get_weather\nAction Input: ' + json.dumps(U[1]), None, [U]),
+        ("Action: is the word for it.", "Action: is the word for it.", []),
+        ('Action: get_time\nAction Input: [1, 2]', 'Action: get_time\nAction Input: [1, 2]', []),
+        ('Action: get_weather\nAction Input: {"city": "Par', 'Action: get_weather\nAction Input: {"city": "Par', []),
+    ],
     "llama3_json": [
         ('{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}', None, [W]),
         ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}; '

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatplex.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
-from chatplex.templates import ChatTemplate, render_prompt
+from chatplex.templates import ChatTemplate, prompt_token_ids, render_prompt
 from chatplex.types import Delta, GenerationRequest
 
 
@@ -110,16 +110,22 @@ class PromptPreparer:
     Shared by every engine that holds a tokenizer in-process (Hugging Face, vLLM, llama.cpp).
     """
 
-    def __init__(self, tokenizer: Any, template: ChatTemplate, max_model_len: int) -> None:
+    def __init__(self, tokenizer: Any, template: ChatTemplate, max_model_len: int, vocab_size: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.max_model_len = max_model_len
+        # The model's embedding size: a LLaMA-Factory format can name tokens (its stop words) that the tokenizer
+        # gained only when the format set it up, and that this model never learnt.
+        self.vocab_size = vocab_size
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
         elif request.prompt is not None:
             ids = self.tokenizer.encode(request.prompt, add_special_tokens=True)
+        elif request.messages is not None and self.template.lf is not None:
+            ids = prompt_token_ids(self.tokenizer, self.template, request.messages, tools=request.tools,
+                                   template_kwargs=request.template_kwargs) or []
         elif request.messages is not None:
             text = render_prompt(
                 self.tokenizer,
@@ -134,6 +140,13 @@ class PromptPreparer:
             raise InvalidRequestError("A request needs messages, a prompt or prompt token ids.", param="messages")
         if not ids:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
+        if self.vocab_size is not None and request.prompt_token_ids is None and max(ids) >= self.vocab_size:
+            unknown = sorted({self.tokenizer.convert_ids_to_tokens(i) for i in ids if i >= self.vocab_size})
+            raise InvalidRequestError(
+                f"messages: the {self.template.name} template writes {', '.join(unknown)}, which this model's "
+                f"vocabulary ({self.vocab_size} tokens) does not have: the model was not trained with this template. "
+                "Use the template it was fine-tuned with, or its tokenizer's own (leave template out).",
+                param="messages")
         self.check_fits(len(ids), request)
         return ids
 

@@ -1,9 +1,11 @@
 """Chat formatting: which Jinja template renders a conversation, its stop words, and the parsers for its replies.
 
-The tokenizer's own chat template is the default. `template: NAME` picks a built-in one (`builtin/NAME.jinja`,
-listed in `registry.py`), and `chat_template` takes a Jinja file or string. Rendering goes through the
-tokenizer's `apply_chat_template` so every template sees the same variables (bos_token, eos_token, tools,
-add_generation_prompt, strftime_now...). `ChatTemplate.tool_parser` / `.reasoning_parser` name the parsers
+The tokenizer's own chat template is the default. `template: NAME` picks LLaMA-Factory's format of that name
+(`llamafactory/`: all of its registered names, encoded token for token as LLaMA-Factory encodes them, since a
+fine-tune learnt exactly that), or else one of chatplex's Jinja built-ins (`builtin/NAME.jinja`, listed in
+`registry.py`: models' own templates under names LLaMA-Factory does not use); `chat_template` takes a Jinja file or
+string. Jinja templates render through the tokenizer's `apply_chat_template` so every template sees the same
+variables (bos_token, eos_token, tools, add_generation_prompt, strftime_now...). `ChatTemplate.tool_parser` / `.reasoning_parser` name the parsers
 (`tool_parsers.get_tool_parser`, `reasoning.get_reasoning_parser`) that split this format's replies.
 """
 
@@ -16,7 +18,10 @@ from importlib import resources
 from typing import Any
 
 from chatplex.errors import ConfigError, InvalidRequestError
+from chatplex.templates import llamafactory
 from chatplex.templates.detect import detect_reasoning_parser, detect_tool_parser
+from chatplex.templates.llamafactory import LFFormat
+from chatplex.templates.llamafactory.conversation import to_turns
 from chatplex.templates.registry import ALIASES, BY_NAME, FAMILIES
 from chatplex.templates.tool_prompt import renders_tools, with_tool_prompt
 
@@ -39,20 +44,55 @@ class ChatTemplate:
     # tool prompt is added: templates.tool_prompt), "ignored" (it does not, and generic_tool_prompt is off or the
     # family's own call format is not Hermes).
     tools: str = "template"
+    lf: LFFormat | None = None  # a LLaMA-Factory format: encoded by its rules, not rendered by Jinja
+
+
+# LLaMA-Factory tool format -> the parser that reads replies written in it (None: calls come back as text).
+LF_TOOL_PARSERS = {"default": "react", "qwen": "hermes", "ling": "hermes", "glm4_moe": "glm4",
+                   "llama3": "llama3_json", "mistral": "mistral", "qwen3_5": "qwen3_coder"}
 
 
 def builtin_names() -> list[str]:
+    """Chatplex's own Jinja built-ins (LLaMA-Factory's names are `llamafactory.names()`)."""
     return sorted(BY_NAME)
 
 
+def check_template_name(name: str) -> None:
+    """Fail fast (before any weights load) on a name that is neither LLaMA-Factory's nor a built-in."""
+    if name in set(llamafactory.names()) or ALIASES.get(name, name) in BY_NAME:
+        return
+    valid = [*llamafactory.names(), *builtin_names(), *ALIASES]
+    near = llamafactory.closest(name, valid)
+    hint = f" Closest: {', '.join(near)}." if near else ""
+    raise ConfigError(
+        f"template: {name!r} is not a template name.{hint} `chatplex templates` lists all "
+        f"{len(llamafactory.names())} LLaMA-Factory names and chatplex's built-ins; or pass chat_template with a "
+        "Jinja file.",
+        param="template",
+    )
+
+
+def load_llamafactory(name: str, *, tool_format: str | None = None, enable_thinking: bool | None = None,
+                      preserve_thinking: bool = False) -> ChatTemplate:
+    try:
+        fmt = llamafactory.load(name).configured(
+            tool_format=tool_format, enable_thinking=True if enable_thinking is None else enable_thinking,
+            preserve_thinking=preserve_thinking, formats=llamafactory.all_tool_formats())
+    except KeyError:
+        choices = ", ".join(sorted(llamafactory.all_tool_formats()))
+        raise ConfigError(f"tool_format: {tool_format!r} is not a LLaMA-Factory tool format; choose one of {choices}.",
+                          param="tool_format") from None
+    calls_format = next((k for k, v in llamafactory.all_tool_formats().items() if v is fmt.calls), "")
+    reasoning = "think" if fmt.reasoning and "<think>" in fmt.thought_words[0] + fmt.thought_words[1] else None
+    return ChatTemplate(name, None, fmt.stop_words, LF_TOOL_PARSERS.get(calls_format), reasoning, "template", fmt)
+
+
 def load_builtin(name: str) -> ChatTemplate:
+    if name in set(llamafactory.names()):
+        return load_llamafactory(name)
     key = ALIASES.get(name, name)
     if key not in BY_NAME:
-        raise ConfigError(
-            f"template: {name!r} is not a built-in template; choose one of {', '.join(builtin_names())}, "
-            "or pass chat_template with a Jinja file.",
-            param="template",
-        )
+        check_template_name(name)
     family = BY_NAME[key]
     source = resources.files("chatplex.templates").joinpath("builtin", f"{key}.jinja").read_text(encoding="utf-8")
     return ChatTemplate(key, source, family.stop_words, family.tool_parser, family.reasoning_parser)
@@ -64,10 +104,25 @@ def _detected(name: str, source: str | None, detect_from: str | None = None) -> 
 
 
 def resolve_template(
-    template: str | None, chat_template: str | None, tokenizer: Any, *, generic_tool_prompt: bool = True
+    template: str | None, chat_template: str | None, tokenizer: Any, *, generic_tool_prompt: bool = True,
+    tool_format: str | None = None, enable_thinking: bool | None = None, preserve_thinking: bool = False,
 ) -> ChatTemplate:
-    """Pick the template a model renders with (a named built-in, a Jinja file/string, or the tokenizer's own), and
-    find out whether it shows the model a request's tools."""
+    """Pick the template a model renders with (a LLaMA-Factory format, a named built-in, a Jinja file/string, or
+    the tokenizer's own), and find out whether it shows the model a request's tools. A LLaMA-Factory format also
+    sets the tokenizer's EOS and stop words as LLaMA-Factory does (`LFFormat.fix_tokenizer`)."""
+    if template and template in set(llamafactory.names()):
+        chosen = load_llamafactory(template, tool_format=tool_format, enable_thinking=enable_thinking,
+                                   preserve_thinking=preserve_thinking)
+        assert chosen.lf is not None
+        added = chosen.lf.fix_tokenizer(tokenizer)
+        if added:
+            logger.warning("The %s template's tokens %s are not in the model's vocabulary; added as new tokens, "
+                           "which the model cannot write (LLaMA-Factory's resize_vocab trains them).",
+                           template, ", ".join(added))
+        return chosen
+    if tool_format is not None:
+        raise ConfigError("tool_format: applies to LLaMA-Factory's template names only; this model renders with "
+                          f"{template or chat_template or 'its tokenizer'}'s own template.", param="tool_format")
     chosen = _choose(template, chat_template, tokenizer)
 
     def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
@@ -106,8 +161,8 @@ def _choose(template: str | None, chat_template: str | None, tokenizer: Any) -> 
         # Some tokenizers keep several named templates (a dict); the parsers are read from all of them.
         text = own if isinstance(own, str) else "\n".join(map(str, dict(own).values()))
         return _detected("tokenizer", None, text)
-    # No template anywhere: LLaMA-Factory falls back to its "default" format too.
-    return load_builtin("default")
+    # No template anywhere: LLaMA-Factory falls back to its "empty" format (the text as it is).
+    return load_builtin("empty")
 
 
 def render_prompt(
@@ -119,7 +174,17 @@ def render_prompt(
     add_generation_prompt: bool = True,
     template_kwargs: dict[str, Any] | None = None,
 ) -> str:
-    """Render a normalised conversation to the prompt text the model continues."""
+    """Render a normalised conversation to the prompt text the model continues (or, without the generation
+    prompt, the whole conversation)."""
+    if template.lf is not None:
+        turns, system, lf_tools = to_turns(messages, tools, template=template.name,
+                                           add_generation_prompt=add_generation_prompt)
+        thinking = (template_kwargs or {}).get("enable_thinking")
+        if add_generation_prompt:
+            return template.lf.prompt_text(tokenizer, turns, system, lf_tools, enable_thinking=thinking)
+        prompt, reply = template.lf.encode_oneturn(tokenizer, turns, system, lf_tools, enable_thinking=thinking,
+                                                   text=True)
+        return str(prompt) + str(reply)
     if tools and template.tools == "generic":
         messages, tools = with_tool_prompt(messages, tools), None
     try:
@@ -137,10 +202,29 @@ def render_prompt(
         ) from e
 
 
+def prompt_token_ids(
+    tokenizer: Any,
+    template: ChatTemplate,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[int] | None:
+    """The prompt ids of a LLaMA-Factory format, encoded piece by piece as LLaMA-Factory does (None for Jinja
+    templates, whose text is tokenized whole)."""
+    if template.lf is None:
+        return None
+    turns, system, lf_tools = to_turns(messages, tools, template=template.name)
+    thinking = (template_kwargs or {}).get("enable_thinking")
+    return template.lf.prompt_ids(tokenizer, turns, system, lf_tools, enable_thinking=thinking)
+
+
 __all__ = [
     "BUILTIN_STOP_WORDS",
     "ChatTemplate",
     "builtin_names",
+    "check_template_name",
+    "prompt_token_ids",
     "load_builtin",
     "render_prompt",
     "resolve_template",

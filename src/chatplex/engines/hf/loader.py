@@ -53,7 +53,7 @@ def load_tokenizer(args: ModelArguments) -> Any:
     try:
         return AutoTokenizer.from_pretrained(
             source, gguf_file=gguf, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, token=args.hf_hub_token,
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"model_name_or_path: cannot load a tokenizer from {source!r}: {e}", param="model_name_or_path") from e
@@ -68,6 +68,10 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
 
     source, gguf, _ = model_source(args)
     auto_class, extra = (AutoModelForSequenceClassification, {}) if classifier else _generative_class(args, source, gguf)
+    if args.rope_scaling is not None:
+        extra["config"] = scaled_rope_config(args, source, gguf)
+    if args.hf_hub_token:
+        extra["token"] = args.hf_hub_token
     try:
         model = auto_class.from_pretrained(
             source,
@@ -87,6 +91,30 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     if gguf is not None:  # dequantised GGUF weights are plain tensors; drop the quantizer that loaded them
         model.hf_quantizer = None
     return model.to(device).eval()
+
+
+def scaled_rope_config(args: ModelArguments, source: str, gguf: str | None) -> Any:
+    """The model's config with LLaMA-Factory's RoPE scaling for inference: `rope_scaling` as the RoPE type, factor 2,
+    the context twice as long; dynamic and yarn keep the original length, llama3 also its frequency factors."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, gguf_file=gguf, trust_remote_code=args.trust_remote_code,
+                                        revision=args.model_revision, cache_dir=args.cache_dir, token=args.hf_hub_token)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    params = dict(getattr(text, "rope_parameters", None) or {})
+    original = params.get("original_max_position_embeddings") or getattr(text, "max_position_embeddings", None)
+    if original is None:
+        raise ConfigError("rope_scaling: this model's config has no max_position_embeddings to scale.", param="rope_scaling")
+    factor = 2.0
+    params.update(rope_type=args.rope_scaling, factor=factor)
+    if args.rope_scaling in ("dynamic", "yarn", "llama3"):
+        params["original_max_position_embeddings"] = original
+    if args.rope_scaling == "llama3":
+        params.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    text.rope_parameters = params  # keeps rope_theta, which setting the old `rope_scaling` name would drop
+    text.max_position_embeddings = int(original * factor)
+    logger.info("RoPE scaling %s x%.0f: max length %d -> %d", args.rope_scaling, factor, original, int(original * factor))
+    return config
 
 
 def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> tuple[Any, dict[str, Any]]:

@@ -86,8 +86,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         graphs = DecodeGraphs(model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile)
         graphs.capture()
     runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal)
-    template = resolve_template(margs.template, margs.chat_template, tokenizer,
-                                generic_tool_prompt=margs.generic_tool_prompt)
+    template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
     # A sequence classifier (reward model) has no generation config.
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)
@@ -97,7 +96,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     )
     return EngineParts(
         name, device, dtype, tokenizer, model, cache, blocks, scheduler, runner,
-        PromptPreparer(tokenizer, template, max_len), eos_ids, template_stops, default_adapter, multimodal,
+        PromptPreparer(tokenizer, template, max_len, model.config.get_text_config().vocab_size), eos_ids, template_stops, default_adapter, multimodal,
     )
 
 

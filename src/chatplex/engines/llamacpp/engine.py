@@ -150,8 +150,7 @@ class LlamaCppEngine(Engine):
         margs = self.args.model
         self.tokenizer, llama = loader.load(self.path, margs.max_model_len, self.options)
         self.runner = LlamaRunner(llama)
-        template = resolve_template(margs.template, margs.chat_template, self.tokenizer,
-                                    generic_tool_prompt=margs.generic_tool_prompt)
+        template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
         self.prompts = PromptPreparer(self.tokenizer, template, self.runner.n_ctx)
         eos = llama.token_eos()
         self.eos_ids, self.template_stops = stop_tokens(eos if eos >= 0 else None, self.tokenizer, template.stop_words)

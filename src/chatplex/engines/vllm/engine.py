@@ -92,8 +92,7 @@ class VLLMEngine(Engine):
         if self._pooling:
             scoring.check_one_label(model_config.hf_config)
         self._vocab_size = model_config.get_vocab_size()
-        template = resolve_template(margs.template, margs.chat_template, self.tokenizer,
-                                    generic_tool_prompt=margs.generic_tool_prompt)
+        template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
         self.eos_ids, self.text_stops = self._stop_tokens(template.stop_words)
         self.media = MediaInputs.from_llm(self._llm, MediaPolicy.from_config(margs.media), self._name)

@@ -27,6 +27,7 @@ from chatplex.templates.tool_parsers.llama3_json import Llama3JsonParser
 from chatplex.templates.tool_parsers.mistral import MistralParser
 from chatplex.templates.tool_parsers.pythonic import PythonicParser
 from chatplex.templates.tool_parsers.qwen3_coder import Qwen3CoderParser
+from chatplex.templates.tool_parsers.react import ReactParser
 from chatplex.templates.tool_parsers.tagged import HermesParser, Phi4MiniParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
@@ -41,6 +42,7 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
         DeepSeekV31Parser,
         Glm4Parser,
         Phi4MiniParser,
+        ReactParser,
     )
 }
 
