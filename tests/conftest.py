@@ -39,6 +39,7 @@ def chat_model(smollm_dir: str) -> Iterator["ChatModel"]:  # noqa: F821
 TINY_CONFIGS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
 }
 
 

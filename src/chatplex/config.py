@@ -1,8 +1,8 @@
 """Arguments: dict, YAML file or command line -> validated dataclasses.
 
 Keys follow LLaMA-Factory's inference arguments where they exist, so its users' YAML files work unchanged.
-LLaMA-Factory training-only keys that often sit in inference YAMLs (`finetuning_type`, `flash_attn`...) are
-accepted and ignored with a warning; any other unknown key is a `ConfigError` listing the valid keys.
+Every other key of LLaMA-Factory's inference parser is translated, ignored with a warning (training-only) or
+refused with a reason (`llamafactory_keys`); any other unknown key is a `ConfigError` listing the valid keys.
 """
 
 from __future__ import annotations
@@ -29,19 +29,7 @@ BACKEND_ALIASES = {"hf": "huggingface", "llamacpp": "llama.cpp", "llama_cpp": "l
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("auto", "generate", "score")
-
-# LLaMA-Factory keys that do not change inference in chatplex (training, export, hub tokens...).
-IGNORED_KEYS = frozenset(
-    """finetuning_type stage do_train do_predict output_dir flash_attn shift_attn use_unsloth use_unsloth_gc
-    enable_liger_kernel low_cpu_mem_usage use_fast_tokenizer resize_vocab split_special_tokens upcast_layernorm
-    upcast_lmhead_output disable_gradient_checkpointing use_reentrant_gc print_param_status hf_hub_token
-    ms_hub_token om_hub_token offload_folder use_kv_cache cutoff_len dataset dataset_dir eval_dataset
-    preprocessing_num_workers overwrite_cache report_to logging_steps save_steps plot_loss
-    per_device_train_batch_size gradient_accumulation_steps learning_rate num_train_epochs lr_scheduler_type
-    warmup_ratio bf16 fp16 ddp_timeout lora_rank lora_alpha lora_dropout lora_target export_dir export_size
-    export_device export_legacy_format mixture_of_depths moe_aux_loss_coef tool_format""".split()
-)
-
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
 @dataclass
 class ModelArguments:
@@ -64,8 +52,15 @@ class ModelArguments:
     trust_remote_code: bool = False
     default_system: str | None = None
     enable_thinking: bool | None = None
+    # LLaMA-Factory's format switches (its templates only): the tool format replacing the template's own, and
+    # whether past replies keep their thoughts.
+    tool_format: str | None = None
+    preserve_thinking: bool = False
     cache_dir: str | None = None
     model_revision: str = "main"
+    hf_hub_token: str | None = None  # for gated or private models on the Hugging Face Hub
+    # LLaMA-Factory's RoPE scaling for a longer context: linear, dynamic, yarn or llama3, factor 2 (as its inference)
+    rope_scaling: str | None = None
     # Hugging Face engine: scheduler and KV cache.
     max_model_len: int | None = None  # None: the model's own context length
     max_num_seqs: int = 64
@@ -102,6 +97,12 @@ class ModelArguments:
         _check_choice("infer_dtype", self.infer_dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("task", self.task, TASKS)
+        if self.rope_scaling is not None:
+            _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+            if self.infer_backend != "huggingface":
+                raise ConfigError("rope_scaling: applies on infer_backend huggingface only (LLaMA-Factory refuses it on "
+                                  "vLLM too); give the engine a model whose config has the scaling instead.",
+                                  param="rope_scaling")
         self.lora_modules = parse_lora_modules(self.lora_modules)
         _check_positive("max_loras", self.max_loras)
         if len(self.lora_modules) > self.max_loras:
@@ -131,6 +132,10 @@ class ModelArguments:
             check_shape(self.dummy_weights)
         if self.chat_template is not None and self.template is not None:
             raise ConfigError("template and chat_template: give one, not both.", param="chat_template")
+        if self.template is not None:
+            from chatplex.templates import check_template_name
+
+            check_template_name(self.template)  # now, not after the weights have loaded
         for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_size"):
             _check_positive(name, getattr(self, name))
         if self.max_model_len is not None:
@@ -150,6 +155,11 @@ class ModelArguments:
         if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ConfigError("kv_cache_memory_gb must be > 0.", param="kv_cache_memory_gb")
 
+
+    def template_options(self) -> dict[str, Any]:
+        """What `templates.resolve_template` takes from these arguments besides the template's name."""
+        return {"generic_tool_prompt": self.generic_tool_prompt, "tool_format": self.tool_format,
+                "enable_thinking": self.enable_thinking, "preserve_thinking": self.preserve_thinking}
 
     @property
     def adapter_paths(self) -> list[str]:
@@ -273,23 +283,29 @@ def args_from_dict(raw: dict[str, Any]) -> ChatplexArgs:
     """Split a flat LLaMA-Factory style dict into validated argument dataclasses."""
     model_types = _field_types(ModelArguments)
     gen_types = _field_types(GeneratingArguments)
+    from chatplex import llamafactory_keys
+
     model_kw: dict[str, Any] = {}
     gen_kw: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = str(key).replace("-", "_")
-        if key in model_types:
-            model_kw[key] = _coerce(key, value, model_types[key])
-        elif key in gen_types:
-            gen_kw[key] = _coerce(key, value, gen_types[key])
-        elif key == "stage" and value == "rm":  # LLaMA-Factory's way of asking for a reward model
-            model_kw.setdefault("task", "score")
-        elif key in IGNORED_KEYS:
-            logger.warning("Argument %r is a LLaMA-Factory training/export key; chatplex ignores it.", key)
-        else:
+    flat = {str(key).replace("-", "_"): value for key, value in raw.items()}
+    translated: dict[str, Any] = {k: flat[k] for k in ("infer_backend", "media", "sglang_config") if k in flat}
+    for key, value in flat.items():
+        if key in model_types or key in gen_types:
+            continue
+        if key == "stage":  # LLaMA-Factory's way of asking for a reward model; its other stages are training's
+            if value == "rm":
+                model_kw.setdefault("task", "score")
+        elif not llamafactory_keys.translate(key, value, translated):
             valid = sorted([*model_types, *gen_types])
             close = difflib.get_close_matches(key, valid, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"Unknown argument {key!r}.{hint} Valid arguments: {', '.join(valid)}.", param=key)
+    flat.update(translated)
+    for key, value in flat.items():
+        if key in model_types:
+            model_kw[key] = _coerce(key, value, model_types[key])
+        elif key in gen_types:
+            gen_kw[key] = _coerce(key, value, gen_types[key])
     return ChatplexArgs(ModelArguments(**model_kw), GeneratingArguments(**gen_kw))
 
 

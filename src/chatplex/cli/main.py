@@ -11,7 +11,7 @@ from chatplex import __version__
 from chatplex.errors import ChatplexError
 
 # command -> module under chatplex.cli; each module has add_parser(subparsers) and run(namespace) -> int
-COMMANDS = ("chat", "serve", "bench", "templates")
+COMMANDS = ("chat", "serve", "webchat", "bench", "templates")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that load a model and so take LLaMA-Factory's argument forms too (cli.options.llamafactory_argv).
+MODEL_COMMANDS = ("chat", "serve", "webchat")
+
+
+def _translated(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    from chatplex.cli.options import llamafactory_argv
+
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    for i, item in enumerate(argv):
+        if sub is not None and item in MODEL_COMMANDS and item in sub.choices:
+            return argv[: i + 1] + llamafactory_argv(sub.choices[item], argv[i + 1 :])
+        if not item.startswith("-"):
+            break
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_translated(parser, list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if not args.command:
         parser.print_help()

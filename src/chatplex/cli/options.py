@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from chatplex.config import BACKENDS, DTYPES
@@ -57,3 +58,49 @@ def model_args_from(ns: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE.", param=item)
         args[key] = value
     return args
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def llamafactory_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """LLaMA-Factory's command-line forms as this parser's: `key=value` items and `--snake_case_key value` (or
+    `--key=value`) flags the parser does not define become `--set key=value`, so
+    `chatplex serve qwen3.yaml infer_backend=vllm vllm_enforce_eager=true` and
+    `chatplex chat --model_name_or_path M --template qwen3` read as `llamafactory-cli` reads them. Unknown keys are
+    then refused by the argument check with the valid ones listed."""
+    known = set(parser._option_string_actions)
+    out: list[str] = []
+    values_left = 0  # items the last known flag still takes as its values
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item == "--":
+            out += argv[i:]
+            break
+        if item.startswith("-") and item.split("=", 1)[0] in known:
+            nargs = parser._option_string_actions[item.split("=", 1)[0]].nargs
+            values_left = 0 if "=" in item or nargs == 0 else len(argv) if nargs in ("+", "*") else 1
+            out.append(item)
+        elif values_left and not item.startswith("-"):
+            values_left -= 1
+            out.append(item)
+        elif item.startswith("--"):
+            key, eq, value = item[2:].partition("=")
+            if not eq:
+                if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                    i += 1
+                    value = argv[i]
+                else:
+                    value = "true"  # a bare boolean flag, as HfArgumentParser takes it
+            if _KEY.fullmatch(key):
+                out += ["--set", f"{key.replace('-', '_')}={value}"]
+            else:
+                out.append(item)
+            values_left = 0
+        elif not item.startswith("-") and "=" in item and _KEY.fullmatch(item.split("=", 1)[0]):
+            out += ["--set", item]
+        else:
+            out.append(item)
+        i += 1
+    return out

@@ -1,7 +1,8 @@
 """`chatplex serve`: the OpenAI-compatible server over a ChatModel built from the shared model options.
 
 Every flag has an environment variable (`CHATPLEX_*`), and LLaMA-Factory's API_HOST, API_PORT, API_KEY,
-API_MODEL_NAME and FASTAPI_ROOT_PATH are honoured so its deployments keep working. Precedence: flag, then
+API_MODEL_NAME, FASTAPI_ROOT_PATH, API_VERBOSE, MAX_CONCURRENT, ALLOW_LOCAL_FILES and SAFE_MEDIA_PATH are honoured so
+its deployments keep working. Precedence: flag, then
 CHATPLEX_*, then LLaMA-Factory's name, then the default.
 """
 
@@ -14,7 +15,7 @@ import sys
 from typing import Any, NoReturn
 
 from chatplex.cli.options import add_model_options, model_args_from
-from chatplex.server.settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
+from chatplex.server.settings import API_MODES, DEFAULT_MAX_BODY_BYTES, ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,29 @@ def add_parser(subparsers: Any) -> None:
         "health, metrics) with a chat web page at /.",
     )
     add_model_options(p)
+    add_server_options(p, host_env=("CHATPLEX_HOST", "API_HOST"), port_env=("CHATPLEX_PORT", "API_PORT"), port=8000)
+    p.set_defaults(run=run)
+
+
+def add_server_options(p: argparse.ArgumentParser, *, host_env: tuple[str, ...], port_env: tuple[str, ...],
+                       port: int) -> None:
     g = p.add_argument_group("server")
-    g.add_argument("--host", default=_env("CHATPLEX_HOST", "API_HOST", default="0.0.0.0"),
-                   help="address to listen on [env CHATPLEX_HOST, API_HOST] (default: 0.0.0.0)")
-    g.add_argument("--port", type=int, default=int(_env("CHATPLEX_PORT", "API_PORT", default=8000)),
-                   help="port [env CHATPLEX_PORT, API_PORT] (default: 8000)")
-    g.add_argument("--served-model-name", default=_env("CHATPLEX_SERVED_MODEL_NAME", "API_MODEL_NAME"),
-                   help="model name clients use [env CHATPLEX_SERVED_MODEL_NAME, API_MODEL_NAME] (default: the model's)")
+    g.add_argument("--host", default=_env(*host_env, default="0.0.0.0"),
+                   help=f"address to listen on [env {', '.join(host_env)}] (default: 0.0.0.0)")
+    g.add_argument("--port", type=int, default=int(_env(*port_env, default=port)),
+                   help=f"port [env {', '.join(port_env)}] (default: {port})")
+    served = _env("CHATPLEX_SERVED_MODEL_NAME", "API_MODEL_NAME")
+    g.add_argument("--served-model-name", nargs="+", default=served.split(",") if served else None, metavar="NAME",
+                   help="model name clients use; more names are aliases of it [env CHATPLEX_SERVED_MODEL_NAME, "
+                   "API_MODEL_NAME, comma-separated] (default: the model's)")
+    g.add_argument("--accept-any-model", action="store_true",
+                   default=_env("CHATPLEX_ACCEPT_ANY_MODEL", default="").lower() in ("1", "true", "yes"),
+                   help="answer requests whatever model name they give, as LLaMA-Factory's server does "
+                   "[env CHATPLEX_ACCEPT_ANY_MODEL] (default: unknown names get 404)")
+    g.add_argument("--api-mode", choices=API_MODES, default=_env("CHATPLEX_API_MODE", default="openai"),
+                   help="'llamafactory': its API's meanings where they differ from OpenAI's (presence_penalty is the "
+                   "repetition penalty, a 'function' message is the assistant's tool call) and any model name "
+                   "[env CHATPLEX_API_MODE] (default: openai)")
     g.add_argument("--root-path", default=_env("CHATPLEX_ROOT_PATH", "FASTAPI_ROOT_PATH", default=""),
                    help="URL prefix when behind a proxy [env CHATPLEX_ROOT_PATH, FASTAPI_ROOT_PATH]")
     g.add_argument("--api-key", default=_env("CHATPLEX_API_KEY", "API_KEY"),
@@ -52,15 +69,20 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument("--max-queued-requests", type=int, default=int(queued) if queued else None,
                    help="requests that may wait beyond the running batch; more get 429 "
                    "[env CHATPLEX_MAX_QUEUED_REQUESTS] (default: unbounded)")
+    g.add_argument("--log-requests", action="store_true",
+                   default=_env("CHATPLEX_LOG_REQUESTS", "API_VERBOSE", default="").lower() in ("1", "true", "yes"),
+                   help="log every request body at INFO [env CHATPLEX_LOG_REQUESTS, API_VERBOSE] (default: off)")
     g.add_argument("--drain-timeout", type=float, default=float(_env("CHATPLEX_DRAIN_TIMEOUT", default=30.0)),
                    help="seconds in-flight requests get to finish after SIGTERM [env CHATPLEX_DRAIN_TIMEOUT] (default: 30)")
-    p.set_defaults(run=run)
 
 
 def settings_from(ns: argparse.Namespace) -> ServerSettings:
     try:
         return ServerSettings(
-            host=ns.host, port=ns.port, served_model_name=ns.served_model_name, root_path=ns.root_path or "",
+            host=ns.host, port=ns.port, served_model_name=ns.served_model_name[0] if ns.served_model_name else None,
+            model_aliases=tuple(ns.served_model_name[1:]) if ns.served_model_name else (),
+            accept_any_model=ns.accept_any_model, api_mode=ns.api_mode, log_requests=ns.log_requests,
+            root_path=ns.root_path or "",
             api_key=ns.api_key, allowed_origins=tuple(ns.allowed_origins.split(",")) if ns.allowed_origins else (),
             max_body_bytes=ns.max_body_size, drain_timeout=ns.drain_timeout,
         )
@@ -70,10 +92,28 @@ def settings_from(ns: argparse.Namespace) -> ServerSettings:
         raise ConfigError(str(e)) from None
 
 
+def llamafactory_env(model_args: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory's API environment variables, where the arguments do not already say: SAFE_MEDIA_PATH is the one
+    folder local media paths may name (ALLOW_LOCAL_FILES=0 allows none), MAX_CONCURRENT how many requests generate
+    at once."""
+    args = dict(model_args)
+    allow_local = os.environ.get("ALLOW_LOCAL_FILES", "1").lower() not in ("0", "false", "no")
+    media = dict(args.get("media") or {})
+    if os.environ.get("SAFE_MEDIA_PATH") and allow_local:
+        media.setdefault("local_root", os.environ["SAFE_MEDIA_PATH"])
+    if not allow_local:
+        media["local_root"] = None
+    if media:
+        args["media"] = media
+    if os.environ.get("MAX_CONCURRENT") and "max_num_seqs" not in args:
+        args["max_num_seqs"] = os.environ["MAX_CONCURRENT"]
+    return args
+
+
 def run(ns: argparse.Namespace) -> NoReturn:
     from chatplex.server.runner import serve
 
-    model_args = model_args_from(ns)
+    model_args = llamafactory_env(model_args_from(ns))
     if ns.max_queued_requests is not None:
         model_args["max_waiting_requests"] = ns.max_queued_requests
     code = serve(model_args, settings_from(ns), getattr(ns, "log_level", "warning"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from typing import Any
 
@@ -21,6 +22,16 @@ def _check_pixels(width: int, height: int, param: str, policy: MediaPolicy) -> N
         )
     if width < 1 or height < 1:
         raise InvalidRequestError(f"{param}: the image is empty ({width}x{height}).", param=param)
+
+
+def fit_pixels(image: Any, max_pixels: int | None, min_pixels: int | None) -> Any:
+    """Scale a PIL image (aspect ratio kept) into [min_pixels, max_pixels], as LLaMA-Factory's plugins do."""
+    for bound, too_far in ((max_pixels, lambda area, b: area > b), (min_pixels, lambda area, b: area < b)):
+        area = image.width * image.height
+        if bound is not None and too_far(area, bound):
+            scale = math.sqrt(bound / area)
+            image = image.resize((int(image.width * scale), int(image.height * scale)))
+    return image
 
 
 def decode_image(data: bytes, param: str, policy: MediaPolicy) -> Any:
@@ -55,5 +66,7 @@ def load_image(source: Any, param: str = "image", policy: MediaPolicy | None = N
     policy = policy or MediaPolicy()
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, param, policy)
-        return source.convert("RGB")
-    return decode_image(load_source(source, param, policy, trusted).data, param, policy)
+        image = source.convert("RGB")
+    else:
+        image = decode_image(load_source(source, param, policy, trusted).data, param, policy)
+    return fit_pixels(image, policy.image_max_pixels, policy.image_min_pixels)

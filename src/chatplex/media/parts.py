@@ -99,7 +99,8 @@ class _Loader:
         else:
             if len(self.audios) >= self.policy.max_audios:
                 raise InvalidRequestError(f"{param}: more than {self.policy.max_audios} audios in one request.", param=param)
-            self.audios.append(load_audio(source, param, self.policy, target_rate=self.audio_rate, trusted=trusted))
+            self.audios.append(load_audio(source, param, self.policy, target_rate=self.policy.audio_sampling_rate or self.audio_rate,
+                                          trusted=trusted))
         self.params[kind].append(param)
         return {"type": kind}
 

@@ -31,6 +31,13 @@ class MediaPolicy:
     fetch_timeout_s: float = 10.0
     max_redirects: int = 3
     local_root: str | None = None
+    # LLaMA-Factory's image and video sizing (its image_max_pixels... keys): an image or frame outside the bounds is
+    # scaled, keeping its aspect ratio, to just within them. None: sent at its own size.
+    image_max_pixels: int | None = None
+    image_min_pixels: int | None = None
+    video_max_pixels: int | None = None
+    video_min_pixels: int | None = None
+    audio_sampling_rate: int | None = None  # audio is resampled to this rate (None: the model's processor's)
 
     @classmethod
     def from_config(cls, values: dict | None) -> MediaPolicy:
@@ -51,5 +58,10 @@ class MediaPolicy:
         for name in ("max_audio_seconds", "fetch_timeout_s", "video_fps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be positive.", param=name)
+        for name in ("image_max_pixels", "image_min_pixels", "video_max_pixels", "video_min_pixels",
+                     "audio_sampling_rate"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}.", param=name)
         if self.local_root is not None:
             object.__setattr__(self, "local_root", os.path.realpath(os.path.expanduser(self.local_root)))

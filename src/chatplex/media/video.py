@@ -9,13 +9,13 @@ dropped. A list of frames is taken as already sampled at `video_fps` (LLaMA-Fact
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from chatplex.errors import InvalidRequestError
-from chatplex.media.image import load_image
+from chatplex.media.image import fit_pixels, load_image
 from chatplex.media.policy import MediaPolicy
 from chatplex.media.sources import load_source
 
@@ -64,6 +64,15 @@ def _check_frame(width: int, height: int, param: str, policy: MediaPolicy) -> No
         )
 
 
+def _fitted(frames: list[np.ndarray], policy: MediaPolicy) -> list[np.ndarray]:
+    """Frames scaled into the policy's video pixel bounds (LLaMA-Factory's video_max_pixels / video_min_pixels)."""
+    if policy.video_max_pixels is None and policy.video_min_pixels is None:
+        return frames
+    from PIL import Image
+
+    return [np.asarray(fit_pixels(Image.fromarray(f), policy.video_max_pixels, policy.video_min_pixels)) for f in frames]
+
+
 def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
     try:
         import av
@@ -98,6 +107,7 @@ def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
         raise InvalidRequestError(f"{param}: not a readable video ({type(e).__name__}: {e}).", param=param) from None
     if not frames:
         raise InvalidRequestError(f"{param}: the video has no decodable frames.", param=param)
+    frames = _fitted(frames, policy)
     sampled_fps = len(frames) / total * native_fps if native_fps else policy.video_fps
     if not native_fps:
         return VideoClip(np.stack(frames), sampled_fps)
@@ -119,7 +129,10 @@ def _frames(source: list | tuple, param: str, policy: MediaPolicy, trusted: bool
             _check_frame(frame.shape[1], frame.shape[0], f"{param}[{i}]", policy)
             frames.append(frame.astype(np.uint8, copy=False))
         else:
-            frames.append(np.asarray(load_image(frame, f"{param}[{i}]", policy, trusted=trusted)))
+            # frames are sized by the video bounds below, not the image ones
+            unsized = replace(policy, image_max_pixels=None, image_min_pixels=None)
+            frames.append(np.asarray(load_image(frame, f"{param}[{i}]", unsized, trusted=trusted)))
+    frames = _fitted(frames, policy)
     if len({f.shape for f in frames}) > 1:
         raise InvalidRequestError(f"{param}: all frames of a video must have the same size.", param=param)
     return VideoClip(np.stack(frames), policy.video_fps)

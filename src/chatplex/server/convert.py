@@ -8,6 +8,7 @@ constrained decoding (or raises `UnsupportedFeatureError` naming the field on en
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,7 +24,7 @@ _SAMPLING_FIELDS = {
     "min_p": "min_p", "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty", "stop": "stop", "seed": "seed", "logit_bias": "logit_bias",
     "min_tokens": "min_new_tokens", "ignore_eos": "ignore_eos", "stop_token_ids": "stop_token_ids",
-    "skip_special_tokens": "skip_special_tokens",
+    "skip_special_tokens": "skip_special_tokens", "do_sample": "do_sample",
 }
 _TOOL_CHOICES = (None, "none", "auto")
 
@@ -39,7 +40,41 @@ def _sampling_kwargs(body: SamplingFields) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def chat_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
+def llamafactory_fields(kw: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory's API meaning of the fields where it differs from OpenAI's: `presence_penalty` is passed to
+    transformers as `repetition_penalty` (1.0 neutral, multiplicative), and a `function` message is the assistant's
+    tool call (its content the JSON list of {name, arguments}), where OpenAI's legacy `function` role is a result."""
+    kw = dict(kw)
+    if "presence_penalty" in kw:
+        if "repetition_penalty" in kw:
+            raise InvalidRequestError("presence_penalty: in LLaMA-Factory's API mode it is the repetition penalty; "
+                                      "give one of presence_penalty and repetition_penalty.", param="presence_penalty")
+        kw["repetition_penalty"] = kw.pop("presence_penalty")
+    messages = []
+    for i, message in enumerate(kw.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "function":
+            message = {"role": "assistant", "content": None, "tool_calls": _function_turn_calls(i, message.get("content"))}
+        messages.append(message)
+    if "messages" in kw:
+        kw["messages"] = messages
+    return kw
+
+
+def _function_turn_calls(index: int, content: Any) -> list[dict[str, Any]]:
+    param = f"messages[{index}].content"
+    try:
+        calls = json.loads(content) if isinstance(content, str) else None
+    except json.JSONDecodeError:
+        calls = None
+    calls = [calls] if isinstance(calls, dict) else calls
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and "name" in c for c in calls):
+        raise InvalidRequestError(f"{param}: a function message (LLaMA-Factory's API mode) holds the assistant's "
+                                  'tool calls as JSON: [{"name": ..., "arguments": {...}}].', param=param)
+    return [{"id": f"call_{index}_{j}", "type": "function",
+             "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for j, c in enumerate(calls)]
+
+
+def chat_kwargs(body: ChatCompletionRequest, api_mode: str = "openai") -> dict[str, Any]:
     """build_request(**kwargs) for a chat completion."""
     function_call = (body.model_extra or {}).get("function_call")
     if function_call not in _TOOL_CHOICES:
@@ -62,10 +97,10 @@ def chat_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
         kw["response_format"] = body.response_format
     if body.chat_template_kwargs:
         kw["template_kwargs"] = body.chat_template_kwargs
-    return kw
+    return llamafactory_fields(kw) if api_mode == "llamafactory" else kw
 
 
-def completion_kwargs(body: CompletionRequest) -> list[dict[str, Any]]:
+def completion_kwargs(body: CompletionRequest, api_mode: str = "openai") -> list[dict[str, Any]]:
     """build_request(**kwargs) for each prompt of a completion request."""
     if body.echo:
         raise unsupported("echo", "echoing the prompt is not supported.")
@@ -80,4 +115,6 @@ def completion_kwargs(body: CompletionRequest) -> list[dict[str, Any]]:
     kw = _sampling_kwargs(body)
     if body.logprobs is not None:
         kw["logprobs"] = body.logprobs
+    if api_mode == "llamafactory":
+        kw = llamafactory_fields(kw)
     return [{**kw, "prompt": p} for p in prompts]

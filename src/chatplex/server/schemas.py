@@ -39,7 +39,8 @@ class SamplingFields(OpenAIRequest):
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # Extras (vLLM's names) for samplers OpenAI does not have.
+    # Extras (vLLM's and LLaMA-Factory's names) for samplers OpenAI does not have.
+    do_sample: bool | None = None  # false: greedy, whatever the temperature (LLaMA-Factory's API field)
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None

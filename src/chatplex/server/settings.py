@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# How request fields read where OpenAI's and LLaMA-Factory's APIs differ (server.convert.llamafactory_fields).
+API_MODES = ("openai", "llamafactory")
 
 
 @dataclass
@@ -14,6 +16,12 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None  # None: the model's own name
+    model_aliases: tuple[str, ...] = ()  # more names a request's `model` may use for the served model
+    # A single-model server answering whatever `model` a request names (LLaMA-Factory's server ignores it; its
+    # example scripts send "test"). Off: an unknown name gets OpenAI's 404.
+    accept_any_model: bool = False
+    api_mode: str = "openai"  # "llamafactory": its meaning of presence_penalty and of the `function` role
+    log_requests: bool = False  # log each chat/completions request body at INFO (LLaMA-Factory's API_VERBOSE)
     root_path: str = ""
     api_key: str | None = None  # None: no authentication
     allowed_origins: tuple[str, ...] = ()  # CORS; empty: closed
@@ -27,6 +35,10 @@ class ServerSettings:
             raise ValueError(f"max_body_bytes must be > 0, got {self.max_body_bytes}.")
         if self.drain_timeout < 0:
             raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}.")
+        if self.api_mode not in API_MODES:
+            raise ValueError(f"api_mode must be one of {', '.join(API_MODES)}, got {self.api_mode!r}.")
+        if self.api_mode == "llamafactory":
+            self.accept_any_model = True
         if self.api_key == "":
             self.api_key = None
         self.allowed_origins = tuple(o.strip() for o in self.allowed_origins if o.strip())

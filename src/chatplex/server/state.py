@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from chatplex.chat_model import ChatModel
 from chatplex.errors import EngineClosedError
 from chatplex.server.errors import model_not_found
 from chatplex.server.metrics import Metrics
 from chatplex.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 
 class ServerState:
@@ -35,7 +39,7 @@ class ServerState:
         return self.chat_model.model_name if self.chat_model is not None else "loading"
 
     def known_names(self) -> set[str]:
-        names = {self.model_name}
+        names = {self.model_name, *self.settings.model_aliases}
         if self.chat_model is not None:
             names.add(self.chat_model.model_name)
         return names
@@ -44,9 +48,15 @@ class ServerState:
         """The ChatModel for a request's `model` field (None means the served one); 404 for an unknown name."""
         if self.chat_model is None:
             raise EngineClosedError("The model is still loading; retry shortly.")
-        if requested is not None and requested not in self.known_names() and requested not in self.chat_model.adapters:
+        if (requested is not None and requested not in self.known_names() and requested not in self.chat_model.adapters
+                and not self.settings.accept_any_model):
             raise model_not_found(requested)
         return self.chat_model
+
+    def log_request(self, endpoint: str, body: Any) -> None:
+        """The request body at INFO, when `log_requests` (LLaMA-Factory's API_VERBOSE) asks for it."""
+        if self.settings.log_requests:
+            logger.info("%s request: %s", endpoint, body.model_dump_json(exclude_unset=True))
 
     def adapter_for(self, requested: str | None) -> str | None:
         """The LoRA adapter a request's `model` field names, or None for the base model (as vLLM selects them)."""

@@ -23,8 +23,9 @@ router = api_router()
     responses={code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()},
 )
 async def create_chat_completion(body: ChatCompletionRequest, state: ServerState = Depends(get_state)):
+    state.log_request("chat.completions", body)
     chat_model = state.model_for(body.model)
-    request = chat_model.build_request(**chat_kwargs(body), adapter=state.adapter_for(body.model))
+    request = chat_model.build_request(**chat_kwargs(body, state.settings.api_mode), adapter=state.adapter_for(body.model))
     deltas = await open_all(chat_model, [request], state.metrics)
     rid, n = f"chatcmpl-{uuid.uuid4().hex}", request.sampling.n
     if body.stream:

@@ -23,10 +23,11 @@ router = api_router()
     responses={code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()},
 )
 async def create_completion(body: CompletionRequest, state: ServerState = Depends(get_state)):
+    state.log_request("completions", body)
     chat_model = state.model_for(body.model)
     # Build (validate) every request before starting any, so one bad prompt wastes no generation.
     adapter = state.adapter_for(body.model)
-    requests = [chat_model.build_request(**kw, adapter=adapter) for kw in completion_kwargs(body)]
+    requests = [chat_model.build_request(**kw, adapter=adapter) for kw in completion_kwargs(body, state.settings.api_mode)]
     deltas = await open_all(chat_model, requests, state.metrics)
     rid, n = f"cmpl-{uuid.uuid4().hex}", requests[0].sampling.n
     if body.stream:
