@@ -31,7 +31,7 @@ $(1)/bin/python requirements/check_installed.py $(2)
 endef
 
 .PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
-	test-media lock test-latest install-lf lf-goldens
+	test-media lock test-latest install-lf lf-goldens lf-diff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -169,9 +169,19 @@ install-lf: $(LF_VENV)/.installed
 # Export LLaMA-Factory's formats as chatplex's data, then render the goldens with its own code (about a minute).
 lf-goldens: install-lf install
 	$(LF_BIN)/python oracles/llamafactory/export_formats.py src/chatplex/templates/llamafactory/formats.json
+	$(LF_BIN)/python oracles/llamafactory/export_keys.py tests/fixtures/llamafactory/infer_keys.json
 	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/render_goldens.py \
 		"$$($(BIN)/python -c 'from chatplex.models.embedded import embedded_model_dir; print(embedded_model_dir())')" \
 		$(LF_GOLDENS)
+
+# LLaMA-Factory's own ChatModel (SmolLM2, fp32, greedy) answers the golden conversations under every template SmolLM2
+# can take, and scores with a value head; then chatplex must give the same over all of them (the suite checks a
+# spread). About 6 minutes for LLaMA-Factory, 5 for chatplex.
+lf-diff: install-lf install-test
+	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/run_chat_model.py \
+		"$$($(BIN)/python -c 'from chatplex.models.embedded import embedded_model_dir; print(embedded_model_dir())')" \
+		tests/fixtures/llamafactory/chat_model_replies.json
+	CHATPLEX_LF_DIFF_ALL=1 $(BIN)/python -m pytest -q -ra -p no:cacheprovider tests/test_llamafactory_differential.py
 
 # The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
 # x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read

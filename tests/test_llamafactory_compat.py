@@ -120,8 +120,8 @@ def _model_args(argv: list[str]) -> dict:
 def test_llamafactory_command_lines(tmp_path):
     cfg = tmp_path / "qwen3.yaml"
     cfg.write_text((FIXTURES / "examples" / "qwen3.yaml").read_text())
-    # LLaMA-Factory's README line, with `serve` for `api`
-    args = _model_args(["serve", str(cfg), "infer_backend=vllm", "vllm_enforce_eager=true"])
+    # LLaMA-Factory's README line (`api` is an alias of `serve`)
+    args = _model_args(["api", str(cfg), "infer_backend=vllm", "vllm_enforce_eager=true"])
     assert args["template"] == "qwen3_nothink" and args["infer_backend"] == "vllm"
     assert args["vllm_enforce_eager"] == "true"
     args = _model_args(["chat", "--model_name_or_path", "/m", "--template", "llama3", "--do_sample", "false",

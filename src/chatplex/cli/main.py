@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that load a model and so take LLaMA-Factory's argument forms too (cli.options.llamafactory_argv).
-MODEL_COMMANDS = ("chat", "serve", "webchat")
+MODEL_COMMANDS = ("chat", "serve", "api", "webchat")
 
 
 def _translated(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:

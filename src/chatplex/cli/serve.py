@@ -29,7 +29,7 @@ def _env(*names: str, default: Any = None) -> Any:
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        "serve", aliases=["api"], help="serve a model over an OpenAI-compatible HTTP API (alias: api, as in llamafactory-cli)",
         description="Serve a model over an OpenAI-compatible HTTP API (chat, completions, models, score, "
         "health, metrics) with a chat web page at /.",
     )
