@@ -155,6 +155,8 @@ test-vllm: install-vllm
 LF_VENV ?= .venv-lf
 LF_BIN := $(LF_VENV)/bin
 LF_GOLDENS := tests/fixtures/llamafactory/goldens
+# The embedded SmolLM2 as a safetensors folder (converted once by chatplex), which LLaMA-Factory loads too.
+SMOLLM_DIR = "$$($(BIN)/python -c 'from chatplex.models.embedded import embedded_model_dir; print(embedded_model_dir())')"
 
 $(LF_VENV)/bin/python:
 	$(call side_venv,$(LF_VENV))
@@ -170,18 +172,17 @@ install-lf: $(LF_VENV)/.installed
 lf-goldens: install-lf install
 	$(LF_BIN)/python oracles/llamafactory/export_formats.py src/chatplex/templates/llamafactory/formats.json
 	$(LF_BIN)/python oracles/llamafactory/export_keys.py tests/fixtures/llamafactory/infer_keys.json
-	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/render_goldens.py \
-		"$$($(BIN)/python -c 'from chatplex.models.embedded import embedded_model_dir; print(embedded_model_dir())')" \
-		$(LF_GOLDENS)
+	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/render_goldens.py $(SMOLLM_DIR) $(LF_GOLDENS)
 
 # LLaMA-Factory's own ChatModel (SmolLM2, fp32, greedy) answers the golden conversations under every template SmolLM2
-# can take, and scores with a value head; then chatplex must give the same over all of them (the suite checks a
-# spread). About 6 minutes for LLaMA-Factory, 5 for chatplex.
+# can take, and scores with a value head; its API server answers requests shaped like its scripts/api_example; then
+# chatplex must give the same over all of them (the suite checks a spread). About 8 minutes each side.
 lf-diff: install-lf install-test
-	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/run_chat_model.py \
-		"$$($(BIN)/python -c 'from chatplex.models.embedded import embedded_model_dir; print(embedded_model_dir())')" \
+	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/run_chat_model.py $(SMOLLM_DIR) \
 		tests/fixtures/llamafactory/chat_model_replies.json
-	CHATPLEX_LF_DIFF_ALL=1 $(BIN)/python -m pytest -q -ra -p no:cacheprovider tests/test_llamafactory_differential.py
+	$(LF_BIN)/python oracles/llamafactory/run_api_server.py $(SMOLLM_DIR) tests/fixtures/llamafactory/api_replies.json
+	CHATPLEX_LF_DIFF_ALL=1 $(BIN)/python -m pytest -q -ra -p no:cacheprovider tests/test_llamafactory_differential.py \
+		tests/server/test_llamafactory_api_differential.py
 
 # The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
 # x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read

@@ -264,7 +264,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return None
         raise ConfigError(f"{name} may not be null.", param=name)
     if isinstance(value, str) and (str not in allowed or value.lstrip().startswith(("[", "{"))):
-        value = yaml.safe_load(value)  # "true" -> True, "0.5" -> 0.5, "[a, b]" -> list, "{a: 1}" -> dict
+        try:
+            value = yaml.safe_load(value)  # "true" -> True, "0.5" -> 0.5, "[a, b]" -> list, "{a: 1}" -> dict
+        except yaml.YAMLError:
+            if str not in allowed:
+                raise ConfigError(f"{name}: cannot read {value!r} as a value.", param=name) from None
+            # a string after all (an inline Jinja template starts with "{%")
     for t in allowed:
         base = typing.get_origin(t) or t
         if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):

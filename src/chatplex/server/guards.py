@@ -14,10 +14,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplex.server.errors import ServerError, error_response
+from chatplex.server.routes.web import STATIC
 from chatplex.server.state import ServerState
 
 PROBE_PATHS = ("/health", "/metrics")
-PUBLIC_PATHS = (*PROBE_PATHS, "/", "/favicon.ico")
+# The chat page and its scripts load before the page knows the API key; what they call needs it.
+PUBLIC_PATHS = (*PROBE_PATHS, "/", "/favicon.ico", *(f"/web/{name}" for name in STATIC))
 
 
 class RequestGuard:

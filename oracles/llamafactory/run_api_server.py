@@ -1,0 +1,75 @@
+"""LLaMA-Factory's own API server (`llamafactory-cli api`) on the embedded SmolLM2: the responses chatplex's server
+must give to the same requests.
+
+Runs in LLaMA-Factory's environment (`make lf-diff`). For each template of tests/fixtures/llamafactory/
+api_requests.json it starts `llamafactory-cli api --model_name_or_path SMOLLM --template T --infer_dtype float32` as a
+user does, sends every request there (in the shape of its scripts/api_example: model "test", tools; greedy), and
+writes the responses to tests/fixtures/llamafactory/api_replies.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(smollm_dir: str, template: str, port: int) -> subprocess.Popen:
+    cli = shutil.which("llamafactory-cli", path=os.path.dirname(sys.executable))
+    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_VERBOSE": "0"}
+    return subprocess.Popen([cli, "api", "--model_name_or_path", smollm_dir, "--template", template,
+                             "--infer_backend", "huggingface", "--infer_dtype", "float32"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llamafactory-cli api exited with {proc.returncode}")
+        try:
+            if requests.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            time.sleep(1)
+    raise RuntimeError("llamafactory-cli api did not start")
+
+
+def main(smollm_dir: str, out: Path) -> None:
+    spec = json.loads((REPO / "tests/fixtures/llamafactory/api_requests.json").read_text(encoding="utf-8"))
+    replies: dict = {}
+    for template in spec["templates"]:
+        port = free_port()
+        proc = serve(smollm_dir, template, port)
+        try:
+            wait(f"http://127.0.0.1:{port}", proc)
+            replies[template] = {}
+            for key, body in spec["requests"].items():
+                r = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300)
+                replies[template][key] = {"status": r.status_code, "body": r.json()}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    data = {"llamafactory": version("llamafactory"), "replies": replies}
+    out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{len(replies)} templates x {len(spec['requests'])} requests -> {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
