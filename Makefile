@@ -169,10 +169,15 @@ $(LF_VENV)/.installed: requirements/lf.txt | $(LF_VENV)/bin/python
 install-lf: $(LF_VENV)/.installed
 
 # Export LLaMA-Factory's formats as chatplex's data, then render the goldens with its own code (about a minute).
+# LF_SRC=<a LLaMA-Factory checkout> uses that source instead of the PyPI release (LF_SRC_DESC says which commit);
+# the committed files came from its HEAD this way (tests/fixtures/llamafactory/README.md).
+LF_SRC ?=
+LF_SRC_DESC ?=
+LF_PY = $(if $(LF_SRC),PYTHONPATH=$(LF_SRC)/src DISABLE_VERSION_CHECK=1 )API_VERBOSE=0 $(LF_BIN)/python
 lf-goldens: install-lf install
-	$(LF_BIN)/python oracles/llamafactory/export_formats.py src/chatplex/templates/llamafactory/formats.json
-	$(LF_BIN)/python oracles/llamafactory/export_keys.py tests/fixtures/llamafactory/infer_keys.json
-	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/render_goldens.py $(SMOLLM_DIR) $(LF_GOLDENS)
+	$(LF_PY) oracles/llamafactory/export_formats.py src/chatplex/templates/llamafactory/formats.json $(LF_SRC_DESC)
+	$(LF_PY) oracles/llamafactory/export_keys.py tests/fixtures/llamafactory/infer_keys.json
+	$(LF_PY) oracles/llamafactory/render_goldens.py $(SMOLLM_DIR) $(LF_GOLDENS) $(LF_SRC_DESC)
 
 # LLaMA-Factory's own ChatModel (SmolLM2, fp32, greedy) answers the golden conversations under every template SmolLM2
 # can take, and scores with a value head; its API server answers requests shaped like its scripts/api_example; then

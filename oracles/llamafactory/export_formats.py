@@ -23,6 +23,7 @@ ENCODINGS = {  # LLaMA-Factory's Template subclasses, by the encoding rule each 
     "Llama2Template": "system_in_first_user",
     "ReasoningTemplate": "reasoning",
     "Glm47ReasoningTemplate": "reasoning_close_only",
+    "MossVLTemplate": "bare_tools",  # LLaMA-Factory's HEAD: tool text without a system loses its leading newlines
 }
 
 
@@ -89,12 +90,12 @@ def export(name: str, t) -> dict:
     }
 
 
-def main(out: Path) -> None:
+def main(out: Path, source: str | None) -> None:
     prompts = {k: v for k, v in vars(tool_utils).items() if k.endswith("_TOOL_PROMPT") and isinstance(v, str)}
     data = {
         "source": {
             "package": "llamafactory",
-            "version": version("llamafactory"),
+            "version": source or version("llamafactory"),
             "module": "llamafactory/data/template.py, llamafactory/data/tool_utils.py",
             "licence": "Apache-2.0",
         },
@@ -106,4 +107,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    # argv[2]: what the code is when it is not the installed release (a source tree on PYTHONPATH: `make lf-goldens
+    # LF_SRC=... LF_SRC_DESC=...`)
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

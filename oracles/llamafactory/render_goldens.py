@@ -86,7 +86,7 @@ def render(name: str, fmt: dict, conversations: dict, smollm_dir: str) -> dict:
     return out
 
 
-def main(smollm_dir: str, out_dir: Path) -> None:
+def main(smollm_dir: str, out_dir: Path, source: str | None = None) -> None:
     tool_utils.datetime = _FixedDatetime
     conversations = json.loads((REPO / "tests/fixtures/llamafactory/conversations.json").read_text(encoding="utf-8"))
     formats = json.loads((REPO / "src/chatplex/templates/llamafactory/formats.json").read_text(encoding="utf-8"))
@@ -94,7 +94,7 @@ def main(smollm_dir: str, out_dir: Path) -> None:
     errors = 0
     for name in sorted(lf_template.TEMPLATES):
         golden = render(name, formats["templates"][name], conversations, smollm_dir)
-        golden["llamafactory"] = version("llamafactory")
+        golden["llamafactory"] = source or version("llamafactory")
         golden["date"] = FIXED_DATE.strftime("%d %b %Y")
         errors += sum("error" in c for c in golden["chat"])
         (out_dir / f"{name}.json").write_text(json.dumps(golden, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -102,4 +102,4 @@ def main(smollm_dir: str, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)

@@ -1,4 +1,4 @@
-"""What chatplex does with each key LLaMA-Factory's inference parser reads (its 215 keys in 0.9.5).
+"""What chatplex does with each key LLaMA-Factory's inference parser reads (215 in 0.9.5, 224 at its HEAD).
 
 A key is either used with LLaMA-Factory's meaning (a chatplex argument of the same name, or one of the
 translations below), ignored with a warning because it only changes training, export or logging, or refused with
@@ -45,7 +45,8 @@ TRAINING_ONLY = frozenset(
     freeze_vision_tower freeze_multi_modal_projector freeze_language_model compute_accuracy disable_shuffling
     early_stopping_steps plot_loss include_effective_tokens_per_second
     per_device_train_batch_size gradient_accumulation_steps learning_rate num_train_epochs lr_scheduler_type
-    warmup_ratio bf16 fp16 ddp_timeout logging_steps save_steps report_to""".split()
+    warmup_ratio bf16 fp16 ddp_timeout logging_steps save_steps report_to use_megatron_bridge megatron_bridge_args
+    hyper_parallel_cp_size _kt_inference_config _kt_config_handle _kt_adapter_artifact_path""".split()
 )
 
 _QUANTIZED = ("quantized loading is not in chatplex yet (see the issue on quantized models); serve the full-precision "
@@ -88,7 +89,8 @@ MEDIA_KEYS = {
 
 # KTransformers: LLaMA-Factory's keys (0.9.5's and the older examples') -> sglang-kt's options in sglang_config.
 KT_KEYS = {"kt_weight_path": "kt_weight_path", "cpu_infer": "kt_cpuinfer", "chunk_size": "chunked_prefill_size",
-           "kt_optimize_rule": "kt_optimize_rule"}
+           "kt_optimize_rule": "kt_optimize_rule", "kt_non_expert_weight_path": "kt_non_expert_weight_path",
+           "kt_cpu_activation": "kt_cpu_activation", "kt_config": "kt_config"}
 
 
 def translate(key: str, value: Any, into: dict[str, Any]) -> bool:

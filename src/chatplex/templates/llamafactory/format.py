@@ -37,7 +37,7 @@ class LFFormat:
     name: str
     # how turns combine: "plain", "system_in_first_user" (Llama 2: the system text opens the first user turn),
     # "reasoning" (thought words around a reply), "reasoning_close_only" (GLM-4.7: an empty thought is only the
-    # closing word)
+    # closing word), "bare_tools" (MOSS-VL: tools without a system text lose their leading newlines)
     encoding: str
     prefix: tuple[Slot, ...]
     system: tuple[Slot, ...]
@@ -119,6 +119,8 @@ class LFFormat:
             pieces += self.prefix
             if system or tools:
                 tool_text = self._describe_tools(tools) if tools else ""
+                if self.encoding == "bare_tools" and tools and not system:
+                    tool_text = tool_text.lstrip("\n")
                 if self.encoding == "system_in_first_user":
                     first = self._fill(self.system, content=system + tool_text)[0]
                     system_text = first if isinstance(first, str) else ""
