@@ -219,7 +219,9 @@ class GeneratingArguments:
     def __post_init__(self) -> None:
         if self.num_beams != 1:
             raise ConfigError(
-                f"num_beams={self.num_beams}: beam search is not supported; use num_beams: 1.", param="num_beams"
+                f"num_beams={self.num_beams}: beam search is not supported: chatplex's engines decode each sequence "
+                "on its own in a shared batch (as vLLM's serving engine does), with no beams to rank; use num_beams: 1 "
+                "(greedy with do_sample: false), or n / num_return_sequences for several samples.", param="num_beams"
             )
         # Full validation happens when defaults merge with a request (chatplex.sampling).
 

@@ -137,7 +137,8 @@ def build_sampling_params(
 
     num_beams = kw.get("num_beams", 1)
     if num_beams not in (None, 1):
-        raise _bad("num_beams", "beam search is not supported; use 1.")
+        raise _bad("num_beams", "beam search is not supported (each sequence decodes on its own in a shared batch, "
+                                "with no beams to rank); use 1, greedy with do_sample false, or n for several samples.")
     do_sample = kw.get("do_sample", True)
     if not isinstance(do_sample, bool):
         raise _bad("do_sample", f"expected true or false, got {do_sample!r}.")

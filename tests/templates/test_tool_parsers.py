@@ -10,6 +10,7 @@ import re
 import pytest
 
 from chatplex.errors import ConfigError
+from chatplex.templates import LF_TOOL_PARSERS
 from chatplex.templates.tool_parsers import TOOL_PARSERS, ParsedOutput, assemble, get_tool_parser
 
 DS_B, DS_E = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
@@ -48,6 +49,45 @@ CASES: dict[str, list[tuple[str, str | None, list]]] = {
         ('Action: get_time\nAction Input: [1, 2]', 'Action: get_time\nAction Input: [1, 2]', []),
         ('Action: get_weather\nAction Input: {"city": "Par', 'Action: get_weather\nAction Input: {"city": "Par', []),
     ],
+    # LLaMA-Factory's other tool formats, as its function formatters write calls
+    "chatglm": [
+        ('get_weather\n{"city": "Paris", "days": 3}', None, [W]),
+        ("Paris is sunny.\nMore text.", "Paris is sunny.\nMore text.", []),
+        ("get_weather\nnot json", "get_weather\nnot json", []),
+        ("Sure", "Sure", []),
+    ],
+    "minimax1": [
+        ('<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}\n'
+         '{"name": "get_time", "arguments": {}}\n</tool_calls>', None, [W, T]),
+        ('ok <tool_calls>\nnot json\n</tool_calls>', 'ok <tool_calls>\nnot json\n</tool_calls>', []),
+    ],
+    "minimax2": [
+        ('<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n<parameter name="days">3</parameter>'
+         '\n</invoke>', None, [W]),
+        ('Let me see.<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+         '<parameter name="days">3</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
+         "Let me see.", [W, T]),
+        ('<invoke name="get_weather">oops', '<invoke name="get_weather">oops', []),
+    ],
+    "seed_oss": [
+        # as LLaMA-Factory writes it, without the ">" after the name
+        ('\n<seed:tool_call>\n<function=get_weather\n<parameter=city>Paris</parameter>\n<parameter=days>3</parameter>'
+         '\n</function>\n</seed:tool_call>', "\n", [W]),
+        ('<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n<parameter=days>3</parameter>'
+         '\n</function>\n</seed:tool_call>', None, [W]),
+    ],
+    "lfm2": [
+        ('<|tool_call_start|>[get_weather(city="Paris", days=3), get_time()]<|tool_call_end|>', None, [W, T]),
+        ("<|tool_call_start|>[flag(on=true, none=null)]<|tool_call_end|>", None, [("flag", {"on": True, "none": None})]),
+        ("<|tool_call_start|>[oops(<|tool_call_end|>", "<|tool_call_start|>[oops(<|tool_call_end|>", []),
+    ],
+    "gemma4": [
+        ('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>', None, [W]),
+        ('x<|tool_call>call:get_time{}<tool_call|>', "x", [T]),
+        ('<|tool_call>call:f{note:<|"|>a: b, c<|"|>,xs:[1,2]}<tool_call|>', None, [("f", {"note": "a: b, c", "xs": [1, 2]})]),
+        ('<|tool_call>nope<tool_call|>', '<|tool_call>nope<tool_call|>', []),
+        ('<|tool><|tool_call>call:get_time{}<tool_call|><tool|>', None, [T]),  # inside the turn's tool wrapper
+    ],
     "llama3_json": [
         ('{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}', None, [W]),
         ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}; '
@@ -55,6 +95,9 @@ CASES: dict[str, list[tuple[str, str | None, list]]] = {
         ('\n {"name": "get_weather", "arguments": ' + json.dumps(U[1]) + "}", None, [U]),
         ('The JSON is {"name": "x", "parameters": {}}', 'The JSON is {"name": "x", "parameters": {}}', []),
         ('{"answer": 42}', '{"answer": 42}', []),
+        ('[{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}, {"name": "get_time", "parameters": {}}]',
+         None, [W, T]),  # several calls as one list, as LLaMA-Factory writes them
+        ("[1, 2] are numbers.", "[1, 2] are numbers.", []),
         ('{"name": "get_weather", "parameters": {"city": "Par', '{"name": "get_weather", "parameters": {"city": "Par', []),
     ],
     "pythonic": [
@@ -90,6 +133,9 @@ CASES: dict[str, list[tuple[str, str | None, list]]] = {
          "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</function>\n</tool_call>", []),
     ],
     "glm4": [
+        # without closing tags, as LLaMA-Factory's glm4_moe format writes calls
+        ("\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>"
+         "\n<arg_value>3</arg_value>\n<tool_call>get_time", "\n", [W, T]),
         ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n"
          "<arg_value>3</arg_value>\n</tool_call>", None, [W]),
         ("Sure.\n<tool_call>get_time\n</tool_call><tool_call>get_weather\n<arg_key>city</arg_key>\n"
@@ -193,3 +239,27 @@ def test_pairs_of_cases_stream_like_one():
     for (a, _, _), (b, _, _) in itertools.product(CASES["hermes"][:3], repeat=2):
         whole = get_tool_parser("hermes").parse(a + b)
         assert _same(_stream("hermes", list(a + b)), whole)
+
+
+@pytest.mark.parametrize("tool_format", sorted(LF_TOOL_PARSERS))
+def test_llamafactory_formats_are_read_back(tool_format):
+    """Each LLaMA-Factory tool format's calls, as a template of it writes them into the assistant's turn (the writer
+    is checked against LLaMA-Factory by the goldens), come back as the same calls from the parser its templates
+    use. The reply is what the model learnt to write: the turn's text up to the first stop word."""
+    from chatplex.templates import llamafactory
+
+    name = next(n for n in llamafactory.names() if llamafactory.load(n).calls is llamafactory.all_tool_formats()[tool_format])
+    fmt = llamafactory.load(name)
+    calls = [("get_weather", {"city": "Paris", "days": 3})]
+    if tool_format != "glm4":  # GLM-4's format takes one call per turn
+        calls.append(("get_time", {}))
+    turn = fmt._fill(fmt.function, content=fmt.calls.write_calls([(n, json.dumps(a)) for n, a in calls]))
+    text = "".join(piece for piece in turn if isinstance(piece, str))
+    cuts = [text.find(w) for w in fmt.stop_words if w in text]
+    reply = text[: min(cuts)] if cuts else text
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+    out = get_tool_parser(LF_TOOL_PARSERS[tool_format], tools).parse(reply)
+    assert _calls(out) == calls, (name, reply)
+    # left over: at most the family's marker tokens around the turn, which decoding drops as special tokens
+    assert not re.sub(r"<\|[a-z_]+\|>", "", out.content or "").strip(), (name, reply)

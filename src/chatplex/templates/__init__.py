@@ -47,9 +47,12 @@ class ChatTemplate:
     lf: LFFormat | None = None  # a LLaMA-Factory format: encoded by its rules, not rendered by Jinja
 
 
-# LLaMA-Factory tool format -> the parser that reads replies written in it (None: calls come back as text).
+# LLaMA-Factory tool format -> the parser that reads replies written in it (tests: every format's calls, as its
+# own writer writes them, read back: tests/templates/test_tool_parsers.py).
 LF_TOOL_PARSERS = {"default": "react", "qwen": "hermes", "ling": "hermes", "glm4_moe": "glm4",
-                   "llama3": "llama3_json", "mistral": "mistral", "qwen3_5": "qwen3_coder"}
+                   "llama3": "llama3_json", "mistral": "mistral", "qwen3_5": "qwen3_coder", "glm4": "chatglm",
+                   "minimax1": "minimax1", "minimax2": "minimax2", "seed_oss": "seed_oss", "lfm2": "lfm2",
+                   "gemma4": "gemma4"}
 
 
 def builtin_names() -> list[str]:

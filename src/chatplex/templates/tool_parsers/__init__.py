@@ -24,6 +24,14 @@ from chatplex.templates.tool_parsers.base import (
 from chatplex.templates.tool_parsers.deepseek import DeepSeekV3Parser, DeepSeekV31Parser
 from chatplex.templates.tool_parsers.glm4 import Glm4Parser
 from chatplex.templates.tool_parsers.llama3_json import Llama3JsonParser
+from chatplex.templates.tool_parsers.llamafactory import (
+    ChatGlm3Parser,
+    Gemma4Parser,
+    Lfm2Parser,
+    MiniMax1Parser,
+    MiniMax2Parser,
+    SeedOssParser,
+)
 from chatplex.templates.tool_parsers.mistral import MistralParser
 from chatplex.templates.tool_parsers.pythonic import PythonicParser
 from chatplex.templates.tool_parsers.qwen3_coder import Qwen3CoderParser
@@ -43,6 +51,12 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
         Glm4Parser,
         Phi4MiniParser,
         ReactParser,
+        ChatGlm3Parser,
+        MiniMax1Parser,
+        MiniMax2Parser,
+        SeedOssParser,
+        Lfm2Parser,
+        Gemma4Parser,
     )
 }
 

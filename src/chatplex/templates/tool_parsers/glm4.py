@@ -1,4 +1,5 @@
-"""GLM-4.5/4.6 calls: `<tool_call>NAME\\n<arg_key>K</arg_key>\\n<arg_value>V</arg_value>\\n...</tool_call>`.
+"""GLM-4.5/4.6 calls: `<tool_call>NAME\\n<arg_key>K</arg_key>\\n<arg_value>V</arg_value>\\n...</tool_call>` (the
+closing tag may be missing, as LLaMA-Factory writes them).
 String values are bare text, others JSON (as GLM's template writes them); the schema settles doubtful cases."""
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ class Glm4Parser(ToolParser):
     def read_block(self, text: str, final: bool) -> Block | None:
         block = self.delimited(text)
         if block is None:
-            return None
+            # LLaMA-Factory's glm4_moe format writes no closing tag: a call then ends at the next call or with
+            # the reply (the turn's stop word ends generation)
+            following = text.find(self.start_markers[0], len(self.start_markers[0]))
+            if following >= 0:
+                block = (following, text[len(self.start_markers[0]) : following])
+            elif final:
+                block = (len(text), text[len(self.start_markers[0]) :])
+            else:
+                return None
         stop, body = block
         head = _NAME.match(body)
         if not head or _PAIR.sub("", body[head.end() :]).strip():
