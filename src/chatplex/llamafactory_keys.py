@@ -109,20 +109,23 @@ def translate(key: str, value: Any, into: dict[str, Any]) -> bool:
             raise ConfigError(f"{key}: {value!r} is not supported: {why}.", param=key)
         return True
     if key in MEDIA_KEYS:
-        media = dict(into.get("media") or {})
-        media.setdefault(MEDIA_KEYS[key], value)
-        into["media"] = media
+        _nest(into, "media", MEDIA_KEYS[key], value)
         return True
     if key == "use_kt":
-        if value in (True, "true", "True", 1):
-            if into.get("infer_backend", "ktransformers") not in ("ktransformers",):
+        if value is True:
+            if into.get("infer_backend", "ktransformers") != "ktransformers":
                 raise ConfigError("use_kt: true runs on the KTransformers backend; set infer_backend: ktransformers "
                                   f"(not {into['infer_backend']!r}).", param="use_kt")
             into["infer_backend"] = "ktransformers"
         return True
     if key in KT_KEYS:
-        config = dict(into.get("sglang_config") or {})
-        config.setdefault(KT_KEYS[key], value)
-        into["sglang_config"] = config
+        _nest(into, "sglang_config", KT_KEYS[key], value)
         return True
     return False
+
+
+def _nest(into: dict[str, Any], section: str, key: str, value: Any) -> None:
+    """`into[section][key] = value`, unless the section given in the arguments already sets that key."""
+    nested = dict(into.get(section) or {})
+    nested.setdefault(key, value)
+    into[section] = nested

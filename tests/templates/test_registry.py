@@ -56,3 +56,4 @@ def test_cli_lists_templates_with_stop_words(capsys):
     assert main(["templates"]) == 0
     out = capsys.readouterr().out
     assert "llama3.1" in out and "<|eot_id|>" in out and "llama3_json" in out and "hermes" in out
+    assert "qwen3_nothink" in out and "LLaMA-Factory's formats (124" in out

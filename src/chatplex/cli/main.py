@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from chatplex import __version__
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except ChatplexError as e:
         print(f"chatplex {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`chatplex templates | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
+        return 0
 
 
 if __name__ == "__main__":
