@@ -178,6 +178,8 @@ lf-goldens: install-lf install
 	$(LF_PY) oracles/llamafactory/export_formats.py src/chatplex/templates/llamafactory/formats.json $(LF_SRC_DESC)
 	$(LF_PY) oracles/llamafactory/export_keys.py tests/fixtures/llamafactory/infer_keys.json
 	$(LF_PY) oracles/llamafactory/render_goldens.py $(SMOLLM_DIR) $(LF_GOLDENS) $(LF_SRC_DESC)
+	$(LF_PY) oracles/llamafactory/render_mm_goldens.py $(SMOLLM_DIR) tests/fixtures/llamafactory/mm_goldens.json \
+		$(LF_SRC_DESC)
 
 # LLaMA-Factory's own ChatModel (SmolLM2, fp32, greedy) answers the golden conversations under every template SmolLM2
 # can take, and scores with a value head; its API server answers requests shaped like its scripts/api_example; then

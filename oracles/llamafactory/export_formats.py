@@ -81,12 +81,9 @@ def export(name: str, t) -> dict:
         "replace_jinja_template": t.replace_jinja_template,
         "enable_thinking": t.enable_thinking,
         "preserve_thinking": t.preserve_thinking,
-        "mm_plugin": {
-            "plugin": type(plugin).__name__,
-            "image_token": plugin.image_token,
-            "video_token": plugin.video_token,
-            "audio_token": plugin.audio_token,
-        },
+        # the plugin's class and its token attributes (image_token, vision_bos_token...)
+        "mm_plugin": {"plugin": type(plugin).__name__,
+                      **{k: v for k, v in sorted(vars(plugin).items()) if k.endswith("_token") and v is not None}},
     }
 
 

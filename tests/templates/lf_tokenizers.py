@@ -65,7 +65,7 @@ def tokenizer_spec(name: str, fmt: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(slot, str):
             specials.update(MARKER.findall(slot))
     media = fmt["mm_plugin"]
-    specials.update(t for t in (media["image_token"], media["video_token"], media["audio_token"]) if t)
+    specials.update(t for t in (media.get("image_token"), media.get("video_token"), media.get("audio_token")) if t)
     specials -= {bos, eos}
     base = "spm" if _by_prefix(name, SENTENCEPIECE) else "smollm2"
     return {"base": base, "bos": bos, "eos": eos, "specials": sorted(specials)}
@@ -90,3 +90,49 @@ def build_tokenizer(spec: dict[str, Any], smollm_dir: str) -> Any:
 def special_ids(tokenizer: Any, spec: dict[str, Any]) -> dict[str, int]:
     tokens = [t for t in (spec["bos"], spec["eos"], *spec["specials"]) if t]
     return {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+
+
+# -- multimodal goldens (oracles/llamafactory/render_mm_goldens.py, tests/engines/hf/test_llamafactory_media.py) ----
+
+VL_SPECIALS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def vl_tokenizer_spec() -> dict[str, Any]:
+    """Qwen-VL's special tokens on SmolLM2's vocabulary (the tiny Qwen2-VL of the media goldens)."""
+    return {"base": "smollm2", "bos": None, "eos": "<|im_end|>", "specials": sorted(VL_SPECIALS)}
+
+
+def noise_image(size: tuple[int, int], seed: int) -> Any:
+    """An RGB image of uniform noise, `size` = (width, height), the same in every environment."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# name -> (messages with {"type": "image"} parts in order, image sizes): the conversations of the media goldens
+MEDIA_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[tuple[int, int]]]] = {
+    "one_image": ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
+                  [(64, 48)]),
+    "system_two_images": ([{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": [{"type": "text", "text": "Compare "}, {"type": "image"},
+                                                        {"type": "text", "text": " and "}, {"type": "image"}]}],
+                          [(56, 56), (112, 84)]),
+    "image_then_text": ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+                         {"role": "assistant", "content": "Noise."},
+                         {"role": "user", "content": "Are you sure?"}], [(80, 40)]),
+}
+
+
+def media_conversations() -> dict[str, tuple[list[dict[str, str]], str | None, list[tuple[int, int]]]]:
+    """The media conversations in LLaMA-Factory's form: (turns with `<image>` placeholders, system, image sizes)."""
+    out = {}
+    for key, (messages, sizes) in MEDIA_CONVERSATIONS.items():
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        turns = []
+        for m in messages[1:] if system is not None else messages:
+            content = m["content"] if isinstance(m["content"], str) else "".join(
+                "<image>" if p["type"] == "image" else p["text"] for p in m["content"])
+            turns.append({"role": m["role"], "content": content})
+        out[key] = (turns, system, sizes)
+    return out

@@ -181,7 +181,7 @@ def render_prompt(
     prompt, the whole conversation)."""
     if template.lf is not None:
         turns, system, lf_tools = to_turns(messages, tools, template=template.name,
-                                           add_generation_prompt=add_generation_prompt)
+                                           add_generation_prompt=add_generation_prompt, media=template.lf.media)
         thinking = (template_kwargs or {}).get("enable_thinking")
         if add_generation_prompt:
             return template.lf.prompt_text(tokenizer, turns, system, lf_tools, enable_thinking=thinking)
@@ -217,7 +217,7 @@ def prompt_token_ids(
     templates, whose text is tokenized whole)."""
     if template.lf is None:
         return None
-    turns, system, lf_tools = to_turns(messages, tools, template=template.name)
+    turns, system, lf_tools = to_turns(messages, tools, template=template.name, media=template.lf.media)
     thinking = (template_kwargs or {}).get("enable_thinking")
     return template.lf.prompt_ids(tokenizer, turns, system, lf_tools, enable_thinking=thinking)
 

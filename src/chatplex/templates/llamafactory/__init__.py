@@ -77,7 +77,7 @@ def load(name: str) -> LFFormat:
         replace_eos=raw["replace_eos"],
         enable_thinking=raw["enable_thinking"],
         preserve_thinking=raw["preserve_thinking"],
-        media=MediaTokens(**raw["mm_plugin"]),
+        media=MediaTokens(raw["mm_plugin"]["plugin"], {k: v for k, v in raw["mm_plugin"].items() if k != "plugin"}),
     )
 
 

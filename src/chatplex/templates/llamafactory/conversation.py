@@ -3,8 +3,7 @@
 As LLaMA-Factory's API server splits a request: a leading system message becomes the system text, the rest must
 alternate user (or tool result) and assistant (or tool calls), starting and ending with the user; a tool result
 is an `observation` turn and an assistant's tool calls a `function` turn holding `[{"name", "arguments"}]` JSON.
-Media parts become LLaMA-Factory's placeholders (`<image>`, `<video>`, `<audio>`), which its multimodal plugins
-expand. Where the API differs from LLaMA-Factory's training data, the data wins (a fine-tune learnt that): the
+Media parts become what LLaMA-Factory's multimodal plugin writes for them (`media_strings`). Where the API differs from LLaMA-Factory's training data, the data wins (a fine-tune learnt that): the
 arguments stay an object, where LLaMA-Factory's API would encode the client's JSON string a second time; and
 results of parallel calls, which its API refuses, join in one observation turn, one result per line.
 """
@@ -16,6 +15,7 @@ import os
 from typing import Any
 
 from chatplex.errors import InvalidRequestError
+from chatplex.templates.llamafactory.format import MediaTokens
 
 # LLaMA-Factory reads its placeholders from the environment, defaulting to these.
 PLACEHOLDERS = {
@@ -27,7 +27,19 @@ _MEDIA_KIND = {"image_url": "image", "image": "image", "video_url": "video", "vi
                "input_audio": "audio", "audio_url": "audio"}
 
 
-def _text(content: Any) -> str:
+def media_strings(media: MediaTokens | None) -> dict[str, str]:
+    """What a media part becomes in a turn: for the plugins whose families chatplex's engine runs, the text
+    LLaMA-Factory's plugin writes for one item before expansion (Qwen2-VL / Qwen3-VL: `<|vision_start|>` + the
+    image or video token + `<|vision_end|>`), which the engine's family then expands as the plugin does; else
+    LLaMA-Factory's placeholders."""
+    tokens = media.tokens if media is not None else {}
+    if media is not None and media.plugin in ("Qwen2VLPlugin", "Qwen3VLPlugin"):
+        bos, eos = tokens["vision_bos_token"], tokens["vision_eos_token"]
+        return {**PLACEHOLDERS, "image": f"{bos}{tokens['image_token']}{eos}", "video": f"{bos}{tokens['video_token']}{eos}"}
+    return PLACEHOLDERS
+
+
+def _text(content: Any, media: dict[str, str]) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -35,7 +47,7 @@ def _text(content: Any) -> str:
     out = []
     for part in content:
         kind = part.get("type")
-        out.append(PLACEHOLDERS[_MEDIA_KIND[kind]] if kind in _MEDIA_KIND else str(part.get("text", "")))
+        out.append(media[_MEDIA_KIND[kind]] if kind in _MEDIA_KIND else str(part.get("text", "")))
     return "".join(out)
 
 
@@ -56,19 +68,21 @@ def _tools_json(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | No
 
 
 def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, template: str,
-             add_generation_prompt: bool = True) -> tuple[list[dict[str, str]], str | None, list[dict[str, Any]] | None]:
+             add_generation_prompt: bool = True, media: MediaTokens | None = None,
+             ) -> tuple[list[dict[str, str]], str | None, list[dict[str, Any]] | None]:
     """Normalised messages (chatplex.messages) as LLaMA-Factory turns. With `add_generation_prompt` false the
     conversation may end with the assistant (a whole conversation, as scoring encodes it)."""
+    strings = media_strings(media)
     system = None
     rest = list(messages)
     if rest and rest[0]["role"] == "system":
-        system = _text(rest.pop(0).get("content"))
+        system = _text(rest.pop(0).get("content"), strings)
     turns: list[dict[str, str]] = []
     offset = len(messages) - len(rest)
     for i, message in enumerate(rest):
         role = message["role"]
         if role == "tool" and turns and turns[-1]["role"] == "observation":
-            turns[-1]["content"] += "\n" + _text(message.get("content"))
+            turns[-1]["content"] += "\n" + _text(message.get("content"), strings)
             continue
         expect_user = len(turns) % 2 == 0
         if role == "system":
@@ -84,7 +98,7 @@ def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
             turns.append({"role": "function", "content": _calls_json(message["tool_calls"])})
         else:
             lf_role = {"user": "user", "tool": "observation", "assistant": "assistant"}[role]
-            turns.append({"role": lf_role, "content": _text(message.get("content"))})
+            turns.append({"role": lf_role, "content": _text(message.get("content"), strings)})
     if add_generation_prompt and len(turns) % 2 == 0:
         raise InvalidRequestError(
             f"messages: the LLaMA-Factory template {template!r} generates a reply to a user or tool turn; "

@@ -24,12 +24,10 @@ Turn = dict[str, str]  # {"role": user|assistant|observation|function, "content"
 
 @dataclass(frozen=True)
 class MediaTokens:
-    """The multimodal plugin LLaMA-Factory pairs with the format, and the tokens it puts in place of media."""
+    """The multimodal plugin LLaMA-Factory pairs with the format, and its tokens (image_token, vision_bos_token...)."""
 
     plugin: str = "BasePlugin"
-    image_token: str | None = None
-    video_token: str | None = None
-    audio_token: str | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
