@@ -20,7 +20,8 @@ GOLDENS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "llamaf
 
 
 @pytest.fixture(scope="module")
-def qwen2vl_lf(tmp_path_factory, smollm_dir):
+def qwen2vl_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random Qwen2-VL with the goldens' tokenizer and image processor."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
 
     tok = build_tokenizer(GOLDENS["tokenizer"], smollm_dir)
@@ -38,7 +39,12 @@ def qwen2vl_lf(tmp_path_factory, smollm_dir):
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
     tok.save_pretrained(path)
     Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112).save_pretrained(path)
-    with ChatModel({"model_name_or_path": str(path), "template": GOLDENS["template"], "infer_dtype": "float32"}) as m:
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def qwen2vl_lf(qwen2vl_dir):
+    with ChatModel({"model_name_or_path": qwen2vl_dir, "template": GOLDENS["template"], "infer_dtype": "float32"}) as m:
         yield m
 
 
@@ -63,3 +69,15 @@ def test_media_tokens_where_llamafactory_puts_them(qwen2vl_lf, key):
     assert prompt_ids == GOLDENS["cases"][key]
     [reply] = qwen2vl_lf.chat(_messages(key), max_new_tokens=2, do_sample=False)
     assert reply.prompt_length == len(prompt_ids) and reply.response_length >= 1
+
+
+def test_llamafactory_qwen2_5vl_example_chats_with_an_image(qwen2vl_dir):
+    """Its examples/inference/qwen2_5vl.yaml as written, the model path pointed at the tiny Qwen2-VL (the same
+    processor and token scheme as Qwen2.5-VL)."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory" / "examples" /
+                          "qwen2_5vl.yaml").read_text())
+    with ChatModel({**raw, "model_name_or_path": qwen2vl_dir, "infer_dtype": "float32"}) as model:
+        [reply] = model.chat(_messages("one_image"), max_new_tokens=3, do_sample=False)
+    assert reply.prompt_length == len(GOLDENS["cases"]["one_image"]) and reply.response_length >= 1
