@@ -102,6 +102,15 @@ def vl_tokenizer_spec() -> dict[str, Any]:
     return {"base": "smollm2", "bos": None, "eos": "<|im_end|>", "specials": sorted(VL_SPECIALS)}
 
 
+def llava_tokenizer_spec() -> dict[str, Any]:
+    """LLaVA-1.5's family: the SentencePiece base with <s>, </s> and its <image> token (the llava format's spec)."""
+    import json
+
+    formats = json.loads((Path(__file__).resolve().parents[2] / "src/chatplex/templates/llamafactory/formats.json")
+                         .read_text(encoding="utf-8"))
+    return tokenizer_spec("llava", formats["templates"]["llava"])
+
+
 def noise_image(size: tuple[int, int], seed: int) -> Any:
     """An RGB image of uniform noise, `size` = (width, height), the same in every environment."""
     import numpy as np

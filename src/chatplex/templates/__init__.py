@@ -176,18 +176,21 @@ def render_prompt(
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
     template_kwargs: dict[str, Any] | None = None,
+    piece_separator: str = "",
 ) -> str:
     """Render a normalised conversation to the prompt text the model continues (or, without the generation
-    prompt, the whole conversation)."""
+    prompt, the whole conversation). A LLaMA-Factory format's pieces are joined by `piece_separator`, for
+    callers that encode them one by one afterwards (multimodal families)."""
     if template.lf is not None:
         turns, system, lf_tools = to_turns(messages, tools, template=template.name,
                                            add_generation_prompt=add_generation_prompt, media=template.lf.media)
         thinking = (template_kwargs or {}).get("enable_thinking")
         if add_generation_prompt:
-            return template.lf.prompt_text(tokenizer, turns, system, lf_tools, enable_thinking=thinking)
+            return template.lf.prompt_text(tokenizer, turns, system, lf_tools, enable_thinking=thinking,
+                                           separator=piece_separator)
         prompt, reply = template.lf.encode_oneturn(tokenizer, turns, system, lf_tools, enable_thinking=thinking,
-                                                   text=True)
-        return str(prompt) + str(reply)
+                                                   text=True, separator=piece_separator)
+        return piece_separator.join(p for p in (str(prompt), str(reply)) if p)
     if tools and template.tools == "generic":
         messages, tools = with_tool_prompt(messages, tools), None
     try:

@@ -1,7 +1,9 @@
 """LLaMA-Factory's multimodal formats put media tokens where its plugins put them: `template: qwen2_vl` on a tiny
-Qwen2-VL gives the prompt ids LLaMA-Factory's Qwen2VLPlugin + encode_oneturn gave for the same images
-(tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
-oracles/llamafactory/render_mm_goldens.py with the same processor and tokenizer), and the request generates.
+Qwen2-VL and `template: llava` on a tiny LLaVA give the prompt ids LLaMA-Factory's Qwen2VLPlugin / LlavaPlugin +
+encode_oneturn gave for the same images (tests/fixtures/llamafactory/mm_goldens.json, rendered in
+LLaMA-Factory's environment by oracles/llamafactory/render_mm_goldens.py with the same processors and
+tokenizers), and the requests generate. LLaVA's tokenizer is SentencePiece-style: its ids are only equal because
+chatplex encodes the pieces one by one as LLaMA-Factory does, after the family expanded the placeholders.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from tests.engines.hf.multimodal_testing import image_data_url
 from tests.templates.lf_tokenizers import MEDIA_CONVERSATIONS, build_tokenizer, noise_image
 
 GOLDENS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory" / "mm_goldens.json").read_text())
+QWEN2VL = GOLDENS["families"]["qwen2_vl"]
+LLAVA = GOLDENS["families"]["llava"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def qwen2vl_dir(tmp_path_factory, smollm_dir) -> str:
     """A tiny random Qwen2-VL with the goldens' tokenizer and image processor."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
 
-    tok = build_tokenizer(GOLDENS["tokenizer"], smollm_dir)
+    tok = build_tokenizer(QWEN2VL["tokenizer"], smollm_dir)
     ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
     config = Qwen2VLConfig(
         text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -43,9 +47,33 @@ def qwen2vl_dir(tmp_path_factory, smollm_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def qwen2vl_lf(qwen2vl_dir):
-    with ChatModel({"model_name_or_path": qwen2vl_dir, "template": GOLDENS["template"], "infer_dtype": "float32"}) as m:
-        yield m
+def llava_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random LLaVA with the goldens' tokenizer and image processor (28x28: 16 image tokens)."""
+    import transformers
+
+    tok = build_tokenizer(LLAVA["tokenizer"], smollm_dir)
+    config = transformers.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=28, patch_size=7),
+        text_config=dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=LLAVA["vocab_size"],
+                         max_position_embeddings=2048, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("llava-lf")
+    transformers.LlavaForConditionalGeneration(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    transformers.CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "llava"])
+def family_model(request):
+    path = request.getfixturevalue(f"{request.param.replace('_', '')}_dir")
+    with ChatModel({"model_name_or_path": path, "template": request.param, "infer_dtype": "float32"}) as m:
+        yield request.param, m
 
 
 def _messages(key: str) -> list[dict]:
@@ -62,12 +90,13 @@ def _messages(key: str) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("key", sorted(GOLDENS["cases"]))
-def test_media_tokens_where_llamafactory_puts_them(qwen2vl_lf, key):
-    request = qwen2vl_lf.build_request(_messages(key), max_new_tokens=2)
-    prompt_ids, _ = qwen2vl_lf.engine.multimodal.prepare(qwen2vl_lf.engine.prompts, request)
-    assert prompt_ids == GOLDENS["cases"][key]
-    [reply] = qwen2vl_lf.chat(_messages(key), max_new_tokens=2, do_sample=False)
+@pytest.mark.parametrize("key", sorted(QWEN2VL["cases"]))
+def test_media_tokens_where_llamafactory_puts_them(family_model, key):
+    template, model = family_model
+    request = model.build_request(_messages(key), max_new_tokens=2)
+    prompt_ids, _ = model.engine.multimodal.prepare(model.engine.prompts, request)
+    assert prompt_ids == GOLDENS["families"][template]["cases"][key]
+    [reply] = model.chat(_messages(key), max_new_tokens=2, do_sample=False)
     assert reply.prompt_length == len(prompt_ids) and reply.response_length >= 1
 
 
@@ -80,4 +109,4 @@ def test_llamafactory_qwen2_5vl_example_chats_with_an_image(qwen2vl_dir):
                           "qwen2_5vl.yaml").read_text())
     with ChatModel({**raw, "model_name_or_path": qwen2vl_dir, "infer_dtype": "float32"}) as model:
         [reply] = model.chat(_messages("one_image"), max_new_tokens=3, do_sample=False)
-    assert reply.prompt_length == len(GOLDENS["cases"]["one_image"]) and reply.response_length >= 1
+    assert reply.prompt_length == len(QWEN2VL["cases"]["one_image"]) and reply.response_length >= 1

@@ -19,6 +19,10 @@ from chatplex.errors import InvalidRequestError
 from chatplex.templates.llamafactory.tool_formats import Call, ToolFormat
 
 Slot = str | dict[str, str]  # text, {"token": NAME}, or {"special": "bos_token" | "eos_token"}
+
+# Joins the pieces of a prompt rendered as text for a multimodal family: the family expands media placeholders in
+# the text (they never cross pieces), then each piece is encoded on its own, as LLaMA-Factory encodes them.
+PIECE_SEPARATOR = "\x1e"
 Turn = dict[str, str]  # {"role": user|assistant|observation|function, "content": ...}
 
 
@@ -157,7 +161,9 @@ class LFFormat:
         return ids
 
     @staticmethod
-    def piece_text(tokenizer: Any, pieces: list[Slot]) -> str:
+    def piece_text(tokenizer: Any, pieces: list[Slot], separator: str = "") -> str:
+        """The pieces as text (named and special tokens as their text), joined by `separator` (see
+        `PIECE_SEPARATOR`)."""
         out = []
         for piece in pieces:
             if isinstance(piece, str):
@@ -168,7 +174,7 @@ class LFFormat:
                 out.append(tokenizer.bos_token)
             elif piece.get("special") == "eos_token" and tokenizer.eos_token_id is not None:
                 out.append(tokenizer.eos_token)
-        return "".join(out)
+        return separator.join(p for p in out if p)
 
     def _pieces(self, turns: list[Turn], system: str | None, tools: list[dict[str, Any]] | None) -> list[list[Slot]]:
         system = system or self.default_system
@@ -192,8 +198,9 @@ class LFFormat:
 
     def encode_oneturn(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
                        tools: list[dict[str, Any]] | None = None, *, enable_thinking: bool | None = None,
-                       text: bool = False) -> tuple[Any, Any]:
-        """(prompt, response) for a conversation ending in the reply: ids, or the joined text when `text`."""
+                       text: bool = False, separator: str = "") -> tuple[Any, Any]:
+        """(prompt, response) for a conversation ending in the reply: ids, or the text when `text` (its pieces
+        joined by `separator`)."""
         thinking = self.enable_thinking if enable_thinking is None else enable_thinking
         turns = [dict(t) for t in turns]
         if self.reasoning:
@@ -203,15 +210,17 @@ class LFFormat:
             if thinking is False:
                 turns[-1]["content"] = self.remove_thought(turns[-1]["content"])
         pieces = self._pieces(turns, system, tools)
-        encode = self.piece_text if text else self.piece_ids
-        prompt = encode(tokenizer, [p for turn in pieces[:-1] for p in turn])
-        response = encode(tokenizer, pieces[-1])
         if self.reasoning and not self._has_thought(turns[-1]["content"]):
-            thought = self.empty_thought() if text else tokenizer.encode(self.empty_thought(), add_special_tokens=False)
+            # the empty thought, a piece of its own: after the prompt (not learnt) or before the reply (learnt)
             if not thinking:
-                prompt = prompt + thought
+                pieces[-2:-1] = [pieces[-2] + [self.empty_thought()]] if len(pieces) > 1 else [[self.empty_thought()]]
             else:
-                response = thought + response
+                pieces[-1] = [self.empty_thought(), *pieces[-1]]
+        if text:
+            return (self.piece_text(tokenizer, [p for turn in pieces[:-1] for p in turn], separator),
+                    self.piece_text(tokenizer, pieces[-1], separator))
+        prompt = self.piece_ids(tokenizer, [p for turn in pieces[:-1] for p in turn])
+        response = self.piece_ids(tokenizer, pieces[-1])
         return prompt, response
 
     def encode_multiturn(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
@@ -242,9 +251,10 @@ class LFFormat:
         return list(ids)
 
     def prompt_text(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
-                    tools: list[dict[str, Any]] | None = None, *, enable_thinking: bool | None = None) -> str:
+                    tools: list[dict[str, Any]] | None = None, *, enable_thinking: bool | None = None,
+                    separator: str = "") -> str:
         text, _ = self.encode_oneturn(tokenizer, [*turns, {"role": "assistant", "content": ""}], system, tools,
-                                      enable_thinking=enable_thinking, text=True)
+                                      enable_thinking=enable_thinking, text=True, separator=separator)
         return str(text)
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:

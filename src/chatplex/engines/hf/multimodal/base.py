@@ -14,6 +14,7 @@ from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.media import MediaPolicy, collect_media, media_items
 from chatplex.templates import render_prompt
+from chatplex.templates.llamafactory.format import PIECE_SEPARATOR
 from chatplex.types import GenerationRequest
 
 
@@ -144,12 +145,19 @@ class MediaFamily:
             ) from None
 
     def render(self, prompts: PromptPreparer, request: GenerationRequest, messages: list[Any]) -> str:
+        """The prompt text whose placeholders the family expands; a LLaMA-Factory format's pieces stay apart
+        (PIECE_SEPARATOR) so that `tokenize` encodes them one by one, as LLaMA-Factory does."""
         return render_prompt(
-            prompts.tokenizer, prompts.template, messages, tools=request.tools, template_kwargs=request.template_kwargs
+            prompts.tokenizer, prompts.template, messages, tools=request.tools, template_kwargs=request.template_kwargs,
+            piece_separator=PIECE_SEPARATOR if prompts.template.lf is not None else "",
         )
 
     def tokenize(self, prompts: PromptPreparer, request: GenerationRequest, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if prompts.template.lf is not None:
+            ids = [i for piece in text.split(PIECE_SEPARATOR) if piece
+                   for i in self.tokenizer.encode(piece, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
         prompts.check_fits(len(ids), request)
         return ids
 
