@@ -1,6 +1,6 @@
 """Goldens for LLaMA-Factory's multimodal formats: where its plugin puts the media tokens, in prompt ids.
 
-Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin) and llava (LlavaPlugin),
+Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin), llava (LlavaPlugin) and gemma3 (Gemma3Plugin),
 with the processors of chatplex's tiny test models of those families (on family tokenizers from
 tests/templates/lf_tokenizers.py), patched with LLaMA-Factory's default media arguments as its loader does: each
 conversation's images go through the plugin's `process_messages` and the template's `encode_oneturn` with an empty
@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "templates"))
 
 from lf_tokenizers import (  # noqa: E402
-    build_tokenizer, llava_tokenizer_spec, media_conversations, noise_image, vl_tokenizer_spec,
+    GEMMA3_IMAGE_TOKENS, build_tokenizer, gemma3_tokenizer_spec, llava_tokenizer_spec, media_conversations, noise_image,
+    vl_tokenizer_spec,
 )
 from llamafactory.data import template as lf_template  # noqa: E402
 from llamafactory.hparams import DataArguments, ModelArguments  # noqa: E402
@@ -40,9 +41,21 @@ def llava_processor(tokenizer):
                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
+def gemma3_processor(tokenizer):
+    from transformers import Gemma3ImageProcessor, Gemma3Processor
+
+    # Gemma's own tokenizer names its image tokens; the family tokenizer here is given them as Gemma's has them.
+    for name, token in zip(("boi", "eoi", "image"), GEMMA3_IMAGE_TOKENS, strict=True):
+        setattr(tokenizer, f"{name}_token", token)
+        setattr(tokenizer, f"{name}_token_id", tokenizer.convert_tokens_to_ids(token))
+    return Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 28, "width": 28}), tokenizer=tokenizer,
+                           image_seq_length=16)
+
+
 # template -> (its tokenizer spec, its processor): the processors of chatplex's tiny test models of the family
 FAMILIES = {"qwen2_vl": (lambda: vl_tokenizer_spec(), qwen2_vl_processor),
-            "llava": (lambda: llava_tokenizer_spec(), llava_processor)}
+            "llava": (lambda: llava_tokenizer_spec(), llava_processor),
+            "gemma3": (lambda: gemma3_tokenizer_spec(), gemma3_processor)}
 
 
 def main(smollm_dir: str, out: Path, source: str | None = None) -> None:

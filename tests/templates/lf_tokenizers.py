@@ -111,6 +111,19 @@ def llava_tokenizer_spec() -> dict[str, Any]:
     return tokenizer_spec("llava", formats["templates"]["llava"])
 
 
+GEMMA3_IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+def gemma3_tokenizer_spec() -> dict[str, Any]:
+    """Gemma 3's family: the gemma3 format's spec with its image tokens (begin, end, soft token)."""
+    import json
+
+    formats = json.loads((Path(__file__).resolve().parents[2] / "src/chatplex/templates/llamafactory/formats.json")
+                         .read_text(encoding="utf-8"))
+    spec = tokenizer_spec("gemma3", formats["templates"]["gemma3"])
+    return {**spec, "specials": sorted({*spec["specials"], *GEMMA3_IMAGE_TOKENS})}
+
+
 def noise_image(size: tuple[int, int], seed: int) -> Any:
     """An RGB image of uniform noise, `size` = (width, height), the same in every environment."""
     import numpy as np

@@ -1,5 +1,5 @@
 """LLaMA-Factory's multimodal formats put media tokens where its plugins put them: `template: qwen2_vl` on a tiny
-Qwen2-VL and `template: llava` on a tiny LLaVA give the prompt ids LLaMA-Factory's Qwen2VLPlugin / LlavaPlugin +
+Qwen2-VL, `template: llava` on a tiny LLaVA and `template: gemma3` on a tiny Gemma 3 give the prompt ids LLaMA-Factory's Qwen2VLPlugin / LlavaPlugin / Gemma3Plugin +
 encode_oneturn gave for the same images (tests/fixtures/llamafactory/mm_goldens.json, rendered in
 LLaMA-Factory's environment by oracles/llamafactory/render_mm_goldens.py with the same processors and
 tokenizers), and the requests generate. LLaVA's tokenizer is SentencePiece-style: its ids are only equal because
@@ -16,11 +16,12 @@ import torch
 
 from chatplex import ChatModel
 from tests.engines.hf.multimodal_testing import image_data_url
-from tests.templates.lf_tokenizers import MEDIA_CONVERSATIONS, build_tokenizer, noise_image
+from tests.templates.lf_tokenizers import GEMMA3_IMAGE_TOKENS, MEDIA_CONVERSATIONS, build_tokenizer, noise_image
 
 GOLDENS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory" / "mm_goldens.json").read_text())
 QWEN2VL = GOLDENS["families"]["qwen2_vl"]
 LLAVA = GOLDENS["families"]["llava"]
+GEMMA3 = GOLDENS["families"]["gemma3"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,32 @@ def llava_dir(tmp_path_factory, smollm_dir) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "llava"])
+@pytest.fixture(scope="module")
+def gemma3_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random Gemma 3 with the goldens' tokenizer and image processor (16 soft tokens per image)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
+
+    tok = build_tokenizer(GEMMA3["tokenizer"], smollm_dir)
+    ids = tok.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS)
+    config = Gemma3Config(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=128, vocab_size=GEMMA3["vocab_size"],
+                         max_position_embeddings=2048, sliding_window=8,
+                         layer_types=["sliding_attention", "full_attention"], eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id, pad_token_id=tok.eos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=28, patch_size=7),
+        mm_tokens_per_image=16, boi_token_index=ids[0], eoi_token_index=ids[1], image_token_index=ids[2],
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gemma3-lf")
+    Gemma3ForConditionalGeneration(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    Gemma3ImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "llava", "gemma3"])
 def family_model(request):
     path = request.getfixturevalue(f"{request.param.replace('_', '')}_dir")
     with ChatModel({"model_name_or_path": path, "template": request.param, "infer_dtype": "float32"}) as m:

@@ -23,6 +23,7 @@ PLACEHOLDERS = {
     "video": os.environ.get("VIDEO_PLACEHOLDER", "<video>"),
     "audio": os.environ.get("AUDIO_PLACEHOLDER", "<audio>"),
 }
+GEMMA3_BOI = "<start_of_image>"  # Gemma 3's begin-of-image token (its processor's boi_token)
 _MEDIA_KIND = {"image_url": "image", "image": "image", "video_url": "video", "video": "video",
                "input_audio": "audio", "audio_url": "audio"}
 
@@ -30,12 +31,15 @@ _MEDIA_KIND = {"image_url": "image", "image": "image", "video_url": "video", "vi
 def media_strings(media: MediaTokens | None) -> dict[str, str]:
     """What a media part becomes in a turn: for the plugins whose families chatplex's engine runs, the text
     LLaMA-Factory's plugin writes for one item before expansion (Qwen2-VL / Qwen3-VL: `<|vision_start|>` + the
-    image or video token + `<|vision_end|>`), which the engine's family then expands as the plugin does; else
-    LLaMA-Factory's placeholders."""
+    image or video token + `<|vision_end|>`; Gemma 3: its begin-of-image token), which the engine's family then
+    expands as the plugin does; else LLaMA-Factory's placeholders (LLaVA's `<image>` is its own token)."""
     tokens = media.tokens if media is not None else {}
     if media is not None and media.plugin in ("Qwen2VLPlugin", "Qwen3VLPlugin"):
         bos, eos = tokens["vision_bos_token"], tokens["vision_eos_token"]
         return {**PLACEHOLDERS, "image": f"{bos}{tokens['image_token']}{eos}", "video": f"{bos}{tokens['video_token']}{eos}"}
+    if media is not None and media.plugin == "Gemma3Plugin":
+        # its plugin writes the processor's full image sequence, which Gemma 3's family makes of the begin token
+        return {**PLACEHOLDERS, "image": GEMMA3_BOI}
     return PLACEHOLDERS
 
 
