@@ -248,7 +248,7 @@ def test_llamafactory_formats_are_read_back(tool_format):
     use. The reply is what the model learnt to write: the turn's text up to the first stop word."""
     from chatplex.templates import llamafactory
 
-    name = next(n for n in llamafactory.names() if llamafactory.load(n).calls is llamafactory.all_tool_formats()[tool_format])
+    name = next(n for n in llamafactory.names() if llamafactory.load(n).tool_format == tool_format)
     fmt = llamafactory.load(name)
     calls = [("get_weather", {"city": "Paris", "days": 3})]
     if tool_format != "glm4":  # GLM-4's format takes one call per turn

@@ -24,13 +24,11 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     print(f"LLaMA-Factory's formats ({len(llamafactory.names())}; encoded as LLaMA-Factory encodes them):")
-    formats = llamafactory.all_tool_formats()
     rows = [("NAME", "STOP WORDS", "TOOL PARSER", "REASONING", "DEFAULT SYSTEM")]
     for name in llamafactory.names():
         fmt = llamafactory.load(name)
-        tool_format = next(k for k, v in formats.items() if v is fmt.calls)
         system = fmt.default_system.replace("\n", " ")
-        rows.append((name, " ".join(fmt.stop_words) or "-", LF_TOOL_PARSERS.get(tool_format, "-"),
+        rows.append((name, " ".join(fmt.stop_words) or "-", LF_TOOL_PARSERS.get(fmt.tool_format, "-"),
                      "think" if fmt.reasoning else "-", (system[:48] + "...") if len(system) > 48 else system or "-"))
     _table(rows)
     print("\nchatplex's Jinja built-ins (models' own templates):")

@@ -85,9 +85,8 @@ def load_llamafactory(name: str, *, tool_format: str | None = None, enable_think
         choices = ", ".join(sorted(llamafactory.all_tool_formats()))
         raise ConfigError(f"tool_format: {tool_format!r} is not a LLaMA-Factory tool format; choose one of {choices}.",
                           param="tool_format") from None
-    calls_format = next((k for k, v in llamafactory.all_tool_formats().items() if v is fmt.calls), "")
     reasoning = "think" if fmt.reasoning and "<think>" in fmt.thought_words[0] + fmt.thought_words[1] else None
-    return ChatTemplate(name, None, fmt.stop_words, LF_TOOL_PARSERS.get(calls_format), reasoning, "template", fmt)
+    return ChatTemplate(name, None, fmt.stop_words, LF_TOOL_PARSERS.get(fmt.tool_format), reasoning, "template", fmt)
 
 
 def load_builtin(name: str) -> ChatTemplate:

@@ -67,6 +67,7 @@ def load(name: str) -> LFFormat:
         assistant=_slots(raw["assistant"]),
         observation=_slots(raw["observation"]),
         function=_slots(raw["function"]),
+        tool_format=raw["function_tool_format"],
         calls=formats[raw["function_tool_format"]],
         tools=formats[tools["tool_format"]] if "tool_format" in tools else _slots(tools["slots"]),
         default_system=raw["default_system"],

@@ -47,6 +47,7 @@ class LFFormat:
     assistant: tuple[Slot, ...]
     observation: tuple[Slot, ...]
     function: tuple[Slot, ...]
+    tool_format: str  # the name of the tool format that writes the assistant's tool calls
     calls: ToolFormat  # writes the assistant's tool calls
     tools: ToolFormat | tuple[Slot, ...]  # describes the tools (a tool format, or slots around the tools' JSON)
     default_system: str
@@ -74,7 +75,8 @@ class LFFormat:
                 raise KeyError(tool_format)
             # LLaMA-Factory rebuilds the function slots from the plain reply slots when the tool format changes.
             slots: tuple[Slot, ...] = ("{{content}}",) if self.efficient_eos else ("{{content}}", {"special": "eos_token"})
-            changed = replace(changed, function=slots, calls=formats[tool_format], tools=formats[tool_format])
+            changed = replace(changed, function=slots, tool_format=tool_format, calls=formats[tool_format],
+                              tools=formats[tool_format])
         if default_system is not None:
             changed = replace(changed, default_system=default_system)
         if self.reasoning:
