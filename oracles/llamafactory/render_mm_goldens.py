@@ -1,9 +1,9 @@
 """Goldens for LLaMA-Factory's multimodal formats: where its plugin puts the media tokens, in prompt ids.
 
-Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin), llava (LlavaPlugin) and gemma3 (Gemma3Plugin),
-with the processors of chatplex's tiny test models of those families (on family tokenizers from
+Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin), qwen3_vl (Qwen3VLPlugin), llava (LlavaPlugin),
+gemma3 (Gemma3Plugin), qwen2_audio (Qwen2AudioPlugin) and qwen2_omni (Qwen2OmniPlugin), with the processors of chatplex's tiny test models of those families (on family tokenizers from
 tests/templates/lf_tokenizers.py), patched with LLaMA-Factory's default media arguments as its loader does: each
-conversation's images go through the plugin's `process_messages` and the template's `encode_oneturn` with an empty
+conversation's images and audio clips go through the plugin's `process_messages` and the template's `encode_oneturn` with an empty
 reply, as its ChatModel does. Output: tests/fixtures/llamafactory/mm_goldens.json, checked by
 tests/engines/hf/test_llamafactory_media.py.
 """
@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "templates"))
 
 from lf_tokenizers import (  # noqa: E402
-    GEMMA3_IMAGE_TOKENS, build_tokenizer, gemma3_tokenizer_spec, llava_tokenizer_spec, media_conversations, noise_image,
-    vl_tokenizer_spec,
+    GEMMA3_IMAGE_TOKENS, build_tokenizer, conversations_with, gemma3_tokenizer_spec, llava_tokenizer_spec,
+    media_conversations, media_items, qwen2_audio_tokenizer_spec, qwen2_omni_tokenizer_spec, vl_tokenizer_spec,
 )
 from llamafactory.data import template as lf_template  # noqa: E402
 from llamafactory.hparams import DataArguments, ModelArguments  # noqa: E402
@@ -31,6 +31,29 @@ def qwen2_vl_processor(tokenizer):
 
     return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112),
                             tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
+
+
+def qwen3_vl_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
+                                            max_pixels=128 * 128)
+    return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor())
+
+
+def qwen2_audio_processor(tokenizer):
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    # 2 s windows, as the tiny Qwen2-Audio's 100 encoder positions take
+    return Qwen2AudioProcessor(WhisperFeatureExtractor(feature_size=128, chunk_length=2), tokenizer)
+
+
+def qwen2_omni_processor(tokenizer):
+    from transformers import Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+
+    return Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112),
+                                video_processor=Qwen2VLVideoProcessor(min_pixels=28 * 28, max_pixels=56 * 84),
+                                feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
 
 
 def llava_processor(tokenizer):
@@ -52,32 +75,38 @@ def gemma3_processor(tokenizer):
                            image_seq_length=16)
 
 
-# template -> (its tokenizer spec, its processor): the processors of chatplex's tiny test models of the family
-FAMILIES = {"qwen2_vl": (lambda: vl_tokenizer_spec(), qwen2_vl_processor),
-            "llava": (lambda: llava_tokenizer_spec(), llava_processor),
-            "gemma3": (lambda: gemma3_tokenizer_spec(), gemma3_processor)}
+# template -> (its tokenizer spec, its processor, the media it takes): the processors of chatplex's tiny test models
+# of the family
+FAMILIES = {"qwen2_vl": (vl_tokenizer_spec, qwen2_vl_processor, {"image"}),
+            "qwen3_vl": (vl_tokenizer_spec, qwen3_vl_processor, {"image"}),
+            "llava": (llava_tokenizer_spec, llava_processor, {"image"}),
+            "gemma3": (gemma3_tokenizer_spec, gemma3_processor, {"image"}),
+            "qwen2_audio": (qwen2_audio_tokenizer_spec, qwen2_audio_processor, {"audio"}),
+            "qwen2_omni": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"image", "audio"})}
 
 
 def main(smollm_dir: str, out: Path, source: str | None = None) -> None:
     from importlib.metadata import version
 
     families = {}
-    for name, (spec_of, processor_of) in FAMILIES.items():
+    conversations = media_conversations()
+    for name, (spec_of, processor_of, kinds) in FAMILIES.items():
         spec = spec_of()
         tokenizer = build_tokenizer(spec, smollm_dir)
         template = lf_template.get_template_and_fix_tokenizer(tokenizer, DataArguments(template=name))
         processor = processor_of(tokenizer)
         patch_processor(processor, tokenizer, ModelArguments(model_name_or_path=smollm_dir))
         cases = {}
-        for key, (turns, system, sizes) in media_conversations().items():
-            images = [noise_image(size, seed) for seed, size in enumerate(sizes)]
-            turns = template.mm_plugin.process_messages([dict(t) for t in turns], images, [], [], processor)
+        for key in conversations_with(kinds):
+            turns, system, media = conversations[key]
+            images, audios = media_items(media)
+            turns = template.mm_plugin.process_messages([dict(t) for t in turns], images, [], audios, processor)
             prompt_ids, _ = template.encode_oneturn(tokenizer, turns + [{"role": "assistant", "content": ""}], system)
             cases[key] = prompt_ids
         families[name] = {"tokenizer": spec, "vocab_size": len(tokenizer), "cases": cases}
     data = {"llamafactory": source or version("llamafactory"), "families": families}
     out.write_text(json.dumps(data) + "\n", encoding="utf-8")
-    print(f"{len(families)} formats x {len(media_conversations())} conversations -> {out}")
+    print(f"{len(families)} formats, {sum(len(f['cases']) for f in families.values())} conversations -> {out}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,16 @@ def build_tokenizer(spec: dict[str, Any], smollm_dir: str) -> Any:
             tokenizer.add_special_tokens({f"{key}_token": spec[key]})
     for token in spec["specials"]:
         tokenizer.add_tokens([token], special_tokens=True)
+    if spec.get("named"):
+        # Processors that read their tokens off the tokenizer (Qwen2.5-Omni's) need them named, as the family's
+        # tokenizer names them; reloading with the names keeps the ids.
+        import tempfile
+
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer.save_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, extra_special_tokens=spec["named"])
     return tokenizer
 
 
@@ -93,6 +103,14 @@ def special_ids(tokenizer: Any, spec: dict[str, Any]) -> dict[str, int]:
 
 
 # -- multimodal goldens (oracles/llamafactory/render_mm_goldens.py, tests/engines/hf/test_llamafactory_media.py) ----
+
+def _format(name: str) -> dict[str, Any]:
+    import json
+
+    formats = json.loads((Path(__file__).resolve().parents[2] / "src/chatplex/templates/llamafactory/formats.json")
+                         .read_text(encoding="utf-8"))
+    return formats["templates"][name]
+
 
 VL_SPECIALS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -104,11 +122,7 @@ def vl_tokenizer_spec() -> dict[str, Any]:
 
 def llava_tokenizer_spec() -> dict[str, Any]:
     """LLaVA-1.5's family: the SentencePiece base with <s>, </s> and its <image> token (the llava format's spec)."""
-    import json
-
-    formats = json.loads((Path(__file__).resolve().parents[2] / "src/chatplex/templates/llamafactory/formats.json")
-                         .read_text(encoding="utf-8"))
-    return tokenizer_spec("llava", formats["templates"]["llava"])
+    return tokenizer_spec("llava", _format("llava"))
 
 
 GEMMA3_IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
@@ -116,12 +130,25 @@ GEMMA3_IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>
 
 def gemma3_tokenizer_spec() -> dict[str, Any]:
     """Gemma 3's family: the gemma3 format's spec with its image tokens (begin, end, soft token)."""
-    import json
-
-    formats = json.loads((Path(__file__).resolve().parents[2] / "src/chatplex/templates/llamafactory/formats.json")
-                         .read_text(encoding="utf-8"))
-    spec = tokenizer_spec("gemma3", formats["templates"]["gemma3"])
+    spec = tokenizer_spec("gemma3", _format("gemma3"))
     return {**spec, "specials": sorted({*spec["specials"], *GEMMA3_IMAGE_TOKENS})}
+
+
+QWEN2_AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+
+def qwen2_audio_tokenizer_spec() -> dict[str, Any]:
+    """Qwen2-Audio's family: the qwen2_audio format's spec with the audio begin, end and pad tokens."""
+    spec = tokenizer_spec("qwen2_audio", _format("qwen2_audio"))
+    return {**spec, "specials": sorted({*spec["specials"], *QWEN2_AUDIO_TOKENS})}
+
+
+def qwen2_omni_tokenizer_spec() -> dict[str, Any]:
+    """Qwen2.5-Omni's family: the qwen2_omni format's spec with every media token of its plugin, named as
+    Qwen2.5-Omni's tokenizer names them."""
+    spec = tokenizer_spec("qwen2_omni", _format("qwen2_omni"))
+    named = {k: v for k, v in _format("qwen2_omni")["mm_plugin"].items() if k.endswith("_token")}
+    return {**spec, "specials": sorted({*spec["specials"], *named.values()}), "named": named}
 
 
 def noise_image(size: tuple[int, int], seed: int) -> Any:
@@ -132,29 +159,63 @@ def noise_image(size: tuple[int, int], seed: int) -> Any:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-# name -> (messages with {"type": "image"} parts in order, image sizes): the conversations of the media goldens
-MEDIA_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[tuple[int, int]]]] = {
-    "one_image": ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
-                  [(64, 48)]),
+def noise_clip(seconds: float, seed: int) -> Any:
+    """A mono 16 kHz clip of quiet noise, `seconds` long, the same in every environment (float32)."""
+    import numpy as np
+
+    return (np.random.default_rng(seed).standard_normal(int(seconds * AUDIO_RATE)) * 0.1).astype(np.float32)
+
+
+AUDIO_RATE = 16000
+_I, _A = {"type": "image"}, {"type": "audio"}
+
+# name -> (messages with {"type": "image"} / {"type": "audio"} parts in order, the media in that order: ("image",
+# (width, height)) or ("audio", seconds); media i is made with seed i): the conversations of the media goldens
+MEDIA_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[tuple[str, Any]]]] = {
+    "one_image": ([{"role": "user", "content": [_I, {"type": "text", "text": "Describe."}]}], [("image", (64, 48))]),
     "system_two_images": ([{"role": "system", "content": "Be brief."},
-                           {"role": "user", "content": [{"type": "text", "text": "Compare "}, {"type": "image"},
-                                                        {"type": "text", "text": " and "}, {"type": "image"}]}],
-                          [(56, 56), (112, 84)]),
-    "image_then_text": ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+                           {"role": "user", "content": [{"type": "text", "text": "Compare "}, _I,
+                                                        {"type": "text", "text": " and "}, _I]}],
+                          [("image", (56, 56)), ("image", (112, 84))]),
+    "image_then_text": ([{"role": "user", "content": [_I, {"type": "text", "text": "What is it?"}]},
                          {"role": "assistant", "content": "Noise."},
-                         {"role": "user", "content": "Are you sure?"}], [(80, 40)]),
+                         {"role": "user", "content": "Are you sure?"}], [("image", (80, 40))]),
+    "one_audio": ([{"role": "user", "content": [_A, {"type": "text", "text": "What do you hear?"}]}],
+                  [("audio", 0.7)]),
+    "system_two_audios": ([{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": [{"type": "text", "text": "Compare "}, _A,
+                                                        {"type": "text", "text": " and "}, _A]}],
+                          [("audio", 1.3), ("audio", 0.4)]),
+    "audio_then_text": ([{"role": "user", "content": [_A, {"type": "text", "text": "Transcribe."}]},
+                         {"role": "assistant", "content": "Static."},
+                         {"role": "user", "content": "Louder?"}], [("audio", 1.0)]),
+    "image_and_audio": ([{"role": "user", "content": [_I, {"type": "text", "text": "Match the picture "}, _A]}],
+                        [("image", (70, 56)), ("audio", 0.9)]),
 }
 
 
-def media_conversations() -> dict[str, tuple[list[dict[str, str]], str | None, list[tuple[int, int]]]]:
-    """The media conversations in LLaMA-Factory's form: (turns with `<image>` placeholders, system, image sizes)."""
+def media_items(media: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The images and the audio clips of a media conversation, made from their sizes and seeds."""
+    images = [noise_image(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "image"]
+    audios = [noise_clip(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "audio"]
+    return images, audios
+
+
+def conversations_with(kinds: set[str]) -> list[str]:
+    """The media conversations whose media are all of these kinds."""
+    return [key for key, (_, media) in MEDIA_CONVERSATIONS.items() if {kind for kind, _ in media} <= kinds]
+
+
+def media_conversations() -> dict[str, tuple[list[dict[str, str]], str | None, list[tuple[str, Any]]]]:
+    """The media conversations in LLaMA-Factory's form: (turns with `<image>` / `<audio>` placeholders, system,
+    media)."""
     out = {}
-    for key, (messages, sizes) in MEDIA_CONVERSATIONS.items():
+    for key, (messages, media) in MEDIA_CONVERSATIONS.items():
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         turns = []
         for m in messages[1:] if system is not None else messages:
             content = m["content"] if isinstance(m["content"], str) else "".join(
-                "<image>" if p["type"] == "image" else p["text"] for p in m["content"])
+                f"<{p['type']}>" if p["type"] in ("image", "audio") else p["text"] for p in m["content"])
             turns.append({"role": m["role"], "content": content})
-        out[key] = (turns, system, sizes)
+        out[key] = (turns, system, media)
     return out

@@ -1,13 +1,17 @@
 """LLaMA-Factory's multimodal formats put media tokens where its plugins put them: `template: qwen2_vl` on a tiny
-Qwen2-VL, `template: llava` on a tiny LLaVA and `template: gemma3` on a tiny Gemma 3 give the prompt ids LLaMA-Factory's Qwen2VLPlugin / LlavaPlugin / Gemma3Plugin +
-encode_oneturn gave for the same images (tests/fixtures/llamafactory/mm_goldens.json, rendered in
-LLaMA-Factory's environment by oracles/llamafactory/render_mm_goldens.py with the same processors and
-tokenizers), and the requests generate. LLaVA's tokenizer is SentencePiece-style: its ids are only equal because
-chatplex encodes the pieces one by one as LLaMA-Factory does, after the family expanded the placeholders.
+Qwen2-VL, `qwen3_vl` on a tiny Qwen3-VL, `llava` on a tiny LLaVA, `gemma3` on a tiny Gemma 3, `qwen2_audio` on a tiny
+Qwen2-Audio and `qwen2_omni` on a tiny Qwen2.5-Omni thinker give the prompt ids LLaMA-Factory's plugin (Qwen2VLPlugin,
+Qwen3VLPlugin, LlavaPlugin, Gemma3Plugin, Qwen2AudioPlugin, Qwen2OmniPlugin) + encode_oneturn gave for the same
+images and audio clips (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
+oracles/llamafactory/render_mm_goldens.py with the same processors and tokenizers), and the requests generate.
+LLaVA's tokenizer is SentencePiece-style: its ids are only equal because chatplex encodes the pieces one by one as
+LLaMA-Factory does, after the family expanded the placeholders. Qwen2.5-Omni's processor needs torchvision: its
+cases run in .venv-media (`make test`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,13 +19,20 @@ import pytest
 import torch
 
 from chatplex import ChatModel
-from tests.engines.hf.multimodal_testing import image_data_url
-from tests.templates.lf_tokenizers import GEMMA3_IMAGE_TOKENS, MEDIA_CONVERSATIONS, build_tokenizer, noise_image
+from tests.engines.hf.multimodal_testing import (
+    image_data_url, input_audio_part, needs_torchvision, sharpen_attention,
+)
+from tests.templates.lf_tokenizers import (
+    AUDIO_RATE, GEMMA3_IMAGE_TOKENS, MEDIA_CONVERSATIONS, build_tokenizer, media_items,
+)
 
 GOLDENS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory" / "mm_goldens.json").read_text())
 QWEN2VL = GOLDENS["families"]["qwen2_vl"]
+QWEN3VL = GOLDENS["families"]["qwen3_vl"]
 LLAVA = GOLDENS["families"]["llava"]
 GEMMA3 = GOLDENS["families"]["gemma3"]
+QWEN2AUDIO = GOLDENS["families"]["qwen2_audio"]
+QWEN2OMNI = GOLDENS["families"]["qwen2_omni"]
 
 
 @pytest.fixture(scope="module")
@@ -95,30 +106,139 @@ def gemma3_dir(tmp_path_factory, smollm_dir) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "llava", "gemma3"])
-def family_model(request):
-    path = request.getfixturevalue(f"{request.param.replace('_', '')}_dir")
-    with ChatModel({"model_name_or_path": path, "template": request.param, "infer_dtype": "float32"}) as m:
-        yield request.param, m
+@pytest.fixture(scope="module")
+def qwen3vl_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random Qwen3-VL with the goldens' tokenizer and image processor (32-pixel merged patches)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = build_tokenizer(QWEN3VL["tokenizer"], smollm_dir)
+    ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
+    config = Qwen3VLConfig(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=128, vocab_size=len(tok), max_position_embeddings=2048,
+                         eos_token_id=tok.eos_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0, 1]),
+        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("qwen3vl-lf")
+    Qwen3VLForConditionalGeneration(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
+                             max_pixels=128 * 128).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def qwen2audio_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random Qwen2-Audio with the goldens' tokenizer and feature extractor (2 s windows)."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+
+    tok = build_tokenizer(QWEN2AUDIO["tokenizer"], smollm_dir)
+    config = Qwen2AudioConfig(
+        text_config=dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=len(tok),
+                         max_position_embeddings=2048, eos_token_id=tok.eos_token_id),
+        audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          num_mel_bins=128, max_source_positions=100),
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("qwen2audio-lf")
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=128, chunk_length=2).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def qwen2omni_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random Qwen2.5-Omni thinker with the goldens' tokenizer (its media tokens named) and processor."""
+    from transformers import (
+        Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
+        Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor,
+    )
+
+    tok = build_tokenizer(QWEN2OMNI["tokenizer"], smollm_dir)
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in QWEN2OMNI["tokenizer"]["named"].items()}
+    config = Qwen2_5OmniThinkerConfig(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=len(tok), max_position_embeddings=4096,
+                         eos_token_id=tok.eos_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32, output_dim=64, n_window=50),
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+    sharpen_attention(model.model.language_model)
+    path = tmp_path_factory.mktemp("qwen2omni-lf")
+    model.save_pretrained(path)
+    Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112),
+                         video_processor=Qwen2VLVideoProcessor(min_pixels=28 * 28, max_pixels=56 * 84),
+                         feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok).save_pretrained(path)
+    return str(path)
+
+
+# the omni processor's video processor needs torchvision: .venv-media runs those (marked video)
+_OMNI = [needs_torchvision, pytest.mark.video]
+FAMILY_PARAMS = [pytest.param(name, marks=_OMNI if name == "qwen2_omni" else ()) for name in GOLDENS["families"]]
+CASE_PARAMS = [pytest.param(name, key, marks=_OMNI if name == "qwen2_omni" else ())
+               for name, family in GOLDENS["families"].items() for key in family["cases"]]
+
+
+def _wav(clip) -> bytes:
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, clip, AUDIO_RATE, format="WAV", subtype="FLOAT")  # float: the decoded samples are exact
+    return buf.getvalue()
 
 
 def _messages(key: str) -> list[dict]:
-    """The golden conversation as OpenAI messages: its i-th image part is noise image i, as a PNG data URL."""
-    messages, sizes = MEDIA_CONVERSATIONS[key]
-    urls = iter(image_data_url(noise_image(size, seed)) for seed, size in enumerate(sizes))
+    """The golden conversation as OpenAI messages: its images as PNG data URLs, its audio clips as input_audio
+    WAVs, made from the same sizes and seeds."""
+    messages, media = MEDIA_CONVERSATIONS[key]
+    images, audios = (iter(items) for items in media_items(media))
+    parts = {"image": lambda: {"type": "image_url", "image_url": {"url": image_data_url(next(images))}},
+             "audio": lambda: input_audio_part(_wav(next(audios)))}
     out = []
     for m in messages:
         content = m["content"]
         if not isinstance(content, str):
-            content = [p if p["type"] == "text" else {"type": "image_url", "image_url": {"url": next(urls)}}
-                       for p in content]
+            content = [parts[p["type"]]() if p["type"] in parts else p for p in content]
         out.append({"role": m["role"], "content": content})
     return out
 
 
-@pytest.mark.parametrize("key", sorted(QWEN2VL["cases"]))
-def test_media_tokens_where_llamafactory_puts_them(family_model, key):
-    template, model = family_model
+@pytest.fixture(scope="module")
+def family_models(request):
+    """One chat model per family, opened when a case first needs it and closed with the module."""
+    models: dict[str, ChatModel] = {}
+    yield lambda name: models.get(name) or models.setdefault(name, _open(request, name))
+    for model in models.values():
+        model.close()
+
+
+def _open(request, name: str) -> ChatModel:
+    path = request.getfixturevalue(f"{name.replace('_', '')}_dir")
+    return ChatModel({"model_name_or_path": path, "template": name, "infer_dtype": "float32"})
+
+
+@pytest.mark.parametrize(("template", "key"), CASE_PARAMS)
+def test_media_tokens_where_llamafactory_puts_them(family_models, template, key):
+    model = family_models(template)
     request = model.build_request(_messages(key), max_new_tokens=2)
     prompt_ids, _ = model.engine.multimodal.prepare(model.engine.prompts, request)
     assert prompt_ids == GOLDENS["families"][template]["cases"][key]

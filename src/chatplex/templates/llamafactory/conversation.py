@@ -24,20 +24,31 @@ PLACEHOLDERS = {
     "audio": os.environ.get("AUDIO_PLACEHOLDER", "<audio>"),
 }
 GEMMA3_BOI = "<start_of_image>"  # Gemma 3's begin-of-image token (its processor's boi_token)
+QWEN2_AUDIO_BOS, QWEN2_AUDIO_EOS = "<|audio_bos|>", "<|audio_eos|>"  # Qwen2AudioProcessor's audio_bos/eos_token
 _MEDIA_KIND = {"image_url": "image", "image": "image", "video_url": "video", "video": "video",
-               "input_audio": "audio", "audio_url": "audio"}
+               "input_audio": "audio", "audio_url": "audio", "audio": "audio"}
 
 
 def media_strings(media: MediaTokens | None) -> dict[str, str]:
     """What a media part becomes in a turn: for the plugins whose families chatplex's engine runs, the text
-    LLaMA-Factory's plugin writes for one item before expansion (Qwen2-VL / Qwen3-VL: `<|vision_start|>` + the
-    image or video token + `<|vision_end|>`; Gemma 3: its begin-of-image token), which the engine's family then
-    expands as the plugin does; else LLaMA-Factory's placeholders (LLaVA's `<image>` is its own token)."""
-    tokens = media.tokens if media is not None else {}
-    if media is not None and media.plugin in ("Qwen2VLPlugin", "Qwen3VLPlugin"):
+    LLaMA-Factory's plugin writes for one item before expansion, which the engine's family then expands as the
+    plugin does (Qwen2-VL / Qwen3-VL / Qwen2.5-Omni: the vision begin and end tokens around the image or video
+    token; Qwen2-Audio / Qwen2.5-Omni: the audio begin and end tokens around the audio token; Gemma 3: its
+    begin-of-image token); else LLaMA-Factory's placeholders (LLaVA's `<image>` is its own token)."""
+    if media is None:
+        return PLACEHOLDERS
+    tokens = media.tokens
+    if media.plugin in ("Qwen2VLPlugin", "Qwen3VLPlugin", "Qwen2OmniPlugin"):
         bos, eos = tokens["vision_bos_token"], tokens["vision_eos_token"]
-        return {**PLACEHOLDERS, "image": f"{bos}{tokens['image_token']}{eos}", "video": f"{bos}{tokens['video_token']}{eos}"}
-    if media is not None and media.plugin == "Gemma3Plugin":
+        out = {**PLACEHOLDERS, "image": f"{bos}{tokens['image_token']}{eos}",
+               "video": f"{bos}{tokens['video_token']}{eos}"}
+        if media.plugin == "Qwen2OmniPlugin":
+            out["audio"] = f"{tokens['audio_bos_token']}{tokens['audio_token']}{tokens['audio_eos_token']}"
+        return out
+    if media.plugin == "Qwen2AudioPlugin":
+        # its plugin takes the begin and end tokens from Qwen2AudioProcessor, whose are these
+        return {**PLACEHOLDERS, "audio": f"{QWEN2_AUDIO_BOS}{tokens['audio_token']}{QWEN2_AUDIO_EOS}"}
+    if media.plugin == "Gemma3Plugin":
         # its plugin writes the processor's full image sequence, which Gemma 3's family makes of the begin token
         return {**PLACEHOLDERS, "image": GEMMA3_BOI}
     return PLACEHOLDERS
