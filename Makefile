@@ -31,7 +31,7 @@ $(1)/bin/python requirements/check_installed.py $(2)
 endef
 
 .PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
-	test-media lock test-latest install-lf lf-goldens lf-diff
+	test-media lock test-latest install-lf lf-goldens lf-diff lf-toolcall
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -190,6 +190,14 @@ lf-diff: install-lf install-test
 	$(LF_BIN)/python oracles/llamafactory/run_api_server.py $(SMOLLM_DIR) tests/fixtures/llamafactory/api_replies.json
 	CHATPLEX_LF_DIFF_ALL=1 $(BIN)/python -m pytest -q -ra -p no:cacheprovider tests/test_llamafactory_differential.py \
 		tests/server/test_llamafactory_api_differential.py
+
+# LLaMA-Factory's scripts/api_example/test_toolcall.py needs a model that calls tools: LLaMA-Factory's trainer makes a
+# LoRA of SmolLM2 for it (about ten minutes on CPU), then the script runs unchanged against `llamafactory-cli api` and its
+# output is recorded; tests/server/test_llamafactory_toolcall_example.py runs it against `chatplex api` and compares.
+lf-toolcall: install-lf install-test
+	DISABLE_VERSION_CHECK=1 $(LF_BIN)/python oracles/llamafactory/train_toolcall_lora.py $(SMOLLM_DIR)
+	cd oracles/llamafactory && API_VERBOSE=0 $(abspath $(LF_BIN))/python run_toolcall_example.py $(SMOLLM_DIR) \
+		$(abspath $(BIN))/python $(CURDIR)/tests/fixtures/llamafactory/toolcall_example.json
 
 # The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
 # x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read
