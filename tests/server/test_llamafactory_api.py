@@ -115,3 +115,18 @@ def test_webchat_serves_the_page_where_gradio_would(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize(("argv", "mode"), [(["api"], "llamafactory"), (["serve"], "openai"),
+                                            (["api", "--api-mode", "openai"], "openai"),
+                                            (["serve", "--api-mode", "llamafactory"], "llamafactory")])
+def test_api_command_speaks_llamafactorys_api(argv, mode, monkeypatch):
+    """`chatplex api` is llamafactory-cli's command line, so its API (any model name, its `function` role) unless
+    told otherwise; `chatplex serve` stays OpenAI's."""
+    from chatplex.cli.main import build_parser
+    from chatplex.cli.serve import settings_from
+
+    monkeypatch.delenv("CHATPLEX_API_MODE", raising=False)
+    settings = settings_from(build_parser().parse_args(argv))
+    assert settings.api_mode == mode
+    assert settings.accept_any_model == (mode == "llamafactory")

@@ -53,10 +53,11 @@ def add_server_options(p: argparse.ArgumentParser, *, host_env: tuple[str, ...],
                    default=_env("CHATPLEX_ACCEPT_ANY_MODEL", default="").lower() in ("1", "true", "yes"),
                    help="answer requests whatever model name they give, as LLaMA-Factory's server does "
                    "[env CHATPLEX_ACCEPT_ANY_MODEL] (default: unknown names get 404)")
-    g.add_argument("--api-mode", choices=API_MODES, default=_env("CHATPLEX_API_MODE", default="openai"),
+    g.add_argument("--api-mode", choices=API_MODES, default=_env("CHATPLEX_API_MODE"),
                    help="'llamafactory': its API's meanings where they differ from OpenAI's (presence_penalty is the "
                    "repetition penalty, a 'function' message is the assistant's tool call) and any model name "
-                   "[env CHATPLEX_API_MODE] (default: openai)")
+                   "[env CHATPLEX_API_MODE] (default: llamafactory under `chatplex api`, llamafactory-cli's name, "
+                   "else openai)")
     g.add_argument("--root-path", default=_env("CHATPLEX_ROOT_PATH", "FASTAPI_ROOT_PATH", default=""),
                    help="URL prefix when behind a proxy [env CHATPLEX_ROOT_PATH, FASTAPI_ROOT_PATH]")
     g.add_argument("--api-key", default=_env("CHATPLEX_API_KEY", "API_KEY"),
@@ -76,12 +77,20 @@ def add_server_options(p: argparse.ArgumentParser, *, host_env: tuple[str, ...],
                    help="seconds in-flight requests get to finish after SIGTERM [env CHATPLEX_DRAIN_TIMEOUT] (default: 30)")
 
 
+def api_mode(ns: argparse.Namespace) -> str:
+    """As asked; else LLaMA-Factory's API where the command is its name for serving (`chatplex api`), so its users'
+    scripts (model "test", the `function` role) work against the command line they already type."""
+    if ns.api_mode:
+        return ns.api_mode
+    return "llamafactory" if getattr(ns, "command", None) == "api" else "openai"
+
+
 def settings_from(ns: argparse.Namespace) -> ServerSettings:
     try:
         return ServerSettings(
             host=ns.host, port=ns.port, served_model_name=ns.served_model_name[0] if ns.served_model_name else None,
             model_aliases=tuple(ns.served_model_name[1:]) if ns.served_model_name else (),
-            accept_any_model=ns.accept_any_model, api_mode=ns.api_mode, log_requests=ns.log_requests,
+            accept_any_model=ns.accept_any_model, api_mode=api_mode(ns), log_requests=ns.log_requests,
             root_path=ns.root_path or "",
             api_key=ns.api_key, allowed_origins=tuple(ns.allowed_origins.split(",")) if ns.allowed_origins else (),
             max_body_bytes=ns.max_body_size, drain_timeout=ns.drain_timeout,
