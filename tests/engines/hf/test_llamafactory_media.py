@@ -256,3 +256,19 @@ def test_llamafactory_qwen2_5vl_example_chats_with_an_image(qwen2vl_dir):
     with ChatModel({**raw, "model_name_or_path": qwen2vl_dir, "infer_dtype": "float32"}) as model:
         [reply] = model.chat(_messages("one_image"), max_new_tokens=3, do_sample=False)
     assert reply.prompt_length == len(QWEN2VL["cases"]["one_image"]) and reply.response_length >= 1
+
+
+def test_llamafactory_qwen3vl_example_chats_with_an_image(qwen3vl_dir):
+    """Its examples/inference/qwen3vl.yaml (`template: qwen3_vl_nothink`) as written, the model path pointed at the
+    tiny Qwen3-VL: the image prompt is the one LLaMA-Factory's Qwen3VLPlugin gives (its qwen3_vl golden; the two
+    names render a generation prompt alike, thinking being on by default), and the model answers."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory" / "examples" /
+                          "qwen3vl.yaml").read_text())
+    with ChatModel({**raw, "model_name_or_path": qwen3vl_dir, "infer_dtype": "float32"}) as model:
+        request = model.build_request(_messages("one_image"), max_new_tokens=3)
+        prompt_ids, _ = model.engine.multimodal.prepare(model.engine.prompts, request)
+        [reply] = model.chat(_messages("one_image"), max_new_tokens=3, do_sample=False)
+    assert prompt_ids == QWEN3VL["cases"]["one_image"]
+    assert reply.prompt_length == len(prompt_ids) and reply.response_length >= 1
