@@ -74,6 +74,23 @@ def test_media_keys_size_images_as_llamafactory():
     assert (small.width, small.height) == (45, 22)  # int(20 * 2.26), int(10 * 2.26)
 
 
+def test_its_template_names_bring_its_media_defaults():
+    """Under one of its template names, what its plugins do when the keys are not given (images within 768x768
+    pixels, frames within 256x256, 2 frames a second up to 128, its frame picking); given keys still win; other
+    templates keep chatplex's own (sent at their own size)."""
+    from PIL import Image
+
+    lf = args_from_dict({"template": "qwen2_vl", "video_maxlen": 8}).model.media_policy()
+    assert (lf.image_max_pixels, lf.image_min_pixels, lf.video_max_pixels, lf.video_min_pixels) == (
+        768 * 768, 32 * 32, 256 * 256, 16 * 16)
+    assert (lf.video_fps, lf.max_video_frames, lf.video_pipeline) == (2.0, 8, "llamafactory")
+    big = load_image(Image.new("RGB", (2000, 1000)), policy=lf)
+    assert (big.width, big.height) == (1086, 543)  # int(2000 * sqrt(589824 / 2e6)), as LLaMA-Factory resizes
+    own = args_from_dict({}).model.media_policy()
+    assert (own.image_max_pixels, own.video_pipeline) == (None, "transformers")
+    assert load_image(Image.new("RGB", (2000, 1000)), policy=own).size == (2000, 1000)
+
+
 def test_kt_keys_go_to_the_ktransformers_backend():
     raw = yaml.safe_load((FIXTURES / "examples" / "deepseek3_kt.yaml").read_text())
     args = args_from_dict(raw)

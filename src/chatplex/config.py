@@ -16,11 +16,14 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from chatplex.errors import ConfigError
+
+if TYPE_CHECKING:
+    from chatplex.media import MediaPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +126,7 @@ class ModelArguments:
                     param="model_name_or_path",
                 )
         if self.media is not None:
-            from chatplex.media import MediaPolicy
-
-            MediaPolicy.from_config(self.media)  # checked now, so a bad key fails at start-up
+            self.media_policy()  # checked now, so a bad key fails at start-up
         if self.dummy_weights is not None:
             from chatplex.models.dummy import check_shape
 
@@ -160,6 +161,19 @@ class ModelArguments:
         """What `templates.resolve_template` takes from these arguments besides the template's name."""
         return {"generic_tool_prompt": self.generic_tool_prompt, "tool_format": self.tool_format,
                 "enable_thinking": self.enable_thinking, "preserve_thinking": self.preserve_thinking}
+
+    def media_policy(self) -> MediaPolicy:
+        """The `media:` policy; under a LLaMA-Factory template name, its plugins' sizing and frame sampling where
+        `media` does not say otherwise (llamafactory_keys.MEDIA_DEFAULTS)."""
+        from chatplex.media import MediaPolicy
+        from chatplex.templates import llamafactory
+
+        values = dict(self.media or {})
+        if self.template is not None and self.template in set(llamafactory.names()):
+            from chatplex.llamafactory_keys import MEDIA_DEFAULTS
+
+            values = {**MEDIA_DEFAULTS, **values}
+        return MediaPolicy.from_config(values)
 
     @property
     def adapter_paths(self) -> list[str]:

@@ -87,6 +87,15 @@ MEDIA_KEYS = {
     "audio_sampling_rate": "audio_sampling_rate",
 }
 
+# What LLaMA-Factory's plugins do with media when those keys are not given (its ProcessorArguments' defaults and its
+# frame sampling): the `media:` policy under one of its template names, so a model fine-tuned there sees images,
+# frames and audio sized and picked as in training. Keys the user gives still win.
+MEDIA_DEFAULTS = {
+    "image_max_pixels": 768 * 768, "image_min_pixels": 32 * 32, "video_max_pixels": 256 * 256,
+    "video_min_pixels": 16 * 16, "video_fps": 2.0, "max_video_frames": 128, "audio_sampling_rate": 16000,
+    "video_pipeline": "llamafactory",
+}
+
 # KTransformers: LLaMA-Factory's keys (0.9.5's and the older examples') -> sglang-kt's options in sglang_config.
 KT_KEYS = {"kt_weight_path": "kt_weight_path", "cpu_infer": "kt_cpuinfer", "chunk_size": "chunked_prefill_size",
            "kt_optimize_rule": "kt_optimize_rule", "kt_non_expert_weight_path": "kt_non_expert_weight_path",

@@ -109,3 +109,20 @@ def test_policy_checks_video_fields() -> None:
         MediaPolicy(max_video_frames=0)
     with pytest.raises(ConfigError, match="video_fps"):
         MediaPolicy(video_fps=0)
+
+
+def test_llamafactory_pipeline_picks_its_frames():
+    """`video_pipeline: llamafactory` picks what LLaMA-Factory's plugins pick: floor(seconds x fps) frames spread
+    from the first to the last (30 frames at 10 fps, 2 fps: 0, 5, 11, 17, 23, 29), where transformers' picking
+    gives 0, 5, 10, 15, 20, 25; an odd count is padded with the last frame by the Qwen-VL families."""
+    from tests.templates.lf_tokenizers import noise_video  # the goldens' videos
+
+    data = noise_video((64, 48, 30, 10), 0)
+    theirs = load_video(data, policy=MediaPolicy(video_pipeline="llamafactory"))
+    ours = load_video(data, policy=MediaPolicy())
+    assert theirs.indices == [0, 5, 11, 17, 23, 29] and ours.indices == [0, 5, 10, 15, 20, 25]
+    odd = load_video(noise_video((64, 48, 25, 10), 0), policy=MediaPolicy(video_pipeline="llamafactory"))
+    assert odd.indices == [0, 6, 12, 18, 24]
+    padded = odd.padded_to(2)
+    assert padded.indices == [0, 6, 12, 18, 24, 24] and len(padded.frames) == 6 and padded.fps == odd.fps
+    assert (padded.frames[-1] == padded.frames[-2]).all()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 from chatplex.errors import ConfigError
 
+VIDEO_PIPELINES = ("transformers", "llamafactory")
+
 
 @dataclass(frozen=True)
 class MediaPolicy:
@@ -38,6 +40,12 @@ class MediaPolicy:
     video_max_pixels: int | None = None
     video_min_pixels: int | None = None
     audio_sampling_rate: int | None = None  # audio is resampled to this rate (None: the model's processor's)
+    # Whose video handling requests follow: "transformers" (frames picked as its video loader picks them,
+    # `video_fps` per second of the frame count; sized as the model's processor sizes them) or "llamafactory" (as
+    # its Qwen-VL plugins do: `video_fps` per second of the stream's duration spread from the first frame to the
+    # last, an odd count padded with the last frame, sized by the video processor's own config), so a model it
+    # fine-tuned sees the frames it trained on. LLaMA-Factory's template names set the latter.
+    video_pipeline: str = "transformers"
 
     @classmethod
     def from_config(cls, values: dict | None) -> MediaPolicy:
@@ -63,5 +71,8 @@ class MediaPolicy:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}.", param=name)
+        if self.video_pipeline not in VIDEO_PIPELINES:
+            raise ConfigError(f"video_pipeline: one of {', '.join(VIDEO_PIPELINES)}, got {self.video_pipeline!r}.",
+                              param="video_pipeline")
         if self.local_root is not None:
             object.__setattr__(self, "local_root", os.path.realpath(os.path.expanduser(self.local_root)))

@@ -2,13 +2,15 @@
 
 Frames are sampled uniformly at `video_fps` (at most `max_video_frames`, spread over the whole clip), the way
 transformers' own video loader samples (`default_sample_indices_fn`), so a request and a direct processor call on
-the same file see the same frames. Only the sampled frames are converted to pixels; the rest are decoded and
+the same file see the same frames; under a LLaMA-Factory template name (policy `video_pipeline: llamafactory`), the
+way its plugins sample, so a model it fine-tuned sees the frames it trained on. Only the sampled frames are converted to pixels; the rest are decoded and
 dropped. A list of frames is taken as already sampled at `video_fps` (LLaMA-Factory's convention).
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +46,16 @@ class VideoClip:
         """The frame rate `indices` count in."""
         return self.source_fps if self.source_fps is not None else self.fps
 
+    def padded_to(self, multiple: int) -> VideoClip:
+        """The clip with its last frame repeated up to a multiple of `multiple` frames (LLaMA-Factory's Qwen-VL
+        plugins make the count even so); `fps` stays the sampling rate."""
+        extra = -len(self.frames) % multiple
+        if not extra:
+            return self
+        frames = np.concatenate([self.frames, np.repeat(self.frames[-1:], extra, axis=0)])
+        indices = self.indices + [self.indices[-1]] * extra
+        return replace(self, frames=frames, source_indices=indices, source_fps=self.index_fps)
+
     @property
     def frame_times(self) -> list[float]:
         """Each frame's time in the clip, in seconds."""
@@ -55,6 +67,14 @@ def sample_indices(total: int, native_fps: float, target_fps: float, max_frames:
     count = max(1, int(total / native_fps * target_fps)) if native_fps > 0 else total
     count = min(count, max_frames, total)
     return np.arange(count, dtype=int) * total // count
+
+
+def llamafactory_indices(total: int, seconds: float | None, target_fps: float, max_frames: int) -> np.ndarray:
+    """LLaMA-Factory's frames: `target_fps` per second of the stream's duration (at least one, at most
+    `max_frames` and the frame count), spread evenly from the first frame to the last."""
+    count = max(1, math.floor(seconds * target_fps)) if seconds else total
+    count = min(total, max_frames, count)
+    return np.linspace(0, total - 1, count).astype(np.int32)
 
 
 def _check_frame(width: int, height: int, param: str, policy: MediaPolicy) -> None:
@@ -88,12 +108,16 @@ def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
             stream = container.streams.video[0]
             _check_frame(stream.width, stream.height, param, policy)
             native_fps = float(stream.average_rate or 0)
+            seconds = float(stream.duration * stream.time_base) if stream.duration else None
             total = stream.frames
-            if not total and stream.duration and native_fps:  # containers without a frame count (webm, some mkv)
-                total = int(float(stream.duration * stream.time_base) * native_fps)
+            if not total and seconds and native_fps:  # containers without a frame count (webm, some mkv)
+                total = int(seconds * native_fps)
             if not total:
                 raise InvalidRequestError(f"{param}: the video has no frames.", param=param)
-            wanted = sample_indices(total, native_fps, policy.video_fps, policy.max_video_frames)
+            if policy.video_pipeline == "llamafactory":
+                wanted = llamafactory_indices(total, seconds, policy.video_fps, policy.max_video_frames)
+            else:
+                wanted = sample_indices(total, native_fps, policy.video_fps, policy.max_video_frames)
             keep, last = set(wanted.tolist()), int(wanted[-1])
             frames = []
             for i, frame in enumerate(container.decode(stream)):

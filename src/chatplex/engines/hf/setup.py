@@ -20,7 +20,6 @@ from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scheduler import Scheduler
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.errors import EngineError
-from chatplex.media import MediaPolicy
 from chatplex.models.dummy import dummy_model, dummy_tokenizer
 from chatplex.templates import resolve_template
 
@@ -60,7 +59,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
     multimodal = None
     if not margs.dummy_weights:
-        policy = MediaPolicy.from_config(margs.media)
+        policy = margs.media_policy()
         multimodal = load_family(model, tokenizer, loader.model_source(margs)[0], policy)
     if multimodal is not None:
         # Paged attention is for the decoder; each media tower attends over its own patches or frames.

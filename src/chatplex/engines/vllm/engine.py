@@ -38,7 +38,7 @@ from chatplex.engines.vllm.media import MediaInputs
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
 from chatplex.errors import ChatplexError, ConfigError, EngineClosedError, EngineError, UnsupportedFeatureError
-from chatplex.media import MediaPolicy, media_items
+from chatplex.media import media_items
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
@@ -95,7 +95,7 @@ class VLLMEngine(Engine):
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
         self.eos_ids, self.text_stops = self._stop_tokens(template.stop_words)
-        self.media = MediaInputs.from_llm(self._llm, MediaPolicy.from_config(margs.media), self._name)
+        self.media = MediaInputs.from_llm(self._llm, margs.media_policy(), self._name)
         logger.info("Loaded %s with vLLM (context %d)", self._name, model_config.max_model_len)
 
     async def _create(self, engine_args: Any) -> AsyncLLM:

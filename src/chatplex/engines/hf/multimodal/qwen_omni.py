@@ -38,11 +38,12 @@ class OmniThinker(VisionLanguage):
         self.max_seconds = feature_extractor.n_samples / self.audio_rate  # features are padded to this fixed window
         self.media_token_ids = [self.image_token_id, self.video_token_id, self.audio_token_id]
         # Qwen2_5OmniProcessor sizes video frames itself (qwen-omni-utils' 128..768 merged patches per frame),
-        # over whatever the video processor's own config says: do as it does.
+        # over whatever the video processor's own config says: do as it does. LLaMA-Factory's plugin calls the
+        # video processor alone, so under its templates the config's own size holds.
         from transformers import Qwen2_5OmniProcessor
 
         size = getattr(Qwen2_5OmniProcessor, "videos_kwargs", {}).get("size")
-        self.video_kwargs = {"size": size} if size else {}
+        self.video_kwargs = {"size": size} if size and self.policy.video_pipeline == "transformers" else {}
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> OmniThinker:

@@ -94,6 +94,8 @@ class VisionLanguage(MediaFamily):
         if videos and self.video_processor is None:
             raise UnsupportedFeatureError(f"{videos[0]}: {self.no_video_reason}", param=videos[0])
         media = self.collect(request)
+        if self.policy.video_pipeline == "llamafactory":  # as its Qwen2VLPlugin and those built on it do
+            media.videos = [clip.padded_to(2) for clip in media.videos]
         text = self.render(prompts, request, media.messages)
         if not media:
             return self.tokenize(prompts, request, text), None
