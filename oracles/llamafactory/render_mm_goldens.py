@@ -3,7 +3,7 @@
 Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin), qwen3_vl (Qwen3VLPlugin), llava (LlavaPlugin),
 gemma3 (Gemma3Plugin), qwen2_audio (Qwen2AudioPlugin) and qwen2_omni (Qwen2OmniPlugin), with the processors of chatplex's tiny test models of those families (on family tokenizers from
 tests/templates/lf_tokenizers.py), patched with LLaMA-Factory's default media arguments as its loader does: each
-conversation's images and audio clips go through the plugin's `process_messages` and the template's `encode_oneturn` with an empty
+conversation's images, audio clips and videos (MP4 files) go through the plugin's `process_messages` and the template's `encode_oneturn` with an empty
 reply, as its ChatModel does. Output: tests/fixtures/llamafactory/mm_goldens.json, checked by
 tests/engines/hf/test_llamafactory_media.py.
 """
@@ -77,19 +77,22 @@ def gemma3_processor(tokenizer):
 
 # template -> (its tokenizer spec, its processor, the media it takes): the processors of chatplex's tiny test models
 # of the family
-FAMILIES = {"qwen2_vl": (vl_tokenizer_spec, qwen2_vl_processor, {"image"}),
-            "qwen3_vl": (vl_tokenizer_spec, qwen3_vl_processor, {"image"}),
+FAMILIES = {"qwen2_vl": (vl_tokenizer_spec, qwen2_vl_processor, {"image", "video"}),
+            "qwen3_vl": (vl_tokenizer_spec, qwen3_vl_processor, {"image", "video"}),
             "llava": (llava_tokenizer_spec, llava_processor, {"image"}),
             "gemma3": (gemma3_tokenizer_spec, gemma3_processor, {"image"}),
             "qwen2_audio": (qwen2_audio_tokenizer_spec, qwen2_audio_processor, {"audio"}),
-            "qwen2_omni": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"image", "audio"})}
+            "qwen2_omni": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"image", "audio", "video"})}
 
 
 def main(smollm_dir: str, out: Path, source: str | None = None) -> None:
     from importlib.metadata import version
 
+    import tempfile
+
     families = {}
     conversations = media_conversations()
+    work = tempfile.mkdtemp()
     for name, (spec_of, processor_of, kinds) in FAMILIES.items():
         spec = spec_of()
         tokenizer = build_tokenizer(spec, smollm_dir)
@@ -99,8 +102,12 @@ def main(smollm_dir: str, out: Path, source: str | None = None) -> None:
         cases = {}
         for key in conversations_with(kinds):
             turns, system, media = conversations[key]
-            images, audios = media_items(media)
-            turns = template.mm_plugin.process_messages([dict(t) for t in turns], images, [], audios, processor)
+            images, audios, videos = media_items(media)
+            paths = []
+            for i, data in enumerate(videos):  # as its users give videos: files, which its plugins open with PyAV
+                paths.append(str(Path(work) / f"{key}_{i}.mp4"))
+                Path(paths[-1]).write_bytes(data)
+            turns = template.mm_plugin.process_messages([dict(t) for t in turns], images, paths, audios, processor)
             prompt_ids, _ = template.encode_oneturn(tokenizer, turns + [{"role": "assistant", "content": ""}], system)
             cases[key] = prompt_ids
         families[name] = {"tokenizer": spec, "vocab_size": len(tokenizer), "cases": cases}

@@ -166,11 +166,34 @@ def noise_clip(seconds: float, seed: int) -> Any:
     return (np.random.default_rng(seed).standard_normal(int(seconds * AUDIO_RATE)) * 0.1).astype(np.float32)
 
 
-AUDIO_RATE = 16000
-_I, _A = {"type": "image"}, {"type": "audio"}
+def noise_video(spec: tuple[int, int, int, int], seed: int) -> bytes:
+    """An MP4 (MPEG-4 part 2) of noise frames, `spec` = (width, height, frames, fps): the same frame count and
+    duration in every environment (the pixels go through a lossy codec; the goldens hold token ids only)."""
+    import io
 
-# name -> (messages with {"type": "image"} / {"type": "audio"} parts in order, the media in that order: ("image",
-# (width, height)) or ("audio", seconds); media i is made with seed i): the conversations of the media goldens
+    import av
+    import numpy as np
+
+    width, height, frames, fps = spec
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+AUDIO_RATE = 16000
+_I, _A, _V = {"type": "image"}, {"type": "audio"}, {"type": "video"}
+
+# name -> (messages with {"type": "image"} / {"type": "audio"} / {"type": "video"} parts in order, the media in that
+# order: ("image", (width, height)), ("audio", seconds) or ("video", (width, height, frames, fps)); media i is made
+# with seed i): the conversations of the media goldens. The videos' frame counts are not multiples of their rates,
+# so LLaMA-Factory's frame sampling (spread from first to last frame; an odd count padded) shows in the timestamps.
 MEDIA_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[tuple[str, Any]]]] = {
     "one_image": ([{"role": "user", "content": [_I, {"type": "text", "text": "Describe."}]}], [("image", (64, 48))]),
     "system_two_images": ([{"role": "system", "content": "Be brief."},
@@ -191,14 +214,20 @@ MEDIA_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[tuple[str, Any]]
                          {"role": "user", "content": "Louder?"}], [("audio", 1.0)]),
     "image_and_audio": ([{"role": "user", "content": [_I, {"type": "text", "text": "Match the picture "}, _A]}],
                         [("image", (70, 56)), ("audio", 0.9)]),
+    "one_video": ([{"role": "user", "content": [_V, {"type": "text", "text": "What happens?"}]}],
+                  [("video", (64, 48, 30, 10))]),
+    "system_video_odd_frames": ([{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": [{"type": "text", "text": "Summarise "}, _V]}],
+                                [("video", (56, 42, 25, 10))]),
 }
 
 
-def media_items(media: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
-    """The images and the audio clips of a media conversation, made from their sizes and seeds."""
+def media_items(media: list[tuple[str, Any]]) -> tuple[list[Any], list[Any], list[bytes]]:
+    """The images, audio clips and videos (MP4 bytes) of a media conversation, made from their specs and seeds."""
     images = [noise_image(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "image"]
     audios = [noise_clip(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "audio"]
-    return images, audios
+    videos = [noise_video(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "video"]
+    return images, audios, videos
 
 
 def conversations_with(kinds: set[str]) -> list[str]:
@@ -207,15 +236,15 @@ def conversations_with(kinds: set[str]) -> list[str]:
 
 
 def media_conversations() -> dict[str, tuple[list[dict[str, str]], str | None, list[tuple[str, Any]]]]:
-    """The media conversations in LLaMA-Factory's form: (turns with `<image>` / `<audio>` placeholders, system,
-    media)."""
+    """The media conversations in LLaMA-Factory's form: (turns with `<image>` / `<audio>` / `<video>` placeholders,
+    system, media)."""
     out = {}
     for key, (messages, media) in MEDIA_CONVERSATIONS.items():
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         turns = []
         for m in messages[1:] if system is not None else messages:
             content = m["content"] if isinstance(m["content"], str) else "".join(
-                f"<{p['type']}>" if p["type"] in ("image", "audio") else p["text"] for p in m["content"])
+                f"<{p['type']}>" if p["type"] in ("image", "audio", "video") else p["text"] for p in m["content"])
             turns.append({"role": m["role"], "content": content})
         out[key] = (turns, system, media)
     return out

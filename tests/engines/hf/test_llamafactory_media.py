@@ -2,15 +2,16 @@
 Qwen2-VL, `qwen3_vl` on a tiny Qwen3-VL, `llava` on a tiny LLaVA, `gemma3` on a tiny Gemma 3, `qwen2_audio` on a tiny
 Qwen2-Audio and `qwen2_omni` on a tiny Qwen2.5-Omni thinker give the prompt ids LLaMA-Factory's plugin (Qwen2VLPlugin,
 Qwen3VLPlugin, LlavaPlugin, Gemma3Plugin, Qwen2AudioPlugin, Qwen2OmniPlugin) + encode_oneturn gave for the same
-images and audio clips (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
+images, audio clips and videos (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
 oracles/llamafactory/render_mm_goldens.py with the same processors and tokenizers), and the requests generate.
 LLaVA's tokenizer is SentencePiece-style: its ids are only equal because chatplex encodes the pieces one by one as
-LLaMA-Factory does, after the family expanded the placeholders. Qwen2.5-Omni's processor needs torchvision: its
-cases run in .venv-media (`make test`).
+LLaMA-Factory does, after the family expanded the placeholders. Video processors (and so Qwen2.5-Omni's processor)
+need torchvision: those cases run in .venv-media (`make test`).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -55,7 +56,19 @@ def qwen2vl_dir(tmp_path_factory, smollm_dir) -> str:
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
     tok.save_pretrained(path)
     Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112).save_pretrained(path)
+    _save_video_processor("Qwen2VLVideoProcessor", path)
     return str(path)
+
+
+def _save_video_processor(name: str, path) -> None:
+    """The goldens' video processor (transformers' defaults), where torchvision is there to build one; without it
+    the model takes images only and the video cases are skipped."""
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        import transformers
+
+        getattr(transformers, name)().save_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +144,7 @@ def qwen3vl_dir(tmp_path_factory, smollm_dir) -> str:
     tok.save_pretrained(path)
     Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
                              max_pixels=128 * 128).save_pretrained(path)
+    _save_video_processor("Qwen3VLVideoProcessor", path)
     return str(path)
 
 
@@ -191,10 +205,9 @@ def qwen2omni_dir(tmp_path_factory, smollm_dir) -> str:
     return str(path)
 
 
-# the omni processor's video processor needs torchvision: .venv-media runs those (marked video)
-_OMNI = [needs_torchvision, pytest.mark.video]
-FAMILY_PARAMS = [pytest.param(name, marks=_OMNI if name == "qwen2_omni" else ()) for name in GOLDENS["families"]]
-CASE_PARAMS = [pytest.param(name, key, marks=_OMNI if name == "qwen2_omni" else ())
+# video processors (and so the omni processor) need torchvision: .venv-media runs those (marked video)
+_VIDEO = [needs_torchvision, pytest.mark.video]
+CASE_PARAMS = [pytest.param(name, key, marks=_VIDEO if name == "qwen2_omni" or "video" in key else ())
                for name, family in GOLDENS["families"].items() for key in family["cases"]]
 
 
@@ -206,13 +219,18 @@ def _wav(clip) -> bytes:
     return buf.getvalue()
 
 
+def _mp4_data_url(data: bytes) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
 def _messages(key: str) -> list[dict]:
     """The golden conversation as OpenAI messages: its images as PNG data URLs, its audio clips as input_audio
-    WAVs, made from the same sizes and seeds."""
+    WAVs, its videos as MP4 data URLs, made from the same specs and seeds."""
     messages, media = MEDIA_CONVERSATIONS[key]
-    images, audios = (iter(items) for items in media_items(media))
+    images, audios, videos = (iter(items) for items in media_items(media))
     parts = {"image": lambda: {"type": "image_url", "image_url": {"url": image_data_url(next(images))}},
-             "audio": lambda: input_audio_part(_wav(next(audios)))}
+             "audio": lambda: input_audio_part(_wav(next(audios))),
+             "video": lambda: {"type": "video_url", "video_url": {"url": _mp4_data_url(next(videos))}}}
     out = []
     for m in messages:
         content = m["content"]
