@@ -34,6 +34,43 @@ CORRUPT_PNG = "data:image/png;base64,AAAA"
 
 # --- tiny models ---------------------------------------------------------------------------------------------------
 
+def qwen3vl_config(vocab_size: int, ids: list[int], eos: int, bos: int | None = None, layers: int = 2) -> Any:
+    """A tiny Qwen3-VL's config: `ids` are the vision start, vision end, image pad and video pad tokens."""
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=128, vocab_size=vocab_size, max_position_embeddings=2048,
+                         eos_token_id=eos, bos_token_id=bos,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0, 1]),
+        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
+    )
+
+
+def omni_thinker_config(vocab_size: int, ids: dict[str, int], eos: int, bos: int | None = None) -> Any:
+    """A tiny Qwen2.5-Omni thinker's config: `ids` by the names Qwen2.5-Omni's tokenizer gives its media tokens."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    return Qwen2_5OmniThinkerConfig(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=vocab_size, max_position_embeddings=4096,
+                         eos_token_id=eos, bos_token_id=bos,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32, output_dim=64, n_window=50),
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
+    )
+
+
 def chatml_template(**placeholders: str) -> str:
     """ChatML that writes `placeholders[kind]` for each content part of that type (image, video, audio) and the
     text of text parts (real checkpoints ship their own template)."""

@@ -21,7 +21,7 @@ import torch
 
 from chatplex import ChatModel
 from tests.engines.hf.multimodal_testing import (
-    image_data_url, input_audio_part, needs_torchvision, sharpen_attention,
+    image_data_url, input_audio_part, needs_torchvision, omni_thinker_config, qwen3vl_config, sharpen_attention,
 )
 from tests.templates.lf_tokenizers import (
     AUDIO_RATE, GEMMA3_IMAGE_TOKENS, MEDIA_CONVERSATIONS, build_tokenizer, media_items,
@@ -122,22 +122,12 @@ def gemma3_dir(tmp_path_factory, smollm_dir) -> str:
 @pytest.fixture(scope="module")
 def qwen3vl_dir(tmp_path_factory, smollm_dir) -> str:
     """A tiny random Qwen3-VL with the goldens' tokenizer and image processor (32-pixel merged patches)."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tok = build_tokenizer(QWEN3VL["tokenizer"], smollm_dir)
     ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
-    config = Qwen3VLConfig(
-        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=16, intermediate_size=128, vocab_size=len(tok), max_position_embeddings=2048,
-                         eos_token_id=tok.eos_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                          "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0, 1]),
-        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
-    )
+    config = qwen3vl_config(len(tok), ids, tok.eos_token_id)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("qwen3vl-lf")
     Qwen3VLForConditionalGeneration(config).save_pretrained(path)
@@ -174,26 +164,13 @@ def qwen2audio_dir(tmp_path_factory, smollm_dir) -> str:
 def qwen2omni_dir(tmp_path_factory, smollm_dir) -> str:
     """A tiny random Qwen2.5-Omni thinker with the goldens' tokenizer (its media tokens named) and processor."""
     from transformers import (
-        Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
+        Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration,
         Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor,
     )
 
     tok = build_tokenizer(QWEN2OMNI["tokenizer"], smollm_dir)
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in QWEN2OMNI["tokenizer"]["named"].items()}
-    config = Qwen2_5OmniThinkerConfig(
-        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=len(tok), max_position_embeddings=4096,
-                         eos_token_id=tok.eos_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          d_model=32, output_dim=64, n_window=50),
-        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
-        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
-        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
-    )
+    config = omni_thinker_config(len(tok), ids, tok.eos_token_id)
     torch.manual_seed(0)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
     sharpen_attention(model.model.language_model)

@@ -12,7 +12,8 @@ from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
     HAS_TORCHVISION, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
     assert_still_serving, build_in, chatml_template, counting_calls, engine_tokens, expand_image_pads,
-    generate_tokens, image_data_url, image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
+    generate_tokens, image_data_url, image_messages, noise_image, qwen3vl_config, save_all, tiny_chat_model,
+    tiny_tokenizer, user,
 )
 
 SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -22,22 +23,12 @@ CHUNK = 16
 
 
 def _build(path) -> None:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tok = tiny_tokenizer(TEMPLATE, SPECIALS)
     ids = tok.convert_tokens_to_ids(SPECIALS)
-    config = Qwen3VLConfig(
-        text_config=dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=16, intermediate_size=128, vocab_size=len(tok), max_position_embeddings=2048,
-                         eos_token_id=2, bos_token_id=1,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                          "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0, 1]),
-        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
-    )
+    config = qwen3vl_config(len(tok), ids, eos=2, bos=1, layers=3)
     torch.manual_seed(0)
     model = Qwen3VLForConditionalGeneration(config).eval()
     save_all(path, model, tok, Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,

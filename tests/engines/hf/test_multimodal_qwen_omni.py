@@ -11,8 +11,8 @@ import torch
 
 from tests.engines.hf.multimodal_testing import (
     assert_refused, assert_still_serving, build_in, chatml_template, color_clip, concurrent_tokens, data_url,
-    engine_tokens, generate_tokens, needs_torchvision, noise_image, save_all, sharpen_attention, tiny_chat_model,
-    tiny_tokenizer, user,
+    engine_tokens, generate_tokens, needs_torchvision, noise_image, omni_thinker_config, save_all, sharpen_attention,
+    tiny_chat_model, tiny_tokenizer, user,
 )
 from tests.engines.hf.test_multimodal_qwen2audio import _clip, _wav
 
@@ -39,25 +39,11 @@ def _processor(tok):
 
 
 def _build(path) -> None:
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     tok = tiny_tokenizer(TEMPLATE, extra_special_tokens=NAMES)
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in NAMES.items()}
-    config = Qwen2_5OmniThinkerConfig(
-        text_config=dict(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-            vocab_size=len(tok), max_position_embeddings=4096, eos_token_id=2, bos_token_id=1,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          d_model=32, output_dim=64, n_window=50),
-        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
-        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
-        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
-    )
+    config = omni_thinker_config(len(tok), ids, eos=2, bos=1)
     torch.manual_seed(0)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
     sharpen_attention(model.model.language_model)
