@@ -196,8 +196,8 @@ lf-diff: install-lf install-test
 # output is recorded; tests/server/test_llamafactory_toolcall_example.py runs it against `chatplex api` and compares.
 lf-toolcall: install-lf install-test
 	DISABLE_VERSION_CHECK=1 $(LF_BIN)/python oracles/llamafactory/train_toolcall_lora.py $(SMOLLM_DIR)
-	cd oracles/llamafactory && API_VERBOSE=0 $(abspath $(LF_BIN))/python run_toolcall_example.py $(SMOLLM_DIR) \
-		$(abspath $(BIN))/python $(CURDIR)/tests/fixtures/llamafactory/toolcall_example.json
+	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/run_toolcall_example.py $(SMOLLM_DIR) $(abspath $(BIN))/python \
+		tests/fixtures/llamafactory/toolcall_example.json
 
 # The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
 # x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read
