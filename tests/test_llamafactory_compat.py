@@ -89,6 +89,7 @@ def test_its_template_names_bring_its_media_defaults():
     own = args_from_dict({}).model.media_policy()
     assert (own.image_max_pixels, own.video_pipeline) == (None, "transformers")
     assert load_image(Image.new("RGB", (2000, 1000)), policy=own).size == (2000, 1000)
+    assert args_from_dict({"use_audio_in_video": True}).model.media_policy().use_audio_in_video  # its key, honoured
 
 
 def test_kt_keys_go_to_the_ktransformers_backend():

@@ -69,7 +69,6 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "adapter_folder": (None, "name the adapters in adapter_name_or_path (comma-separated) or lora_modules"),
     "image_do_pan_and_scan": (False, "Gemma 3's pan-and-scan crops are not implemented; leave it off"),
     "crop_to_patches": (False, "InternVL's crop-to-patches is not implemented; leave it off"),
-    "use_audio_in_video": (False, "the audio track of a video is not read; send the audio as its own part"),
     "kt_expert_checkpoint_path": (None, "LoRA experts for KTransformers are a training feature of LLaMA-Factory"),
     "kt_use_lora_experts": (False, "LoRA experts for KTransformers are a training feature of LLaMA-Factory"),
     "kt_lora_expert_num": (None, "LoRA experts for KTransformers are a training feature of LLaMA-Factory"),
@@ -85,6 +84,7 @@ MEDIA_KEYS = {
     "video_fps": "video_fps",
     "video_maxlen": "max_video_frames",
     "audio_sampling_rate": "audio_sampling_rate",
+    "use_audio_in_video": "use_audio_in_video",
 }
 
 # What LLaMA-Factory's plugins do with media when those keys are not given (its ProcessorArguments' defaults and its

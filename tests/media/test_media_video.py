@@ -126,3 +126,23 @@ def test_llamafactory_pipeline_picks_its_frames():
     padded = odd.padded_to(2)
     assert padded.indices == [0, 6, 12, 18, 24, 24] and len(padded.frames) == 6 and padded.fps == odd.fps
     assert (padded.frames[-1] == padded.frames[-2]).all()
+
+
+def test_use_audio_in_video_reads_the_soundtrack():
+    """Each video file's sound comes with its frames, sample for sample (16-bit PCM in a QuickTime file), at the
+    rate asked; a video without sound, or frames alone, is refused naming the part and the fix."""
+    from tests.templates.lf_tokenizers import noise_video, soundtrack
+
+    policy = MediaPolicy(use_audio_in_video=True)
+    clip = load_video(noise_video((64, 48, 30, 10), 0, sound=True), "messages[0].content[0]", policy, audio_rate=16000)
+    assert clip.soundtrack.sampling_rate == 16000
+    np.testing.assert_array_equal(clip.soundtrack.array, soundtrack((64, 48, 30, 10), 0))
+    halved = load_video(noise_video((64, 48, 30, 10), 0, sound=True), policy=policy, audio_rate=8000)
+    assert abs(halved.soundtrack.array.size - 24000) <= 32  # FFmpeg's resampler, flushed
+    assert load_video(noise_video((64, 48, 30, 10), 0, sound=True)).soundtrack is None  # off: not read
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\].content\[0\]: the video has no audio track.*"
+                                                  "turn use_audio_in_video off") as e:
+        load_video(noise_video((64, 48, 30, 10), 0), "messages[0].content[0]", policy)
+    assert e.value.param == "messages[0].content[0]"
+    with pytest.raises(InvalidRequestError, match="frames has no soundtrack"):
+        load_video([np.zeros((8, 8, 3), np.uint8)] * 2, "videos[0]", policy)

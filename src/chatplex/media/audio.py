@@ -55,6 +55,18 @@ def _decode(data: bytes, param: str) -> tuple[np.ndarray, int]:
     return arr.mean(axis=1), int(rate)
 
 
+def check_clip(arr: np.ndarray, rate: int, param: str, policy: MediaPolicy) -> None:
+    """Refuse an empty clip, one with non-finite samples, or one longer than the policy allows."""
+    if arr.size == 0:
+        raise InvalidRequestError(f"{param}: the audio is empty.", param=param)
+    if not np.isfinite(arr).all():
+        raise InvalidRequestError(f"{param}: the audio has NaN or infinite samples.", param=param)
+    if arr.size / rate > policy.max_audio_seconds:
+        raise InvalidRequestError(
+            f"{param}: the audio lasts {arr.size / rate:.1f} s, more than {policy.max_audio_seconds:g} s.", param=param
+        )
+
+
 def load_audio(
     source: Any,
     param: str = "audio",
@@ -74,14 +86,7 @@ def load_audio(
         raise InvalidRequestError(f"{param}: give a bare array with its rate: (array, sampling_rate).", param=param)
     else:
         arr, rate = _decode(load_source(source, param, policy, trusted).data, param)
-    if arr.size == 0:
-        raise InvalidRequestError(f"{param}: the audio is empty.", param=param)
-    if not np.isfinite(arr).all():
-        raise InvalidRequestError(f"{param}: the audio has NaN or infinite samples.", param=param)
-    if arr.size / rate > policy.max_audio_seconds:
-        raise InvalidRequestError(
-            f"{param}: the audio lasts {arr.size / rate:.1f} s, more than {policy.max_audio_seconds:g} s.", param=param
-        )
+    check_clip(arr, rate, param, policy)
     if target_rate is not None:
         arr, rate = resample(arr, rate, target_rate), target_rate
     return AudioClip(np.ascontiguousarray(arr, dtype=np.float32), rate)

@@ -95,7 +95,8 @@ class _Loader:
         elif kind == "video":
             if len(self.videos) >= self.policy.max_videos:
                 raise InvalidRequestError(f"{param}: more than {self.policy.max_videos} videos in one request.", param=param)
-            self.videos.append(load_video(source, param, self.policy, trusted=trusted))
+            self.videos.append(load_video(source, param, self.policy, trusted=trusted,
+                                          audio_rate=self.policy.audio_sampling_rate or self.audio_rate))
         else:
             if len(self.audios) >= self.policy.max_audios:
                 raise InvalidRequestError(f"{param}: more than {self.policy.max_audios} audios in one request.", param=param)

@@ -46,6 +46,9 @@ class MediaPolicy:
     # last, an odd count padded with the last frame, sized by the video processor's own config), so a model it
     # fine-tuned sees the frames it trained on. LLaMA-Factory's template names set the latter.
     video_pipeline: str = "transformers"
+    # Read each video's soundtrack too (LLaMA-Factory's and Qwen2.5-Omni's use_audio_in_video): the family places
+    # it with the video's frames, interleaved in 2-second chunks. A video without sound is then refused.
+    use_audio_in_video: bool = False
 
     @classmethod
     def from_config(cls, values: dict | None) -> MediaPolicy:
@@ -71,6 +74,9 @@ class MediaPolicy:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}.", param=name)
+        if not isinstance(self.use_audio_in_video, bool):
+            raise ConfigError(f"use_audio_in_video: true or false, got {self.use_audio_in_video!r}.",
+                              param="use_audio_in_video")
         if self.video_pipeline not in VIDEO_PIPELINES:
             raise ConfigError(f"video_pipeline: one of {', '.join(VIDEO_PIPELINES)}, got {self.video_pipeline!r}.",
                               param="video_pipeline")

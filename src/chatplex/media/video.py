@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from chatplex.errors import InvalidRequestError
+from chatplex.media.audio import AudioClip, check_clip
 from chatplex.media.image import fit_pixels, load_image
 from chatplex.media.policy import MediaPolicy
 from chatplex.media.sources import load_source
@@ -31,6 +32,7 @@ class VideoClip:
     # (Qwen3-VL) read these as transformers' VideoMetadata.
     source_indices: list[int] | None = None
     source_fps: float | None = None
+    soundtrack: AudioClip | None = None  # its audio track, read when the policy's use_audio_in_video is on
 
     @property
     def seconds(self) -> float:
@@ -91,6 +93,32 @@ def _fitted(frames: list[np.ndarray], policy: MediaPolicy) -> list[np.ndarray]:
     from PIL import Image
 
     return [np.asarray(fit_pixels(Image.fromarray(f), policy.video_max_pixels, policy.video_min_pixels)) for f in frames]
+
+
+def decode_soundtrack(data: bytes, param: str, policy: MediaPolicy, rate: int | None) -> AudioClip:
+    """The video's first audio track, mono float32 at `rate` (None: its own), converted by FFmpeg's resampler."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                raise InvalidRequestError(
+                    f"{param}: the video has no audio track, and use_audio_in_video reads each video's soundtrack; "
+                    "send a video with sound, or turn use_audio_in_video off.", param=param)
+            stream = container.streams.audio[0]
+            rate = rate or stream.rate
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                      for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]  # what it still holds
+    except InvalidRequestError:
+        raise
+    except Exception as e:  # PyAV's FFmpegError tree, plus ValueError/OSError on odd input
+        raise InvalidRequestError(f"{param}: its audio track is not readable ({type(e).__name__}: {e}).",
+                                  param=param) from None
+    array = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    check_clip(array, rate, param, policy)
+    return AudioClip(np.ascontiguousarray(array), rate)
 
 
 def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
@@ -162,10 +190,16 @@ def _frames(source: list | tuple, param: str, policy: MediaPolicy, trusted: bool
     return VideoClip(np.stack(frames), policy.video_fps)
 
 
-def load_video(source: Any, param: str = "video", policy: MediaPolicy | None = None, *, trusted: bool = True) -> VideoClip:
+def load_video(source: Any, param: str = "video", policy: MediaPolicy | None = None, *, trusted: bool = True,
+               audio_rate: int | None = None) -> VideoClip:
     """A `VideoClip` from a list of frames (PIL images, arrays, paths), bytes, a data URL, an http(s) URL or a
-    path; a dict `{"frames": [...], "fps": 4}` gives frames with their own rate."""
+    path; a dict `{"frames": [...], "fps": 4}` gives frames with their own rate. Under `use_audio_in_video`, a
+    video file's soundtrack comes with it (resampled to `audio_rate`); frames alone have none, and are refused."""
     policy = policy or MediaPolicy()
+    if policy.use_audio_in_video and not isinstance(source, VideoClip) and (
+            isinstance(source, (list, tuple)) or (isinstance(source, dict) and "frames" in source)):
+        raise InvalidRequestError(f"{param}: a video given as frames has no soundtrack, which use_audio_in_video "
+                                  "reads; send the video file.", param=param)
     if isinstance(source, VideoClip):
         return source
     if isinstance(source, dict) and "frames" in source:
@@ -176,4 +210,8 @@ def load_video(source: Any, param: str = "video", policy: MediaPolicy | None = N
         return VideoClip(clip.frames, float(fps))
     if isinstance(source, (list, tuple)):
         return _frames(source, param, policy, trusted)
-    return decode_video(load_source(source, param, policy, trusted).data, param, policy)
+    data = load_source(source, param, policy, trusted).data
+    clip = decode_video(data, param, policy)
+    if policy.use_audio_in_video:
+        clip = replace(clip, soundtrack=decode_soundtrack(data, param, policy, audio_rate))
+    return clip

@@ -137,6 +137,49 @@ async def test_mixed_batch_equals_each_alone(chat_model, reference, clip_path) -
     assert chat_model.stats().max_batch_size >= 2
 
 
+def test_use_audio_in_video_equals_generate_and_hears_the_soundtrack(omni_dir, tmp_path) -> None:
+    """`use_audio_in_video: true`: the video's own sound, read from the file, interleaved with its frames as
+    Qwen2_5OmniProcessor's load_audio_from_video lays them out, with the thinker's use_audio_in_video positions:
+    the same tokens as transformers, and the same first-token log-probability, which another soundtrack under the
+    same frames moves (the video's 420 tokens outweigh the sound's 75 in the greedy tokens of a random model)."""
+    from transformers import AutoTokenizer, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.video_utils import load_video
+
+    from tests.templates.lf_tokenizers import noise_video, soundtrack
+
+    spec, question = (64, 48, 30, 10), "What do you hear?"
+    path = tmp_path / "sound.mov"
+    path.write_bytes(noise_video(spec, 0, sound=True))
+    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(omni_dir, dtype=torch.float32).eval()
+    processor = _processor(AutoTokenizer.from_pretrained(omni_dir))
+    text = processor.apply_chat_template(user([{"type": "video"}, {"type": "text", "text": question}]),
+                                         tokenize=False, add_generation_prompt=True)
+
+    def reference(track: np.ndarray) -> tuple[list[int], float]:
+        """transformers' tokens and first-token log-probability, the sound handed over decoded (as vLLM does)."""
+        inputs = processor(text=[text], videos=[load_video(str(path), backend="pyav", fps=2)[0]],
+                           do_sample_frames=False, audio=[track], sampling_rate=16000, load_audio_from_video=True,
+                           audio_from_video_indices=[0], return_tensors="pt")
+        with torch.inference_mode():
+            out = thinker.generate(**inputs, use_audio_in_video=True, do_sample=False, max_new_tokens=MAX_TOKENS,
+                                   output_logits=True, return_dict_in_generate=True)
+        tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        return tokens, float(torch.log_softmax(out.logits[0][0], -1)[tokens[0]])
+
+    expected, logprob = reference(soundtrack(spec, 0))
+    _, other_logprob = reference(soundtrack(spec, 5))
+    assert abs(other_logprob - logprob) > 1e-3
+    messages = user([{"type": "video_url", "video_url": {"url": data_url("video/quicktime", path.read_bytes())}},
+                     {"type": "text", "text": question}])
+    with tiny_chat_model(omni_dir, use_audio_in_video=True) as model:
+        assert _tokens(model, messages) == expected
+        [first] = model.chat(messages, max_tokens=1, temperature=0, logprobs=True)
+        assert first.logprobs[0].logprob == pytest.approx(logprob, abs=1e-4)
+        silent = user([{"type": "video_url", "video_url": {"url": data_url("video/mp4", noise_video(spec, 0))}}])
+        assert_refused(model, silent, "no audio track", "messages[0].content[0]")
+        assert_still_serving(model, MAX_TOKENS)
+
+
 def test_too_long_audio_names_the_argument(chat_model) -> None:
     assert_refused(chat_model, user("x"), "at most 30 s", "audios[0]", audios=[(np.zeros(16000 * 31, np.float32), 16000)])
     assert_still_serving(chat_model, MAX_TOKENS)

@@ -34,7 +34,10 @@ def audio_token_counts(frames: torch.Tensor) -> list[int]:
 
 def check_durations(media: Any, max_seconds: float, kind: str) -> None:
     """Refuse clips longer than the encoder's fixed window: cutting one silently would answer about part of it."""
-    for param, clip in zip(media.params["audio"], media.audios):
+    clips = [*zip(media.params["audio"], media.audios),
+             *((param, video.soundtrack) for param, video in zip(media.params["video"], media.videos)
+               if video.soundtrack is not None)]
+    for param, clip in clips:
         if clip.array.size / clip.sampling_rate > max_seconds:
             raise InvalidRequestError(
                 f"{param}: the audio lasts {clip.array.size / clip.sampling_rate:.1f} s; "

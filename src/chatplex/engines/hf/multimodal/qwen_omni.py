@@ -1,8 +1,9 @@
 """Qwen2.5-Omni's thinker (the part that writes text; from a whole checkpoint only the thinker is loaded): images and videos as in Qwen2.5-VL, plus audio clips, all
 in one prompt. Audio goes through the Whisper feature extractor and the thinker's audio tower; `<|AUDIO|>` is
 expanded by the encoder's output length, and the M-RoPE positions come from the thinker's own `get_rope_index`,
-which gives audio tokens their own time axis. A video's soundtrack is not read (`use_audio_in_video` off): send
-it as an audio part.
+which gives audio tokens their own time axis. With `use_audio_in_video`, each video's soundtrack is read and placed
+with its frames as Qwen2_5OmniProcessor and LLaMA-Factory's Qwen2OmniPlugin place it: `<|audio_bos|>` inside the
+video's vision start, then the video's and the audio's tokens interleaved in 2-second chunks of their time axis.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class OmniThinker(VisionLanguage):
 
         size = getattr(Qwen2_5OmniProcessor, "videos_kwargs", {}).get("size")
         self.video_kwargs = {"size": size} if size and self.policy.video_pipeline == "transformers" else {}
+        # The processor itself, from the parts already loaded, for its layout of a video with its soundtrack.
+        # Without a video processor (no torchvision) it cannot be built, and videos are refused anyway.
+        self.processor: Any = None
+        if self.video_processor is not None and self.policy.use_audio_in_video:
+            self.processor = Qwen2_5OmniProcessor(image_processor=image_processor, video_processor=self.video_processor,
+                                                  feature_extractor=feature_extractor, tokenizer=tokenizer)
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> OmniThinker:
@@ -61,17 +68,38 @@ class OmniThinker(VisionLanguage):
         check_durations(media, self.max_seconds, self.model.config.model_type)
         return media
 
+    def expand_media(self, text: str, inputs: dict[str, Any], clips: list[Any]) -> str:
+        if not self.policy.use_audio_in_video or not clips:
+            return super().expand_media(text, inputs, clips)
+        # the videos are laid out with their soundtracks in add_audio, once the audio token counts are known
+        return super().expand_media(text, {k: v for k, v in inputs.items() if k != "video_grid_thw"}, clips)
+
     def add_audio(self, media: Any, text: str, inputs: dict[str, Any]) -> str:
-        if not media.audios:
+        soundtracks = self.policy.use_audio_in_video and bool(media.videos)
+        clips = _audio_in_prompt_order(media) if soundtracks else [("audio", clip) for clip in media.audios]
+        if not clips:
             return text
+        # The encoder's features in prompt order: audio tokens take them in the order they appear, whether a clip's
+        # own or a video's soundtrack.
         processed = self.feature_extractor(
-            [clip.array for clip in media.audios], sampling_rate=self.audio_rate, padding="max_length",
+            [clip.array for _, clip in clips], sampling_rate=self.audio_rate, padding="max_length",
             return_attention_mask=True, return_tensors="pt",
         )
         inputs["input_features"] = processed["input_features"]
         inputs["feature_attention_mask"] = processed["attention_mask"]
         counts = audio_token_counts(processed["attention_mask"].sum(-1))
-        return self.expand(text, self.audio_token, counts, "audio")
+        text = self.expand(text, self.audio_token, [n for (kind, _), n in zip(clips, counts) if kind == "audio"],
+                           "audio")
+        if not soundtracks:
+            return text
+        config = self.model.config
+        videos = {"video_grid_thw": inputs["video_grid_thw"].tolist(),
+                  "video_second_per_grid": [self.video_processor.temporal_patch_size / c.fps for c in media.videos]}
+        tracks = {"num_audio_tokens": [n for (kind, _), n in zip(clips, counts) if kind == "video"]}
+        layouts = [self.processor.replace_video_with_audio_token(
+            videos, i, tracks, i, position_id_per_seconds=config.position_id_per_seconds,
+            seconds_per_chunk=config.seconds_per_chunk) for i in range(len(media.videos))]
+        return self.replace_each(text, self.video_token, layouts, "video")
 
     def rope_index(
         self, input_ids: torch.Tensor, inputs: dict[str, Any], seconds_per_grid: list[float]
@@ -82,7 +110,7 @@ class OmniThinker(VisionLanguage):
             image_grid_thw=inputs.get("image_grid_thw"),
             video_grid_thw=inputs.get("video_grid_thw"),
             attention_mask=torch.ones_like(input_ids),
-            use_audio_in_video=False,
+            use_audio_in_video=self.policy.use_audio_in_video and inputs.get("video_grid_thw") is not None,
             audio_seqlens=mask.sum(-1) if mask is not None else None,
             second_per_grids=torch.tensor(seconds_per_grid) if seconds_per_grid else None,
         )
@@ -99,3 +127,17 @@ class OmniThinker(VisionLanguage):
             )
             parts.append(out.last_hidden_state)
         return parts
+
+
+def _audio_in_prompt_order(media: Any) -> list[tuple[str, Any]]:
+    """("audio", clip) for each audio part and ("video", its soundtrack) for each video, in the prompt's order."""
+    audios, videos = iter(media.audios), iter(media.videos)
+    out: list[tuple[str, Any]] = []
+    for message in media.messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            if part.get("type") == "audio":
+                out.append(("audio", next(audios)))
+            elif part.get("type") == "video":
+                out.append(("video", next(videos).soundtrack))
+    return out
