@@ -19,7 +19,8 @@ sys.path.insert(0, str(REPO / "tests" / "templates"))
 
 from lf_tokenizers import (  # noqa: E402
     GEMMA3_IMAGE_TOKENS, build_tokenizer, conversations_with, gemma3_tokenizer_spec, llava_tokenizer_spec,
-    media_conversations, media_items, qwen2_audio_tokenizer_spec, qwen2_omni_tokenizer_spec, vl_tokenizer_spec,
+    media_conversations, media_items, qwen2_audio_tokenizer_spec, qwen2_omni_tokenizer_spec, soundtrack,
+    vl_tokenizer_spec,
 )
 from llamafactory.data import template as lf_template  # noqa: E402
 from llamafactory.hparams import DataArguments, ModelArguments  # noqa: E402
@@ -82,7 +83,10 @@ FAMILIES = {"qwen2_vl": (vl_tokenizer_spec, qwen2_vl_processor, {"image", "video
             "llava": (llava_tokenizer_spec, llava_processor, {"image"}),
             "gemma3": (gemma3_tokenizer_spec, gemma3_processor, {"image"}),
             "qwen2_audio": (qwen2_audio_tokenizer_spec, qwen2_audio_processor, {"audio"}),
-            "qwen2_omni": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"image", "audio", "video"})}
+            "qwen2_omni": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"image", "audio", "video"}),
+            # its use_audio_in_video: each video's sound given as the audio after it (`<video><audio>`, as its
+            # plugin requires), placed with the frames
+            "qwen2_omni+use_audio_in_video": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"sound_video"})}
 
 
 def main(smollm_dir: str, out: Path, source: str | None = None) -> None:
@@ -96,13 +100,18 @@ def main(smollm_dir: str, out: Path, source: str | None = None) -> None:
     for name, (spec_of, processor_of, kinds) in FAMILIES.items():
         spec = spec_of()
         tokenizer = build_tokenizer(spec, smollm_dir)
-        template = lf_template.get_template_and_fix_tokenizer(tokenizer, DataArguments(template=name))
+        template_name, _, flag = name.partition("+")
+        template = lf_template.get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
         processor = processor_of(tokenizer)
-        patch_processor(processor, tokenizer, ModelArguments(model_name_or_path=smollm_dir))
+        args = {flag: True} if flag else {}
+        patch_processor(processor, tokenizer, ModelArguments(model_name_or_path=smollm_dir, **args))
         cases = {}
         for key in conversations_with(kinds):
             turns, system, media = conversations[key]
             images, audios, videos = media_items(media)
+            if flag == "use_audio_in_video":  # each video's sound, as the audio that follows it
+                audios = [soundtrack(arg, seed) for seed, (_, arg) in enumerate(media)]
+                turns = [{**t, "content": t["content"].replace("<video>", "<video><audio>")} for t in turns]
             paths = []
             for i, data in enumerate(videos):  # as its users give videos: files, which its plugins open with PyAV
                 paths.append(str(Path(work) / f"{key}_{i}.mp4"))
@@ -110,7 +119,8 @@ def main(smollm_dir: str, out: Path, source: str | None = None) -> None:
             turns = template.mm_plugin.process_messages([dict(t) for t in turns], images, paths, audios, processor)
             prompt_ids, _ = template.encode_oneturn(tokenizer, turns + [{"role": "assistant", "content": ""}], system)
             cases[key] = prompt_ids
-        families[name] = {"tokenizer": spec, "vocab_size": len(tokenizer), "cases": cases}
+        families[name] = {"tokenizer": spec, "vocab_size": len(tokenizer), "template": template_name, "args": args,
+                          "cases": cases}
     data = {"llamafactory": source or version("llamafactory"), "families": families}
     out.write_text(json.dumps(data) + "\n", encoding="utf-8")
     print(f"{len(families)} formats, {sum(len(f['cases']) for f in families.values())} conversations -> {out}")

@@ -166,9 +166,11 @@ def noise_clip(seconds: float, seed: int) -> Any:
     return (np.random.default_rng(seed).standard_normal(int(seconds * AUDIO_RATE)) * 0.1).astype(np.float32)
 
 
-def noise_video(spec: tuple[int, int, int, int], seed: int) -> bytes:
+def noise_video(spec: tuple[int, int, int, int], seed: int, sound: bool = False) -> bytes:
     """An MP4 (MPEG-4 part 2) of noise frames, `spec` = (width, height, frames, fps): the same frame count and
-    duration in every environment (the pixels go through a lossy codec; the goldens hold token ids only)."""
+    duration in every environment (the pixels go through a lossy codec; the goldens hold token ids only). With
+    `sound`, a QuickTime file with `soundtrack(spec, seed)` as 16-bit PCM beside the frames (lossless, so its length
+    is exact)."""
     import io
 
     import av
@@ -177,14 +179,33 @@ def noise_video(spec: tuple[int, int, int, int], seed: int) -> bytes:
     width, height, frames, fps = spec
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
+    with av.open(buf, "w", format="mov" if sound else "mp4") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=AUDIO_RATE, layout="mono") if sound else None
         for _ in range(frames):
             frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+        if audio is not None:
+            pcm = (soundtrack(spec, seed) * 32768).astype(np.int16)
+            samples = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            samples.sample_rate = AUDIO_RATE
+            container.mux(audio.encode(samples))
+            container.mux(audio.encode())
     return buf.getvalue()
+
+
+def soundtrack(spec: tuple[int, int, int, int], seed: int) -> Any:
+    """The sound of `noise_video(spec, seed, sound=True)` as its decoder gives it back: a tone (its pitch set by the
+    seed, so that encoders tell seeds apart) over quiet noise, as long as the video, at 16 kHz, in 16-bit steps
+    (float32)."""
+    import numpy as np
+
+    _, _, frames, fps = spec
+    noise = noise_clip(frames / fps, seed + 100)
+    clip = 0.5 * np.sin(2 * np.pi * (200 + 100 * seed) * np.arange(noise.size) / AUDIO_RATE) + noise
+    return (np.round(np.clip(clip, -1, 32767 / 32768) * 32768) / 32768).astype(np.float32)
 
 
 AUDIO_RATE = 16000
@@ -219,6 +240,12 @@ MEDIA_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[tuple[str, Any]]
     "system_video_odd_frames": ([{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": [{"type": "text", "text": "Summarise "}, _V]}],
                                 [("video", (56, 42, 25, 10))]),
+    # videos with sound, for use_audio_in_video: the soundtrack is placed with the frames
+    "sound_video": ([{"role": "user", "content": [_V, {"type": "text", "text": "What do you hear and see?"}]}],
+                    [("sound_video", (64, 48, 30, 10))]),
+    "system_sound_video_odd_frames": ([{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": [{"type": "text", "text": "Summarise "}, _V]}],
+                                      [("sound_video", (56, 42, 25, 10))]),
 }
 
 
@@ -226,7 +253,8 @@ def media_items(media: list[tuple[str, Any]]) -> tuple[list[Any], list[Any], lis
     """The images, audio clips and videos (MP4 bytes) of a media conversation, made from their specs and seeds."""
     images = [noise_image(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "image"]
     audios = [noise_clip(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "audio"]
-    videos = [noise_video(arg, seed) for seed, (kind, arg) in enumerate(media) if kind == "video"]
+    videos = [noise_video(arg, seed, sound=kind == "sound_video") for seed, (kind, arg) in enumerate(media)
+              if kind in ("video", "sound_video")]
     return images, audios, videos
 
 

@@ -2,7 +2,7 @@
 Qwen2-VL, `qwen3_vl` on a tiny Qwen3-VL, `llava` on a tiny LLaVA, `gemma3` on a tiny Gemma 3, `qwen2_audio` on a tiny
 Qwen2-Audio and `qwen2_omni` on a tiny Qwen2.5-Omni thinker give the prompt ids LLaMA-Factory's plugin (Qwen2VLPlugin,
 Qwen3VLPlugin, LlavaPlugin, Gemma3Plugin, Qwen2AudioPlugin, Qwen2OmniPlugin) + encode_oneturn gave for the same
-images, audio clips and videos (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
+images, audio clips, videos and (`use_audio_in_video`) videos with sound (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
 oracles/llamafactory/render_mm_goldens.py with the same processors and tokenizers), and the requests generate.
 LLaVA's tokenizer is SentencePiece-style: its ids are only equal because chatplex encodes the pieces one by one as
 LLaMA-Factory does, after the family expanded the placeholders. Video processors (and so Qwen2.5-Omni's processor)
@@ -184,7 +184,7 @@ def qwen2omni_dir(tmp_path_factory, smollm_dir) -> str:
 
 # video processors (and so the omni processor) need torchvision: .venv-media runs those (marked video)
 _VIDEO = [needs_torchvision, pytest.mark.video]
-CASE_PARAMS = [pytest.param(name, key, marks=_VIDEO if name == "qwen2_omni" or "video" in key else ())
+CASE_PARAMS = [pytest.param(name, key, marks=_VIDEO if name.startswith("qwen2_omni") or "video" in key else ())
                for name, family in GOLDENS["families"].items() for key in family["cases"]]
 
 
@@ -227,8 +227,12 @@ def family_models(request):
 
 
 def _open(request, name: str) -> ChatModel:
-    path = request.getfixturevalue(f"{name.replace('_', '')}_dir")
-    return ChatModel({"model_name_or_path": path, "template": name, "infer_dtype": "float32"})
+    """The family's tiny model under its template, with the arguments its goldens were rendered with
+    (`use_audio_in_video`)."""
+    family = GOLDENS["families"][name]
+    template = family.get("template", name)
+    path = request.getfixturevalue(f"{template.replace('_', '')}_dir")
+    return ChatModel({"model_name_or_path": path, "template": template, "infer_dtype": "float32", **family.get("args", {})})
 
 
 @pytest.mark.parametrize(("template", "key"), CASE_PARAMS)
