@@ -93,32 +93,39 @@ def _xml_value(tool: str, name: str, schema: dict[str, Any], close: str, layout:
     return f"%json {json.dumps({**schema, 'x-guidance': layout})} {json.dumps(close)}"
 
 
-def _xml(open_param, close: str, call_open, call_close: str):
-    """A builder for an XML family: `open_param(name)` + value + `close` per parameter.
-
-    Calls follow each other with nothing between: the parsers keep even a "\\n" between two blocks as content."""
+def xml(open_param, close: str, call_open, call_close, between: str = "", bad_name_chars: str = "<>\n "):
+    """A builder for an XML family: `call_open(g, name)`, then per parameter `open_param(name)` + value + `close`,
+    then `call_close(g)`; the call's opening and closing are Lark expressions (so a marker can be one special
+    token: `g.mark`). Several calls are joined by `between` (the family's parsers keep even a "\\n" between two
+    blocks as content, so most join them with nothing)."""
 
     def build(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
         alts = []
         for tool in tools:
             fname = _function(tool)["name"]
-            if any(c in fname for c in "<>\n ") or not fname:
+            if any(c in fname for c in bad_name_chars) or not fname:
                 raise _unsupported(fname, "", "the function name cannot be written in this format")
-            parts = [json.dumps(call_open(fname))]
+            parts = [call_open(g, fname)]
             for name, schema, required in _params(tool):
                 item = f"{json.dumps(open_param(name))} {_xml_value(fname, name, schema, close, layout)}"
                 parts.append(f"({item})" if required else f"({item})?")
-            parts.append(json.dumps(call_close))
+            parts.append(call_close(g))
             alts.append(" ".join(parts))
-        g.rules += ["start: call+" if many else "start: call", "call: " + "\n    | ".join(alts)]
+        joined = f"call ({json.dumps(between)} call)*" if between else "call+"
+        g.rules += [f"start: {joined}" if many else "start: call", "call: " + "\n    | ".join(alts)]
 
     return build
 
 
-qwen3_coder = _xml(lambda k: f"<parameter={k}>\n", "\n</parameter>\n",
-                   lambda f: f"<tool_call>\n<function={f}>\n", "</function>\n</tool_call>")
-glm4 = _xml(lambda k: f"<arg_key>{k}</arg_key>\n<arg_value>", "</arg_value>\n",
-            lambda f: f"<tool_call>{f}\n", "</tool_call>")
+def text(write) -> Any:
+    """A call opening or closing that is plain text: `write(name)` (or `write()`) as a Lark literal."""
+    return lambda g, *name: json.dumps(write(*name))
+
+
+qwen3_coder = xml(lambda k: f"<parameter={k}>\n", "\n</parameter>\n",
+                  text(lambda f: f"<tool_call>\n<function={f}>\n"), text(lambda: "</function>\n</tool_call>"))
+glm4 = xml(lambda k: f"<arg_key>{k}</arg_key>\n<arg_value>", "</arg_value>\n",
+           text(lambda f: f"<tool_call>{f}\n"), text(lambda: "</tool_call>"))
 
 
 def _python_name(name: str, what: str, tool: str) -> str:
@@ -127,19 +134,30 @@ def _python_name(name: str, what: str, tool: str) -> str:
     return name
 
 
-def pythonic(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
-    """`[f(a=1, b="x"), g()]`: keyword arguments in schema order, separated by ", " whichever are left out."""
+def separated(g: Any, prefix: str, args: list[tuple[str, bool]], sep: str) -> str:
+    """A rule for `args` ((Lark expression, required) in order) joined by `sep`, optional ones left out at will,
+    with no separator before the first or after the last; its name is returned."""
+    # first_i: the arguments from i on, the first without a leading separator; rest_i: each with it.
+    for i, (arg, required) in enumerate(args):
+        nxt = f"{prefix}_rest{i + 1}"
+        g.rules.append(f"{prefix}_rest{i}: {json.dumps(sep)} {arg} {nxt}" + ("" if required else f" | {nxt}"))
+        g.rules.append(f"{prefix}_first{i}: {arg} {nxt}" + ("" if required else f" | {prefix}_first{i + 1}"))
+    g.rules += [f'{prefix}_rest{len(args)}: ""', f'{prefix}_first{len(args)}: ""']
+    return f"{prefix}_first0"
+
+
+def python_calls(g: Any, tools: list[dict[str, Any]], layout: dict[str, Any]) -> str:
+    """The alternatives of `f(a=1, b="x")` for each tool: keyword arguments in schema order, values `%json`."""
     alts = []
     for t, tool in enumerate(tools):
         fname = _python_name(_function(tool)["name"], "function name", _function(tool)["name"])
-        params = _params(tool)
-        # first_i: the arguments from i on, the first without a leading ", "; rest_i: each with it.
-        for i, (name, schema, required) in enumerate(params):
-            arg = f'"{_python_name(name, "parameter name", fname)}=" %json {json.dumps({**schema, "x-guidance": layout})}'
-            nxt = f"t{t}_rest{i + 1}"
-            g.rules.append(f't{t}_rest{i}: ", " {arg} {nxt}' + ("" if required else f" | {nxt}"))
-            g.rules.append(f"t{t}_first{i}: {arg} {nxt}" + ("" if required else f" | t{t}_first{i + 1}"))
-        g.rules += [f't{t}_rest{len(params)}: ""', f't{t}_first{len(params)}: ""']
-        alts.append(f'{json.dumps(fname + "(")} t{t}_first0 ")"')
+        args = [(f'"{_python_name(name, "parameter name", fname)}=" %json {json.dumps({**schema, "x-guidance": layout})}',
+                 required) for name, schema, required in _params(tool)]
+        alts.append(f'{json.dumps(fname + "(")} {separated(g, f"t{t}", args, ", ")} ")"')
+    return "\n    | ".join(alts)
+
+
+def pythonic(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
+    """`[f(a=1, b="x"), g()]`: keyword arguments in schema order, separated by ", " whichever are left out."""
     g.rules += ['start: "[" call (", " call)* "]"' if many else 'start: "[" call "]"',
-                "call: " + "\n    | ".join(alts)]
+                "call: " + python_calls(g, tools, layout)]

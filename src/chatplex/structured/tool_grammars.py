@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from chatplex.structured import arg_grammars
+from chatplex.structured import arg_grammars, llamafactory_grammars
 
 # `mark<N>: "<json string>"` lines: the marker rules the compiler may turn into special-token references.
 MARKER_LINE = re.compile(r'^(mark\d+): ("(?:[^"\\]|\\.)*")$', re.M)
@@ -126,6 +126,14 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "qwen3_coder": arg_grammars.qwen3_coder,
     "glm4": arg_grammars.glm4,
     "pythonic": arg_grammars.pythonic,
+    # LLaMA-Factory's own tool formats (its `tool_format`s that no model family here writes)
+    "react": llamafactory_grammars.react,
+    "chatglm": llamafactory_grammars.chatglm,
+    "minimax1": llamafactory_grammars.minimax1,
+    "minimax2": llamafactory_grammars.minimax2,
+    "seed_oss": llamafactory_grammars.seed_oss,
+    "lfm2": llamafactory_grammars.lfm2,
+    "gemma4": llamafactory_grammars.gemma4,
 }
 
 
