@@ -64,3 +64,45 @@ def test_time_limit_covers_the_whole_fetch(media_server) -> None:
 def test_remote_can_be_switched_off(media_server) -> None:
     with pytest.raises(InvalidRequestError, match="remote media URLs are not allowed"):
         load_image(media_server.url("/img.png"), "p", MediaPolicy(allow_remote=False, allow_private_addresses=True))
+
+
+def test_https_media_from_a_ca_named_by_ssl_cert_file(monkeypatch) -> None:
+    """A server whose certificate only a private CA vouches for (tests/fixtures/tls): refused by the default trust
+    store, fetched once SSL_CERT_FILE names that CA, as OpenSSL, curl and Python itself read it."""
+    import ssl
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    from tests.media.conftest import encode_image
+
+    tls = Path(__file__).resolve().parents[1] / "fixtures" / "tls"
+    png = encode_image("PNG")
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls / "localhost.crt", tls / "localhost.key")
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/img.png"
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        with pytest.raises(InvalidRequestError, match="TLS certificate is not trusted.*SSL_CERT_FILE"):
+            load_image(url, "p", LOOPBACK, trusted=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls / "localhost.crt"))
+        assert load_image(url, "p", LOOPBACK, trusted=False).size == (8, 6)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -77,12 +78,18 @@ def fetch_url(url: str, param: str, policy: MediaPolicy) -> Blob:
         raise InvalidRequestError(f"{param}: remote media URLs are not allowed here.", param=param)
     # httpx's timeout bounds each read; the deadline bounds the whole fetch (a server may trickle bytes).
     deadline = time.monotonic() + policy.fetch_timeout_s
-    with httpx.Client(timeout=policy.fetch_timeout_s, follow_redirects=False, trust_env=False) as client:
+    # trust_env off: a proxy from the environment would resolve the host itself, past the address check.
+    with httpx.Client(timeout=policy.fetch_timeout_s, follow_redirects=False, trust_env=False,
+                      verify=_trusted_cas()) as client:
         for _ in range(policy.max_redirects + 1):
             request = _pinned_request(client, url, param, policy)
             try:
                 response = client.send(request, stream=True)
             except httpx.HTTPError as e:
+                if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                    raise InvalidRequestError(
+                        f"{param}: the media server's TLS certificate is not trusted here; where a private CA signs "
+                        "it, start chatplex with SSL_CERT_FILE naming that CA's certificate.", param=param) from None
                 raise InvalidRequestError(f"{param}: fetching the media failed ({type(e).__name__}).", param=param) from None
             try:
                 if response.is_redirect:
@@ -96,6 +103,15 @@ def fetch_url(url: str, param: str, policy: MediaPolicy) -> Blob:
             finally:
                 response.close()
     raise InvalidRequestError(f"{param}: more than {policy.max_redirects} redirects.", param=param)
+
+
+def _trusted_cas() -> ssl.SSLContext | bool:
+    """The certificate authorities HTTPS media must be signed by: those of SSL_CERT_FILE / SSL_CERT_DIR where set
+    (as OpenSSL, curl and Python read them: a private CA, a TLS-inspecting proxy's), else httpx's certifi bundle."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if not (cafile or capath):
+        return True
+    return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
 
 
 def _pinned_request(client: object, url: str, param: str, policy: MediaPolicy) -> object:
