@@ -31,7 +31,7 @@ $(1)/bin/python requirements/check_installed.py $(2)
 endef
 
 .PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
-	test-media lock test-latest install-lf lf-goldens lf-diff lf-toolcall
+	test-media lock test-latest install-lf lf-goldens lf-diff lf-toolcall lf-image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -198,6 +198,12 @@ lf-toolcall: install-lf install-test
 	DISABLE_VERSION_CHECK=1 $(LF_BIN)/python oracles/llamafactory/train_toolcall_lora.py $(SMOLLM_DIR)
 	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/run_toolcall_example.py $(SMOLLM_DIR) $(abspath $(BIN))/python \
 		tests/fixtures/llamafactory/toolcall_example.json
+
+# LLaMA-Factory's scripts/api_example/test_image.py, unchanged, against both servers on a tiny Qwen2-VL. Its pictures
+# are on a host this machine cannot reach: the run points that name at a local HTTPS server (root: /etc/hosts and an
+# address on lo, both put back). Prints both outputs and whether they are identical.
+lf-image: install-lf install-media install
+	$(MEDIA_BIN)/python oracles/llamafactory/run_image_example.py tests/fixtures/llamafactory/api_example/test_image.py
 
 # The locks: uv resolves pyproject.toml's ranges plus requirements/*.in to the newest versions for CPython 3.11 on
 # x86-64 Linux. pip's own find-links (where this machine keeps the CPU torch) are passed on, since uv does not read
