@@ -259,6 +259,20 @@ def test_vllm_input_audio_part_equals_transformers_and_audio_decides(vllm_audio,
     assert other != want  # a test that cannot pass by ignoring the audio
 
 
+def test_vllm_llamafactory_format_with_audio_equals_the_hf_engine(audio_dir):
+    """LLaMA-Factory's `qwen2_audio` format on the vLLM engine: the prompt is its format encoded piece by piece with
+    its plugin's `<|audio_bos|><|AUDIO|><|audio_eos|>` once per clip, which vLLM expands; the same expanded prompt
+    length and tokens as chatplex's Hugging Face engine, whose ids under that name equal LLaMA-Factory's own
+    (tests/engines/hf/test_llamafactory_media.py)."""
+    args = {"model_name_or_path": str(audio_dir), "template": "qwen2_audio", "infer_dtype": "float32"}
+    messages = [{"role": "system", "content": "Listen."}, {"role": "user", "content": "<audio>" + ASK}]
+    clip = _tone(700, seconds=1.5)
+    with ChatModel(args) as hf:
+        want = asyncio.run(_run(hf, messages, audios=[(clip, RATE)]))
+    with ChatModel({**args, "infer_backend": "vllm", "vllm_maxlen": 1024, "vllm_enforce_eager": True}) as vllm:
+        assert asyncio.run(_run(vllm, messages, audios=[(clip, RATE)])) == want
+
+
 def test_vllm_mixed_batch_equals_each_alone(vllm_audio, reference):
     clips = [_tone(300), _tone(2000, seconds=0.5)]
     text_only = [{"role": "user", "content": "Say something."}]

@@ -3,7 +3,8 @@
 chatplex loads and checks the media (chatplex.media: sources, limits, decoding, the part index in errors) and
 renders the prompt with the model's chat template, which writes one placeholder per item; vLLM's own processor
 for the model family then expands each placeholder to the item's token count and runs the encoders. So any
-family vLLM serves works here, as long as its template writes the placeholders vLLM expects.
+family vLLM serves works here, as long as its template writes the placeholders vLLM expects. Under a LLaMA-Factory
+format the prompt is its ids, encoded piece by piece as it encodes them, with its plugin's placeholders.
 
 Which modalities a model takes, and how many per prompt, is what vLLM's processor allows (`allowed_mm_limits`);
 anything else is refused before it reaches vLLM, naming the field. Video is refused for now: vLLM wants frames
@@ -18,7 +19,7 @@ from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.media import MediaPolicy, collect_media, text_only_error
 from chatplex.media.parts import ARGUMENT_FIELDS
-from chatplex.templates import render_prompt
+from chatplex.templates import prompt_token_ids, render_prompt
 from chatplex.types import GenerationRequest
 
 class MediaInputs:
@@ -63,11 +64,16 @@ class MediaInputs:
                     f"{self.limits[kind]} per prompt in vLLM (vllm_config limit_mm_per_prompt).",
                     param=ARGUMENT_FIELDS[kind],
                 )
-        text = render_prompt(
-            prompts.tokenizer, prompts.template, media.messages, tools=request.tools,
-            template_kwargs=request.template_kwargs,
-        )
-        ids = prompts.tokenizer.encode(text, add_special_tokens=False)
+        # A LLaMA-Factory format is encoded piece by piece, as it encodes it (SentencePiece tokenizers give other ids
+        # for the joined text), its plugin's placeholder written once per item for vLLM to expand.
+        ids = prompt_token_ids(prompts.tokenizer, prompts.template, media.messages, tools=request.tools,
+                               template_kwargs=request.template_kwargs)
+        if ids is None:
+            text = render_prompt(
+                prompts.tokenizer, prompts.template, media.messages, tools=request.tools,
+                template_kwargs=request.template_kwargs,
+            )
+            ids = prompts.tokenizer.encode(text, add_special_tokens=False)
         prompts.check_fits(len(ids), request)
         data: dict[str, list[Any]] = {}
         if media.images:
