@@ -1,6 +1,6 @@
 """Goldens for LLaMA-Factory's multimodal formats: where its plugin puts the media tokens, in prompt ids.
 
-Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin), qwen3_vl (Qwen3VLPlugin), llava (LlavaPlugin),
+Runs in LLaMA-Factory's environment (`make lf-goldens`). For qwen2_vl (Qwen2VLPlugin), qwen3_vl (Qwen3VLPlugin), llava (LlavaPlugin), llava_next (LlavaNextPlugin),
 gemma3 (Gemma3Plugin), qwen2_audio (Qwen2AudioPlugin) and qwen2_omni (Qwen2OmniPlugin), with the processors of chatplex's tiny test models of those families (on family tokenizers from
 tests/templates/lf_tokenizers.py), patched with LLaMA-Factory's default media arguments as its loader does: each
 conversation's images, audio clips and videos (MP4 files) go through the plugin's `process_messages` and the template's `encode_oneturn` with an empty
@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "templates"))
 
 from lf_tokenizers import (  # noqa: E402
-    GEMMA3_IMAGE_TOKENS, build_tokenizer, conversations_with, gemma3_tokenizer_spec, llava_tokenizer_spec,
-    media_conversations, media_items, qwen2_audio_tokenizer_spec, qwen2_omni_tokenizer_spec, soundtrack,
+    GEMMA3_IMAGE_TOKENS, LLAVA_NEXT_PINPOINTS, build_tokenizer, conversations_with, gemma3_tokenizer_spec,
+    llava_next_tokenizer_spec, llava_tokenizer_spec, media_conversations, media_items, qwen2_audio_tokenizer_spec, qwen2_omni_tokenizer_spec, soundtrack,
     vl_tokenizer_spec,
 )
 from llamafactory.data import template as lf_template  # noqa: E402
@@ -65,6 +65,15 @@ def llava_processor(tokenizer):
                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
+def llava_next_processor(tokenizer):
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    image_processor = LlavaNextImageProcessor(image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, size={"shortest_edge": 28},
+                                              crop_size={"height": 28, "width": 28})
+    return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
 def gemma3_processor(tokenizer):
     from transformers import Gemma3ImageProcessor, Gemma3Processor
 
@@ -81,6 +90,7 @@ def gemma3_processor(tokenizer):
 FAMILIES = {"qwen2_vl": (vl_tokenizer_spec, qwen2_vl_processor, {"image", "video"}),
             "qwen3_vl": (vl_tokenizer_spec, qwen3_vl_processor, {"image", "video"}),
             "llava": (llava_tokenizer_spec, llava_processor, {"image"}),
+            "llava_next": (llava_next_tokenizer_spec, llava_next_processor, {"image"}),
             "gemma3": (gemma3_tokenizer_spec, gemma3_processor, {"image"}),
             "qwen2_audio": (qwen2_audio_tokenizer_spec, qwen2_audio_processor, {"audio"}),
             "qwen2_omni": (qwen2_omni_tokenizer_spec, qwen2_omni_processor, {"image", "audio", "video"}),

@@ -125,6 +125,14 @@ def llava_tokenizer_spec() -> dict[str, Any]:
     return tokenizer_spec("llava", _format("llava"))
 
 
+def llava_next_tokenizer_spec() -> dict[str, Any]:
+    """LLaVA-NeXT's family (Vicuna base): the llava_next format's spec with its <image> token."""
+    return tokenizer_spec("llava_next", _format("llava_next"))
+
+
+# LLaVA-NeXT's tiny test processors tile an image onto the best of these (height, width) grids of 28x28 tiles.
+LLAVA_NEXT_PINPOINTS = [[28, 56], [56, 28], [56, 56]]
+
 GEMMA3_IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 
 

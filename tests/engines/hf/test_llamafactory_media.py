@@ -1,8 +1,9 @@
 """LLaMA-Factory's multimodal formats put media tokens where its plugins put them: `template: qwen2_vl` on a tiny
-Qwen2-VL, `qwen3_vl` on a tiny Qwen3-VL, `llava` on a tiny LLaVA, `gemma3` on a tiny Gemma 3, `qwen2_audio` on a tiny
-Qwen2-Audio and `qwen2_omni` on a tiny Qwen2.5-Omni thinker give the prompt ids LLaMA-Factory's plugin (Qwen2VLPlugin,
-Qwen3VLPlugin, LlavaPlugin, Gemma3Plugin, Qwen2AudioPlugin, Qwen2OmniPlugin) + encode_oneturn gave for the same
-images, audio clips, videos and (`use_audio_in_video`) videos with sound (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
+Qwen2-VL, `qwen3_vl` on a tiny Qwen3-VL, `llava` on a tiny LLaVA, `llava_next` on a tiny LLaVA-NeXT, `gemma3` on a
+tiny Gemma 3, `qwen2_audio` on a tiny Qwen2-Audio and `qwen2_omni` on a tiny Qwen2.5-Omni thinker give the prompt ids
+LLaMA-Factory's plugin (Qwen2VLPlugin, Qwen3VLPlugin, LlavaPlugin, LlavaNextPlugin, Gemma3Plugin, Qwen2AudioPlugin,
+Qwen2OmniPlugin) + encode_oneturn gave for the same images, audio clips, videos and (`use_audio_in_video`) videos
+with sound (tests/fixtures/llamafactory/mm_goldens.json, rendered in LLaMA-Factory's environment by
 oracles/llamafactory/render_mm_goldens.py with the same processors and tokenizers), and the requests generate.
 LLaVA's tokenizer is SentencePiece-style: its ids are only equal because chatplex encodes the pieces one by one as
 LLaMA-Factory does, after the family expanded the placeholders. Video processors (and so Qwen2.5-Omni's processor)
@@ -24,13 +25,14 @@ from tests.engines.hf.multimodal_testing import (
     image_data_url, input_audio_part, needs_torchvision, omni_thinker_config, qwen3vl_config, sharpen_attention,
 )
 from tests.templates.lf_tokenizers import (
-    AUDIO_RATE, GEMMA3_IMAGE_TOKENS, MEDIA_CONVERSATIONS, build_tokenizer, media_items,
+    AUDIO_RATE, GEMMA3_IMAGE_TOKENS, LLAVA_NEXT_PINPOINTS, MEDIA_CONVERSATIONS, build_tokenizer, media_items,
 )
 
 GOLDENS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory" / "mm_goldens.json").read_text())
 QWEN2VL = GOLDENS["families"]["qwen2_vl"]
 QWEN3VL = GOLDENS["families"]["qwen3_vl"]
 LLAVA = GOLDENS["families"]["llava"]
+LLAVA_NEXT = GOLDENS["families"]["llava_next"]
 GEMMA3 = GOLDENS["families"]["gemma3"]
 QWEN2AUDIO = GOLDENS["families"]["qwen2_audio"]
 QWEN2OMNI = GOLDENS["families"]["qwen2_omni"]
@@ -91,6 +93,30 @@ def llava_dir(tmp_path_factory, smollm_dir) -> str:
     transformers.LlavaForConditionalGeneration(config).save_pretrained(path)
     tok.save_pretrained(path)
     transformers.CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llavanext_dir(tmp_path_factory, smollm_dir) -> str:
+    """A tiny random LLaVA-NeXT with the goldens' tokenizer and image processor (28x28 tiles on 3 grids)."""
+    import transformers
+
+    tok = build_tokenizer(LLAVA_NEXT["tokenizer"], smollm_dir)
+    config = transformers.LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=28, patch_size=7),
+        text_config=dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=LLAVA_NEXT["vocab_size"],
+                         max_position_embeddings=2048, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("llavanext-lf")
+    transformers.LlavaNextForConditionalGeneration(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    transformers.LlavaNextImageProcessorPil(image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, size={"shortest_edge": 28},
+                                            crop_size={"height": 28, "width": 28}).save_pretrained(path)
     return str(path)
 
 
