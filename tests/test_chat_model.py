@@ -213,6 +213,27 @@ def test_context_manager_frees_the_loop_thread(tiny_model_dir):
     assert not {"chatplex-loop", "chatplex-hf-engine"} & alive
 
 
+def test_a_closed_model_says_so(tiny_model_dir):
+    """After close(), every call is an EngineClosedError (a ChatplexError), not asyncio's "Event loop is closed",
+    and nothing is left half-started (no "coroutine was never awaited" warning)."""
+    import gc
+    import warnings
+
+    from chatplex import EngineClosedError
+
+    model = ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32"})
+    model.close()
+    model.close()  # closing twice is fine
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in (lambda: model.chat(FRANCE, max_new_tokens=2), lambda: list(model.stream_chat(FRANCE)),
+                     lambda: model.get_scores(["x"])):
+            with pytest.raises(EngineClosedError, match="This model is closed"):
+                call()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+
 def test_builtin_template_changes_the_prompt(tiny_model_dir):
     with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "template": "llama3.0"}) as model:
         request = model.build_request(FRANCE)

@@ -7,6 +7,8 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from chatplex.errors import EngineClosedError
+
 T = TypeVar("T")
 
 
@@ -17,7 +19,11 @@ class BackgroundLoop:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the loop and wait for it; Ctrl-C cancels it there too."""
+        """Run a coroutine on the loop and wait for it; Ctrl-C cancels it there too. After `stop` (the model was
+        closed) the coroutine is dropped unstarted and the caller gets EngineClosedError."""
+        if self.loop.is_closed() or not self._thread.is_alive():
+            coro.close()  # never started: without this Python warns it was never awaited
+            raise EngineClosedError("This model is closed; create a new ChatModel to use it again.")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
