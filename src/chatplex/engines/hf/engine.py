@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ import torch
 
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
-from chatplex.engines.hf import loader, scoring, setup
+from chatplex.engines.hf import loader, scoring, setup, switch_interval
 from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.heap import HeapTrimmer
 from chatplex.engines.hf.output_processor import OutputProcessor
@@ -67,7 +66,7 @@ class HFEngine(Engine):
         self._heap = HeapTrimmer()
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._switch_interval_before: float | None = None  # Python's own, while a CUDA engine has lowered it
+        self._holds_switch_interval = False  # a CUDA engine lowers the GIL switch interval while it runs
         self._active_requests = 0
         self._stats = EngineStats()
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
@@ -89,12 +88,12 @@ class HFEngine(Engine):
 
     async def start(self) -> None:
         await run_in_fresh_thread(self._load)
-        if self.device.type == "cuda" and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+        if self.device.type == "cuda":
             # The engine thread releases the GIL in every device call (graph launch, copies, event waits) and must
             # get it back at once to keep the GPU fed; at Python's default 5 ms a busy event loop thread (one
-            # coroutine wake per stream per step) holds it that long each time. Process-wide, like any GIL setting.
-            self._switch_interval_before = sys.getswitchinterval()
-            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+            # coroutine wake per stream per step) holds it that long each time (switch_interval.py).
+            switch_interval.lower(GIL_SWITCH_INTERVAL_S)
+            self._holds_switch_interval = True
         self._thread = threading.Thread(target=self._run, name="chatplex-hf-engine", daemon=True)
         self._thread.start()
 
@@ -476,6 +475,6 @@ class HFEngine(Engine):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        before = self._switch_interval_before
-        if before is not None and sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S:
-            sys.setswitchinterval(before)  # the process gets its own setting back (unless someone changed it since)
+        if self._holds_switch_interval:
+            self._holds_switch_interval = False
+            switch_interval.release()
