@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from chatplex.engines import BACKENDS
 from chatplex.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("huggingface", "vllm", "sglang", "ktransformers", "llama.cpp", "openai")
 BACKEND_ALIASES = {"hf": "huggingface", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")

@@ -6,7 +6,8 @@ import argparse
 import re
 from typing import Any
 
-from chatplex.config import BACKENDS, DTYPES
+from chatplex.config import DTYPES
+from chatplex.engines import BACKENDS
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "ktransformers": ("chatplex.engines.launcher:KTransformersEngine", "pip install sglang-kt kt-kernel (on a GPU machine)"),
 }
 
+BACKENDS = tuple(_REGISTRY)  # the infer_backend names, checked with the arguments before anything loads
+
 
 def create_engine(args: ChatplexArgs) -> Engine:
     backend = args.model.infer_backend
