@@ -30,6 +30,8 @@ class EngineStats:
     aborted_requests: int = 0
     preemptions: int = 0
     max_batch_size: int = 0
+    # steps launched while the previous step's tokens were still on their way to the host (async scheduling)
+    overlapped_steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

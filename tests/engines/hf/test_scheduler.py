@@ -24,12 +24,14 @@ def run_step(s: Scheduler):
 
 
 def test_scheduler_imports_no_torch():
-    assert "chatplex.engines.hf.scheduler" in sys.modules
-    import chatplex.engines.hf.block_manager as bm
-    import chatplex.engines.hf.scheduler as sch
+    """In a fresh interpreter (this one has torch loaded by other tests), importing the scheduler and the block
+    manager loads no torch: they stay testable and usable without it."""
+    import subprocess
 
-    for module in (sch, bm):
-        assert "torch" not in vars(module)
+    code = ("import sys, chatplex.engines.hf.scheduler, chatplex.engines.hf.block_manager; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_block_slots_follow_the_table():

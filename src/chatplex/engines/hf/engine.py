@@ -374,6 +374,8 @@ class HFEngine(Engine):
         if batch and not self.is_reward_model and self.runner.graph_steps == graph_steps:
             phase["launch_eager"] += time.perf_counter() - t1
         if self._inflight is not None:
+            if launched is not None:
+                self._stats.overlapped_steps += 1
             out.extend(self._resolve(self._inflight))
         self._inflight = launched
         if launched is not None and not self.async_scheduling:
