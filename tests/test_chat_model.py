@@ -95,7 +95,6 @@ async def test_concurrent_equals_sequential_and_shares_steps(chat_model):
     assert generated == sum(r[0].response_length for r in concurrent)
     # Decoded together: far fewer steps than tokens (one at a time would need one step per token).
     assert steps < generated / 3, (steps, generated)
-    assert after.max_batch_size >= 8
 
 
 def test_many_threads_share_one_model(chat_model):
