@@ -136,8 +136,8 @@ class HFEngine(Engine):
         stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue())
         stream.seqs = self._new_sequences(request, prompt_ids, matchers)
         for seq in stream.seqs:
-            seq.state["adapter"] = adapter
-            seq.state["media"] = media
+            seq.adapter = adapter
+            seq.media = media
         self._active_requests += 1
         self._post("add", (request.request_id, stream))
         finished = 0
@@ -268,7 +268,7 @@ class HFEngine(Engine):
     def _apply_adapter_op(self, op: str, name: str, path: str | None) -> None:
         """On the engine thread: load or unload an adapter (refused while a live request uses it)."""
         if op == "unload":
-            users = sum(s.state.get("adapter") == name for st in self._streams.values() for s in st.seqs if not s.is_finished)
+            users = sum(s.adapter == name for st in self._streams.values() for s in st.seqs if not s.is_finished)
             if users:
                 raise UnsupportedFeatureError(f"lora_name: the adapter {name!r} is in use by {users} sequences.", param="lora_name")
             self.runner.lora.unload(name)
@@ -326,7 +326,7 @@ class HFEngine(Engine):
                 self._streams[request_id] = stream
                 for seq in stream.seqs:
                     self.scheduler.add(seq)
-                    if seq.state.get("matcher") is not None or seq.sampling.needs_penalties:
+                    if seq.matcher is not None or seq.sampling.needs_penalties:
                         self._history_seqs.add(seq)
                 self._stats.prompt_tokens += stream.seqs[0].prompt_len
             elif kind == "adapter":
@@ -408,15 +408,15 @@ class HFEngine(Engine):
         return out
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
-        row = seq.state.get("row")
+        row = seq.row
         if row is not None:
             return row
-        matcher = seq.state.get("matcher")
+        matcher = seq.matcher
         allowed = matcher.allowed() if matcher is not None else None
         suppressed = self.output.suppressed(seq)
-        row = SamplingRow(seq.sampling, seq.token_ids, seq.prompt_len, seq.state["generator"], suppressed, allowed)
+        row = SamplingRow(seq.sampling, seq.token_ids, seq.prompt_len, seq.generator, suppressed, allowed)
         if matcher is None and not suppressed:
-            seq.state["row"] = row  # nothing in it changes from now on (token_ids is the sequence's own list)
+            seq.row = row  # nothing in it changes from now on (token_ids is the sequence's own list)
         return row
 
     def _on_token(self, seq: Sequence, row: int, result: Any) -> tuple[RequestStream, Delta]:

@@ -23,7 +23,7 @@ class OutputProcessor:
 
     def init_state(self, seq: Sequence, generator: torch.Generator | None, matcher: Any | None) -> None:
         text = SequenceText(self.tokenizer, seq.sampling, self.eos_ids, self.template_stops)
-        seq.state.update(generator=generator, text=text, matcher=matcher)
+        seq.generator, seq.text, seq.matcher = generator, text, matcher
 
     def suppressed(self, seq: Sequence) -> tuple[int, ...]:
         """Tokens that may not be sampled yet (EOS and stop tokens before min_new_tokens)."""
@@ -36,13 +36,14 @@ class OutputProcessor:
         """Append a sampled token (the oldest pending one); return (new text, finish reason or None, the stop
         string/token that ended it)."""
         seq.token_ids.append(token)
-        matcher = seq.state.get("matcher")
+        matcher = seq.matcher
         complete = False
         if matcher is not None:
             matcher.accept(token)
             complete = matcher.is_finished  # the grammar is complete: nothing more may follow
         at_limit = seq.num_output_tokens >= seq.max_new_tokens or len(seq.token_ids) >= self.max_model_len
-        return seq.state["text"].add(token, at_limit=at_limit, complete=complete)
+        assert seq.text is not None  # set by init_state when the request was admitted
+        return seq.text.add(token, at_limit=at_limit, complete=complete)
 
     def logprobs(self, token: int, row: int, result: SampleOutput) -> list[TokenLogprob]:
         return [token_logprob(self.tokenizer, token, result.logprobs[row] or 0.0, result.top_logprobs[row])]

@@ -152,7 +152,7 @@ class ModelRunner:
             self.multimodal.align_chunks(batch)
         decodes = [it for it in batch if it.num_tokens == 1]
         prefills = [it for it in batch if it.num_tokens > 1]
-        uses_lora = any(it.seq.state.get("adapter") for it in batch)
+        uses_lora = any(it.seq.adapter for it in batch)
         if self.graphs is not None and not prefills and not uses_lora and len(decodes) <= self.graphs.max_batch:
             return self._remember(self._execute_graph(decodes, rows))
         ordered = decodes + prefills
@@ -217,7 +217,7 @@ class ModelRunner:
         groups: dict[str, list[int]] = {}
         offset = 0
         for it in ordered:
-            name = it.seq.state.get("adapter")
+            name = it.seq.adapter
             if name:
                 groups.setdefault(name, []).extend(range(offset, offset + it.num_tokens))
             offset += it.num_tokens

@@ -6,9 +6,14 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatplex.types import FinishReason, SamplingParams
+
+if TYPE_CHECKING:  # types only: the scheduler imports this module and must not need torch
+    from chatplex.engines.hf.multimodal.base import RequestMedia
+    from chatplex.engines.hf.sampler import SamplingRow
+    from chatplex.engines.sequence_text import SequenceText
 
 _seq_ids = itertools.count()
 
@@ -36,8 +41,13 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
-    # Engine-side helpers (generator, detokenizer, stop matcher) live here so they die with the sequence.
-    state: dict[str, Any] = field(default_factory=dict)
+    # Engine-side helpers, set when the request is admitted; they live here so they die with the sequence.
+    adapter: str | None = None  # the LoRA adapter the request named
+    media: RequestMedia | None = None  # the request's prepared media, shared by its n sequences
+    generator: Any = None  # torch.Generator of a seeded request (None: the global one)
+    text: SequenceText | None = None  # detokenizer and stop-string matcher
+    matcher: Any = None  # the grammar matcher of a constrained request (structured output, forced tool calls)
+    row: SamplingRow | None = None  # its sampling row, kept once nothing in it changes any more
 
     @property
     def num_tokens(self) -> int:

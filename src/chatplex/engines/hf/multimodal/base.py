@@ -25,7 +25,7 @@ _PROCESSOR_ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
 
 
 class RequestMedia(Protocol):
-    """One request's prepared media (shared by its n sequences), as the engine keeps it in `seq.state["media"]`."""
+    """One request's prepared media (shared by its n sequences), as the engine keeps it in `seq.media`."""
 
     rank: torch.Tensor  # [prompt_len]: row of the request's media embeddings for each token, -1 for text tokens
 
@@ -203,7 +203,7 @@ class MediaFamily:
         splice: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         offset = 0
         for it in items:
-            media = it.seq.state.get("media")
+            media = it.seq.media
             if media is not None:
                 ranks = media.rank[it.start : it.start + it.num_tokens]
                 hit = (ranks >= 0).nonzero()[:, 0]

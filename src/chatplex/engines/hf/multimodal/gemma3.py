@@ -10,7 +10,7 @@ chunk's image spans (`bidirectional`) and rewinds a chunk that would start insid
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -77,7 +77,7 @@ class Gemma3(MediaFamily):
         return media.embeds
 
     def bidirectional(self, item: Any) -> torch.Tensor | None:
-        media: ImageInputs | None = item.seq.state.get("media")
+        media = cast("ImageInputs | None", item.seq.media)  # this family's own kind
         if media is None or media.spans is None:
             return None
         end = item.start + item.num_tokens
@@ -90,7 +90,7 @@ class Gemma3(MediaFamily):
 
     def align_chunks(self, batch: list[Any]) -> None:
         for item in batch:
-            media: ImageInputs | None = item.seq.state.get("media")
+            media = cast("ImageInputs | None", item.seq.media)  # this family's own kind
             if media is None or media.spans is None or not 0 < item.start < len(media.spans):
                 continue
             span = int(media.spans[item.start])

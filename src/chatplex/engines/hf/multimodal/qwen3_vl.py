@@ -12,7 +12,7 @@ Qwen3VLProcessor itself from the frames chatplex.media sampled.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -99,7 +99,7 @@ class Qwen3VisionLanguage(VisionLanguage):
         rows: list[list[torch.Tensor]] = []
         offset = 0
         for it in items:
-            media: DeepstackInputs | None = it.seq.state.get("media")
+            media = cast("DeepstackInputs | None", it.seq.media)  # this family's own kind
             if media is not None:
                 ranks = media.rank[it.start : it.start + it.num_tokens]
                 hit = (ranks >= 0).nonzero()[:, 0]

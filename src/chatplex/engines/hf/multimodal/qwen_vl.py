@@ -11,7 +11,7 @@ their 1-D position repeated on the three axes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -152,7 +152,7 @@ class VisionLanguage(MediaFamily):
         pos3 = positions[None, :].repeat(3, 1)
         offset = 0
         for it in items:
-            media: MediaInputs | None = it.seq.state.get("media")
+            media = cast("MediaInputs | None", it.seq.media)  # this family's own kind
             if media is not None:
                 self._positions(media, it.start, it.num_tokens, pos3[:, offset : offset + it.num_tokens])
             offset += it.num_tokens
