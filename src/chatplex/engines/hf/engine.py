@@ -69,7 +69,9 @@ class HFEngine(Engine):
         self._holds_switch_interval = False  # a CUDA engine lowers the GIL switch interval while it runs
         self._active_requests = 0
         self._stats = EngineStats()
+        self.parts: setup.EngineParts | None = None  # model, cache, scheduler, runner...: set by start, dropped by close
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
+        self._grammars: Any = None  # the GrammarCompiler, made for the first constrained request
         self.async_scheduling = True  # launch step N+1 before processing step N's tokens (benchmarks turn it off)
         self._inflight: StepOutput | None = None  # the launched step whose tokens the host has not seen yet
         self._history_seqs: set[Sequence] = set()  # live sequences whose sampling needs every token on the host
@@ -84,7 +86,7 @@ class HFEngine(Engine):
 
     @property
     def vocab_size(self) -> int | None:
-        return self.model.config.get_text_config().vocab_size if hasattr(self, "model") else None
+        return self.parts.model.config.get_text_config().vocab_size if self.parts is not None else None
 
     async def start(self) -> None:
         await run_in_fresh_thread(self._load)
@@ -99,10 +101,26 @@ class HFEngine(Engine):
 
     def _load(self) -> None:
         parts = setup.build(self.args.model, self._name)
-        for name in ("name", "device", "dtype", "tokenizer", "model", "cache", "blocks", "scheduler", "runner",
-                     "prompts", "eos_ids", "default_adapter", "multimodal"):
-            setattr(self, "_name" if name == "name" else name, getattr(parts, name))
+        self.parts, self._name, self.default_adapter = parts, parts.name, parts.default_adapter
         self.output = OutputProcessor(parts.tokenizer, parts.eos_ids, parts.template_stops, parts.prompts.max_model_len)
+
+    def _loaded(self) -> setup.EngineParts:
+        if self.parts is None:
+            raise EngineClosedError("The engine is not running.")
+        return self.parts
+
+    # The loaded parts by name (setup.EngineParts), for the step loop and for tests and benchmarks that look in.
+    device = property(lambda self: self._loaded().device)
+    dtype = property(lambda self: self._loaded().dtype)
+    tokenizer = property(lambda self: self._loaded().tokenizer)
+    model = property(lambda self: self._loaded().model)
+    cache = property(lambda self: self._loaded().cache)
+    blocks = property(lambda self: self._loaded().blocks)
+    scheduler = property(lambda self: self._loaded().scheduler)
+    runner = property(lambda self: self._loaded().runner)
+    prompts = property(lambda self: self._loaded().prompts)
+    eos_ids = property(lambda self: self._loaded().eos_ids)
+    multimodal = property(lambda self: self._loaded().multimodal)
 
     # ---- the asyncio side ----------------------------------------------------------------------------------
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
@@ -158,7 +176,7 @@ class HFEngine(Engine):
         """One grammar matcher per sequence for a constrained request (compiled off the event loop)."""
         if request.constraint is None:
             return None
-        if not hasattr(self, "_grammars"):
+        if self._grammars is None:
             from chatplex.structured.matcher import GrammarCompiler
 
             self._grammars = await asyncio.to_thread(GrammarCompiler, self.tokenizer, self.vocab_size, list(self.eos_ids))
@@ -180,11 +198,11 @@ class HFEngine(Engine):
     # ---- reward scores and LoRA adapters ------------------------------------------------------------------
     @property
     def is_reward_model(self) -> bool:
-        return hasattr(self, "runner") and self.runner.score_head is not None
+        return self.parts is not None and self.parts.runner.score_head is not None
 
     @property
     def adapters(self) -> list[str]:
-        lora = getattr(self.runner, "lora", None) if hasattr(self, "runner") else None
+        lora = self.parts.runner.lora if self.parts is not None else None
         return [n for n in lora.names if n != self.default_adapter] if lora is not None else []
 
     def _resolve_adapter(self, name: str | None) -> str | None:
@@ -286,7 +304,7 @@ class HFEngine(Engine):
 
     def stats(self) -> EngineStats:
         """A snapshot of the counters (read from another thread: good enough for metrics and tests)."""
-        if not hasattr(self, "scheduler"):
+        if self.parts is None:
             return dataclasses.replace(self._stats)
         return dataclasses.replace(
             self._stats,
@@ -471,9 +489,8 @@ class HFEngine(Engine):
         pending = [(stream, EngineClosedError("The engine was closed.")) for stream in self._streams.values()]
         self._streams.clear()
         deliver(pending)  # type: ignore[arg-type]
-        for attr in ("runner", "cache", "model"):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        self._stats = self.stats()  # the scheduler's counters, kept for who reads them after close
+        self.parts = None  # the model, its cache and the runner go with it
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
