@@ -59,23 +59,18 @@ def tiny_qwen2_vl(path: Path) -> None:
 
     import torch
     from transformers import (
-        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
+        Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
     )
 
     sys.path.insert(0, str(REPO))
     from chatplex.models.embedded import embedded_model_dir
+    from tests.engines.hf.multimodal_testing import qwen2vl_config
     from tests.templates.lf_tokenizers import build_tokenizer
 
     golden = json.loads((REPO / "tests/fixtures/llamafactory/mm_goldens.json").read_text())["families"]["qwen2_vl"]
     tok = build_tokenizer(golden["tokenizer"], embedded_model_dir())
     ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
-    config = Qwen2VLConfig(
-        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=len(tok), max_position_embeddings=4096,
-                         eos_token_id=tok.eos_token_id, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3])
+    config = qwen2vl_config(len(tok), ids, tok.eos_token_id)
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
     Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112), tokenizer=tok,

@@ -34,6 +34,36 @@ CORRUPT_PNG = "data:image/png;base64,AAAA"
 
 # --- tiny models ---------------------------------------------------------------------------------------------------
 
+def qwen2vl_config(vocab_size: int, ids: list[int], eos: int) -> Any:
+    """A tiny Qwen2-VL's config: `ids` are the vision start, vision end, image pad and video pad tokens."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=vocab_size, max_position_embeddings=4096,
+                         eos_token_id=eos, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
+    )
+
+
+def llava_config(vocab_size: int, image_token_id: int, eos: int, bos: int, pinpoints: list | None = None) -> Any:
+    """A tiny LLaVA's config (CLIP tower on 28x28 images, 7-pixel patches); LLaVA-NeXT's with `pinpoints`."""
+    import transformers
+
+    cls = transformers.LlavaNextConfig if pinpoints else transformers.LlavaConfig
+    return cls(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=28, patch_size=7),
+        text_config=dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=vocab_size,
+                         max_position_embeddings=2048, eos_token_id=eos, bos_token_id=bos),
+        image_token_id=image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        **({"image_grid_pinpoints": pinpoints} if pinpoints else {}),
+    )
+
+
 def qwen3vl_config(vocab_size: int, ids: list[int], eos: int, bos: int | None = None, layers: int = 2) -> Any:
     """A tiny Qwen3-VL's config: `ids` are the vision start, vision end, image pad and video pad tokens."""
     from transformers import Qwen3VLConfig

@@ -22,7 +22,8 @@ import torch
 
 from chatplex import ChatModel
 from tests.engines.hf.multimodal_testing import (
-    image_data_url, input_audio_part, needs_torchvision, omni_thinker_config, qwen3vl_config, sharpen_attention,
+    image_data_url, input_audio_part, llava_config, needs_torchvision, omni_thinker_config, qwen2vl_config,
+    qwen3vl_config, sharpen_attention,
 )
 from tests.templates.lf_tokenizers import (
     AUDIO_RATE, GEMMA3_IMAGE_TOKENS, LLAVA_NEXT_PINPOINTS, MEDIA_CONVERSATIONS, build_tokenizer, media_items,
@@ -41,18 +42,11 @@ QWEN2OMNI = GOLDENS["families"]["qwen2_omni"]
 @pytest.fixture(scope="module")
 def qwen2vl_dir(tmp_path_factory, smollm_dir) -> str:
     """A tiny random Qwen2-VL with the goldens' tokenizer and image processor."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
 
     tok = build_tokenizer(QWEN2VL["tokenizer"], smollm_dir)
     ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
-    config = Qwen2VLConfig(
-        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=len(tok), max_position_embeddings=2048,
-                         eos_token_id=tok.eos_token_id, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
-    )
+    config = qwen2vl_config(len(tok), ids, tok.eos_token_id)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("qwen2vl-lf")
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
@@ -79,15 +73,7 @@ def llava_dir(tmp_path_factory, smollm_dir) -> str:
     import transformers
 
     tok = build_tokenizer(LLAVA["tokenizer"], smollm_dir)
-    config = transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=28, patch_size=7),
-        text_config=dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, vocab_size=LLAVA["vocab_size"],
-                         max_position_embeddings=2048, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
-        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    config = llava_config(LLAVA["vocab_size"], tok.convert_tokens_to_ids("<image>"), tok.eos_token_id, tok.bos_token_id)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("llava-lf")
     transformers.LlavaForConditionalGeneration(config).save_pretrained(path)
@@ -102,15 +88,8 @@ def llavanext_dir(tmp_path_factory, smollm_dir) -> str:
     import transformers
 
     tok = build_tokenizer(LLAVA_NEXT["tokenizer"], smollm_dir)
-    config = transformers.LlavaNextConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=28, patch_size=7),
-        text_config=dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, vocab_size=LLAVA_NEXT["vocab_size"],
-                         max_position_embeddings=2048, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
-        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default", image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
-    )
+    config = llava_config(LLAVA_NEXT["vocab_size"], tok.convert_tokens_to_ids("<image>"), tok.eos_token_id,
+                          tok.bos_token_id, LLAVA_NEXT_PINPOINTS)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("llavanext-lf")
     transformers.LlavaNextForConditionalGeneration(config).save_pretrained(path)
