@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from chatplex.config import ChatplexArgs
-from chatplex.engines.base import Engine, EngineStats
+from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.hf import loader, scoring, setup, switch_interval
 from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.heap import HeapTrimmer
@@ -56,6 +56,12 @@ GIL_SWITCH_INTERVAL_S = 0.00005
 class HFEngine(Engine):
     backend = "huggingface"
     supports_constraints = True  # response_format / forced tool calls, via chatplex.structured
+    # Set when the model loads (start) and kept after close.
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: Any
+    prompts: PromptPreparer
+    eos_ids: frozenset[int]
 
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
@@ -102,6 +108,9 @@ class HFEngine(Engine):
     def _load(self) -> None:
         parts = setup.build(self.args.model, self._name)
         self.parts, self._name, self.default_adapter = parts, parts.name, parts.default_adapter
+        # What the model was loaded as stays readable after close (benchmarks and callers compare with it).
+        self.device, self.dtype, self.tokenizer = parts.device, parts.dtype, parts.tokenizer
+        self.prompts, self.eos_ids = parts.prompts, parts.eos_ids
         self.output = OutputProcessor(parts.tokenizer, parts.eos_ids, parts.template_stops, parts.prompts.max_model_len)
 
     def _loaded(self) -> setup.EngineParts:
@@ -109,17 +118,13 @@ class HFEngine(Engine):
             raise EngineClosedError("The engine is not running.")
         return self.parts
 
-    # The loaded parts by name (setup.EngineParts), for the step loop and for tests and benchmarks that look in.
-    device = property(lambda self: self._loaded().device)
-    dtype = property(lambda self: self._loaded().dtype)
-    tokenizer = property(lambda self: self._loaded().tokenizer)
+    # The loaded parts that hold the weights, the cache and the step's state (setup.EngineParts), by name, for the
+    # step loop and for tests and benchmarks that look in; close() lets them all go at once.
     model = property(lambda self: self._loaded().model)
     cache = property(lambda self: self._loaded().cache)
     blocks = property(lambda self: self._loaded().blocks)
     scheduler = property(lambda self: self._loaded().scheduler)
     runner = property(lambda self: self._loaded().runner)
-    prompts = property(lambda self: self._loaded().prompts)
-    eos_ids = property(lambda self: self._loaded().eos_ids)
     multimodal = property(lambda self: self._loaded().multimodal)
 
     # ---- the asyncio side ----------------------------------------------------------------------------------
