@@ -223,6 +223,7 @@ def test_a_closed_model_says_so(tiny_model_dir):
     model = ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32"})
     model.close()
     model.close()  # closing twice is fine
+    assert str(model.engine.dtype) == "torch.float32"  # what it was loaded as stays readable
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for call in (lambda: model.chat(FRANCE, max_new_tokens=2), lambda: list(model.stream_chat(FRANCE)),
