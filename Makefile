@@ -181,8 +181,8 @@ lf-goldens: install-lf install
 	$(LF_PY) oracles/llamafactory/render_mm_goldens.py $(SMOLLM_DIR) tests/fixtures/llamafactory/mm_goldens.json \
 		$(LF_SRC_DESC)
 
-# LLaMA-Factory's own ChatModel (SmolLM2, fp32, greedy) answers the golden conversations under every template SmolLM2
-# can take, and scores with a value head; its API server answers requests shaped like its scripts/api_example; then
+# LLaMA-Factory's own ChatModel (fp32, greedy) answers the golden conversations under every template SmolLM2 can take,
+# and under the other text templates on tiny random models of their families, and scores with a value head; its API server answers requests shaped like its scripts/api_example; then
 # chatplex must give the same over all of them (the suite checks a spread). About 8 minutes each side.
 lf-diff: install-lf install-test
 	API_VERBOSE=0 $(LF_BIN)/python oracles/llamafactory/run_chat_model.py $(SMOLLM_DIR) \

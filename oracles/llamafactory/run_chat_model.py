@@ -1,8 +1,11 @@
-"""LLaMA-Factory's own ChatModel on the embedded SmolLM2: the replies and scores chatplex must equal.
+"""LLaMA-Factory's own ChatModel on the embedded SmolLM2 and on tiny random models of other families: the replies and
+scores chatplex must equal.
 
 Runs in LLaMA-Factory's environment (`make lf-diff`). For every template whose tokens SmolLM2's vocabulary has
 (LLaMA-Factory would add the others as untrained tokens), its ChatModel (Hugging Face backend, float32, greedy)
-answers each conversation of tests/fixtures/llamafactory/conversations.json; with `stage: rm` and a value head
+answers each conversation of tests/fixtures/llamafactory/conversations.json; so does it for every other text template
+on a tiny random Llama with that family's tokenizer (tests/templates/lf_tokenizers.py `tiny_family_lm`, which the
+test rebuilds identically); with `stage: rm` and a value head
 (tests/fixtures/llamafactory/value_head.safetensors), its `get_scores` scores a few texts. The results go to
 tests/fixtures/llamafactory/chat_model_replies.json, which tests/test_llamafactory_differential.py compares with
 chatplex's replies to the same requests.
@@ -64,6 +67,32 @@ def replies(smollm_dir: str, names: list[str], conversations: dict) -> dict:
     return out
 
 
+def family_templates(smollm_dir: str) -> list[str]:
+    """The text templates whose tokens SmolLM2 lacks: they run on tiny random models of their own families."""
+    from llamafactory.data.template import TEMPLATES
+
+    usable = set(usable_templates(smollm_dir))
+    return [name for name, t in sorted(TEMPLATES.items())
+            if name not in usable and type(t.mm_plugin).__name__ == "BasePlugin"]
+
+
+def family_replies(smollm_dir: str, names: list[str], conversations: dict) -> dict:
+    """Its ChatModel's replies on `lf_tokenizers.tiny_family_lm` models (one per template, built here as the
+    test builds it)."""
+    sys.path.insert(0, str(REPO / "tests" / "templates"))
+    from lf_tokenizers import tiny_family_lm
+
+    out: dict = {}
+    for name in names:
+        folder = tempfile.mkdtemp(prefix=f"lf-{name}-")
+        try:
+            tiny_family_lm(name, smollm_dir, folder)
+            out.update(replies(folder, [name], conversations))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 def scores(smollm_dir: str) -> list[float]:
     from llamafactory.chat import ChatModel
 
@@ -82,8 +111,10 @@ def scores(smollm_dir: str) -> list[float]:
 def main(smollm_dir: str, out: Path) -> None:
     conversations = json.loads((REPO / "tests/fixtures/llamafactory/conversations.json").read_text(encoding="utf-8"))
     names = usable_templates(smollm_dir)
+    families = family_templates(smollm_dir)
     data = {"llamafactory": version("llamafactory"), "max_new_tokens": MAX_NEW_TOKENS, "templates": names,
             "replies": replies(smollm_dir, names, conversations),
+            "family_templates": families, "family_replies": family_replies(smollm_dir, families, conversations),
             "score_texts": SCORE_TEXTS, "scores": scores(smollm_dir)}
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(names)} templates x {len(conversations['chat'])} conversations -> {out}")

@@ -284,3 +284,31 @@ def media_conversations() -> dict[str, tuple[list[dict[str, str]], str | None, l
             turns.append({"role": m["role"], "content": content})
         out[key] = (turns, system, media)
     return out
+
+
+def tiny_family_lm(template: str, smollm_dir: str, path: Any) -> None:
+    """A tiny random-weight Llama with the template family's tokenizer (its golden's spec and vocabulary size), saved
+    at `path`. Its weights come from a NumPy generator seeded by the template's name, parameter by parameter in name
+    order, so LLaMA-Factory's environment and chatplex's build the same model whatever their torch and transformers
+    versions: the two sides of the differential on families SmolLM2 cannot stand in for."""
+    import json
+    import zlib
+
+    import numpy as np
+    import torch
+    import transformers
+
+    golden = json.loads((FIXTURES / "goldens" / f"{template}.json").read_text(encoding="utf-8"))
+    tokenizer = build_tokenizer(golden["tokenizer"], smollm_dir)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=golden["vocab_size"], max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config)
+    rng = np.random.default_rng(zlib.crc32(template.encode()))
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            values = np.ones(param.shape) if name.endswith("norm.weight") else rng.standard_normal(param.shape) * 0.2
+            param.copy_(torch.from_numpy(values.astype(np.float32)))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
