@@ -3,7 +3,7 @@ must give to the same requests.
 
 Runs in LLaMA-Factory's environment (`make lf-diff`). For each template of tests/fixtures/llamafactory/
 api_requests.json it starts `llamafactory-cli api --model_name_or_path SMOLLM --template T --infer_dtype float32` as a
-user does, sends every request there (in the shape of its scripts/api_example: model "test", tools; greedy), and
+user does (for its family_templates, a tiny random model of the family instead of SmolLM2), sends every request there (in the shape of its scripts/api_example: model "test", tools; greedy), and
 writes the responses to tests/fixtures/llamafactory/api_replies.json.
 """
 
@@ -51,12 +51,27 @@ def wait(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise RuntimeError("llamafactory-cli api did not start")
 
 
+def model_for(template: str, smollm_dir: str, family: bool) -> str:
+    """SmolLM2, or for a family template a tiny random model of that family, built as the test builds it."""
+    if not family:
+        return smollm_dir
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "tests" / "templates"))
+    from lf_tokenizers import tiny_family_lm
+
+    folder = tempfile.mkdtemp(prefix=f"lf-api-{template}-")
+    tiny_family_lm(template, smollm_dir, folder)
+    return folder
+
+
 def main(smollm_dir: str, out: Path) -> None:
     spec = json.loads((REPO / "tests/fixtures/llamafactory/api_requests.json").read_text(encoding="utf-8"))
     replies: dict = {}
-    for template in spec["templates"]:
+    runs = [(t, False) for t in spec["templates"]] + [(t, True) for t in spec.get("family_templates", [])]
+    for template, family in runs:
         port = free_port()
-        proc = serve(smollm_dir, template, port)
+        proc = serve(model_for(template, smollm_dir, family), template, port)
         try:
             wait(f"http://127.0.0.1:{port}", proc)
             replies[template] = {}

@@ -1,7 +1,7 @@
 """chatplex serve --api-mode llamafactory answers LLaMA-Factory's own API server's requests as it does.
 
 fixtures/llamafactory/api_replies.json holds the responses of `llamafactory-cli api` (LLaMA-Factory 0.9.5, SmolLM2,
-float32) to the requests of api_requests.json (in the shape of its scripts/api_example: model "test", tools,
+or for its family templates a tiny random model of the family, float32) to the requests of api_requests.json (in the shape of its scripts/api_example: model "test", tools,
 greedy), rendered in its own environment by `make lf-diff` (oracles/llamafactory/run_api_server.py). Here the same
 bodies go to chatplex's server over HTTP: the same replies, finish reasons and token counts.
 
@@ -38,9 +38,18 @@ def _summary(body: dict) -> dict:
             "usage": {k: body["usage"][k] for k in ("prompt_tokens", "completion_tokens")}}
 
 
-@pytest.mark.parametrize("template", REQUESTS["templates"])
-def test_same_replies_as_llamafactorys_server(template, smollm_dir):
-    model = ChatModel({"model_name_or_path": smollm_dir, "template": template, "infer_dtype": "float32"})
+RUNS = [(t, False) for t in REQUESTS["templates"]] + [(t, True) for t in REQUESTS.get("family_templates", [])]
+
+
+@pytest.mark.parametrize(("template", "family"), RUNS, ids=[f"{t}{'-family' if f else ''}" for t, f in RUNS])
+def test_same_replies_as_llamafactorys_server(template, family, smollm_dir, tmp_path):
+    path = smollm_dir
+    if family:  # a tiny random model of the template's family, built as the oracle built it
+        from tests.templates.lf_tokenizers import tiny_family_lm
+
+        tiny_family_lm(template, smollm_dir, tmp_path)
+        path = str(tmp_path)
+    model = ChatModel({"model_name_or_path": path, "template": template, "infer_dtype": "float32"})
     try:
         with serving_in_thread(create_app(model, ServerSettings(api_mode="llamafactory"))) as url:
             got = {key: httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
