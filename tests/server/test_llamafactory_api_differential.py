@@ -1,9 +1,13 @@
 """chatplex serve --api-mode llamafactory answers LLaMA-Factory's own API server's requests as it does.
 
 fixtures/llamafactory/api_replies.json holds the responses of `llamafactory-cli api` (LLaMA-Factory 0.9.5, SmolLM2,
-or for its family templates a tiny random model of the family, float32) to the requests of api_requests.json (in the shape of its scripts/api_example: model "test", tools,
-greedy), rendered in its own environment by `make lf-diff` (oracles/llamafactory/run_api_server.py). Here the same
-bodies go to chatplex's server over HTTP: the same replies, finish reasons and token counts.
+or for its family templates a tiny random model of the family, float32) to the requests of api_requests.json (in
+the shape of its scripts/api_example: model "test", tools, greedy), rendered in its own environment by
+`make lf-diff` (oracles/llamafactory/run_api_server.py). Here the same bodies go to chatplex's server over HTTP:
+the same replies, finish reasons and token counts.
+
+Its server answers `toolcall_round2` with a 500 in its XML tool formats (glm4_moe, minimax2: the re-encoded
+arguments reach a formatter that wants an object), so the family templates here use JSON-style tool formats.
 
 One deliberate difference: given an assistant message with OpenAI `tool_calls`, LLaMA-Factory's server encodes the
 client's arguments string a second time; chatplex gives the template the arguments object, as LLaMA-Factory's
