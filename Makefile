@@ -227,6 +227,7 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) pyproject.toml requirements/vllm.in --extra test --no-emit-package torchvision \
 		--no-emit-package torchaudio --no-emit-package torchcodec -o requirements/vllm.txt
 	$(UV_COMPILE) requirements/lf.in -o requirements/lf.txt
+	cd requirements && ../$(BIN)/python root_pins.py  # the root constraints.txt / requirements.txt follow the locks
 
 # Drift on purpose: a throw-away environment from pyproject.toml's ranges (the newest release of everything but
 # torch), then the main suite and the video tests in it. Not part of .ci/run: it reports what the next upstream
