@@ -20,8 +20,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from run_api_server import wait
 
 REPO = Path(__file__).resolve().parents[2]
 HOST, ADDRESS = "qianwen-res.oss-cn-beijing.aliyuncs.com", "1.2.3.4"
@@ -77,18 +78,8 @@ def tiny_qwen2_vl(path: Path) -> None:
                      video_processor=Qwen2VLVideoProcessor()).save_pretrained(path)
 
 
-def run_script(script: str, port: int, server: subprocess.Popen, health: str) -> str:
-    import httpx
-
-    for _ in range(300):
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+def run_script(script: str, port: int, server: subprocess.Popen) -> str:
+    wait(f"http://127.0.0.1:{port}", server)  # both answer /v1/models once the model is loaded
     env = {**os.environ, "API_PORT": str(port)}
     try:
         done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
@@ -117,11 +108,11 @@ def main(script: str) -> None:
         lf = subprocess.Popen([lf_cli, "api", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "API_HOST": "127.0.0.1", "API_PORT": "8411", "API_VERBOSE": "0",
                                    "REQUESTS_CA_BUNDLE": str(cert), "DISABLE_VERSION_CHECK": "1"})
-        theirs = run_script(script, 8411, lf, "/v1/models")
+        theirs = run_script(script, 8411, lf)
         ours = subprocess.Popen([str(REPO / ".venv/bin/chatplex"), "api", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env={**os.environ, "API_HOST": "127.0.0.1",
                                                                 "API_PORT": "8412", "SSL_CERT_FILE": str(cert)})
-        mine = run_script(script, 8412, ours, "/health")
+        mine = run_script(script, 8412, ours)
     finally:
         images.terminate()
         Path("/etc/hosts").write_text(hosts)

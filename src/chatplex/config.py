@@ -169,7 +169,7 @@ class ModelArguments:
         from chatplex.templates import llamafactory
 
         values = dict(self.media or {})
-        if self.template is not None and self.template in set(llamafactory.names()):
+        if llamafactory.is_name(self.template):
             from chatplex.llamafactory_keys import MEDIA_DEFAULTS
 
             values = {**MEDIA_DEFAULTS, **values}

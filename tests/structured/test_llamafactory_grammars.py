@@ -15,7 +15,9 @@ from chatplex.structured.matcher import GrammarCompiler
 from chatplex.templates import LF_TOOL_PARSERS
 from chatplex.templates.llamafactory.tool_formats import FORMATS
 from chatplex.templates.tool_parsers import get_tool_parser
-from tests.structured.test_tool_grammars import ASK, SCHEMAS, T_ARGS, TOOLS, W_ARGS, _check_reply, _feed
+from tests.structured.test_tool_grammars import (
+    SCHEMAS, T_ARGS, TOOLS, W_ARGS, _feed, assert_forced_calls_parse_back,
+)
 
 # parser -> LLaMA-Factory's tool_format of that name
 FORMAT_OF = {parser: fmt for fmt, parser in LF_TOOL_PARSERS.items()
@@ -98,13 +100,4 @@ def test_gemma4_refuses_what_its_syntax_cannot_hold():
 def test_smollm_forced_calls_in_its_formats_parse_back(parser):
     """SmolLM2 under LLaMA-Factory's `default` template with `tool_format` set, as a user of a model fine-tuned in
     that format would serve it."""
-    from chatplex import ChatModel
-
-    with ChatModel({"infer_dtype": "float32", "template": "default", "tool_format": FORMAT_OF[parser]}) as model:
-        (r,) = model.chat(ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=0,
-                          max_tokens=150)
-        _check_reply(r, None)
-        assert len(r.tool_calls) == 1
-        (r,) = model.chat(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                          temperature=0, max_tokens=150)
-        _check_reply(r, ["get_weather"])
+    assert_forced_calls_parse_back({"template": "default", "tool_format": FORMAT_OF[parser]})

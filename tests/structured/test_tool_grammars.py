@@ -186,12 +186,11 @@ def _check_reply(r, names):
         jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
 
 
-@pytest.mark.parametrize("family", sorted(TEMPLATES))
-def test_smollm_forced_calls_parse_back(family):
+def assert_forced_calls_parse_back(args: dict) -> None:
+    """SmolLM2 with these arguments, forced to call (any tool, then a named one), answers with valid calls."""
     from chatplex import ChatModel
 
-    model = ChatModel({"infer_dtype": "float32", "template": TEMPLATES[family]})
-    try:
+    with ChatModel({"infer_dtype": "float32", **args}) as model:
         (r,) = model.chat(ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=0,
                           max_tokens=150)
         _check_reply(r, None)
@@ -199,8 +198,11 @@ def test_smollm_forced_calls_parse_back(family):
         (r,) = model.chat(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
                           temperature=0, max_tokens=150)
         _check_reply(r, ["get_weather"])
-    finally:
-        model.close()
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_smollm_forced_calls_parse_back(family):
+    assert_forced_calls_parse_back({"template": TEMPLATES[family]})
 
 
 @pytest.fixture(scope="module")

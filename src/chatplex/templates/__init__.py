@@ -62,7 +62,7 @@ def builtin_names() -> list[str]:
 
 def check_template_name(name: str) -> None:
     """Fail fast (before any weights load) on a name that is neither LLaMA-Factory's nor a built-in."""
-    if name in set(llamafactory.names()) or ALIASES.get(name, name) in BY_NAME:
+    if llamafactory.is_name(name) or ALIASES.get(name, name) in BY_NAME:
         return
     valid = [*llamafactory.names(), *builtin_names(), *ALIASES]
     near = llamafactory.closest(name, valid)
@@ -90,7 +90,7 @@ def load_llamafactory(name: str, *, tool_format: str | None = None, enable_think
 
 
 def load_builtin(name: str) -> ChatTemplate:
-    if name in set(llamafactory.names()):
+    if llamafactory.is_name(name):
         return load_llamafactory(name)
     key = ALIASES.get(name, name)
     if key not in BY_NAME:
@@ -112,7 +112,7 @@ def resolve_template(
     """Pick the template a model renders with (a LLaMA-Factory format, a named built-in, a Jinja file/string, or
     the tokenizer's own), and find out whether it shows the model a request's tools. A LLaMA-Factory format also
     sets the tokenizer's EOS and stop words as LLaMA-Factory does (`LFFormat.fix_tokenizer`)."""
-    if template and template in set(llamafactory.names()):
+    if llamafactory.is_name(template):
         chosen = load_llamafactory(template, tool_format=tool_format, enable_thinking=enable_thinking,
                                    preserve_thinking=preserve_thinking)
         assert chosen.lf is not None

@@ -36,6 +36,11 @@ def names() -> list[str]:
     return sorted(_data()["templates"])
 
 
+def is_name(name: str | None) -> bool:
+    """Whether `name` is one of LLaMA-Factory's template names (so it means LLaMA-Factory's format)."""
+    return name is not None and name in _data()["templates"]
+
+
 def source_version() -> str:
     return str(_data()["source"]["version"])
 
