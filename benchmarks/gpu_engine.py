@@ -186,20 +186,22 @@ def graph_replay_ms(engine) -> dict:
     return out
 
 
-def run_phased(model: ChatModel, work, concurrency: int, async_on: bool) -> dict:
+def run_phased(model: ChatModel, work, concurrency: int) -> dict:
     engine = model.engine
-    engine.async_scheduling = async_on
     before = dict(engine.phase_seconds)
     steps = model.stats().steps
-    try:
-        r = asyncio.run(run_engine(model, work, concurrency))
-    finally:
-        engine.async_scheduling = True
+    r = asyncio.run(run_engine(model, work, concurrency))
     r["engine_steps"] = model.stats().steps - steps
     r["engine_thread_ms_per_step"] = {k: round(1e3 * (v - before[k]) / max(r["engine_steps"], 1), 3)
                                       for k, v in engine.phase_seconds.items()}
-    r["async_scheduling"] = async_on
+    r["async_scheduling"] = engine.args.model.async_scheduling
     return r
+
+
+def load_engine(args, **settings) -> ChatModel:
+    return ChatModel({"dummy_weights": args.shape, "infer_dtype": "bfloat16", "max_model_len": 2048,
+                      "max_num_seqs": 128, "gpu_memory_utilization": 0.7,
+                      "max_num_batched_tokens": args.max_num_batched_tokens, **settings})
 
 
 def main() -> None:
@@ -224,9 +226,7 @@ def main() -> None:
     bw = measured_bandwidth(device)
     result["bandwidth_GBps"] = bw / 1e9
     t = time.perf_counter()
-    model = ChatModel({"dummy_weights": args.shape, "infer_dtype": "bfloat16", "max_model_len": 2048,
-                       "max_num_seqs": 128, "gpu_memory_utilization": 0.7,
-                       "max_num_batched_tokens": args.max_num_batched_tokens})
+    model = load_engine(args)
     result["engine_start_s"] = time.perf_counter() - t
     engine = model.engine
     hf_model = engine.model
@@ -247,13 +247,13 @@ def main() -> None:
     w1 = [([random.Random(2).randrange(1000, 30000) for _ in range(512)], 256)]
     asyncio.run(run_engine(model, w1, 1))  # warm-up (Triton autotune / first prefill)
     roof_w1 = bw / (weight_bytes + (512 + 128) * kv_tok)
-    for key, async_on in (("W1", True), ("W1_sync", False)):
-        if key == "W1_sync" and not args.compare_sync:
-            continue
-        r = run_phased(model, w1, 1, async_on)
+    def run_w1(key: str) -> None:
+        r = run_phased(model, w1, 1)
         decode_tok_s = 1e3 / r["tpot_p50_ms"]
         result[key] = {**r, "decode_tok_s": decode_tok_s, "roofline_tok_s": roof_w1, "mbu": decode_tok_s / roof_w1}
         print(key, json.dumps(result[key]), flush=True)
+
+    run_w1("W1")
     result["graph_replay_ms"] = graph_replay_ms(engine)
     print("graph replay ms", result["graph_replay_ms"], flush=True)
 
@@ -264,7 +264,7 @@ def main() -> None:
         result["switch_interval_W2_256"] = {}
         for value in [float(v) for v in args.switch_intervals.split(",")]:
             sys.setswitchinterval(value)
-            r = run_phased(model, workload_w2(256, seed=3), 64, True)
+            r = run_phased(model, workload_w2(256, seed=3), 64)
             result["switch_interval_W2_256"][value] = r
             print("switch interval", value, json.dumps(r), flush=True)
         sys.setswitchinterval(engine_default)
@@ -272,14 +272,14 @@ def main() -> None:
     work = workload_w2(args.w2_requests)
     avg_ctx = statistics.mean(len(p) + n / 2 for p, n in work)
     roof_w2 = 64 * bw / (weight_bytes + 64 * avg_ctx * kv_tok)
-    for key, async_on in (("W2", True), ("W2_sync", False)):
-        if key == "W2_sync" and args.compare_sync != "all":
-            continue
-        graph_steps = engine.runner.graph_steps
-        r = run_phased(model, work, 64, async_on)
+    def run_w2(key: str) -> None:
+        graph_steps = model.engine.runner.graph_steps
+        r = run_phased(model, work, 64)
         result[key] = {**r, "roofline_tok_s_at_64": roof_w2, "fraction_of_roofline": r["output_tok_s"] / roof_w2,
-                       "graph_steps": engine.runner.graph_steps - graph_steps}
+                       "graph_steps": model.engine.runner.graph_steps - graph_steps}
         print(key, json.dumps(result[key]), flush=True)
+
+    run_w2("W2")
     result["syncs"] = sync_report(model)
     print("syncs", json.dumps(result["syncs"], indent=1), flush=True)
 
@@ -299,6 +299,13 @@ def main() -> None:
             result["sweep"].append(r)
             print(json.dumps(r), flush=True)
     model.close()
+    if args.compare_sync:  # the same rows from an engine started with async scheduling off
+        model = load_engine(args, async_scheduling=False)
+        asyncio.run(run_engine(model, w1, 1))  # warm-up
+        run_w1("W1_sync")
+        if args.compare_sync == "all":
+            run_w2("W2_sync")
+        model.close()
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

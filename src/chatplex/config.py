@@ -74,6 +74,12 @@ class ModelArguments:
     max_waiting_requests: int | None = None  # None: unbounded
     enforce_eager: bool = False  # True: no CUDA graphs (and no torch.compile) for decode steps
     compile: bool = True  # torch.compile the CUDA-graph decode step (CUDA only)
+    # Launch step N+1 before step N's sampled tokens reach the host (engines/hf/engine.py); false runs one step at
+    # a time (the same output, slower on a GPU; for comparisons).
+    async_scheduling: bool = True
+    # Eager steps round their token count up to a multiple of this: on a GPU cuBLAS picks kernels per matrix shape
+    # on the host, and an unpadded count is a new shape almost every step. None: 128 on a GPU, 0 (off) elsewhere.
+    pad_tokens_to: int | None = None
     dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096
@@ -141,6 +147,12 @@ class ModelArguments:
             _check_positive(name, getattr(self, name))
         if self.max_model_len is not None:
             _check_positive("max_model_len", self.max_model_len)
+        if self.pad_tokens_to is not None and (
+            not isinstance(self.pad_tokens_to, int) or isinstance(self.pad_tokens_to, bool) or self.pad_tokens_to < 0
+        ):
+            raise ConfigError(
+                f"pad_tokens_to must be an integer >= 0 (0: no padding), got {self.pad_tokens_to!r}.", param="pad_tokens_to"
+            )
         if self.max_waiting_requests is not None and (
             not isinstance(self.max_waiting_requests, int) or self.max_waiting_requests < 0
         ):

@@ -12,17 +12,25 @@ from chatplex import ChatModel
 PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three", "x y z " * 8]
 
 
+def load(tiny_model_dir, **settings) -> ChatModel:
+    # Few tokens of budget per step: prefill chunks run beside decodes, so steps mix pending and known tokens.
+    return ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
+                      "max_num_batched_tokens": 16, "kv_block_size": 4, **settings})
+
+
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    # Few tokens of budget per step: prefill chunks run beside decodes, so steps mix pending and known tokens.
-    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
-                    "max_num_batched_tokens": 16, "kv_block_size": 4}) as m:
+    with load(tiny_model_dir) as m:
         yield m
 
 
-def run_all(model: ChatModel, requests: list, async_on: bool) -> list[list[tuple]]:
-    model.engine.async_scheduling = async_on
+@pytest.fixture(scope="module")
+def sync_model(tiny_model_dir):
+    with load(tiny_model_dir, async_scheduling=False) as m:
+        yield m
 
+
+def run_all(model: ChatModel, requests: list) -> list[list[tuple]]:
     async def one(request) -> list[tuple]:
         return [(d.index, d.text, tuple(d.token_ids), d.completion_tokens, d.finish_reason, d.stop_reason,
                  tuple((lp.token_id, round(lp.logprob, 4)) for lp in d.logprobs or ()))
@@ -31,10 +39,11 @@ def run_all(model: ChatModel, requests: list, async_on: bool) -> list[list[tuple
     async def main():
         return await asyncio.gather(*(one(r) for r in requests))
 
-    try:
-        return model._loop.run(main())
-    finally:
-        model.engine.async_scheduling = True
+    return model._loop.run(main())
+
+
+def idle(engine) -> bool:
+    return not engine.scheduler.has_work and engine.core.steps.inflight is None
 
 
 def build(model: ChatModel, prompt: str, **kw):
@@ -45,8 +54,8 @@ def tokens_of(deltas: list[tuple]) -> list[int]:
     return [t for d in deltas for t in d[2]]
 
 
-def test_async_equals_sync_for_mixed_requests(model):
-    plain = run_all(model, [build(model, p) for p in PROMPTS], async_on=False)
+def test_async_equals_sync_for_mixed_requests(model, sync_model):
+    plain = run_all(sync_model, [build(model, p) for p in PROMPTS])
     # Stop on a token / a stop string that greedy decoding reaches mid-way, and max_new_tokens of 1 and 3.
     stop_token = tokens_of(plain[1])[4]
     text0 = "".join(d[1] for d in plain[0])
@@ -59,24 +68,27 @@ def test_async_equals_sync_for_mixed_requests(model):
         build(model, PROMPTS[2], do_sample=True, temperature=0.9, seed=7, n=2),
         build(model, PROMPTS[3], do_sample=True, top_p=0.8, seed=3, logprobs=True, top_logprobs=2),
     ]
-    sync_out = run_all(model, requests, async_on=False)
-    async_out = run_all(model, requests, async_on=True)
+    sync_out = run_all(sync_model, requests)
+    async_out = run_all(model, requests)
     assert async_out == sync_out
     assert tokens_of(async_out[1])[-1] == stop_token and stop_token not in tokens_of(async_out[1])[:-1]
     assert async_out[0][-1][4] == "stop" and stop_text not in "".join(d[1] for d in async_out[0])
     assert len(tokens_of(async_out[2])) == 1 and len(tokens_of(async_out[3])) == 3
-    assert model.engine._inflight is None and not model.engine.scheduler.has_work
+    assert idle(model.engine)
 
 
-def test_async_overlaps_steps_and_counts_only_emitted_tokens(model):
-    before = model.stats()
-    out = run_all(model, [build(model, p, max_new_tokens=5) for p in PROMPTS], async_on=True)
-    after = model.stats()
-    assert all(len(tokens_of(d)) == 5 for d in out)
-    assert after.generated_tokens - before.generated_tokens == 5 * len(PROMPTS)  # lookahead tokens are dropped
-    assert after.overlapped_steps - before.overlapped_steps > 0, after  # steps ran while others were in flight
-    run_all(model, [build(model, p, max_new_tokens=5) for p in PROMPTS], async_on=False)
-    assert model.stats().overlapped_steps == after.overlapped_steps  # and never without async scheduling
+def test_async_overlaps_steps_and_counts_only_emitted_tokens(model, sync_model):
+    for m in (model, sync_model):
+        before = m.stats()
+        out = run_all(m, [build(m, p, max_new_tokens=5) for p in PROMPTS])
+        after = m.stats()
+        assert all(len(tokens_of(d)) == 5 for d in out)
+        assert after.generated_tokens - before.generated_tokens == 5 * len(PROMPTS)  # lookahead tokens are dropped
+        overlapped = after.overlapped_steps - before.overlapped_steps
+        if m is model:
+            assert overlapped > 0, after  # steps ran while others were in flight
+        else:
+            assert overlapped == 0, after  # and never without async scheduling
 
 
 def test_abort_mid_stream_frees_everything(model):
@@ -95,21 +107,18 @@ def test_abort_mid_stream_frees_everything(model):
     assert sum(len(d.token_ids) for d in deltas) == 4
     engine = model.engine
     for _ in range(100):
-        if not engine.scheduler.has_work and engine._inflight is None:
+        if idle(engine):
             break
         model._loop.run(asyncio.sleep(0.02))
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
-def test_padded_eager_steps_change_nothing(model):
+def test_padded_eager_steps_change_nothing(model, tiny_model_dir):
     """Eager steps padded to a multiple of 16 tokens (as on a GPU, where it keeps matrix shapes few) emit the
     same deltas as unpadded ones."""
     requests = [build(model, p) for p in PROMPTS]
-    plain = run_all(model, requests, async_on=True)
-    runner = model.engine.runner
-    runner.pad_tokens_to = 16
-    try:
-        padded = run_all(model, requests, async_on=True)
-    finally:
-        runner.pad_tokens_to = 0
+    plain = run_all(model, requests)
+    with load(tiny_model_dir, pad_tokens_to=16) as padded_model:
+        assert padded_model.engine.runner.pad_tokens_to == 16
+        padded = run_all(padded_model, requests)
     assert padded == plain

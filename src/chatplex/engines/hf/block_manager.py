@@ -1,7 +1,6 @@
 """KV-cache block bookkeeping in plain Python: which fixed-size blocks of cache slots each sequence owns.
 
-A block holds `block_size` consecutive tokens of one sequence; token p of a sequence lives in slot
-`block_table[p // block_size] * block_size + p % block_size`.
+A block holds `block_size` consecutive tokens of one sequence (step_inputs.slots_of maps a position to its slot).
 """
 
 from __future__ import annotations
@@ -45,9 +44,3 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         self._free.extend(seq.block_table)
         seq.block_table = []
-
-    def slots(self, seq: Sequence, start: int, end: int) -> list[int]:
-        """Cache slot of each token position in [start, end)."""
-        bs = self.block_size
-        table = seq.block_table
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]

@@ -9,11 +9,12 @@ sequence asked for that adapter. Each token then sees what a single-adapter run 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError
+from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 
 
 def _peft() -> Any:
@@ -131,3 +132,30 @@ class LoraAdapters:
             delta = lora_b(lora_a(xs)) * module.scaling[name]
             output.index_add_(1, index, delta.to(output.dtype))
         return output
+
+
+# ---- run-time operations (the engine runs these on its thread, between steps) ------------------------------------
+def resolve_adapter(name: str | None, loaded: list[str], default: str | None) -> str | None:
+    """The adapter a request runs with: the one it names (which must be loaded), else the engine's default."""
+    if name is None:
+        return default
+    if name not in loaded:
+        raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="model", code="model_not_found")
+    return name
+
+
+def load_at_run_time(runner: Any, max_loras: int, name: str, path: str) -> None:
+    """Load an adapter onto the runner's model (its first one creates the adapter set)."""
+    if runner.lora is None:
+        runner.lora = LoraAdapters(runner.model, max_loras)
+    runner.lora.load(name, path)
+
+
+def unload_at_run_time(runner: Any, name: str, live: Iterable[Any]) -> None:
+    """Unload an adapter; refused while a live sequence (of `live`) uses it."""
+    users = sum(seq.adapter == name for seq in live if not seq.is_finished)
+    if users:
+        raise UnsupportedFeatureError(f"lora_name: the adapter {name!r} is in use by {users} sequences.", param="lora_name")
+    if runner.lora is None:
+        raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="lora_name", code="model_not_found")
+    runner.lora.unload(name)

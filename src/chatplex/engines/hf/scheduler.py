@@ -117,7 +117,17 @@ class Scheduler:
             budget -= n
         return batch, too_long
 
-    def complete_step(self, batch: list[ScheduledSeq]) -> None:
-        """Record that the scheduled positions are now in the cache."""
+    def complete_step(self, batch: list[ScheduledSeq], sampled: list[Sequence]) -> None:
+        """Record a launched step: its positions are in the cache, and each sequence in `sampled` has one more
+        token pending (sampled on the device, not yet known on the host)."""
         for item in batch:
             item.seq.num_computed_tokens = item.start + item.num_tokens
+        for seq in sampled:
+            seq.num_pending += 1
+
+    @staticmethod
+    def token_arrived(seq: Sequence) -> bool:
+        """The oldest pending token of `seq` reached the host; False if the sequence finished meanwhile (then the
+        token is dropped)."""
+        seq.num_pending -= 1
+        return not seq.is_finished

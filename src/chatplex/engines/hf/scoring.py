@@ -149,3 +149,9 @@ def input_ids(prompts: Any, inp: Any, index: int, max_length: int | None, trunca
 def check_max_length(max_length: Any) -> None:
     if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0):
         raise InvalidRequestError(f"max_length: must be a positive integer, got {max_length!r}.", param="max_length")
+
+
+def batch_input_ids(prompts: Any, inputs: list[Any], max_length: Any, truncation_side: str) -> list[list[int]]:
+    """Token ids of each input of a scoring request (checked, cut to max_length)."""
+    check_max_length(max_length)
+    return [input_ids(prompts, x, i, max_length, truncation_side) for i, x in enumerate(inputs)]

@@ -84,7 +84,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None:  # graphs take 1-D positions
         graphs = DecodeGraphs(model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile)
         graphs.capture()
-    runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal)
+    pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
+    runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal, pad_tokens_to=pad)
     template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
     # A sequence classifier (reward model) has no generation config.
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
