@@ -31,7 +31,7 @@ def _run(template: ChatTemplate, request: GenerationRequest, pieces: list[str], 
     async def deltas():
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
-            yield Delta(0, piece, [i], 5, i + 1, finish_reason="stop" if last else None)
+            yield Delta(index=0, text=piece, token_ids=[i], prompt_tokens=5, completion_tokens=i + 1, finish_reason="stop" if last else None)
 
     async def collect():
         return [d async for d in parse_deltas(deltas(), make)]
@@ -80,7 +80,10 @@ def test_cut_short_reply_keeps_length_and_text():
     make = reply_parsers(load_builtin("qwen3"), _request(), lambda: "")
 
     async def deltas():
-        yield Delta(0, '<tool_call>\n{"name": "f", "argu', [1], 5, 1, finish_reason="length")
+        yield Delta(
+            index=0, text='<tool_call>\n{"name": "f", "argu', token_ids=[1], prompt_tokens=5, completion_tokens=1,
+            finish_reason="length",
+        )
 
     out = asyncio.run(_collect(parse_deltas(deltas(), make)))
     assert out[0].finish_reason == "length" and out[0].tool_calls == []

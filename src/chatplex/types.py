@@ -116,7 +116,7 @@ class TokenLogprob:
     top: tuple[TopLogprob, ...] = ()
 
 
-@dataclass
+@dataclass(kw_only=True)  # ten fields: built by keyword only
 class Delta:
     """One step of one output sequence: new text (possibly empty), the tokens behind it, and on the last delta
     of the sequence, its finish reason.

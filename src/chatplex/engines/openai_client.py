@@ -293,7 +293,10 @@ class OpenAIEngine(Engine):
         if not text and not reason and not logprobs:
             return None
         stop_reason = raw.get("stop_reason") if isinstance(raw.get("stop_reason"), (str, int)) else None
-        return Delta(index, text, [], 0, choice.tokens, logprobs if want_logprobs else None, reason, stop_reason)
+        return Delta(
+            index=index, text=text, token_ids=[], prompt_tokens=0, completion_tokens=choice.tokens,
+            logprobs=logprobs if want_logprobs else None, finish_reason=reason, stop_reason=stop_reason,
+        )
 
     def _finals(self, choices: list[_Choice], usage: dict[str, Any]) -> list[Delta]:
         prompt = int(usage.get("prompt_tokens") or 0)

@@ -278,7 +278,10 @@ class LlamaCppEngine(Engine):
         logprobs = None
         if job.request.sampling.logprobs is not None:
             logprobs = [token_logprob(self.tokenizer, token, result.logprobs[0] or 0.0, result.top_logprobs[0])]
-        return Delta(index, piece, [token], len(job.prompt_ids), num_out, logprobs, reason, stop_reason)
+        return Delta(
+            index=index, text=piece, token_ids=[token], prompt_tokens=len(job.prompt_ids), completion_tokens=num_out,
+            logprobs=logprobs, finish_reason=reason, stop_reason=stop_reason,
+        )
 
     @staticmethod
     def _send(job: _Job, item: Delta | BaseException) -> None:

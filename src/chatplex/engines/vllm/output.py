@@ -61,7 +61,10 @@ class SequenceOutput:
             text.append(piece)
         self.finished = reason is not None
         lps = self._logprobs(taken, logprobs) if self.sampling.logprobs is not None else None
-        return Delta(self.index, "".join(text), taken, self.prompt_len, self.num_tokens, lps, reason, stop_reason)
+        return Delta(
+            index=self.index, text="".join(text), token_ids=taken, prompt_tokens=self.prompt_len,
+            completion_tokens=self.num_tokens, logprobs=lps, finish_reason=reason, stop_reason=stop_reason,
+        )
 
     def _logprobs(self, tokens: list[int], logprobs: Sequence[Mapping[int, Any]] | None) -> list[TokenLogprob]:
         if logprobs is None:
