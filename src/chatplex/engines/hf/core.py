@@ -57,6 +57,7 @@ class EngineCore:
         self._cv = threading.Condition()
         self._inbox: list[tuple[str, Any]] = []
         self._closing = False
+        self.stopped_by: BaseException | None = None  # what ended the thread, if not close()
         self._heap = HeapTrimmer()
         self._thread = threading.Thread(target=self._run, name="chatplex-hf-engine", daemon=True)
 
@@ -92,20 +93,40 @@ class EngineCore:
             if self._closing:
                 if kind == "abort":
                     return  # close() ends every open request itself
+                if self.stopped_by is not None:
+                    raise EngineError(f"The engine stopped: {type(self.stopped_by).__name__}: {self.stopped_by}")
                 raise EngineClosedError("The engine is not running.")
             self._inbox.append((kind, payload))
             self._cv.notify()
 
     # ---- the engine thread -----------------------------------------------------------------------------------
     def _run(self) -> None:
-        profile_path = os.environ.get("CHATPLEX_PROFILE")
-        if not profile_path:
-            return self._loop()
-        import cProfile  # a developer's switch (README): profile the engine thread, dump stats at close
+        try:
+            profile_path = os.environ.get("CHATPLEX_PROFILE")
+            if not profile_path:
+                return self._loop()
+            import cProfile  # a developer's switch (README): profile the engine thread, dump stats at close
 
-        profiler = cProfile.Profile()
-        profiler.runcall(self._loop)
-        profiler.dump_stats(profile_path)
+            profiler = cProfile.Profile()
+            profiler.runcall(self._loop)
+            profiler.dump_stats(profile_path)
+        except BaseException as e:  # a bug or a broken device: end every request with it rather than hang them
+            logger.exception("The engine thread stopped")
+            with self._cv:
+                self._closing = True
+                self.stopped_by = e
+                inbox, self._inbox = self._inbox, []
+            streams = list(self.streams.values()) + [payload[1] for kind, payload in inbox if kind == "add"]
+            self.streams.clear()
+            failed = []
+            for stream in streams:
+                err = EngineError(f"The engine stopped: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                failed.append((stream, err))
+            deliver(failed)
+            for kind, payload in inbox:
+                if kind == "call":
+                    payload.loop.call_soon_threadsafe(payload.future.set_exception, EngineError("The engine stopped."))
 
     def _loop(self) -> None:
         while True:

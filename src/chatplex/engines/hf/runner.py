@@ -70,9 +70,9 @@ class ModelRunner:
         self._prev_rows: dict[int, int] = {}
 
     def _metadata(self, host: StepInputs, dev: DeviceInputs) -> AttentionMetadata:
-        d = host.num_decodes
+        d = len(dev.seq_lens)  # the decodes, and in a padded decode-only step its padding rows
         segments = []
-        for i in range(d, len(host.items)):
+        for i in range(host.num_decodes, len(host.items)):
             it = host.items[i]
             end = it.start + it.num_tokens
             ctx = h2d(torch.from_numpy(host.context_slots(i, end)), torch.long, self.device) if it.start else None
@@ -90,7 +90,7 @@ class ModelRunner:
             prefills=segments,
             decode_block_tables=dev.tables if d and self.use_kernel else None,
             decode_seq_lens=dev.seq_lens if d and self.use_kernel else None,
-            padded_from=host.num_real_tokens if host.num_tokens > host.num_real_tokens else None,
+            padded_from=host.num_real_tokens if d < host.num_tokens > host.num_real_tokens else None,
         )
 
     @torch.inference_mode()
@@ -109,7 +109,10 @@ class ModelRunner:
             return self._sample(logits, sampling, rows, replayed=True)
         if self.pad_tokens_to and self.multimodal is None:
             host.pad(-(-host.num_tokens // self.pad_tokens_to) * self.pad_tokens_to)
-        dev = host.to_device(self.device, self._prev_tokens)
+        # A decode-only step runs the paged-decode kernel over every row, so its padding rows are decodes of the
+        # scratch block, as in a CUDA-graph bucket (block tables and lengths for them too).
+        decode_rows = host.num_tokens if self.use_kernel and host.num_decodes == len(host.items) else None
+        dev = host.to_device(self.device, self._prev_tokens, rows=decode_rows)
         meta = self._metadata(host, dev)
         inputs = {"input_ids": dev.input_ids[None], "position_ids": dev.positions[None]}
         if self.multimodal is not None:
