@@ -1,15 +1,21 @@
 """The Hugging Face (transformers) engine: continuous batching over a paged KV cache.
 
-    engine.py         wiring: the step thread, request lifecycle, scores and adapters
+    engine.py         the asyncio side: requests in (checked, rendered), deltas and scores out
+    core.py           the engine thread: inbox, the verbs of a step, finishing and failing requests
+    steps.py          a step's order (overlapped, sync or scoring), chosen at start; phase timing
     setup.py          builds the parts below from the arguments
     streams.py        request streams and delivery to event loops
     output_processor.py  tokens -> text, stop strings, finish reasons, logprobs
-    scheduler.py      who runs next (no torch)
+    scheduler.py      who runs next, pending-token bookkeeping (no torch)
     block_manager.py  KV block bookkeeping (no torch)
     sequence.py       per-sequence state
-    loader.py         model, tokenizer and dtype
-    kv_cache.py       the KV tensors
+    step_inputs.py    a step's inputs on the host (tokens, positions, slots, tables): the one slot formula
+    runner.py         the only code that runs the model (eager, or a CUDA-graph replay)
+    cuda_graphs.py    decode steps captured per batch bucket
     attention.py      the attention function registered with transformers
-    runner.py         the only code that runs the model
+    triton_decode.py  the paged-decode kernel (CUDA)
     sampler.py        logits -> tokens, per-row settings
+    loader.py, kv_cache.py, lora.py, scoring.py, multimodal/   weights, cache, adapters, reward heads, media
+    switch_interval.py, fresh_thread.py, heap.py, transfer.py  process-wide and threading helpers
+docs/ARCHITECTURE.md draws the threads and a request's path.
 """
