@@ -30,7 +30,7 @@ $(1)/bin/pip install -q --no-deps -e .
 $(1)/bin/python requirements/check_installed.py $(2)
 endef
 
-.PHONY: chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
+.PHONY: lint chat test install install-test install-llamacpp serve bench clean install-vllm test-vllm install-media \
 	test-media lock test-latest install-lf lf-goldens lf-diff lf-toolcall lf-image
 
 $(BIN)/python:
@@ -83,9 +83,15 @@ chat: install
 serve: install
 	$(BIN)/chatplex serve
 
-test: install-test install-media
+test: install-test install-media lint
 	$(BIN)/python -m pytest -q -ra
 	$(MAKE) --no-print-directory test-media
+
+# Static checks on src/ (pyproject.toml: [tool.ruff], [tool.mypy]): lint, formatting, types.
+lint: install-test
+	$(BIN)/ruff check src
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy
 
 # Video input in its own environment: transformers' video processors need torchvision, and the registry's
 # torchvision for torch 2.13.0 is a CUDA build that fails to import next to the CPU torch. torch 2.14.1 with
@@ -214,7 +220,7 @@ LOCK_FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-l
 UV_COMPILE = $(BIN)/uv pip compile -q $(LOCK_UPGRADE) --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock" $(LOCK_FIND_LINKS)
 TEST_EXTRAS := --extra server --extra bench --extra test --extra llamacpp --extra llamacpp-server --extra media \
-	--extra lora
+	--extra lora --extra lint
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q "$(UV_SPEC)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from chatplex.errors import EngineClosedError
@@ -31,18 +31,17 @@ class BackgroundLoop:
             future.cancel()
             raise
 
-    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def iterate(self, agen: AsyncGenerator[T, None]) -> Iterator[T]:
         """Iterate an async iterator from sync code; closing the iterator closes the async one on the loop."""
         try:
             while True:
                 try:
-                    yield self.run(agen.__anext__())  # type: ignore[arg-type]
+                    yield self.run(agen.__anext__())
                 except StopAsyncIteration:
                     return
         finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None and self.loop.is_running():
-                asyncio.run_coroutine_threadsafe(aclose(), self.loop).result(timeout=30)
+            if self.loop.is_running():
+                asyncio.run_coroutine_threadsafe(agen.aclose(), self.loop).result(timeout=30)
 
     def stop(self) -> None:
         if self.loop.is_running():

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
+from typing import Any, Self
 
 from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs, load_args
@@ -98,7 +99,8 @@ class ChatModel:
             sampling = dataclasses.replace(sampling, skip_special_tokens=False)
         if constraint is not None and not self.engine.supports_constraints:
             raise UnsupportedFeatureError(
-                f"{constraint.param}: the {self.engine.backend} engine cannot constrain its output.", param=constraint.param
+                f"{constraint.param}: the {self.engine.backend} engine cannot constrain its output.",
+                param=constraint.param,
             )
         return GenerationRequest(
             sampling=sampling,
@@ -113,7 +115,7 @@ class ChatModel:
             adapter=adapter,  # a LoRA adapter's name (see `adapters`), None for the model as loaded
         )
 
-    async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def agenerate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """The streaming primitive: the engine's deltas for a built request (all `n` sequences interleaved).
 
         Chat replies come parsed (`Delta.text` is answer content; `reasoning` and `tool_calls` carry the rest)
@@ -122,11 +124,9 @@ class ChatModel:
         make_parser = reply_parsers(self.template, request, lambda: self._prompt_text(request))
         if make_parser is not None:
             gen = parse_deltas(gen, make_parser)
-        try:
+        async with aclosing(gen):
             async for delta in gen:
                 yield delta
-        finally:
-            await gen.aclose()  # type: ignore[attr-defined]
 
     def render_prompt(
         self,
@@ -153,7 +153,10 @@ class ChatModel:
 
         prompts = self.engine.prompts  # type: ignore[attr-defined]
         return render_prompt(
-            prompts.tokenizer, prompts.template, request.messages or [], tools=request.tools,
+            prompts.tokenizer,
+            prompts.template,
+            request.messages or [],
+            tools=request.tools,
             template_kwargs=request.template_kwargs,
         )
 
@@ -170,16 +173,14 @@ class ChatModel:
         videos: Any = None,
         audios: Any = None,
         **gen_kwargs: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply's text as it is generated (the first sequence if n > 1)."""
         request = self.build_request(messages, system, tools, images, videos, audios, **gen_kwargs)
         gen = self.agenerate(request)
-        try:
+        async with aclosing(gen):
             async for delta in gen:
                 if delta.index == 0 and delta.text:
                     yield delta.text
-        finally:
-            await gen.aclose()  # type: ignore[attr-defined]
 
     def stream_chat(
         self,
@@ -221,7 +222,7 @@ class ChatModel:
 
     async def _collect(self, request: GenerationRequest) -> list[Response]:
         n = request.sampling.n
-        texts = [[] for _ in range(n)]
+        texts: list[list[str]] = [[] for _ in range(n)]
         tokens: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[Any]] = [[] for _ in range(n)]
         finals: list[Delta | None] = [None] * n
@@ -312,13 +313,13 @@ class ChatModel:
         self._loop.run(self.engine.close())
         self._loop.stop()
 
-    def __enter__(self) -> ChatModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> ChatModel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

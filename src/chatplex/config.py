@@ -34,12 +34,15 @@ DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("auto", "generate", "score")
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
+
 @dataclass
 class ModelArguments:
     """Which model, how to load it and which engine runs it."""
 
     model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
-    adapter_name_or_path: str | None = None  # one path or a comma-separated list (merged in order unless merge_lora: false)
+    adapter_name_or_path: str | None = (
+        None  # one path or a comma-separated list (merged in order unless merge_lora: false)
+    )
     # Named LoRA adapters a request picks by its `model` field: {name: path}, or "name=path,name2=path2".
     lora_modules: dict[str, str] | list[str] | str | None = None
     max_loras: int = 8  # how many named adapters may be resident at once (lora_modules + loaded at run time)
@@ -109,9 +112,11 @@ class ModelArguments:
         if self.rope_scaling is not None:
             _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
             if self.infer_backend != "huggingface":
-                raise ConfigError("rope_scaling: applies on infer_backend huggingface only (LLaMA-Factory refuses it on "
-                                  "vLLM too); give the engine a model whose config has the scaling instead.",
-                                  param="rope_scaling")
+                raise ConfigError(
+                    "rope_scaling: applies on infer_backend huggingface only (LLaMA-Factory refuses it on "
+                    "vLLM too); give the engine a model whose config has the scaling instead.",
+                    param="rope_scaling",
+                )
         self.lora_modules = parse_lora_modules(self.lora_modules)
         _check_positive("max_loras", self.max_loras)
         if len(self.lora_modules) > self.max_loras:
@@ -124,13 +129,13 @@ class ModelArguments:
                 "Name the others in lora_modules to pick them per request.",
                 param="merge_lora",
             )
-        if self.model_name_or_path is not None and _looks_local(self.model_name_or_path):
-            if not os.path.exists(self.model_name_or_path):
-                raise ConfigError(
-                    f"model_name_or_path: {self.model_name_or_path!r} does not exist. Give an existing model "
-                    "directory or .gguf file, or leave it out to use the embedded SmolLM2-135M-Instruct.",
-                    param="model_name_or_path",
-                )
+        path = self.model_name_or_path
+        if path is not None and _looks_local(path) and not os.path.exists(path):
+            raise ConfigError(
+                f"model_name_or_path: {path!r} does not exist. Give an existing model "
+                "directory or .gguf file, or leave it out to use the embedded SmolLM2-135M-Instruct.",
+                param="model_name_or_path",
+            )
         if self.media is not None:
             self.media_policy()  # checked now, so a bad key fails at start-up
         if self.dummy_weights is not None:
@@ -151,7 +156,8 @@ class ModelArguments:
             not isinstance(self.pad_tokens_to, int) or isinstance(self.pad_tokens_to, bool) or self.pad_tokens_to < 0
         ):
             raise ConfigError(
-                f"pad_tokens_to must be an integer >= 0 (0: no padding), got {self.pad_tokens_to!r}.", param="pad_tokens_to"
+                f"pad_tokens_to must be an integer >= 0 (0: no padding), got {self.pad_tokens_to!r}.",
+                param="pad_tokens_to",
             )
         if self.max_waiting_requests is not None and (
             not isinstance(self.max_waiting_requests, int) or self.max_waiting_requests < 0
@@ -168,11 +174,14 @@ class ModelArguments:
         if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ConfigError("kv_cache_memory_gb must be > 0.", param="kv_cache_memory_gb")
 
-
     def template_options(self) -> dict[str, Any]:
         """What `templates.resolve_template` takes from these arguments besides the template's name."""
-        return {"generic_tool_prompt": self.generic_tool_prompt, "tool_format": self.tool_format,
-                "enable_thinking": self.enable_thinking, "preserve_thinking": self.preserve_thinking}
+        return {
+            "generic_tool_prompt": self.generic_tool_prompt,
+            "tool_format": self.tool_format,
+            "enable_thinking": self.enable_thinking,
+            "preserve_thinking": self.preserve_thinking,
+        }
 
     def media_policy(self) -> MediaPolicy:
         """The `media:` policy; under a LLaMA-Factory template name, its plugins' sizing and frame sampling where
@@ -192,17 +201,27 @@ class ModelArguments:
         """adapter_name_or_path split at commas (LLaMA-Factory's form)."""
         return [p.strip() for p in (self.adapter_name_or_path or "").split(",") if p.strip()]
 
+    @property
+    def lora_module_paths(self) -> dict[str, str]:
+        """lora_modules as {name: path}, the form __post_init__ parses each accepted one into."""
+        assert isinstance(self.lora_modules, dict)  # parsed by __post_init__
+        return self.lora_modules
+
 
 def parse_lora_modules(value: Any) -> dict[str, str]:
     """{name: path} from a mapping, "name=path,name2=path2", or a list of "name=path" items."""
     if value is None:
         return {}
     if isinstance(value, str):
-        value = [value] if value.lstrip().startswith("{") else [item for item in value.replace(",", " ").split() if item]
+        value = (
+            [value] if value.lstrip().startswith("{") else [item for item in value.replace(",", " ").split() if item]
+        )
     if isinstance(value, list):
         value = dict(_lora_module(item) for item in value)
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ConfigError("lora_modules: must map adapter names to paths ({name: path} or name=path,...).", param="lora_modules")
+        raise ConfigError(
+            "lora_modules: must map adapter names to paths ({name: path} or name=path,...).", param="lora_modules"
+        )
     return dict(value)
 
 
@@ -247,7 +266,8 @@ class GeneratingArguments:
             raise ConfigError(
                 f"num_beams={self.num_beams}: beam search is not supported: chatplex's engines decode each sequence "
                 "on its own in a shared batch (as vLLM's serving engine does), with no beams to rank; use num_beams: 1 "
-                "(greedy with do_sample: false), or n / num_return_sequences for several samples.", param="num_beams"
+                "(greedy with do_sample: false), or n / num_return_sequences for several samples.",
+                param="num_beams",
             )
         # Full validation happens when defaults merge with a request (chatplex.sampling).
 
@@ -286,7 +306,11 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check (and for command-line strings, convert) a value against a field's type hint."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    allowed = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     if value is None:
         if type(None) in allowed:
             return None

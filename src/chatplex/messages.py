@@ -10,7 +10,8 @@ from chatplex.errors import InvalidRequestError
 from chatplex.types import Message
 
 ROLES = ("system", "user", "assistant", "tool")
-ROLE_ALIASES = {"developer": "system", "function": "tool"}  # OpenAI's newer and older names
+# OpenAI's newer and older names; looked up with a message's raw role, which may be missing (None).
+ROLE_ALIASES: dict[str | None, str] = {"developer": "system", "function": "tool"}
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 MEDIA_PART_TYPES = ("image_url", "image", "input_audio", "audio_url", "video_url", "video")
 
@@ -60,7 +61,9 @@ def _normalise_tool_calls(index: int, calls: Any) -> list[dict[str, Any]]:
             try:
                 args = json.loads(args) if args.strip() else {}
             except json.JSONDecodeError:
-                raise _bad(index, "function.arguments is not valid JSON.", f"tool_calls[{j}].function.arguments") from None
+                raise _bad(
+                    index, "function.arguments is not valid JSON.", f"tool_calls[{j}].function.arguments"
+                ) from None
         out.append({**call, "type": call.get("type", "function"), "function": {**fn, "arguments": args}})
     return out
 
@@ -105,7 +108,9 @@ def normalize_messages(
             norm.pop("tool_calls", None)
         out.append(norm)
     if require_reply and out[-1]["role"] == "assistant":
-        raise _bad(len(out) - 1, "the last message is from the assistant; a reply needs a user or tool message last.", "role")
+        raise _bad(
+            len(out) - 1, "the last message is from the assistant; a reply needs a user or tool message last.", "role"
+        )
     if system is not None:
         if not isinstance(system, str):
             raise InvalidRequestError("system: must be a string.", param="system")

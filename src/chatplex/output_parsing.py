@@ -11,7 +11,8 @@ them, so a streamed reply reassembles to exactly the non-streamed one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from chatplex.templates import ChatTemplate
@@ -71,7 +72,9 @@ class ReplyParser:
 ParserFactory = Callable[[], ReplyParser]
 
 
-def reply_parsers(template: ChatTemplate | None, request: GenerationRequest, prompt: Callable[[], str]) -> ParserFactory | None:
+def reply_parsers(
+    template: ChatTemplate | None, request: GenerationRequest, prompt: Callable[[], str]
+) -> ParserFactory | None:
     """A factory of per-sequence parsers for a chat request, or None when its replies need no parsing.
 
     `prompt` renders the request's prompt; it is called only for reasoning templates (whose reply may start
@@ -92,11 +95,11 @@ def reply_parsers(template: ChatTemplate | None, request: GenerationRequest, pro
     return make
 
 
-async def parse_deltas(deltas: AsyncIterator[Delta], make_parser: ParserFactory) -> AsyncIterator[Delta]:
+async def parse_deltas(deltas: AsyncGenerator[Delta, None], make_parser: ParserFactory) -> AsyncGenerator[Delta, None]:
     """Rewrite each engine delta into parsed content / reasoning / tool-call pieces; a sequence that ended on
     its own with tool calls finishes with `tool_calls`."""
     parsers: dict[int, ReplyParser] = {}
-    try:
+    async with aclosing(deltas):
         async for delta in deltas:
             parser = parsers.get(delta.index) or parsers.setdefault(delta.index, make_parser())
             content, reasoning, calls = parser.feed(delta.text)
@@ -107,8 +110,6 @@ async def parse_deltas(deltas: AsyncIterator[Delta], make_parser: ParserFactory)
                 if reason == "stop" and parser.num_calls:
                     reason = "tool_calls"
             yield dataclasses.replace(delta, text=content, reasoning=reasoning, tool_calls=calls, finish_reason=reason)
-    finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
 
 
 def openai_tool_calls(pieces: list[ToolCallDelta]) -> list[dict[str, Any]]:

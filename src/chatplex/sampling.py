@@ -22,9 +22,30 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Alias -> canonical name. OpenAI's names on the left where they differ from LLaMA-Factory's.
 ALIASES = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
 KNOWN = frozenset(
-    """do_sample temperature top_p top_k min_p repetition_penalty presence_penalty frequency_penalty
-    max_new_tokens max_length min_new_tokens num_return_sequences stop stop_token_ids seed logprobs top_logprobs
-    logit_bias ignore_eos skip_special_tokens length_penalty num_beams""".split()
+    [
+        "do_sample",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "max_new_tokens",
+        "max_length",
+        "min_new_tokens",
+        "num_return_sequences",
+        "stop",
+        "stop_token_ids",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "ignore_eos",
+        "skip_special_tokens",
+        "length_penalty",
+        "num_beams",
+    ]
 )
 
 
@@ -137,8 +158,11 @@ def build_sampling_params(
 
     num_beams = kw.get("num_beams", 1)
     if num_beams not in (None, 1):
-        raise _bad("num_beams", "beam search is not supported (each sequence decodes on its own in a shared batch, "
-                                "with no beams to rank); use 1, greedy with do_sample false, or n for several samples.")
+        raise _bad(
+            "num_beams",
+            "beam search is not supported (each sequence decodes on its own in a shared batch, "
+            "with no beams to rank); use 1, greedy with do_sample false, or n for several samples.",
+        )
     do_sample = kw.get("do_sample", True)
     if not isinstance(do_sample, bool):
         raise _bad("do_sample", f"expected true or false, got {do_sample!r}.")

@@ -1,10 +1,10 @@
 """`chatplex bench`: a serving benchmark client for any OpenAI-compatible server.
 
-    prompts.py   random prompts of set lengths, or prompts from a JSONL file
-    client.py    one streaming request over httpx -> a RequestRecord of clock readings
-    metrics.py   pure arithmetic: TTFT, TPOT, ITL, E2E, throughputs
-    runner.py    Poisson arrivals, concurrency cap, progress bar -> BenchResult
-    report.py    table, JSON file, PNG plot
+prompts.py   random prompts of set lengths, or prompts from a JSONL file
+client.py    one streaming request over httpx -> a RequestRecord of clock readings
+metrics.py   pure arithmetic: TTFT, TPOT, ITL, E2E, throughputs
+runner.py    Poisson arrivals, concurrency cap, progress bar -> BenchResult
+report.py    table, JSON file, PNG plot
 """
 
 from chatplex.bench.metrics import Distribution, RequestMetrics, RequestRecord, Summary, request_metrics, summarize

@@ -10,6 +10,7 @@ Definitions (those of `vllm bench serve`, so numbers compare):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,7 +66,7 @@ def request_metrics(record: RequestRecord, t0: float = 0.0) -> RequestMetrics:
     ttft = times[0] - record.start
     e2e = record.end - record.start
     tpot = (e2e - ttft) / (output - 1) if output > 1 else None
-    itls = [b - a for a, b in zip(times, times[1:])]
+    itls = [b - a for a, b in itertools.pairwise(times)]
     return RequestMetrics(
         start=start,
         ok=True,
@@ -137,9 +138,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def summarize(
-    metrics: list[RequestMetrics], duration: float, percentiles: tuple[float, ...] = (99,)
-) -> Summary:
+def summarize(metrics: list[RequestMetrics], duration: float, percentiles: tuple[float, ...] = (99,)) -> Summary:
     """Aggregate per-request metrics over a run that lasted `duration` seconds of wall time."""
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}.")

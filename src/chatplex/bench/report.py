@@ -53,7 +53,7 @@ def format_result(result: BenchResult) -> str:
     errors = sorted({m.error for m in result.requests if m.error})
     if errors:
         rows.append(f"{' Errors ':-^{WIDTH}}")
-        rows += [f"  {e[:WIDTH * 2]}" for e in errors[:5]]
+        rows += [f"  {e[: WIDTH * 2]}" for e in errors[:5]]
     rows.append("=" * WIDTH)
     return "\n".join(rows)
 
@@ -83,7 +83,8 @@ def write_plot(result: BenchResult, path: str) -> None:
     ax[1, 1].plot(arrivals, range(1, len(arrivals) + 1), color="tab:green")
     ax[1, 1].set(
         title=f"Output chunks over time ({result.summary.output_throughput:.1f} tok/s)",
-        xlabel="s", ylabel="chunks received",
+        xlabel="s",
+        ylabel="chunks received",
     )
     fig.suptitle(f"chatplex bench: {result.model}, {result.num_prompts} requests")
     fig.tight_layout()

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -42,7 +42,9 @@ class BenchConfig:
             raise ConfigError(f"base_url must start with http:// or https://, got {self.base_url!r}.", param="base_url")
         endpoint_url(self.base_url, self.endpoint)  # validates the endpoint name
         if not self.request_rate > 0:
-            raise ConfigError(f"request_rate must be > 0 (inf for all at once), got {self.request_rate}.", param="request_rate")
+            raise ConfigError(
+                f"request_rate must be > 0 (inf for all at once), got {self.request_rate}.", param="request_rate"
+            )
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}.", param="max_concurrency")
         if self.timeout <= 0:
@@ -104,8 +106,12 @@ async def run_benchmark(config: BenchConfig, prompts: list[BenchPrompt], progres
 
         def send(prompt: BenchPrompt) -> Any:
             payload = build_payload(
-                config.endpoint, model, prompt,
-                temperature=config.temperature, ignore_eos=config.ignore_eos, extra_body=config.extra_body,
+                config.endpoint,
+                model,
+                prompt,
+                temperature=config.temperature,
+                ignore_eos=config.ignore_eos,
+                extra_body=config.extra_body,
             )
             return send_request(client, url, payload, headers, prompt.prompt_tokens)
 
@@ -121,7 +127,7 @@ async def run_benchmark(config: BenchConfig, prompts: list[BenchPrompt], progres
         config=config,
         model=model,
         num_prompts=len(prompts),
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
         summary=summarize(metrics, duration, config.percentiles),
         requests=metrics,
     )

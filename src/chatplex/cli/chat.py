@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 from chatplex.cli.options import add_model_options, model_args_from
 from chatplex.errors import ChatplexError, ConfigError, InvalidRequestError, UnsupportedFeatureError
@@ -70,7 +70,7 @@ def run(ns: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
-    except Exception as e:  # transformers' OSError/ValueError for a directory that holds no model, etc.
+    except Exception as e:  # noqa: BLE001 - transformers' OSError/ValueError for a directory that holds no model, etc.
         detail = " ".join(str(e).split())[:300] or type(e).__name__  # one line, however long the library's text
         source = args.get("model_name_or_path") or "the embedded model"
         print(f"chatplex chat: error: model_name_or_path: could not load {source!r}: {detail}", file=sys.stderr)
@@ -106,8 +106,15 @@ def load_tools(path: str | None) -> list[dict[str, Any]] | None:
 class ChatSession:
     """The read-reply loop over one loaded model; holds the conversation history."""
 
-    def __init__(self, model: Any, *, tools: list[dict[str, Any]] | None = None, show_prompt: bool = False,
-                 out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        show_prompt: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
         self.model = model
         self.tools = tools
         self.show_prompt = show_prompt
@@ -203,7 +210,7 @@ class ReplyInterrupt:
         self._installed = False
         self._previous: Any = None
 
-    def __enter__(self) -> ReplyInterrupt:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True

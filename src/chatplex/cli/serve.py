@@ -29,7 +29,9 @@ def _env(*names: str, default: Any = None) -> Any:
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "serve", aliases=["api"], help="serve a model over an OpenAI-compatible HTTP API (alias: api, as in llamafactory-cli)",
+        "serve",
+        aliases=["api"],
+        help="serve a model over an OpenAI-compatible HTTP API (alias: api, as in llamafactory-cli)",
         description="Serve a model over an OpenAI-compatible HTTP API (chat, completions, models, score, "
         "health, metrics) with a chat web page at /.",
     )
@@ -38,43 +40,87 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(run=run)
 
 
-def add_server_options(p: argparse.ArgumentParser, *, host_env: tuple[str, ...], port_env: tuple[str, ...],
-                       port: int) -> None:
+def add_server_options(
+    p: argparse.ArgumentParser, *, host_env: tuple[str, ...], port_env: tuple[str, ...], port: int
+) -> None:
     g = p.add_argument_group("server")
-    g.add_argument("--host", default=_env(*host_env, default="0.0.0.0"),
-                   help=f"address to listen on [env {', '.join(host_env)}] (default: 0.0.0.0)")
-    g.add_argument("--port", type=int, default=int(_env(*port_env, default=port)),
-                   help=f"port [env {', '.join(port_env)}] (default: {port})")
+    g.add_argument(
+        "--host",
+        default=_env(*host_env, default="0.0.0.0"),
+        help=f"address to listen on [env {', '.join(host_env)}] (default: 0.0.0.0)",
+    )
+    g.add_argument(
+        "--port",
+        type=int,
+        default=int(_env(*port_env, default=port)),
+        help=f"port [env {', '.join(port_env)}] (default: {port})",
+    )
     served = _env("CHATPLEX_SERVED_MODEL_NAME", "API_MODEL_NAME")
-    g.add_argument("--served-model-name", nargs="+", default=served.split(",") if served else None, metavar="NAME",
-                   help="model name clients use; more names are aliases of it [env CHATPLEX_SERVED_MODEL_NAME, "
-                   "API_MODEL_NAME, comma-separated] (default: the model's)")
-    g.add_argument("--accept-any-model", action="store_true",
-                   default=_env("CHATPLEX_ACCEPT_ANY_MODEL", default="").lower() in ("1", "true", "yes"),
-                   help="answer requests whatever model name they give, as LLaMA-Factory's server does "
-                   "[env CHATPLEX_ACCEPT_ANY_MODEL] (default: unknown names get 404)")
-    g.add_argument("--api-mode", choices=API_MODES, default=_env("CHATPLEX_API_MODE"),
-                   help="'llamafactory': its API's meanings where they differ from OpenAI's (presence_penalty is the "
-                   "repetition penalty, a 'function' message is the assistant's tool call) and any model name "
-                   "[env CHATPLEX_API_MODE] (default: llamafactory under `chatplex api`, llamafactory-cli's name, "
-                   "else openai)")
-    g.add_argument("--root-path", default=_env("CHATPLEX_ROOT_PATH", "FASTAPI_ROOT_PATH", default=""),
-                   help="URL prefix when behind a proxy [env CHATPLEX_ROOT_PATH, FASTAPI_ROOT_PATH]")
-    g.add_argument("--api-key", default=_env("CHATPLEX_API_KEY", "API_KEY"),
-                   help="require 'Authorization: Bearer KEY' [env CHATPLEX_API_KEY, API_KEY] (default: none)")
-    g.add_argument("--allowed-origins", default=_env("CHATPLEX_ALLOWED_ORIGINS", default=""),
-                   help="comma-separated CORS origins, or '*' [env CHATPLEX_ALLOWED_ORIGINS] (default: none)")
-    g.add_argument("--max-body-size", type=int, default=int(_env("CHATPLEX_MAX_BODY_SIZE", default=DEFAULT_MAX_BODY_BYTES)),
-                   help=f"largest request body in bytes; larger gets 413 [env CHATPLEX_MAX_BODY_SIZE] (default: {DEFAULT_MAX_BODY_BYTES})")
+    g.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=served.split(",") if served else None,
+        metavar="NAME",
+        help="model name clients use; more names are aliases of it [env CHATPLEX_SERVED_MODEL_NAME, "
+        "API_MODEL_NAME, comma-separated] (default: the model's)",
+    )
+    g.add_argument(
+        "--accept-any-model",
+        action="store_true",
+        default=_env("CHATPLEX_ACCEPT_ANY_MODEL", default="").lower() in ("1", "true", "yes"),
+        help="answer requests whatever model name they give, as LLaMA-Factory's server does "
+        "[env CHATPLEX_ACCEPT_ANY_MODEL] (default: unknown names get 404)",
+    )
+    g.add_argument(
+        "--api-mode",
+        choices=API_MODES,
+        default=_env("CHATPLEX_API_MODE"),
+        help="'llamafactory': its API's meanings where they differ from OpenAI's (presence_penalty is the "
+        "repetition penalty, a 'function' message is the assistant's tool call) and any model name "
+        "[env CHATPLEX_API_MODE] (default: llamafactory under `chatplex api`, llamafactory-cli's name, "
+        "else openai)",
+    )
+    g.add_argument(
+        "--root-path",
+        default=_env("CHATPLEX_ROOT_PATH", "FASTAPI_ROOT_PATH", default=""),
+        help="URL prefix when behind a proxy [env CHATPLEX_ROOT_PATH, FASTAPI_ROOT_PATH]",
+    )
+    g.add_argument(
+        "--api-key",
+        default=_env("CHATPLEX_API_KEY", "API_KEY"),
+        help="require 'Authorization: Bearer KEY' [env CHATPLEX_API_KEY, API_KEY] (default: none)",
+    )
+    g.add_argument(
+        "--allowed-origins",
+        default=_env("CHATPLEX_ALLOWED_ORIGINS", default=""),
+        help="comma-separated CORS origins, or '*' [env CHATPLEX_ALLOWED_ORIGINS] (default: none)",
+    )
+    g.add_argument(
+        "--max-body-size",
+        type=int,
+        default=int(_env("CHATPLEX_MAX_BODY_SIZE", default=DEFAULT_MAX_BODY_BYTES)),
+        help=f"largest request body in bytes; larger gets 413 [env CHATPLEX_MAX_BODY_SIZE] (default: {DEFAULT_MAX_BODY_BYTES})",
+    )
     queued = _env("CHATPLEX_MAX_QUEUED_REQUESTS")
-    g.add_argument("--max-queued-requests", type=int, default=int(queued) if queued else None,
-                   help="requests that may wait beyond the running batch; more get 429 "
-                   "[env CHATPLEX_MAX_QUEUED_REQUESTS] (default: unbounded)")
-    g.add_argument("--log-requests", action="store_true",
-                   default=_env("CHATPLEX_LOG_REQUESTS", "API_VERBOSE", default="").lower() in ("1", "true", "yes"),
-                   help="log every request body at INFO [env CHATPLEX_LOG_REQUESTS, API_VERBOSE] (default: off)")
-    g.add_argument("--drain-timeout", type=float, default=float(_env("CHATPLEX_DRAIN_TIMEOUT", default=30.0)),
-                   help="seconds in-flight requests get to finish after SIGTERM [env CHATPLEX_DRAIN_TIMEOUT] (default: 30)")
+    g.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=int(queued) if queued else None,
+        help="requests that may wait beyond the running batch; more get 429 "
+        "[env CHATPLEX_MAX_QUEUED_REQUESTS] (default: unbounded)",
+    )
+    g.add_argument(
+        "--log-requests",
+        action="store_true",
+        default=_env("CHATPLEX_LOG_REQUESTS", "API_VERBOSE", default="").lower() in ("1", "true", "yes"),
+        help="log every request body at INFO [env CHATPLEX_LOG_REQUESTS, API_VERBOSE] (default: off)",
+    )
+    g.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(_env("CHATPLEX_DRAIN_TIMEOUT", default=30.0)),
+        help="seconds in-flight requests get to finish after SIGTERM [env CHATPLEX_DRAIN_TIMEOUT] (default: 30)",
+    )
 
 
 def api_mode(ns: argparse.Namespace) -> str:
@@ -88,12 +134,18 @@ def api_mode(ns: argparse.Namespace) -> str:
 def settings_from(ns: argparse.Namespace) -> ServerSettings:
     try:
         return ServerSettings(
-            host=ns.host, port=ns.port, served_model_name=ns.served_model_name[0] if ns.served_model_name else None,
+            host=ns.host,
+            port=ns.port,
+            served_model_name=ns.served_model_name[0] if ns.served_model_name else None,
             model_aliases=tuple(ns.served_model_name[1:]) if ns.served_model_name else (),
-            accept_any_model=ns.accept_any_model, api_mode=api_mode(ns), log_requests=ns.log_requests,
+            accept_any_model=ns.accept_any_model,
+            api_mode=api_mode(ns),
+            log_requests=ns.log_requests,
             root_path=ns.root_path or "",
-            api_key=ns.api_key, allowed_origins=tuple(ns.allowed_origins.split(",")) if ns.allowed_origins else (),
-            max_body_bytes=ns.max_body_size, drain_timeout=ns.drain_timeout,
+            api_key=ns.api_key,
+            allowed_origins=tuple(ns.allowed_origins.split(",")) if ns.allowed_origins else (),
+            max_body_bytes=ns.max_body_size,
+            drain_timeout=ns.drain_timeout,
         )
     except ValueError as e:
         from chatplex.errors import ConfigError

@@ -24,17 +24,32 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     print(f"LLaMA-Factory's formats ({len(llamafactory.names())}; encoded as LLaMA-Factory encodes them):")
-    rows = [("NAME", "STOP WORDS", "TOOL PARSER", "REASONING", "DEFAULT SYSTEM")]
+    rows: list[tuple[str, ...]] = [("NAME", "STOP WORDS", "TOOL PARSER", "REASONING", "DEFAULT SYSTEM")]
     for name in llamafactory.names():
         fmt = llamafactory.load(name)
         system = fmt.default_system.replace("\n", " ")
-        rows.append((name, " ".join(fmt.stop_words) or "-", LF_TOOL_PARSERS.get(fmt.tool_format, "-"),
-                     "think" if fmt.reasoning else "-", (system[:48] + "...") if len(system) > 48 else system or "-"))
+        rows.append(
+            (
+                name,
+                " ".join(fmt.stop_words) or "-",
+                LF_TOOL_PARSERS.get(fmt.tool_format, "-"),
+                "think" if fmt.reasoning else "-",
+                (system[:48] + "...") if len(system) > 48 else system or "-",
+            )
+        )
     _table(rows)
     print("\nchatplex's Jinja built-ins (models' own templates):")
     rows = [("NAME", "ALIASES", "STOP WORDS", "TOOL PARSER", "REASONING", "FORMAT")]
     for f in FAMILIES:
-        rows.append((f.name, ", ".join(f.aliases) or "-", " ".join(f.stop_words) or "-", f.tool_parser or "-",
-                     f.reasoning_parser or "-", f.description))
+        rows.append(
+            (
+                f.name,
+                ", ".join(f.aliases) or "-",
+                " ".join(f.stop_words) or "-",
+                f.tool_parser or "-",
+                f.reasoning_parser or "-",
+                f.description,
+            )
+        )
     _table(rows)
     return 0

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "webchat", help="chat with a model in the browser (LLaMA-Factory's webchat port, 7860)",
+        "webchat",
+        help="chat with a model in the browser (LLaMA-Factory's webchat port, 7860)",
         description="Serve the chat page (and the OpenAI-compatible API beside it) on LLaMA-Factory's web chat "
         "address.",
     )
@@ -31,8 +32,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(ns: argparse.Namespace) -> NoReturn:
     if os.environ.get("GRADIO_SHARE", "").lower() in ("1", "true", "yes"):
-        logger.warning("GRADIO_SHARE: chatplex makes no public share link (that is Gradio's relay service); the page "
-                       "is served on this machine only. Put it behind your own tunnel or proxy to share it.")
+        logger.warning(
+            "GRADIO_SHARE: chatplex makes no public share link (that is Gradio's relay service); the page "
+            "is served on this machine only. Put it behind your own tunnel or proxy to share it."
+        )
     host = "localhost" if ns.host in ("0.0.0.0", "::", "[::]") else ns.host
     print(f"chatplex webchat: open http://{host}:{ns.port}{ns.root_path or ''}/ in a browser", flush=True)
     serve.run(ns)

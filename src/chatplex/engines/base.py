@@ -8,7 +8,7 @@ chat, the CLI, the server, benchmarks) is built on `generate`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,10 +73,12 @@ class Engine(ABC):
         """Load the model and start serving. Called once before any request."""
 
     @abstractmethod
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """Stream the request's output. Closing the iterator early aborts the request."""
 
-    async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
+    async def score(
+        self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right"
+    ) -> list[float]:
         raise UnsupportedFeatureError(
             f"{self.model_name} is a generative model, not a reward model: scores need a model with a value head "
             "or a single-label sequence-classification head (a causal LM with LLaMA-Factory's value_head.safetensors "
@@ -90,7 +92,9 @@ class Engine(ABC):
         return []
 
     async def load_adapter(self, name: str, path: str) -> None:
-        raise UnsupportedFeatureError(f"The {self.backend} engine cannot load LoRA adapters at run time.", param="lora_name")
+        raise UnsupportedFeatureError(
+            f"The {self.backend} engine cannot load LoRA adapters at run time.", param="lora_name"
+        )
 
     async def unload_adapter(self, name: str) -> None:
         raise UnsupportedFeatureError(f"The {self.backend} engine cannot unload LoRA adapters.", param="lora_name")
@@ -112,7 +116,9 @@ class PromptPreparer:
     Shared by every engine that holds a tokenizer in-process (Hugging Face, vLLM, llama.cpp).
     """
 
-    def __init__(self, tokenizer: Any, template: ChatTemplate, max_model_len: int, vocab_size: int | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, template: ChatTemplate, max_model_len: int, vocab_size: int | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.max_model_len = max_model_len
@@ -126,8 +132,16 @@ class PromptPreparer:
         elif request.prompt is not None:
             ids = self.tokenizer.encode(request.prompt, add_special_tokens=True)
         elif request.messages is not None and self.template.lf is not None:
-            ids = prompt_token_ids(self.tokenizer, self.template, request.messages, tools=request.tools,
-                                   template_kwargs=request.template_kwargs) or []
+            ids = (
+                prompt_token_ids(
+                    self.tokenizer,
+                    self.template,
+                    request.messages,
+                    tools=request.tools,
+                    template_kwargs=request.template_kwargs,
+                )
+                or []
+            )
         elif request.messages is not None:
             text = render_prompt(
                 self.tokenizer,
@@ -148,7 +162,8 @@ class PromptPreparer:
                 f"messages: the {self.template.name} template writes {', '.join(unknown)}, which this model's "
                 f"vocabulary ({self.vocab_size} tokens) does not have: the model was not trained with this template. "
                 "Use the template it was fine-tuned with, or its tokenizer's own (leave template out).",
-                param="messages")
+                param="messages",
+            )
         self.check_fits(len(ids), request)
         return ids
 

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -80,7 +80,10 @@ def sglang_flags(args: ChatplexArgs, port: int, extra: dict[str, Any] | None = N
     """SGLang's launch flags for chatplex's arguments (see the module docstring for the mapping)."""
     m = args.model
     if m.adapter_name_or_path:
-        raise ConfigError("adapter_name_or_path: LoRA adapters are not supported with sglang/ktransformers yet.", param="adapter_name_or_path")
+        raise ConfigError(
+            "adapter_name_or_path: LoRA adapters are not supported with sglang/ktransformers yet.",
+            param="adapter_name_or_path",
+        )
     if m.model_name_or_path is None:
         from chatplex.models.embedded import embedded_model_dir
 
@@ -93,9 +96,20 @@ def sglang_flags(args: ChatplexArgs, port: int, extra: dict[str, Any] | None = N
 
         tp = torch.cuda.device_count() or 1
     flags = [
-        "--model-path", model, "--host", "127.0.0.1", "--port", str(port),
-        "--tp-size", str(tp), "--context-length", str(m.sglang_maxlen),
-        "--mem-fraction-static", str(m.sglang_mem_fraction), "--dtype", m.infer_dtype,
+        "--model-path",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tp-size",
+        str(tp),
+        "--context-length",
+        str(m.sglang_maxlen),
+        "--mem-fraction-static",
+        str(m.sglang_mem_fraction),
+        "--dtype",
+        m.infer_dtype,
     ]
     if m.trust_remote_code:
         flags.append("--trust-remote-code")
@@ -125,7 +139,10 @@ class ServerProcess:
     def __init__(self, command: list[str], port: int) -> None:
         self.command = command
         self.url = f"http://127.0.0.1:{port}"
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="chatplex-launch-", suffix=".log", delete=False)
+        # Open for the server's whole life (closed in stop()), so no `with`.
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+", prefix="chatplex-launch-", suffix=".log", delete=False
+        )
         self.log_path = self._log.name
         # Its own session: SGLang spawns scheduler and detokenizer processes that must stop with it.
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -197,7 +214,9 @@ class SGLangEngine(Engine):
         self.launch_timeout = launch_timeout or float(options.get("launch_timeout", DEFAULT_LAUNCH_TIMEOUT_S))
         self.stop_grace = float(options.get("stop_timeout", STOP_GRACE_S))  # SIGTERM -> SIGKILL
         env_command = os.environ.get(LAUNCH_COMMAND_ENV)
-        self.program = launch_command or (shlex.split(env_command) if env_command else [sys.executable, "-m", self.module])
+        self.program = launch_command or (
+            shlex.split(env_command) if env_command else [sys.executable, "-m", self.module]
+        )
         self.port = free_port()
         self.command = self.program + sglang_flags(args, self.port, self._extra_options())
         self.server: ServerProcess | None = None
@@ -220,7 +239,7 @@ class SGLangEngine(Engine):
             await self.close()
             raise
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if self.client is None:
             raise EngineError("The server is not running.")
         return self.client.generate(request)

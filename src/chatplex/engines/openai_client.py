@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -45,7 +45,12 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 503)
 # OpenAI error `type` -> the HTTP status it comes with (for errors sent inside a stream)
-_TYPE_STATUS = {"invalid_request_error": 400, "not_found_error": 404, "rate_limit_error": 429, "service_unavailable": 503}
+_TYPE_STATUS: dict[str | None, int] = {  # looked up with the error's type, None when it has none
+    "invalid_request_error": 400,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "service_unavailable": 503,
+}
 MAX_BACKOFF_S = 10.0
 
 
@@ -55,12 +60,22 @@ def sampling_body(sp: SamplingParams) -> dict[str, Any]:
         raise UnsupportedFeatureError(
             "max_length: a remote server counts the prompt itself; use max_new_tokens (max_tokens).", param="max_length"
         )
-    body: dict[str, Any] = {"temperature": sp.temperature, "top_p": sp.top_p, "max_tokens": sp.max_new_tokens, "n": sp.n}
+    body: dict[str, Any] = {
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        "max_tokens": sp.max_new_tokens,
+        "n": sp.n,
+    }
     optional = {
-        "top_k": (sp.top_k, 0), "min_p": (sp.min_p, 0.0), "repetition_penalty": (sp.repetition_penalty, 1.0),
-        "presence_penalty": (sp.presence_penalty, 0.0), "frequency_penalty": (sp.frequency_penalty, 0.0),
-        "min_tokens": (sp.min_new_tokens, 0), "ignore_eos": (sp.ignore_eos, False),
-        "skip_special_tokens": (sp.skip_special_tokens, True), "seed": (sp.seed, None),
+        "top_k": (sp.top_k, 0),
+        "min_p": (sp.min_p, 0.0),
+        "repetition_penalty": (sp.repetition_penalty, 1.0),
+        "presence_penalty": (sp.presence_penalty, 0.0),
+        "frequency_penalty": (sp.frequency_penalty, 0.0),
+        "min_tokens": (sp.min_new_tokens, 0),
+        "ignore_eos": (sp.ignore_eos, False),
+        "skip_special_tokens": (sp.skip_special_tokens, True),
+        "seed": (sp.seed, None),
     }
     body.update({k: v for k, (v, default) in optional.items() if v != default})
     if sp.stop:
@@ -113,7 +128,9 @@ class OpenAIEngine(Engine):
         margs = args.model
         base = api_base or margs.api_base
         if not base:
-            raise ConfigError("api_base: infer_backend openai needs the server's URL, e.g. http://host:8000/v1.", param="api_base")
+            raise ConfigError(
+                "api_base: infer_backend openai needs the server's URL, e.g. http://host:8000/v1.", param="api_base"
+            )
         self.base_url = base.rstrip("/")
         self.api_key = margs.api_key
         self._model = None if discover_model else margs.model_name_or_path
@@ -158,7 +175,9 @@ class OpenAIEngine(Engine):
             self._model = models[0]["id"]
 
     # ---- HTTP ----------------------------------------------------------------------------------------------
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False
+    ) -> httpx.Response:
         """Send with retries on connection errors and 429/503; return a 2xx response (streamed if asked)."""
         client = self._client()
         url = f"{self.base_url}{path}"
@@ -219,10 +238,12 @@ class OpenAIEngine(Engine):
             if self.request_logprobs or sp.logprobs is not None:
                 body["logprobs"] = sp.logprobs or 0
         if request.images or request.videos or request.audios:
-            raise UnsupportedFeatureError("images/videos/audios: pass media inside the messages' content parts.", param="images")
+            raise UnsupportedFeatureError(
+                "images/videos/audios: pass media inside the messages' content parts.", param="images"
+            )
         return path, body
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         path, body = self._body(request)
         response = await self._send("POST", path, body, stream=True)
         self._in_flight += 1
@@ -253,8 +274,12 @@ class OpenAIEngine(Engine):
                     choice.final = None
             if finished < len(choices):
                 seen = sum(1 for c in choices if c.tokens or c.final is not None) or finished
-                hint = f" (it sent {seen} of n={len(choices)} sequences: it may not support n)" if len(choices) > 1 else ""
-                raise EngineError(f"The server at {self.base_url} ended the stream before every sequence finished{hint}.")
+                hint = (
+                    f" (it sent {seen} of n={len(choices)} sequences: it may not support n)" if len(choices) > 1 else ""
+                )
+                raise EngineError(
+                    f"The server at {self.base_url} ended the stream before every sequence finished{hint}."
+                )
             self._stats.finished_requests += 1
         finally:
             self._in_flight -= 1
@@ -262,7 +287,7 @@ class OpenAIEngine(Engine):
             if finished < len(choices):
                 self._stats.aborted_requests += 1
 
-    async def _chunks(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
         """Server-sent events -> JSON objects, until [DONE]."""
         try:
             async for line in response.aiter_lines():
@@ -294,8 +319,14 @@ class OpenAIEngine(Engine):
             return None
         stop_reason = raw.get("stop_reason") if isinstance(raw.get("stop_reason"), (str, int)) else None
         return Delta(
-            index=index, text=text, token_ids=[], prompt_tokens=0, completion_tokens=choice.tokens,
-            logprobs=logprobs if want_logprobs else None, finish_reason=reason, stop_reason=stop_reason,
+            index=index,
+            text=text,
+            token_ids=[],
+            prompt_tokens=0,
+            completion_tokens=choice.tokens,
+            logprobs=logprobs if want_logprobs else None,
+            finish_reason=reason,
+            stop_reason=stop_reason,
         )
 
     def _finals(self, choices: list[_Choice], usage: dict[str, Any]) -> list[Delta]:
@@ -331,8 +362,12 @@ def _chat_logprobs(raw: Any) -> list[TokenLogprob] | None:
         return None
     return [
         TokenLogprob(
-            -1, item.get("token", ""), float(item.get("logprob", 0.0)),
-            tuple(TopLogprob(-1, t.get("token", ""), float(t.get("logprob", 0.0))) for t in item.get("top_logprobs") or []),
+            -1,
+            item.get("token", ""),
+            float(item.get("logprob", 0.0)),
+            tuple(
+                TopLogprob(-1, t.get("token", ""), float(t.get("logprob", 0.0))) for t in item.get("top_logprobs") or []
+            ),
         )
         for item in raw["content"]
     ]

@@ -76,4 +76,6 @@ def token_logprob(tokenizer: Any, token: int, logprob: float, top: Iterable[tupl
     def decode(t: int) -> str:
         return tokenizer.decode([t])
 
-    return TokenLogprob(token, decode(token), float(logprob), tuple(TopLogprob(t, decode(t), float(lp)) for t, lp in top))
+    return TokenLogprob(
+        token, decode(token), float(logprob), tuple(TopLogprob(t, decode(t), float(lp)) for t, lp in top)
+    )

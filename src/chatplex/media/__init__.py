@@ -20,6 +20,14 @@ from chatplex.media.policy import MediaPolicy
 from chatplex.media.video import VideoClip, load_video
 
 __all__ = [
-    "AudioClip", "MediaPolicy", "RequestMedia", "VideoClip", "collect_media", "load_audio", "load_image", "load_video",
-    "media_items", "text_only_error",
+    "AudioClip",
+    "MediaPolicy",
+    "RequestMedia",
+    "VideoClip",
+    "collect_media",
+    "load_audio",
+    "load_image",
+    "load_video",
+    "media_items",
+    "text_only_error",
 ]

@@ -47,10 +47,12 @@ def _decode(data: bytes, param: str) -> tuple[np.ndarray, int]:
     try:
         import soundfile
     except ImportError:  # pragma: no cover - the install hint is the point
-        raise InvalidRequestError(f"{param}: decoding audio needs soundfile: pip install 'chatplex[media]'.", param=param) from None
+        raise InvalidRequestError(
+            f"{param}: decoding audio needs soundfile: pip install 'chatplex[media]'.", param=param
+        ) from None
     try:
         arr, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError for unknown formats
+    except Exception as e:  # noqa: BLE001 - soundfile.LibsndfileError, RuntimeError, TypeError for unknown formats
         raise InvalidRequestError(f"{param}: not a readable audio file ({e}).", param=param) from None
     return arr.mean(axis=1), int(rate)
 

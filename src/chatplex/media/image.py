@@ -52,7 +52,7 @@ def decode_image(data: bytes, param: str, policy: MediaPolicy) -> Any:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidRequestError(f"{param}: the image has too many pixels.", param=param) from None
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...) for bad files
+    except Exception as e:  # noqa: BLE001 - PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...) for bad files
         raise InvalidRequestError(f"{param}: not a readable image ({type(e).__name__}: {e}).", param=param) from None
     return image.convert("RGB")
 

@@ -21,9 +21,14 @@ from chatplex.types import Message
 
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 ARGUMENT_FIELDS = {"image": "images", "video": "videos", "audio": "audios"}  # the Python API's argument per kind
-PART_KINDS = {
-    "image_url": "image", "image": "image", "input_audio": "audio", "audio_url": "audio", "audio": "audio",
-    "video_url": "video", "video": "video",
+PART_KINDS: dict[str | None, str] = {  # looked up with a part's raw type, which may be missing
+    "image_url": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "audio": "audio",
+    "video_url": "video",
+    "video": "video",
 }
 _PLACEHOLDER_RE = re.compile("(<image>|<video>|<audio>)")
 
@@ -66,7 +71,9 @@ def _url_of(part: dict[str, Any], key: str, param: str) -> Any:
     if isinstance(value, dict):
         value = value.get("url")
     if not isinstance(value, str) or not value:
-        raise InvalidRequestError(f"{param}: {key} needs a URL string (or an object with 'url').", param=f"{param}.{key}")
+        raise InvalidRequestError(
+            f"{param}: {key} needs a URL string (or an object with 'url').", param=f"{param}.{key}"
+        )
     return value
 
 
@@ -90,18 +97,38 @@ class _Loader:
     def add(self, kind: str, source: Any, param: str, trusted: bool) -> dict[str, str]:
         if kind == "image":
             if len(self.images) >= self.policy.max_images:
-                raise InvalidRequestError(f"{param}: more than {self.policy.max_images} images in one request.", param=param)
+                raise InvalidRequestError(
+                    f"{param}: more than {self.policy.max_images} images in one request.", param=param
+                )
             self.images.append(load_image(source, param, self.policy, trusted=trusted))
         elif kind == "video":
             if len(self.videos) >= self.policy.max_videos:
-                raise InvalidRequestError(f"{param}: more than {self.policy.max_videos} videos in one request.", param=param)
-            self.videos.append(load_video(source, param, self.policy, trusted=trusted,
-                                          audio_rate=self.policy.audio_sampling_rate or self.audio_rate))
+                raise InvalidRequestError(
+                    f"{param}: more than {self.policy.max_videos} videos in one request.", param=param
+                )
+            self.videos.append(
+                load_video(
+                    source,
+                    param,
+                    self.policy,
+                    trusted=trusted,
+                    audio_rate=self.policy.audio_sampling_rate or self.audio_rate,
+                )
+            )
         else:
             if len(self.audios) >= self.policy.max_audios:
-                raise InvalidRequestError(f"{param}: more than {self.policy.max_audios} audios in one request.", param=param)
-            self.audios.append(load_audio(source, param, self.policy, target_rate=self.policy.audio_sampling_rate or self.audio_rate,
-                                          trusted=trusted))
+                raise InvalidRequestError(
+                    f"{param}: more than {self.policy.max_audios} audios in one request.", param=param
+                )
+            self.audios.append(
+                load_audio(
+                    source,
+                    param,
+                    self.policy,
+                    target_rate=self.policy.audio_sampling_rate or self.audio_rate,
+                    trusted=trusted,
+                )
+            )
         self.params[kind].append(param)
         return {"type": kind}
 
@@ -164,7 +191,9 @@ def _attach_arguments(messages: list[Message], arguments: dict[str, list[Any]], 
     leftover = [(k, i, s) for k in PLACEHOLDERS for i, s in queues[k]]
     if leftover and found:
         kind, i, _ = leftover[0]
-        raise InvalidRequestError(f"{kind}s[{i}]: more {kind}s than {PLACEHOLDERS[kind]} placeholders.", param=f"{kind}s[{i}]")
+        raise InvalidRequestError(
+            f"{kind}s[{i}]: more {kind}s than {PLACEHOLDERS[kind]} placeholders.", param=f"{kind}s[{i}]"
+        )
     if leftover:
         first = next((j for j, m in enumerate(out) if m.get("role") == "user"), None)
         if first is None:

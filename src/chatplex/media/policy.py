@@ -65,20 +65,31 @@ class MediaPolicy:
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: must be a non-negative integer, got {value!r}.", param=name)
         if not isinstance(self.max_video_frames, int) or self.max_video_frames < 1:
-            raise ConfigError(f"max_video_frames: must be a positive integer, got {self.max_video_frames!r}.", param="max_video_frames")
+            raise ConfigError(
+                f"max_video_frames: must be a positive integer, got {self.max_video_frames!r}.",
+                param="max_video_frames",
+            )
         for name in ("max_audio_seconds", "fetch_timeout_s", "video_fps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be positive.", param=name)
-        for name in ("image_max_pixels", "image_min_pixels", "video_max_pixels", "video_min_pixels",
-                     "audio_sampling_rate"):
+        for name in (
+            "image_max_pixels",
+            "image_min_pixels",
+            "video_max_pixels",
+            "video_min_pixels",
+            "audio_sampling_rate",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}.", param=name)
         if not isinstance(self.use_audio_in_video, bool):
-            raise ConfigError(f"use_audio_in_video: true or false, got {self.use_audio_in_video!r}.",
-                              param="use_audio_in_video")
+            raise ConfigError(
+                f"use_audio_in_video: true or false, got {self.use_audio_in_video!r}.", param="use_audio_in_video"
+            )
         if self.video_pipeline not in VIDEO_PIPELINES:
-            raise ConfigError(f"video_pipeline: one of {', '.join(VIDEO_PIPELINES)}, got {self.video_pipeline!r}.",
-                              param="video_pipeline")
+            raise ConfigError(
+                f"video_pipeline: one of {', '.join(VIDEO_PIPELINES)}, got {self.video_pipeline!r}.",
+                param="video_pipeline",
+            )
         if self.local_root is not None:
             object.__setattr__(self, "local_root", os.path.realpath(os.path.expanduser(self.local_root)))

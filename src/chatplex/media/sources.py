@@ -9,10 +9,14 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chatplex.errors import InvalidRequestError
 from chatplex.media import ssrf
 from chatplex.media.policy import MediaPolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,9 @@ def fetch_url(url: str, param: str, policy: MediaPolicy) -> Blob:
     # httpx's timeout bounds each read; the deadline bounds the whole fetch (a server may trickle bytes).
     deadline = time.monotonic() + policy.fetch_timeout_s
     # trust_env off: a proxy from the environment would resolve the host itself, past the address check.
-    with httpx.Client(timeout=policy.fetch_timeout_s, follow_redirects=False, trust_env=False,
-                      verify=_trusted_cas()) as client:
+    with httpx.Client(
+        timeout=policy.fetch_timeout_s, follow_redirects=False, trust_env=False, verify=_trusted_cas()
+    ) as client:
         for _ in range(policy.max_redirects + 1):
             request = _pinned_request(client, url, param, policy)
             try:
@@ -89,17 +94,25 @@ def fetch_url(url: str, param: str, policy: MediaPolicy) -> Blob:
                 if "CERTIFICATE_VERIFY_FAILED" in str(e):
                     raise InvalidRequestError(
                         f"{param}: the media server's TLS certificate is not trusted here; where a private CA signs "
-                        "it, start chatplex with SSL_CERT_FILE naming that CA's certificate.", param=param) from None
-                raise InvalidRequestError(f"{param}: fetching the media failed ({type(e).__name__}).", param=param) from None
+                        "it, start chatplex with SSL_CERT_FILE naming that CA's certificate.",
+                        param=param,
+                    ) from None
+                raise InvalidRequestError(
+                    f"{param}: fetching the media failed ({type(e).__name__}).", param=param
+                ) from None
             try:
                 if response.is_redirect:
                     url = urllib.parse.urljoin(url, response.headers.get("location", ""))
                     continue
                 if response.status_code != 200:
-                    raise InvalidRequestError(f"{param}: fetching the media gave HTTP {response.status_code}.", param=param)
+                    raise InvalidRequestError(
+                        f"{param}: fetching the media gave HTTP {response.status_code}.", param=param
+                    )
                 return Blob(_read_limited(response, param, policy, deadline), response.headers.get("content-type"))
             except httpx.HTTPError as e:
-                raise InvalidRequestError(f"{param}: fetching the media failed ({type(e).__name__}).", param=param) from None
+                raise InvalidRequestError(
+                    f"{param}: fetching the media failed ({type(e).__name__}).", param=param
+                ) from None
             finally:
                 response.close()
     raise InvalidRequestError(f"{param}: more than {policy.max_redirects} redirects.", param=param)
@@ -114,7 +127,7 @@ def _trusted_cas() -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
 
 
-def _pinned_request(client: object, url: str, param: str, policy: MediaPolicy) -> object:
+def _pinned_request(client: httpx.Client, url: str, param: str, policy: MediaPolicy) -> httpx.Request:
     """A request sent to the address that passed the check (so a second DNS answer cannot differ), with the
     original Host header and TLS server name."""
     parts = urllib.parse.urlsplit(url)
@@ -127,17 +140,15 @@ def _pinned_request(client: object, url: str, param: str, policy: MediaPolicy) -
     netloc = f"[{ip}]" if ip.version == 6 else str(ip)
     pinned = parts._replace(netloc=f"{netloc}:{port}").geturl()
     host = parts.netloc.rpartition("@")[2]
-    return client.build_request(  # type: ignore[attr-defined]
-        "GET", pinned, headers={"Host": host}, extensions={"sni_hostname": parts.hostname}
-    )
+    return client.build_request("GET", pinned, headers={"Host": host}, extensions={"sni_hostname": parts.hostname})
 
 
-def _read_limited(response: object, param: str, policy: MediaPolicy, deadline: float) -> bytes:
-    length = response.headers.get("content-length")  # type: ignore[attr-defined]
+def _read_limited(response: httpx.Response, param: str, policy: MediaPolicy, deadline: float) -> bytes:
+    length = response.headers.get("content-length")
     if length and length.isdigit() and int(length) > policy.max_item_bytes:
         raise _too_big(param, policy)
     chunks, total = [], 0
-    for chunk in response.iter_bytes():  # type: ignore[attr-defined]
+    for chunk in response.iter_bytes():
         total += len(chunk)
         if total > policy.max_item_bytes:
             raise _too_big(param, policy)
@@ -154,7 +165,9 @@ def load_source(source: str | bytes, param: str, policy: MediaPolicy, trusted: b
     if isinstance(source, (bytes, bytearray, memoryview)):
         return Blob(check_size(bytes(source), param, policy), None)
     if not isinstance(source, str) or not source:
-        raise InvalidRequestError(f"{param}: expected a URL, a path or bytes, got {type(source).__name__}.", param=param)
+        raise InvalidRequestError(
+            f"{param}: expected a URL, a path or bytes, got {type(source).__name__}.", param=param
+        )
     lowered = source[:8].lower()
     if lowered.startswith("data:"):
         return parse_data_url(source, param, policy)

@@ -41,4 +41,5 @@ def resolve(host: str, port: int, param: str) -> list[IPAddress]:
     except (socket.gaierror, UnicodeError) as e:
         raise InvalidRequestError(f"{param}: cannot resolve the host {host!r} ({e}).", param=param) from None
     # Strip an IPv6 scope id ("fe80::1%eth0") before parsing.
-    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    # getaddrinfo gives IP families only here, whose sockaddr starts with the address as a str.
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))

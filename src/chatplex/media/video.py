@@ -92,7 +92,9 @@ def _fitted(frames: list[np.ndarray], policy: MediaPolicy) -> list[np.ndarray]:
         return frames
     from PIL import Image
 
-    return [np.asarray(fit_pixels(Image.fromarray(f), policy.video_max_pixels, policy.video_min_pixels)) for f in frames]
+    return [
+        np.asarray(fit_pixels(Image.fromarray(f), policy.video_max_pixels, policy.video_min_pixels)) for f in frames
+    ]
 
 
 def decode_soundtrack(data: bytes, param: str, policy: MediaPolicy, rate: int | None) -> AudioClip:
@@ -100,22 +102,26 @@ def decode_soundtrack(data: bytes, param: str, policy: MediaPolicy, rate: int | 
     import av
 
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:  # what av infers for a BytesIO anyway
             if not container.streams.audio:
                 raise InvalidRequestError(
                     f"{param}: the video has no audio track, and use_audio_in_video reads each video's soundtrack; "
-                    "send a video with sound, or turn use_audio_in_video off.", param=param)
+                    "send a video with sound, or turn use_audio_in_video off.",
+                    param=param,
+                )
             stream = container.streams.audio[0]
             rate = rate or stream.rate
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(stream)
-                      for out in resampler.resample(frame)]
+            chunks = [
+                out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in resampler.resample(frame)
+            ]
             chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]  # what it still holds
     except InvalidRequestError:
         raise
-    except Exception as e:  # PyAV's FFmpegError tree, plus ValueError/OSError on odd input
-        raise InvalidRequestError(f"{param}: its audio track is not readable ({type(e).__name__}: {e}).",
-                                  param=param) from None
+    except Exception as e:  # noqa: BLE001 - PyAV's FFmpegError tree, plus ValueError/OSError on odd input
+        raise InvalidRequestError(
+            f"{param}: its audio track is not readable ({type(e).__name__}: {e}).", param=param
+        ) from None
     array = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     check_clip(array, rate, param, policy)
     return AudioClip(np.ascontiguousarray(array), rate)
@@ -130,13 +136,16 @@ def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
             param=param,
         ) from None
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:  # what av infers for a BytesIO anyway
             if not container.streams.video:
                 raise InvalidRequestError(f"{param}: the file has no video stream.", param=param)
             stream = container.streams.video[0]
             _check_frame(stream.width, stream.height, param, policy)
             native_fps = float(stream.average_rate or 0)
-            seconds = float(stream.duration * stream.time_base) if stream.duration else None
+            seconds = None
+            if stream.duration:
+                assert stream.time_base is not None  # a demuxed stream always has one
+                seconds = float(stream.duration * stream.time_base)
             total = stream.frames
             if not total and seconds and native_fps:  # containers without a frame count (webm, some mkv)
                 total = int(seconds * native_fps)
@@ -155,7 +164,7 @@ def decode_video(data: bytes, param: str, policy: MediaPolicy) -> VideoClip:
                     frames.append(frame.to_ndarray(format="rgb24"))
     except InvalidRequestError:
         raise
-    except Exception as e:  # PyAV raises its own FFmpegError tree, plus ValueError/OSError on odd input
+    except Exception as e:  # noqa: BLE001 - PyAV raises its own FFmpegError tree, plus ValueError/OSError on odd input
         raise InvalidRequestError(f"{param}: not a readable video ({type(e).__name__}: {e}).", param=param) from None
     if not frames:
         raise InvalidRequestError(f"{param}: the video has no decodable frames.", param=param)
@@ -190,16 +199,27 @@ def _frames(source: list | tuple, param: str, policy: MediaPolicy, trusted: bool
     return VideoClip(np.stack(frames), policy.video_fps)
 
 
-def load_video(source: Any, param: str = "video", policy: MediaPolicy | None = None, *, trusted: bool = True,
-               audio_rate: int | None = None) -> VideoClip:
+def load_video(
+    source: Any,
+    param: str = "video",
+    policy: MediaPolicy | None = None,
+    *,
+    trusted: bool = True,
+    audio_rate: int | None = None,
+) -> VideoClip:
     """A `VideoClip` from a list of frames (PIL images, arrays, paths), bytes, a data URL, an http(s) URL or a
     path; a dict `{"frames": [...], "fps": 4}` gives frames with their own rate. Under `use_audio_in_video`, a
     video file's soundtrack comes with it (resampled to `audio_rate`); frames alone have none, and are refused."""
     policy = policy or MediaPolicy()
-    if policy.use_audio_in_video and not isinstance(source, VideoClip) and (
-            isinstance(source, (list, tuple)) or (isinstance(source, dict) and "frames" in source)):
-        raise InvalidRequestError(f"{param}: a video given as frames has no soundtrack, which use_audio_in_video "
-                                  "reads; send the video file.", param=param)
+    if (
+        policy.use_audio_in_video
+        and not isinstance(source, VideoClip)
+        and (isinstance(source, (list, tuple)) or (isinstance(source, dict) and "frames" in source))
+    ):
+        raise InvalidRequestError(
+            f"{param}: a video given as frames has no soundtrack, which use_audio_in_video reads; send the video file.",
+            param=param,
+        )
     if isinstance(source, VideoClip):
         return source
     if isinstance(source, dict) and "frames" in source:

@@ -13,35 +13,110 @@ import torch
 
 from chatplex.errors import ConfigError
 
-_LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5,
-               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 8192})
+_LLAMA3 = dict(
+    vocab_size=128256,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+)
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama-3.2-1b": ("LlamaConfig", dict(_LLAMA3, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                         num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                                         tie_word_embeddings=True)),
-    "llama-3.2-3b": ("LlamaConfig", dict(_LLAMA3, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                                         num_attention_heads=24, num_key_value_heads=8, head_dim=128,
-                                         tie_word_embeddings=True)),
-    "llama-3.1-8b": ("LlamaConfig", dict(_LLAMA3, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                         num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                                         tie_word_embeddings=False)),
-    "qwen2.5-0.5b": ("Qwen2Config", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                                         rope_theta=1000000.0, tie_word_embeddings=True)),
-    "qwen2.5-7b": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                       num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                                       rope_theta=1000000.0, tie_word_embeddings=False)),
-    "smollm2-135m": ("LlamaConfig", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                                         rope_theta=100000.0, tie_word_embeddings=True)),
+    "llama-3.2-1b": (
+        "LlamaConfig",
+        dict(
+            _LLAMA3,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-3b": (
+        "LlamaConfig",
+        dict(
+            _LLAMA3,
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=28,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.1-8b": (
+        "LlamaConfig",
+        dict(
+            _LLAMA3,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen2.5-0.5b": (
+        "Qwen2Config",
+        dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen2.5-7b": (
+        "Qwen2Config",
+        dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "smollm2-135m": (
+        "LlamaConfig",
+        dict(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 CAUSAL_LM = {"LlamaConfig": "LlamaForCausalLM", "Qwen2Config": "Qwen2ForCausalLM"}
 
 
 def check_shape(name: str) -> None:
     if name not in SHAPES:
-        raise ConfigError(f"dummy_weights: {name!r} is not a known shape; choose one of {', '.join(SHAPES)}.", param="dummy_weights")
+        raise ConfigError(
+            f"dummy_weights: {name!r} is not a known shape; choose one of {', '.join(SHAPES)}.", param="dummy_weights"
+        )
 
 
 def dummy_tokenizer(vocab_size: int) -> Any:

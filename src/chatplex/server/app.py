@@ -19,7 +19,9 @@ def create_app(chat_model: ChatModel | None, settings: ServerSettings | None = N
     `app.state.server.chat_model` once it is ready."""
     settings = settings or ServerSettings()
     app = FastAPI(
-        title="chatplex", version=__version__, root_path=settings.root_path,
+        title="chatplex",
+        version=__version__,
+        root_path=settings.root_path,
         description="OpenAI-compatible API over any chatplex engine.",
     )
     state = ServerState(chat_model, settings)
@@ -31,7 +33,9 @@ def create_app(chat_model: ChatModel | None, settings: ServerSettings | None = N
     if settings.allowed_origins:
         # Added last so it runs first: preflight requests carry no API key and must get CORS headers.
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "OPTIONS"],
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
     return app

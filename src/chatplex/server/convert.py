@@ -20,11 +20,23 @@ logger = logging.getLogger(__name__)
 
 # request field -> chatplex generation argument (None values are left out so the model's defaults apply)
 _SAMPLING_FIELDS = {
-    "n": "n", "max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-    "min_p": "min_p", "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty", "stop": "stop", "seed": "seed", "logit_bias": "logit_bias",
-    "min_tokens": "min_new_tokens", "ignore_eos": "ignore_eos", "stop_token_ids": "stop_token_ids",
-    "skip_special_tokens": "skip_special_tokens", "do_sample": "do_sample",
+    "n": "n",
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "stop": "stop",
+    "seed": "seed",
+    "logit_bias": "logit_bias",
+    "min_tokens": "min_new_tokens",
+    "ignore_eos": "ignore_eos",
+    "stop_token_ids": "stop_token_ids",
+    "skip_special_tokens": "skip_special_tokens",
+    "do_sample": "do_sample",
 }
 _TOOL_CHOICES = (None, "none", "auto")
 
@@ -47,13 +59,20 @@ def llamafactory_fields(kw: dict[str, Any]) -> dict[str, Any]:
     kw = dict(kw)
     if "presence_penalty" in kw:
         if "repetition_penalty" in kw:
-            raise InvalidRequestError("presence_penalty: in LLaMA-Factory's API mode it is the repetition penalty; "
-                                      "give one of presence_penalty and repetition_penalty.", param="presence_penalty")
+            raise InvalidRequestError(
+                "presence_penalty: in LLaMA-Factory's API mode it is the repetition penalty; "
+                "give one of presence_penalty and repetition_penalty.",
+                param="presence_penalty",
+            )
         kw["repetition_penalty"] = kw.pop("presence_penalty")
     messages = []
     for i, message in enumerate(kw.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "function":
-            message = {"role": "assistant", "content": None, "tool_calls": _function_turn_calls(i, message.get("content"))}
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": _function_turn_calls(i, message.get("content")),
+            }
         messages.append(message)
     if "messages" in kw:
         kw["messages"] = messages
@@ -68,10 +87,19 @@ def _function_turn_calls(index: int, content: Any) -> list[dict[str, Any]]:
         calls = None
     calls = [calls] if isinstance(calls, dict) else calls
     if not isinstance(calls, list) or not all(isinstance(c, dict) and "name" in c for c in calls):
-        raise InvalidRequestError(f"{param}: a function message (LLaMA-Factory's API mode) holds the assistant's "
-                                  'tool calls as JSON: [{"name": ..., "arguments": {...}}].', param=param)
-    return [{"id": f"call_{index}_{j}", "type": "function",
-             "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for j, c in enumerate(calls)]
+        raise InvalidRequestError(
+            f"{param}: a function message (LLaMA-Factory's API mode) holds the assistant's "
+            'tool calls as JSON: [{"name": ..., "arguments": {...}}].',
+            param=param,
+        )
+    return [
+        {
+            "id": f"call_{index}_{j}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c.get("arguments", {})},
+        }
+        for j, c in enumerate(calls)
+    ]
 
 
 def chat_kwargs(body: ChatCompletionRequest, api_mode: str = "openai") -> dict[str, Any]:

@@ -35,7 +35,13 @@ class ServerError(Exception):
     """An HTTP-level failure with no chatplex exception behind it (auth, body size, draining...)."""
 
     def __init__(
-        self, status: int, message: str, type: str, *, param: str | None = None, code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        type: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -49,7 +55,9 @@ def unsupported(param: str, message: str) -> ServerError:
 
 
 def model_not_found(name: str | None) -> ServerError:
-    return ServerError(404, f"The model {name!r} does not exist.", "not_found_error", param="model", code="model_not_found")
+    return ServerError(
+        404, f"The model {name!r} does not exist.", "not_found_error", param="model", code="model_not_found"
+    )
 
 
 # exception class -> (status, OpenAI error type); the first matching class wins, so subclasses come first.

@@ -52,10 +52,17 @@ class RequestGuard:
         except asyncio.CancelledError:
             if not request.cancelled() or _cancelling():  # this task itself was cancelled (uvicorn stopping)
                 raise
-            await progress.end(scope, receive, ServerError(
-                503, "The server stopped (drain timeout) before this request finished.", "service_unavailable",
-                code="draining", headers={"Connection": "close"},
-            ))
+            await progress.end(
+                scope,
+                receive,
+                ServerError(
+                    503,
+                    "The server stopped (drain timeout) before this request finished.",
+                    "service_unavailable",
+                    code="draining",
+                    headers={"Connection": "close"},
+                ),
+            )
         finally:
             self.state.requests.discard(request)
             self.state.in_flight -= 1
@@ -73,21 +80,34 @@ class RequestGuard:
 
     def _check(self, scope: Scope, path: str) -> None:
         if self.state.draining:
-            raise ServerError(503, "The server is shutting down; no new requests.", "service_unavailable",
-                              code="draining", headers={"Connection": "close"})
+            raise ServerError(
+                503,
+                "The server is shutting down; no new requests.",
+                "service_unavailable",
+                code="draining",
+                headers={"Connection": "close"},
+            )
         key = self.state.settings.api_key
         if key is not None and path not in PUBLIC_PATHS:
             given = _header(scope, b"authorization")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                raise ServerError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
-                                  "authentication_error", code="invalid_api_key")
+                raise ServerError(
+                    401,
+                    "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                    "authentication_error",
+                    code="invalid_api_key",
+                )
 
     async def _bounded_body(self, scope: Scope, receive: Receive) -> Receive:
         """Reject bodies over the limit: by Content-Length when given, else by reading at most the limit."""
         limit = self.state.settings.max_body_bytes
-        too_large = ServerError(413, f"The request body is larger than the limit of {limit} bytes.",
-                                "invalid_request_error", code="request_too_large")
+        too_large = ServerError(
+            413,
+            f"The request body is larger than the limit of {limit} bytes.",
+            "invalid_request_error",
+            code="request_too_large",
+        )
         length = _header(scope, b"content-length")
         if length:
             if not length.isdigit():
@@ -161,5 +181,5 @@ def _route_path(scope: Scope) -> str:
     path: str = scope.get("path", "")
     root: Any = scope.get("root_path", "")
     if root and path.startswith(root):
-        path = path[len(root):] or "/"
+        path = path[len(root) :] or "/"
     return path

@@ -44,8 +44,9 @@ def check_json_values(value: Any) -> None:
         if isinstance(item, dict):
             for key, child in reversed(item.items()):
                 if not valid_unicode(key):
-                    raise InvalidRequestError(f"{path or 'body'}: an object key is not valid Unicode.",
-                                              param=path or "body")
+                    raise InvalidRequestError(
+                        f"{path or 'body'}: an object key is not valid Unicode.", param=path or "body"
+                    )
                 stack.append((join_path(path, key), child))
         elif isinstance(item, list):
             stack.extend((join_path(path, i), child) for i, child in reversed(list(enumerate(item))))
@@ -78,8 +79,10 @@ def _is_json(kind: str | None) -> bool:
 def _wrong_content_type(kind: str) -> ServerError:
     # `curl -d '{...}'` sends application/x-www-form-urlencoded; FastAPI would then report the whole body missing.
     return ServerError(
-        415, f"Content-Type: {kind!r} is not accepted; send the body as JSON with Content-Type: application/json.",
-        "invalid_request_error", param="Content-Type",
+        415,
+        f"Content-Type: {kind!r} is not accepted; send the body as JSON with Content-Type: application/json.",
+        "invalid_request_error",
+        param="Content-Type",
     )
 
 

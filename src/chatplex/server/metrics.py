@@ -8,7 +8,8 @@ deltas stream through `Metrics.observe`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -33,9 +34,17 @@ class _EngineCollector(Collector):
         s = model.stats()
         yield GaugeMetricFamily("chatplex:num_requests_running", "Sequences the engine is generating.", value=s.running)
         yield GaugeMetricFamily("chatplex:num_requests_waiting", "Sequences waiting for a slot.", value=s.waiting)
-        yield CounterMetricFamily("chatplex:aborted_requests", "Requests aborted before they finished (e.g. client disconnects).", value=s.aborted_requests)
-        yield CounterMetricFamily("chatplex:finished_requests", "Requests the engine finished.", value=s.finished_requests)
-        yield CounterMetricFamily("chatplex:num_preemptions", "Sequences preempted for KV-cache space.", value=s.preemptions)
+        yield CounterMetricFamily(
+            "chatplex:aborted_requests",
+            "Requests aborted before they finished (e.g. client disconnects).",
+            value=s.aborted_requests,
+        )
+        yield CounterMetricFamily(
+            "chatplex:finished_requests", "Requests the engine finished.", value=s.finished_requests
+        )
+        yield CounterMetricFamily(
+            "chatplex:num_preemptions", "Sequences preempted for KV-cache space.", value=s.preemptions
+        )
 
 
 class Metrics:
@@ -47,21 +56,35 @@ class Metrics:
         r = self.registry
         self.prompt_tokens = Counter("chatplex:prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("chatplex:generation_tokens", "Tokens generated.", registry=r)
-        self.requests = Counter("chatplex:request_success", "Finished sequences by finish reason.", ["finish_reason"], registry=r)
-        self.ttft = Histogram("chatplex:time_to_first_token_seconds", "Time to first token.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("chatplex:time_per_output_token_seconds", "Mean time per output token after the first.", buckets=_TOKEN_BUCKETS, registry=r)
-        self.e2e = Histogram("chatplex:e2e_request_latency_seconds", "End-to-end request latency.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "chatplex:request_success", "Finished sequences by finish reason.", ["finish_reason"], registry=r
+        )
+        self.ttft = Histogram(
+            "chatplex:time_to_first_token_seconds", "Time to first token.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.tpot = Histogram(
+            "chatplex:time_per_output_token_seconds",
+            "Mean time per output token after the first.",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "chatplex:e2e_request_latency_seconds", "End-to-end request latency.", buckets=_LATENCY_BUCKETS, registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def observe(self, deltas: AsyncIterator[Delta], started: float | None = None) -> AsyncIterator[Delta]:
+    async def observe(
+        self, deltas: AsyncGenerator[Delta, None], started: float | None = None
+    ) -> AsyncGenerator[Delta, None]:
         """Pass deltas through, recording latency and token counts; abandoned streams record nothing."""
         start = started if started is not None else time.perf_counter()
         first: float | None = None
         prompt = 0
         finals: dict[int, Delta] = {}
-        try:
+        # Closing the engine's iterator now (not at garbage collection) aborts an abandoned request at once.
+        async with aclosing(deltas):
             async for delta in deltas:
                 if first is None and (delta.token_ids or delta.text):
                     first = time.perf_counter()
@@ -71,9 +94,6 @@ class Metrics:
                     finals[delta.index] = delta
                     self.requests.labels(delta.finish_reason).inc()
                 yield delta
-        finally:
-            # Closing the engine's iterator now (not at garbage collection) aborts an abandoned request at once.
-            await deltas.aclose()  # type: ignore[attr-defined]
         end = time.perf_counter()
         generated = sum(d.completion_tokens for d in finals.values())
         self.prompt_tokens.inc(prompt)

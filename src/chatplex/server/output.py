@@ -6,7 +6,8 @@ its choices the way OpenAI does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from chatplex.output_parsing import openai_tool_calls
@@ -21,8 +22,12 @@ def chat_logprobs(items: list[TokenLogprob] | None) -> s.ChatLogprobs | None:
     return s.ChatLogprobs(
         content=[
             s.TokenLogprobOut(
-                token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
-                top_logprobs=[s.TopLogprobOut(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top],
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token.encode()),
+                top_logprobs=[
+                    s.TopLogprobOut(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top
+                ],
             )
             for t in items
         ]
@@ -83,7 +88,9 @@ class Tracker:
         return s.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-async def chat_completion(rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]]) -> s.ChatCompletion:
+async def chat_completion(
+    rid: str, model: str, n: int, deltas: AsyncGenerator[tuple[int, Delta], None]
+) -> s.ChatCompletion:
     tracker = Tracker(n)
     async for request_index, delta in deltas:
         tracker.add(request_index, delta)
@@ -106,17 +113,20 @@ def _chat_delta(delta: Delta, first: bool) -> s.ChatDelta:
     calls = [s.ToolCallChunk.model_validate(c.to_openai()) for c in delta.tool_calls] or None
     content = delta.text if delta.text or not (calls or delta.reasoning) else None
     return s.ChatDelta(
-        role="assistant" if first else None, content=content, tool_calls=calls,
-        reasoning_content=delta.reasoning or None, reasoning=delta.reasoning or None,
+        role="assistant" if first else None,
+        content=content,
+        tool_calls=calls,
+        reasoning_content=delta.reasoning or None,
+        reasoning=delta.reasoning or None,
     )
 
 
 async def chat_chunks(
-    rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]], include_usage: bool
-) -> AsyncIterator[s.ChatCompletionChunk]:
+    rid: str, model: str, n: int, deltas: AsyncGenerator[tuple[int, Delta], None], include_usage: bool
+) -> AsyncGenerator[s.ChatCompletionChunk, None]:
     tracker = Tracker(n)
     started: set[int] = set()
-    try:
+    async with aclosing(deltas):
         async for request_index, delta in deltas:
             index, _ = tracker.add(request_index, delta)
             first = index not in started
@@ -125,17 +135,17 @@ async def chat_chunks(
                 continue  # text held back (a partial character, a possible stop string or tool call): nothing yet
             started.add(index)
             choice = s.ChatChunkChoice(
-                index=index, delta=_chat_delta(delta, first),
-                logprobs=chat_logprobs(delta.logprobs), finish_reason=delta.finish_reason,
+                index=index,
+                delta=_chat_delta(delta, first),
+                logprobs=chat_logprobs(delta.logprobs),
+                finish_reason=delta.finish_reason,
             )
             yield s.ChatCompletionChunk(id=rid, model=model, choices=[choice])
-    finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
     if include_usage:
         yield s.ChatCompletionChunk(id=rid, model=model, choices=[], usage=tracker.usage())
 
 
-async def completion(rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]]) -> s.Completion:
+async def completion(rid: str, model: str, n: int, deltas: AsyncGenerator[tuple[int, Delta], None]) -> s.Completion:
     tracker = Tracker(n)
     async for request_index, delta in deltas:
         tracker.add(request_index, delta)
@@ -149,10 +159,10 @@ async def completion(rid: str, model: str, n: int, deltas: AsyncIterator[tuple[i
 
 
 async def completion_chunks(
-    rid: str, model: str, n: int, deltas: AsyncIterator[tuple[int, Delta]], include_usage: bool
-) -> AsyncIterator[s.Completion]:
+    rid: str, model: str, n: int, deltas: AsyncGenerator[tuple[int, Delta], None], include_usage: bool
+) -> AsyncGenerator[s.Completion, None]:
     tracker = Tracker(n)
-    try:
+    async with aclosing(deltas):
         async for request_index, delta in deltas:
             prior = tracker.choices.get(request_index * n + delta.index)
             offset = prior.chars if prior else 0
@@ -160,11 +170,11 @@ async def completion_chunks(
             if not (delta.text or delta.logprobs or delta.finish_reason):
                 continue
             choice = s.CompletionChoice(
-                index=index, text=delta.text, logprobs=completion_logprobs(delta.logprobs, offset),
+                index=index,
+                text=delta.text,
+                logprobs=completion_logprobs(delta.logprobs, offset),
                 finish_reason=delta.finish_reason,
             )
             yield s.Completion(id=rid, model=model, choices=[choice])
-    finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
     if include_usage:
         yield s.Completion(id=rid, model=model, choices=[], usage=tracker.usage())

@@ -54,9 +54,13 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
     app = create_app(None, settings)
     state: ServerState = app.state.server
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, root_path=settings.root_path, log_level=log_level.lower(),
+        app,
+        host=settings.host,
+        port=settings.port,
+        root_path=settings.root_path,
+        log_level=log_level.lower(),
         # What is left after a drain (requests stopped, connections closing) needs well under a second.
-        timeout_graceful_shutdown=0.5,
+        timeout_graceful_shutdown=0.5,  # type: ignore[arg-type]  # uvicorn's stub says int; it takes a float
     )
     server = DrainingServer(config, state)
     loaded: dict[str, Any] = {}

@@ -48,8 +48,12 @@ class ServerState:
         """The ChatModel for a request's `model` field (None means the served one); 404 for an unknown name."""
         if self.chat_model is None:
             raise EngineClosedError("The model is still loading; retry shortly.")
-        if (requested is not None and requested not in self.known_names() and requested not in self.chat_model.adapters
-                and not self.settings.accept_any_model):
+        if (
+            requested is not None
+            and requested not in self.known_names()
+            and requested not in self.chat_model.adapters
+            and not self.settings.accept_any_model
+        ):
             raise model_not_found(requested)
         return self.chat_model
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -23,7 +24,9 @@ from chatplex.types import Delta, GenerationRequest
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def open_deltas(chat_model: ChatModel, request: GenerationRequest, metrics: Metrics) -> AsyncIterator[Delta]:
+async def open_deltas(
+    chat_model: ChatModel, request: GenerationRequest, metrics: Metrics
+) -> AsyncGenerator[Delta, None]:
     """Start a request and wait for its first delta (raising any error now); return the whole stream."""
     gen = metrics.observe(chat_model.agenerate(request))
     try:
@@ -34,49 +37,44 @@ async def open_deltas(chat_model: ChatModel, request: GenerationRequest, metrics
     return _prepend(first, gen)
 
 
-async def _prepend(first: Delta, gen: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    try:
+async def _prepend(first: Delta, gen: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
+    async with aclosing(gen):
         yield first
         async for delta in gen:
             yield delta
-    finally:
-        await gen.aclose()  # type: ignore[attr-defined]
 
 
 async def open_all(
     chat_model: ChatModel, requests: list[GenerationRequest], metrics: Metrics
-) -> AsyncIterator[tuple[int, Delta]]:
+) -> AsyncGenerator[tuple[int, Delta], None]:
     """Start every request (all must start cleanly) and merge their streams as (request index, delta)."""
-    streams: list[AsyncIterator[Delta]] = []
+    streams: list[AsyncGenerator[Delta, None]] = []
     try:
         for request in requests:
             streams.append(await open_deltas(chat_model, request, metrics))
     except BaseException:
         for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
+            await s.aclose()
         raise
     return _merge(streams)
 
 
-async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+async def _merge(streams: list[AsyncGenerator[Delta, None]]) -> AsyncGenerator[tuple[int, Delta], None]:
     if len(streams) == 1:
-        try:
+        async with aclosing(streams[0]):
             async for delta in streams[0]:
                 yield 0, delta
-        finally:
-            await streams[0].aclose()  # type: ignore[attr-defined]
         return
     queue: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
 
-    async def pump(i: int, stream: AsyncIterator[Delta]) -> None:
-        try:
-            async for delta in stream:
-                await queue.put((i, delta))
-            await queue.put((i, None))
-        except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            await queue.put((i, e))
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+    async def pump(i: int, stream: AsyncGenerator[Delta, None]) -> None:
+        async with aclosing(stream):
+            try:
+                async for delta in stream:
+                    await queue.put((i, delta))
+                await queue.put((i, None))
+            except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                await queue.put((i, e))
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
@@ -100,17 +98,16 @@ def _sse(data: Any) -> str:
     return f"data: {text}\n\n"
 
 
-async def _events(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
-    try:
-        async for chunk in chunks:
-            yield _sse(chunk)
-    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream properly
-        yield _sse(error_payload(e))
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+async def _events(chunks: AsyncGenerator[BaseModel, None]) -> AsyncGenerator[str, None]:
+    async with aclosing(chunks):
+        try:
+            async for chunk in chunks:
+                yield _sse(chunk)
+        except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream properly
+            yield _sse(error_payload(e))
     yield "data: [DONE]\n\n"
 
 
-def sse_response(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
+def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
     """Server-sent events: one `data: {json}` per chunk, an error chunk if generation fails, then `[DONE]`."""
     return StreamingResponse(_events(chunks), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -122,10 +122,18 @@ def text(write) -> Any:
     return lambda g, *name: json.dumps(write(*name))
 
 
-qwen3_coder = xml(lambda k: f"<parameter={k}>\n", "\n</parameter>\n",
-                  text(lambda f: f"<tool_call>\n<function={f}>\n"), text(lambda: "</function>\n</tool_call>"))
-glm4 = xml(lambda k: f"<arg_key>{k}</arg_key>\n<arg_value>", "</arg_value>\n",
-           text(lambda f: f"<tool_call>{f}\n"), text(lambda: "</tool_call>"))
+qwen3_coder = xml(
+    lambda k: f"<parameter={k}>\n",
+    "\n</parameter>\n",
+    text(lambda f: f"<tool_call>\n<function={f}>\n"),
+    text(lambda: "</function>\n</tool_call>"),
+)
+glm4 = xml(
+    lambda k: f"<arg_key>{k}</arg_key>\n<arg_value>",
+    "</arg_value>\n",
+    text(lambda f: f"<tool_call>{f}\n"),
+    text(lambda: "</tool_call>"),
+)
 
 
 def _python_name(name: str, what: str, tool: str) -> str:
@@ -151,13 +159,20 @@ def python_calls(g: Any, tools: list[dict[str, Any]], layout: dict[str, Any]) ->
     alts = []
     for t, tool in enumerate(tools):
         fname = _python_name(_function(tool)["name"], "function name", _function(tool)["name"])
-        args = [(f'"{_python_name(name, "parameter name", fname)}=" %json {json.dumps({**schema, "x-guidance": layout})}',
-                 required) for name, schema, required in _params(tool)]
+        args = [
+            (
+                f'"{_python_name(name, "parameter name", fname)}=" %json {json.dumps({**schema, "x-guidance": layout})}',
+                required,
+            )
+            for name, schema, required in _params(tool)
+        ]
         alts.append(f'{json.dumps(fname + "(")} {separated(g, f"t{t}", args, ", ")} ")"')
     return "\n    | ".join(alts)
 
 
 def pythonic(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
     """`[f(a=1, b="x"), g()]`: keyword arguments in schema order, separated by ", " whichever are left out."""
-    g.rules += ['start: "[" call (", " call)* "]"' if many else 'start: "[" call "]"',
-                "call: " + python_calls(g, tools, layout)]
+    g.rules += [
+        'start: "[" call (", " call)* "]"' if many else 'start: "[" call "]"',
+        "call: " + python_calls(g, tools, layout),
+    ]

@@ -37,8 +37,10 @@ def _joined(many: bool, between: str) -> str:
 
 
 def react(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
-    alts = [f'{json.dumps("Action: " + _function(t)["name"] + chr(10) + "Action Input: ")} {_json_args(t, layout)}'
-            for t in tools]
+    alts = [
+        f"{json.dumps('Action: ' + _function(t)['name'] + chr(10) + 'Action Input: ')} {_json_args(t, layout)}"
+        for t in tools
+    ]
     g.rules += [_joined(many, "\n"), "call: " + "\n    | ".join(alts)]
 
 
@@ -50,26 +52,46 @@ def chatglm(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, A
 def minimax1(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
     from chatplex.structured.tool_grammars import _call_object
 
-    g.rules += [f'start: "<tool_calls>\\n" {"call" if not many else "call (" + json.dumps(chr(10)) + " call)*"} '
-                '"\\n</tool_calls>"',
-                f"call: {_call_object(tools, 'arguments', layout)}"]
+    g.rules += [
+        (
+            f'start: "<tool_calls>\\n" {"call" if not many else "call (" + json.dumps(chr(10)) + " call)*"} '
+            '"\\n</tool_calls>"'
+        ),
+        f"call: {_call_object(tools, 'arguments', layout)}",
+    ]
 
 
-minimax2 = xml(lambda k: f'\n<parameter name="{k}">', "</parameter>", text(lambda f: f'<invoke name="{f}">'),
-               text(lambda: "\n</invoke>"), between="\n", bad_name_chars='<>"\n ')
-seed_oss = xml(lambda k: f"\n<parameter={k}>", "</parameter>",
-               lambda g, f: f'"\\n" {g.mark("<seed:tool_call>")} {json.dumps(chr(10) + "<function=" + f)}',
-               lambda g: f'"\\n</function>\\n" {g.mark("</seed:tool_call>")}', between="\n")
+minimax2 = xml(
+    lambda k: f'\n<parameter name="{k}">',
+    "</parameter>",
+    text(lambda f: f'<invoke name="{f}">'),
+    text(lambda: "\n</invoke>"),
+    between="\n",
+    bad_name_chars='<>"\n ',
+)
+seed_oss = xml(
+    lambda k: f"\n<parameter={k}>",
+    "</parameter>",
+    lambda g, f: f'"\\n" {g.mark("<seed:tool_call>")} {json.dumps(chr(10) + "<function=" + f)}',
+    lambda g: f'"\\n</function>\\n" {g.mark("</seed:tool_call>")}',
+    between="\n",
+)
 
 
 def lfm2(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, Any]) -> None:
     calls = 'call (", " call)*' if many else "call"
-    g.rules += [f'start: {g.mark("<|tool_call_start|>")} "[" {calls} "]" {g.mark("<|tool_call_end|>")}',
-                "call: " + python_calls(g, tools, layout)]
+    g.rules += [
+        f'start: {g.mark("<|tool_call_start|>")} "[" {calls} "]" {g.mark("<|tool_call_end|>")}',
+        "call: " + python_calls(g, tools, layout),
+    ]
 
 
-_GEMMA_SCALARS = {"number": "%json {\"type\": \"number\"}", "integer": "%json {\"type\": \"integer\"}",
-                  "boolean": '("true" | "false")', "null": '"null"'}
+_GEMMA_SCALARS = {
+    "number": '%json {"type": "number"}',
+    "integer": '%json {"type": "integer"}',
+    "boolean": '("true" | "false")',
+    "null": '"null"',
+}
 
 
 def _gemma_value(g: Any, tool: str, name: str, schema: dict[str, Any], layout: dict[str, Any]) -> str:
@@ -78,8 +100,7 @@ def _gemma_value(g: Any, tool: str, name: str, schema: dict[str, Any], layout: d
     if values is not None:
         if not all(isinstance(v, (str, int, float, bool)) or v is None for v in values):
             raise _unsupported(tool, name, "an enum of objects or lists cannot be written in the gemma4 format")
-        alts = [f"{quote} {json.dumps(v)} {quote}" if isinstance(v, str) else json.dumps(json.dumps(v))
-                for v in values]
+        alts = [f"{quote} {json.dumps(v)} {quote}" if isinstance(v, str) else json.dumps(json.dumps(v)) for v in values]
         return "(" + " | ".join(alts) + ")"
     kind = schema.get("type")
     if kind == "string":
@@ -104,8 +125,12 @@ def gemma4(g: Any, tools: list[dict[str, Any]], many: bool, layout: dict[str, An
         if any(c in fname for c in "{}<>\n "):
             raise _unsupported(fname, "", "the function name cannot be written in the gemma4 format")
         params = sorted(_params(tool))  # its formatter writes the keys sorted
-        args = [(f"{json.dumps(name + ':')} {_gemma_value(g, fname, name, schema, layout)}", required)
-                for name, schema, required in params]
+        args = [
+            (f"{json.dumps(name + ':')} {_gemma_value(g, fname, name, schema, layout)}", required)
+            for name, schema, required in params
+        ]
         body = separated(g, f"t{t}", args, ",")
-        alts.append(f'{g.mark("<|tool_call>")} {json.dumps("call:" + fname + "{")} {body} "}}" {g.mark("<tool_call|>")}')
+        alts.append(
+            f'{g.mark("<|tool_call>")} {json.dumps("call:" + fname + "{")} {body} "}}" {g.mark("<tool_call|>")}'
+        )
     g.rules += ["start: call+" if many else "start: call", "call: " + "\n    | ".join(alts)]

@@ -16,6 +16,7 @@ from chatplex.types import Constraint
 # Fixed JSON layout: no free whitespace, ", " and ": " separators.
 JSON_LAYOUT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
+
 def _llguidance() -> Any:
     from llguidance import LLMatcher  # imported here: only requests that constrain need it
 
@@ -40,7 +41,9 @@ def _schema_of(response_format: dict[str, Any]) -> dict[str, Any]:
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError:
-            raise InvalidRequestError("response_format.json_schema.schema: not valid JSON.", param="response_format") from None
+            raise InvalidRequestError(
+                "response_format.json_schema.schema: not valid JSON.", param="response_format"
+            ) from None
     if not isinstance(schema, dict):
         raise InvalidRequestError(
             "response_format.json_schema.schema: must be a JSON schema object.", param="response_format"
@@ -63,7 +66,8 @@ def constraint_for_response_format(response_format: Any) -> Constraint | None:
         schema = _schema_of(response_format)
     else:
         raise InvalidRequestError(
-            f"response_format.type: {kind!r} is not one of 'text', 'json_object', 'json_schema'.", param="response_format"
+            f"response_format.type: {kind!r} is not one of 'text', 'json_object', 'json_schema'.",
+            param="response_format",
         )
     grammar = _llguidance().grammar_from_json_schema(schema, overrides=JSON_LAYOUT)
     return Constraint(_checked(grammar, "response_format"), "response_format", json_schema=schema)
@@ -81,12 +85,14 @@ def forced_tool_name(tool_choice: Any, tools: list[dict[str, Any]] | None) -> st
     name = fn.get("name") if isinstance(fn, dict) else None
     if tool_choice.get("type") != "function" or not isinstance(name, str):
         raise InvalidRequestError(
-            "tool_choice: must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+            'tool_choice: must be \'none\', \'auto\', \'required\' or {"type": "function", "function": {"name": ...}}.',
             param="tool_choice",
         )
     names = [_function(t).get("name") for t in tools or []]
     if name not in names:
-        raise InvalidRequestError(f"tool_choice: {name!r} is not one of the request's tools {names}.", param="tool_choice")
+        raise InvalidRequestError(
+            f"tool_choice: {name!r} is not one of the request's tools {names}.", param="tool_choice"
+        )
     return name
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from chatplex.structured import arg_grammars, llamafactory_grammars
 
 # `mark<N>: "<json string>"` lines: the marker rules the compiler may turn into special-token references.
-MARKER_LINE = re.compile(r'^(mark\d+): ("(?:[^"\\]|\\.)*")$', re.M)
+MARKER_LINE = re.compile(r'^(mark\d+): ("(?:[^"\\]|\\.)*")$', re.MULTILINE)
 
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
@@ -73,8 +73,10 @@ def _repeat(item: str, between: str, many: bool) -> str:
 
 
 def _hermes(g: _Lark, tools, many, layout) -> None:
-    g.rules += [f"start: {_repeat('call', chr(10), many)}",
-                f'call: "<tool_call>\\n" {_call_object(tools, "arguments", layout)} "\\n</tool_call>"']
+    g.rules += [
+        f"start: {_repeat('call', chr(10), many)}",
+        f'call: "<tool_call>\\n" {_call_object(tools, "arguments", layout)} "\\n</tool_call>"',
+    ]
 
 
 def _llama3_json(g: _Lark, tools, many, layout) -> None:
@@ -83,12 +85,14 @@ def _llama3_json(g: _Lark, tools, many, layout) -> None:
 
 def _mistral(g: _Lark, tools, many, layout) -> None:
     # As Mistral's template writes past calls: `[TOOL_CALLS] [{...}, {...}]`.
-    g.rules += [f'start: {g.mark("[TOOL_CALLS]")} " [" {_repeat("call", ", ", many)} "]"',
-                f"call: {_call_object(tools, 'arguments', layout)}"]
+    g.rules += [
+        f'start: {g.mark("[TOOL_CALLS]")} " [" {_repeat("call", ", ", many)} "]"',
+        f"call: {_call_object(tools, 'arguments', layout)}",
+    ]
 
 
 def _phi4_mini(g: _Lark, tools, many, layout) -> None:
-    call = f'{g.mark("<|tool_call|>")} {_call_object(tools, "arguments", layout)} {g.mark("<|/tool_call|>")}'
+    call = f"{g.mark('<|tool_call|>')} {_call_object(tools, 'arguments', layout)} {g.mark('<|/tool_call|>')}"
     g.rules += [f"start: {_repeat('call', '', many)}", f"call: {call}"]
 
 
@@ -110,8 +114,10 @@ def _deepseek(v31: bool) -> Callable[..., None]:
                 alts.append(f'{begin} "function" {sep} {name} "\\n```json\\n" {args} "\\n```" {end}')
         calls_begin, calls_end = (g.mark(m) for m in _DS_CALLS)
         between = "" if v31 else "\n"
-        g.rules += [f"start: {calls_begin} {_repeat('call', between, many)} {calls_end}",
-                    "call: " + "\n    | ".join(alts)]
+        g.rules += [
+            f"start: {calls_begin} {_repeat('call', between, many)} {calls_end}",
+            "call: " + "\n    | ".join(alts),
+        ]
 
     return build
 

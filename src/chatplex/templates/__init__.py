@@ -49,10 +49,21 @@ class ChatTemplate:
 
 # LLaMA-Factory tool format -> the parser that reads replies written in it (tests: every format's calls, as its
 # own writer writes them, read back: tests/templates/test_tool_parsers.py).
-LF_TOOL_PARSERS = {"default": "react", "qwen": "hermes", "ling": "hermes", "glm4_moe": "glm4",
-                   "llama3": "llama3_json", "mistral": "mistral", "qwen3_5": "qwen3_coder", "glm4": "chatglm",
-                   "minimax1": "minimax1", "minimax2": "minimax2", "seed_oss": "seed_oss", "lfm2": "lfm2",
-                   "gemma4": "gemma4"}
+LF_TOOL_PARSERS = {
+    "default": "react",
+    "qwen": "hermes",
+    "ling": "hermes",
+    "glm4_moe": "glm4",
+    "llama3": "llama3_json",
+    "mistral": "mistral",
+    "qwen3_5": "qwen3_coder",
+    "glm4": "chatglm",
+    "minimax1": "minimax1",
+    "minimax2": "minimax2",
+    "seed_oss": "seed_oss",
+    "lfm2": "lfm2",
+    "gemma4": "gemma4",
+}
 
 
 def builtin_names() -> list[str]:
@@ -75,16 +86,22 @@ def check_template_name(name: str) -> None:
     )
 
 
-def load_llamafactory(name: str, *, tool_format: str | None = None, enable_thinking: bool | None = None,
-                      preserve_thinking: bool = False) -> ChatTemplate:
+def load_llamafactory(
+    name: str, *, tool_format: str | None = None, enable_thinking: bool | None = None, preserve_thinking: bool = False
+) -> ChatTemplate:
     try:
         fmt = llamafactory.load(name).configured(
-            tool_format=tool_format, enable_thinking=True if enable_thinking is None else enable_thinking,
-            preserve_thinking=preserve_thinking, formats=llamafactory.all_tool_formats())
+            tool_format=tool_format,
+            enable_thinking=True if enable_thinking is None else enable_thinking,
+            preserve_thinking=preserve_thinking,
+            formats=llamafactory.all_tool_formats(),
+        )
     except KeyError:
         choices = ", ".join(sorted(llamafactory.all_tool_formats()))
-        raise ConfigError(f"tool_format: {tool_format!r} is not a LLaMA-Factory tool format; choose one of {choices}.",
-                          param="tool_format") from None
+        raise ConfigError(
+            f"tool_format: {tool_format!r} is not a LLaMA-Factory tool format; choose one of {choices}.",
+            param="tool_format",
+        ) from None
     reasoning = "think" if fmt.reasoning and "<think>" in fmt.thought_words[0] + fmt.thought_words[1] else None
     return ChatTemplate(name, None, fmt.stop_words, LF_TOOL_PARSERS.get(fmt.tool_format), reasoning, "template", fmt)
 
@@ -106,45 +123,71 @@ def _detected(name: str, source: str | None, detect_from: str | None = None) -> 
 
 
 def resolve_template(
-    template: str | None, chat_template: str | None, tokenizer: Any, *, generic_tool_prompt: bool = True,
-    tool_format: str | None = None, enable_thinking: bool | None = None, preserve_thinking: bool = False,
+    template: str | None,
+    chat_template: str | None,
+    tokenizer: Any,
+    *,
+    generic_tool_prompt: bool = True,
+    tool_format: str | None = None,
+    enable_thinking: bool | None = None,
+    preserve_thinking: bool = False,
 ) -> ChatTemplate:
     """Pick the template a model renders with (a LLaMA-Factory format, a named built-in, a Jinja file/string, or
     the tokenizer's own), and find out whether it shows the model a request's tools. A LLaMA-Factory format also
     sets the tokenizer's EOS and stop words as LLaMA-Factory does (`LFFormat.fix_tokenizer`)."""
     if llamafactory.is_name(template):
-        chosen = load_llamafactory(template, tool_format=tool_format, enable_thinking=enable_thinking,
-                                   preserve_thinking=preserve_thinking)
+        chosen = load_llamafactory(
+            template, tool_format=tool_format, enable_thinking=enable_thinking, preserve_thinking=preserve_thinking
+        )
         assert chosen.lf is not None
         added = chosen.lf.fix_tokenizer(tokenizer)
         if added:
-            logger.warning("The %s template's tokens %s are not in the model's vocabulary; added as new tokens, "
-                           "which the model cannot write (LLaMA-Factory's resize_vocab trains them).",
-                           template, ", ".join(added))
+            logger.warning(
+                "The %s template's tokens %s are not in the model's vocabulary; added as new tokens, "
+                "which the model cannot write (LLaMA-Factory's resize_vocab trains them).",
+                template,
+                ", ".join(added),
+            )
         return chosen
     if tool_format is not None:
-        raise ConfigError("tool_format: applies to LLaMA-Factory's template names only; this model renders with "
-                          f"{template or chat_template or 'its tokenizer'}'s own template.", param="tool_format")
+        raise ConfigError(
+            "tool_format: applies to LLaMA-Factory's template names only; this model renders with "
+            f"{template or chat_template or 'its tokenizer'}'s own template.",
+            param="tool_format",
+        )
     chosen = _choose(template, chat_template, tokenizer)
 
     def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
-        return str(tokenizer.apply_chat_template(messages, tools=tools, chat_template=chosen.source, tokenize=False,
-                                                 add_generation_prompt=True))
+        return str(
+            tokenizer.apply_chat_template(
+                messages, tools=tools, chat_template=chosen.source, tokenize=False, add_generation_prompt=True
+            )
+        )
 
     if renders_tools(render):
         return chosen
     if chosen.tool_parser not in (None, "hermes"):
         # The family has its own call format (DeepSeek-V3.1's template leaves tools to the system message): a Hermes
         # prompt would teach the model a format its parser does not read.
-        logger.warning("The %s chat template does not render tools and its tool-call format (%s) has no generic "
-                       "prompt: describe the tools in the system message.", chosen.name, chosen.tool_parser)
+        logger.warning(
+            "The %s chat template does not render tools and its tool-call format (%s) has no generic "
+            "prompt: describe the tools in the system message.",
+            chosen.name,
+            chosen.tool_parser,
+        )
         return replace(chosen, tools="ignored")
     if not generic_tool_prompt:
-        logger.warning("The %s chat template does not render tools, and generic_tool_prompt is off: requests' tools "
-                       "will not reach the model.", chosen.name)
+        logger.warning(
+            "The %s chat template does not render tools, and generic_tool_prompt is off: requests' tools "
+            "will not reach the model.",
+            chosen.name,
+        )
         return replace(chosen, tools="ignored")
-    logger.warning("The %s chat template does not render tools: requests with tools get chatplex's generic tool "
-                   "prompt (Hermes format; generic_tool_prompt: false turns it off).", chosen.name)
+    logger.warning(
+        "The %s chat template does not render tools: requests with tools get chatplex's generic tool "
+        "prompt (Hermes format; generic_tool_prompt: false turns it off).",
+        chosen.name,
+    )
     return replace(chosen, tools="generic", tool_parser="hermes")
 
 
@@ -157,7 +200,9 @@ def _choose(template: str | None, chat_template: str | None, tokenizer: Any) -> 
                 return _detected(os.path.basename(chat_template), f.read())
         if "{{" in chat_template or "{%" in chat_template:
             return _detected("inline", chat_template)
-        raise ConfigError(f"chat_template: {chat_template!r} is neither a file nor a Jinja template.", param="chat_template")
+        raise ConfigError(
+            f"chat_template: {chat_template!r} is neither a file nor a Jinja template.", param="chat_template"
+        )
     own = getattr(tokenizer, "chat_template", None)
     if own:
         # Some tokenizers keep several named templates (a dict); the parsers are read from all of them.
@@ -181,14 +226,21 @@ def render_prompt(
     prompt, the whole conversation). A LLaMA-Factory format's pieces are joined by `piece_separator`, for
     callers that encode them one by one afterwards (multimodal families)."""
     if template.lf is not None:
-        turns, system, lf_tools = to_turns(messages, tools, template=template.name,
-                                           add_generation_prompt=add_generation_prompt, media=template.lf.media)
+        turns, system, lf_tools = to_turns(
+            messages,
+            tools,
+            template=template.name,
+            add_generation_prompt=add_generation_prompt,
+            media=template.lf.media,
+        )
         thinking = (template_kwargs or {}).get("enable_thinking")
         if add_generation_prompt:
-            return template.lf.prompt_text(tokenizer, turns, system, lf_tools, enable_thinking=thinking,
-                                           separator=piece_separator)
-        prompt, reply = template.lf.encode_oneturn(tokenizer, turns, system, lf_tools, enable_thinking=thinking,
-                                                   text=True, separator=piece_separator)
+            return template.lf.prompt_text(
+                tokenizer, turns, system, lf_tools, enable_thinking=thinking, separator=piece_separator
+            )
+        prompt, reply = template.lf.encode_oneturn(
+            tokenizer, turns, system, lf_tools, enable_thinking=thinking, text=True, separator=piece_separator
+        )
         return piece_separator.join(p for p in (str(prompt), str(reply)) if p)
     if tools and template.tools == "generic":
         messages, tools = with_tool_prompt(messages, tools), None
@@ -229,8 +281,8 @@ __all__ = [
     "ChatTemplate",
     "builtin_names",
     "check_template_name",
-    "prompt_token_ids",
     "load_builtin",
+    "prompt_token_ids",
     "render_prompt",
     "resolve_template",
 ]

@@ -30,9 +30,16 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PROBE_TOOL_NAME = "chatplex_probe_tool_7e1f"
-_PROBE_TOOLS = [{"type": "function", "function": {
-    "name": PROBE_TOOL_NAME, "description": "probe", "parameters": {"type": "object", "properties": {}},
-}}]
+_PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": PROBE_TOOL_NAME,
+            "description": "probe",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+]
 
 
 def tool_prompt(tools: list[dict[str, Any]]) -> str:
@@ -70,8 +77,11 @@ def _call_text(call: dict[str, Any]) -> str:
             arguments = json.loads(arguments)
         except ValueError:
             pass
-    return "<tool_call>\n" + json.dumps({"name": fn.get("name"), "arguments": arguments}, ensure_ascii=False) + \
-        "\n</tool_call>"
+    return (
+        "<tool_call>\n"
+        + json.dumps({"name": fn.get("name"), "arguments": arguments}, ensure_ascii=False)
+        + "\n</tool_call>"
+    )
 
 
 def with_tool_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

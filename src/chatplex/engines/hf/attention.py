@@ -8,7 +8,7 @@ the paged cache and attends each query over its own sequence's cached context wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ class AttentionMetadata:
 def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
     if window not in meta.masks:
         meta.masks[window] = _build_decode_mask(meta, window)
-    return meta.masks[window]
+    mask = meta.masks[window]
+    assert mask is not None  # decode masks are always built; only prefill segments store None (plain causal)
+    return mask
 
 
 def _build_decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
@@ -96,8 +98,9 @@ def paged_attention_forward(
     meta = chatplex_meta
     if meta is None:
         raise RuntimeError("chatplex_paged attention runs only inside chatplex's Hugging Face engine")
-    k_cache = meta.cache.keys[module.layer_idx]
-    v_cache = meta.cache.values[module.layer_idx]
+    layer_idx = cast(int, module.layer_idx)  # transformers' attention modules hold it as a plain int attribute
+    k_cache = meta.cache.keys[layer_idx]
+    v_cache = meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
     if meta.decode_block_tables is not None and not meta.prefills:
         # Decode-only step (CUDA graphs, torch.compile): cache write and attention in one custom op.
@@ -121,6 +124,7 @@ def paged_attention_forward(
     out = query.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [T, heads, head_dim]
     nd = meta.num_decode
     if nd and meta.decode_block_tables is not None:
+        assert meta.decode_seq_lens is not None  # set together with decode_block_tables (runner, cuda_graphs)
         out[:nd] = paged_decode_attention(
             q[:, :nd].transpose(0, 1).contiguous(),
             k_cache,
@@ -156,7 +160,13 @@ def paged_attention_forward(
         mask = meta.masks[(i, window)]
         with sdpa_kernel(_PREFILL_BACKENDS):
             seg_out = F.scaled_dot_product_attention(
-                qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=group > 1 and not q.is_cuda
+                qs,
+                ks,
+                vs,
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scaling,
+                enable_gqa=group > 1 and not q.is_cuda,
             )
         out[seg.q_start : seg.q_start + seg.q_len] = seg_out[0].transpose(0, 1)
     if meta.padded_from is not None:

@@ -160,7 +160,7 @@ class EngineCore:
             elif kind == "call":
                 try:
                     result = payload.fn()
-                except Exception as e:  # the caller gets it; the engine keeps serving
+                except Exception as e:  # noqa: BLE001 - the caller gets it; the engine keeps serving
                     payload.loop.call_soon_threadsafe(payload.future.set_exception, e)
                 else:
                     payload.loop.call_soon_threadsafe(payload.future.set_result, result)
@@ -256,8 +256,12 @@ class EngineCore:
             self.finish(seq, reason, [token], text, logprobs, stop_reason)
             return
         delta = Delta(
-            index=seq.index, text=text, token_ids=[token], prompt_tokens=seq.prompt_len,
-            completion_tokens=seq.num_output_tokens, logprobs=logprobs,
+            index=seq.index,
+            text=text,
+            token_ids=[token],
+            prompt_tokens=seq.prompt_len,
+            completion_tokens=seq.num_output_tokens,
+            logprobs=logprobs,
         )
         self._out.append((self.streams[seq.request_id], delta))
 
@@ -273,8 +277,14 @@ class EngineCore:
         """End a sequence and send its last delta."""
         stream = self._finish(seq, reason)
         delta = Delta(
-            index=seq.index, text=text, token_ids=tokens or [], prompt_tokens=seq.prompt_len,
-            completion_tokens=seq.num_output_tokens, logprobs=logprobs, finish_reason=reason, stop_reason=stop_reason,
+            index=seq.index,
+            text=text,
+            token_ids=tokens or [],
+            prompt_tokens=seq.prompt_len,
+            completion_tokens=seq.num_output_tokens,
+            logprobs=logprobs,
+            finish_reason=reason,
+            stop_reason=stop_reason,
         )
         self._out.append((stream, delta))
 

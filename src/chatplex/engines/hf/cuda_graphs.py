@@ -29,7 +29,13 @@ def bucket_sizes(max_batch: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(
-        self, model: Any, cache: PagedKVCache, device: torch.device, max_batch: int, max_blocks: int, compile: bool = True
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        device: torch.device,
+        max_batch: int,
+        max_blocks: int,
+        compile: bool = True,
     ):
         self.model = model
         # torch.compile fuses the many small elementwise kernels of a decoder layer (norms, rotary, residuals):

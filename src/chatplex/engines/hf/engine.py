@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import gc
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from functools import partial
 from typing import Any
 
@@ -25,6 +26,7 @@ from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.output_processor import OutputProcessor
 from chatplex.engines.hf.sequence import Sequence
 from chatplex.engines.hf.streams import RequestStream, deliver
+from chatplex.engines.relay import is_final, relay
 from chatplex.errors import (
     ContextLengthExceededError,
     EngineClosedError,
@@ -51,7 +53,9 @@ class HFEngine(Engine):
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
         self._name = loader.model_source(args.model)[2] if args.model.model_name_or_path else "SmolLM2-135M-Instruct"
-        self.parts: setup.EngineParts | None = None  # model, cache, scheduler, runner...: set by start, dropped by close
+        self.parts: setup.EngineParts | None = (
+            None  # model, cache, scheduler, runner...: set by start, dropped by close
+        )
         self.core: EngineCore | None = None  # the engine thread's side, while it runs
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
         self._grammars: Any = None  # the GrammarCompiler, made for the first constrained request
@@ -113,7 +117,7 @@ class HFEngine(Engine):
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompts.prompt_ids(request))
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         core = self._running()
         if self.is_reward_model:
             raise UnsupportedFeatureError(
@@ -133,7 +137,10 @@ class HFEngine(Engine):
         matchers = await self._grammar_matchers(request)
         self._check_cache_holds(len(prompt_ids) + 1, "The prompt", "messages")
         margs = self.args.model
-        if margs.max_waiting_requests is not None and self._active_requests >= margs.max_num_seqs + margs.max_waiting_requests:
+        if (
+            margs.max_waiting_requests is not None
+            and self._active_requests >= margs.max_num_seqs + margs.max_waiting_requests
+        ):
             raise EngineOverloadedError(
                 f"The engine is full ({self._active_requests} requests running or waiting); retry shortly."
             )
@@ -142,29 +149,21 @@ class HFEngine(Engine):
             seq.adapter, seq.media = adapter, media
         self._active_requests += 1
         try:
-            async for delta in self._stream(core, request.request_id, seqs, lambda d: d.finish_reason is not None):
-                yield delta
+            async with aclosing(self._stream(core, request.request_id, seqs, is_final)) as deltas:
+                async for delta in deltas:
+                    yield delta
         finally:
             self._active_requests -= 1
 
-    async def _stream(
-        self, core: EngineCore, request_id: str, seqs: list[Sequence], is_last: Callable[[Any], bool]
-    ) -> AsyncGenerator[Any]:
-        """Hand a request's sequences to the engine thread and yield what it sends back until each sequence's
-        last item (`is_last`); a consumer that stops early aborts the request."""
+    @staticmethod
+    def _stream(
+        core: EngineCore, request_id: str, seqs: list[Sequence], is_last: Callable[[Any], bool]
+    ) -> AsyncGenerator[Any, None]:
+        """Hand a request's sequences to the engine thread; the stream of what it sends back until each sequence's
+        last item (`is_last`). A consumer that stops early aborts the request."""
         stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue(), seqs)
         core.add(request_id, stream)
-        finished = 0
-        try:
-            while finished < len(seqs):
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished += is_last(item)
-                yield item
-        finally:
-            if finished < len(seqs):
-                core.abort(request_id)
+        return relay(stream.queue, len(seqs), lambda: core.abort(request_id), is_last)
 
     async def _grammar_matchers(self, request: GenerationRequest) -> list[Any] | None:
         """One grammar matcher per sequence for a constrained request (compiled off the event loop)."""
@@ -173,10 +172,15 @@ class HFEngine(Engine):
         if self._grammars is None:
             from chatplex.structured.matcher import GrammarCompiler
 
-            self._grammars = await asyncio.to_thread(GrammarCompiler, self.tokenizer, self.vocab_size, list(self.eos_ids))
+            vocab_size = self.vocab_size
+            if vocab_size is None:  # closed while the request was prepared
+                raise EngineClosedError("The engine is not running.")
+            self._grammars = await asyncio.to_thread(GrammarCompiler, self.tokenizer, vocab_size, list(self.eos_ids))
         return await asyncio.to_thread(self._grammars.matchers, request.constraint, request.sampling.n)
 
-    def _new_sequences(self, request: GenerationRequest, prompt_ids: list[int], matchers: list[Any] | None) -> list[Sequence]:
+    def _new_sequences(
+        self, request: GenerationRequest, prompt_ids: list[int], matchers: list[Any] | None
+    ) -> list[Sequence]:
         sp = request.sampling
         max_new = self.prompts.max_new_tokens(len(prompt_ids), request)
         seqs = []
@@ -194,7 +198,8 @@ class HFEngine(Engine):
         if tokens > self.blocks.capacity_tokens:
             raise ContextLengthExceededError(
                 f"{what} has {tokens} tokens but the KV cache holds {self.blocks.capacity_tokens}; "
-                "raise kv_cache_memory_gb or shorten it.", param=param,
+                "raise kv_cache_memory_gb or shorten it.",
+                param=param,
             )
 
     # ---- reward scores -------------------------------------------------------------------------------------
@@ -202,7 +207,9 @@ class HFEngine(Engine):
     def is_reward_model(self) -> bool:
         return self.parts is not None and self.parts.runner.score_head is not None
 
-    async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
+    async def score(
+        self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right"
+    ) -> list[float]:
         """Raw scores, one per input (a string, or a conversation rendered with the template), in one batch."""
         if not self.is_reward_model:
             return await super().score(inputs, max_length, truncation_side)
@@ -213,8 +220,9 @@ class HFEngine(Engine):
         request_id = new_request_id("score")
         seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]
         scores = [0.0] * len(ids)
-        async for index, value in self._stream(core, request_id, seqs, lambda _: True):
-            scores[index] = value
+        async with aclosing(self._stream(core, request_id, seqs, lambda _: True)) as results:
+            async for index, value in results:  # each sequence sends one (index, score) and finishes
+                scores[index] = value
         return scores
 
     # ---- LoRA adapters -------------------------------------------------------------------------------------
@@ -237,7 +245,9 @@ class HFEngine(Engine):
     def _running_with_adapters(self) -> EngineCore:
         core = self._running()
         if self.is_reward_model:
-            raise UnsupportedFeatureError("A reward model scores with merged adapters; it loads none at run time.", param="lora_name")
+            raise UnsupportedFeatureError(
+                "A reward model scores with merged adapters; it loads none at run time.", param="lora_name"
+            )
         return core
 
     # ---- counters and shutdown -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ async def run_in_fresh_thread(fn: Callable[..., T], *args: Any) -> T:
     def work() -> None:
         try:
             result, error = fn(*args), None
-        except BaseException as e:  # delivered to the awaiting coroutine, which raises it
+        except BaseException as e:  # noqa: BLE001 - delivered to the awaiting coroutine, which raises it
             result, error = None, e
         loop.call_soon_threadsafe(settle, result, error)
 

@@ -25,7 +25,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is available; use auto or cpu.", param="device")
+        raise ConfigError(
+            "device: cuda was asked for but no CUDA device is available; use auto or cpu.", param="device"
+        )
     return torch.device(name)
 
 
@@ -52,11 +54,17 @@ def load_tokenizer(args: ModelArguments) -> Any:
         )
     try:
         return AutoTokenizer.from_pretrained(
-            source, gguf_file=gguf, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
-            cache_dir=args.cache_dir, token=args.hf_hub_token,
+            source,
+            gguf_file=gguf,
+            trust_remote_code=args.trust_remote_code,
+            revision=args.model_revision,
+            cache_dir=args.cache_dir,
+            token=args.hf_hub_token,
         )
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model_name_or_path: cannot load a tokenizer from {source!r}: {e}", param="model_name_or_path") from e
+        raise ConfigError(
+            f"model_name_or_path: cannot load a tokenizer from {source!r}: {e}", param="model_name_or_path"
+        ) from e
 
 
 def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, classifier: bool = False) -> Any:
@@ -67,7 +75,9 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     hf_logging.disable_progress_bar()  # a CLI or server start-up should not print transformers' loading bars
 
     source, gguf, _ = model_source(args)
-    auto_class, extra = (AutoModelForSequenceClassification, {}) if classifier else _generative_class(args, source, gguf)
+    auto_class, extra = (
+        (AutoModelForSequenceClassification, {}) if classifier else _generative_class(args, source, gguf)
+    )
     if args.rope_scaling is not None:
         extra["config"] = scaled_rope_config(args, source, gguf)
     if args.hf_hub_token:
@@ -98,13 +108,21 @@ def scaled_rope_config(args: ModelArguments, source: str, gguf: str | None) -> A
     the context twice as long; dynamic and yarn keep the original length, llama3 also its frequency factors."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source, gguf_file=gguf, trust_remote_code=args.trust_remote_code,
-                                        revision=args.model_revision, cache_dir=args.cache_dir, token=args.hf_hub_token)
+    config = AutoConfig.from_pretrained(
+        source,
+        gguf_file=gguf,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.model_revision,
+        cache_dir=args.cache_dir,
+        token=args.hf_hub_token,
+    )
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     params = dict(getattr(text, "rope_parameters", None) or {})
     original = params.get("original_max_position_embeddings") or getattr(text, "max_position_embeddings", None)
     if original is None:
-        raise ConfigError("rope_scaling: this model's config has no max_position_embeddings to scale.", param="rope_scaling")
+        raise ConfigError(
+            "rope_scaling: this model's config has no max_position_embeddings to scale.", param="rope_scaling"
+        )
     factor = 2.0
     params.update(rope_type=args.rope_scaling, factor=factor)
     if args.rope_scaling in ("dynamic", "yarn", "llama3"):
@@ -113,7 +131,9 @@ def scaled_rope_config(args: ModelArguments, source: str, gguf: str | None) -> A
         params.update(low_freq_factor=1.0, high_freq_factor=4.0)
     text.rope_parameters = params  # keeps rope_theta, which setting the old `rope_scaling` name would drop
     text.max_position_embeddings = int(original * factor)
-    logger.info("RoPE scaling %s x%.0f: max length %d -> %d", args.rope_scaling, factor, original, int(original * factor))
+    logger.info(
+        "RoPE scaling %s x%.0f: max length %d -> %d", args.rope_scaling, factor, original, int(original * factor)
+    )
     return config
 
 
@@ -201,6 +221,6 @@ def attach_adapters_and_head(
         for path in paths:
             default = os.path.basename(os.path.normpath(path))
             lora.load(default, path, "adapter_name_or_path")
-        for name, path in args.lora_modules.items():
+        for name, path in args.lora_module_paths.items():
             lora.load(name, path, "lora_modules")
     return model, head, lora, default

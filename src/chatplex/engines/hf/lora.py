@@ -8,12 +8,12 @@ sequence asked for that adapter. Each token then sees what a single-adapter run 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
+from chatplex.engines.checkpoints import check_adapter_dir
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 
 
@@ -25,18 +25,11 @@ def _peft() -> Any:
     return peft
 
 
-def _check_dir(path: str, param: str) -> str:
-    path = os.path.expanduser(path)
-    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
-        raise ConfigError(f"{param}: {path!r} is not a LoRA adapter directory (no adapter_config.json).", param=param)
-    return path
-
-
 def merge_adapters(model: Any, paths: list[str]) -> Any:
     """Merge adapters into the weights one after another (LLaMA-Factory's inference behaviour); the plain model."""
     peft = _peft()
     for path in paths:
-        path = _check_dir(path, "adapter_name_or_path")
+        path = check_adapter_dir(path, "adapter_name_or_path")
         model = peft.PeftModel.from_pretrained(model, path).merge_and_unload()
     return model
 
@@ -65,7 +58,7 @@ class LoraAdapters:
                 f"lora_name: {len(self.paths)} adapters are loaded, the limit (max_loras); unload one first.",
                 param="lora_name",
             )
-        path = _check_dir(path, param)
+        path = check_adapter_dir(path, param)
         peft = _peft()
         try:
             if self._peft_model is None:
@@ -155,7 +148,9 @@ def unload_at_run_time(runner: Any, name: str, live: Iterable[Any]) -> None:
     """Unload an adapter; refused while a live sequence (of `live`) uses it."""
     users = sum(seq.adapter == name for seq in live if not seq.is_finished)
     if users:
-        raise UnsupportedFeatureError(f"lora_name: the adapter {name!r} is in use by {users} sequences.", param="lora_name")
+        raise UnsupportedFeatureError(
+            f"lora_name: the adapter {name!r} is in use by {users} sequences.", param="lora_name"
+        )
     if runner.lora is None:
         raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="lora_name", code="model_not_found")
     runner.lora.unload(name)

@@ -22,9 +22,9 @@ from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.lora import LoraAdapters
-from chatplex.engines.hf.scoring import decoder_of
 from chatplex.engines.hf.sampler import PendingSample, SamplingRow, sample_async
 from chatplex.engines.hf.scheduler import ScheduledSeq
+from chatplex.engines.hf.scoring import decoder_of
 from chatplex.engines.hf.sequence import Sequence
 from chatplex.engines.hf.step_inputs import DeviceInputs, StepInputs
 from chatplex.engines.hf.transfer import h2d
@@ -172,7 +172,9 @@ class ModelRunner:
         host = self._inputs(batch)
         dev = host.to_device(self.device, None)
         hidden = decoder_of(self.model)(
-            input_ids=dev.input_ids[None], position_ids=dev.positions[None], use_cache=False,
+            input_ids=dev.input_ids[None],
+            position_ids=dev.positions[None],
+            use_cache=False,
             chatplex_meta=self._metadata(host, dev),
         ).last_hidden_state[0]
         scored = [it.seq for it in host.items if it.samples]

@@ -99,7 +99,9 @@ class PendingSample:
     def __init__(self, tokens: torch.Tensor, n_top: list[int | None], chosen=None, top_vals=None, top_ids=None):
         self.tokens = tokens
         self._n_top = n_top
-        parts = [tokens] + ([chosen] if chosen is not None else []) + ([top_vals, top_ids] if top_ids is not None else [])
+        parts = (
+            [tokens] + ([chosen] if chosen is not None else []) + ([top_vals, top_ids] if top_ids is not None else [])
+        )
         self._copy = D2H(*parts)
         self._result: SampleOutput | None = None
 

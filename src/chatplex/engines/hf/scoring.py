@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from chatplex.engines.checkpoints import check_one_label
 from chatplex.errors import ConfigError, InvalidRequestError
 from chatplex.templates import render_prompt
 
@@ -103,17 +104,14 @@ def load_value_head(path: str, hidden_size: int, dtype: torch.dtype, device: tor
 
 def classifier_head(model: Any) -> torch.nn.Module:
     """The single-label head of a `*ForSequenceClassification` model."""
-    num_labels = getattr(model.config, "num_labels", None)
-    if num_labels != 1:
-        raise ConfigError(
-            f"model_name_or_path: a sequence classifier scores only with one label; this one has {num_labels}.",
-            param="model_name_or_path",
-        )
+    check_one_label(model.config)
     for name in ("score", "classifier"):
         head = getattr(model, name, None)
         if isinstance(head, torch.nn.Linear):
             return head
-    raise ConfigError("model_name_or_path: cannot find the classifier's linear head (score).", param="model_name_or_path")
+    raise ConfigError(
+        "model_name_or_path: cannot find the classifier's linear head (score).", param="model_name_or_path"
+    )
 
 
 def decoder_of(model: Any) -> torch.nn.Module:

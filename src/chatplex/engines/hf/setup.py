@@ -55,7 +55,9 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     else:
         tokenizer = loader.load_tokenizer(margs)
         fmt = loader.score_format(margs)
-        model, dtype = _load_weights(margs, device, classifier=fmt is not None and fmt.kind == "sequence_classification")
+        model, dtype = _load_weights(
+            margs, device, classifier=fmt is not None and fmt.kind == "sequence_classification"
+        )
         model, score_head, lora, default_adapter = loader.attach_adapters_and_head(model, margs, fmt, device, dtype)
     multimodal = None
     if not margs.dummy_weights:
@@ -82,7 +84,9 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     scheduler = Scheduler(blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=margs.max_num_batched_tokens)
     graphs = None
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None:  # graphs take 1-D positions
-        graphs = DecodeGraphs(model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile)
+        graphs = DecodeGraphs(
+            model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
+        )
         graphs.capture()
     pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
     runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal, pad_tokens_to=pad)
@@ -92,11 +96,28 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)
     logger.info(
         "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; CUDA graphs %s",
-        name, device, dtype, num_blocks, block_size, "on" if graphs else "off",
+        name,
+        device,
+        dtype,
+        num_blocks,
+        block_size,
+        "on" if graphs else "off",
     )
     return EngineParts(
-        name, device, dtype, tokenizer, model, cache, blocks, scheduler, runner,
-        PromptPreparer(tokenizer, template, max_len, model.config.get_text_config().vocab_size), eos_ids, template_stops, default_adapter, multimodal,
+        name,
+        device,
+        dtype,
+        tokenizer,
+        model,
+        cache,
+        blocks,
+        scheduler,
+        runner,
+        PromptPreparer(tokenizer, template, max_len, model.config.get_text_config().vocab_size),
+        eos_ids,
+        template_stops,
+        default_adapter,
+        multimodal,
     )
 
 

@@ -86,9 +86,10 @@ class StepInputs:
         positions = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
         width = max(len(it.seq.block_table) for it in items)
         # One flat C array: array() takes a chain of lists far faster than NumPy takes a nested list.
-        flat = array("q", itertools.chain.from_iterable(
-            it.seq.block_table + [0] * (width - len(it.seq.block_table)) for it in items
-        ))
+        flat = array(
+            "q",
+            itertools.chain.from_iterable(it.seq.block_table + [0] * (width - len(it.seq.block_table)) for it in items),
+        )
         tables = np.frombuffer(flat, np.int64).reshape(len(items), width)
         sources = None
         if pending_at:
@@ -142,10 +143,14 @@ class StepInputs:
         ctx = np.minimum(np.arange(int(pos.max()) + 1), pos)
         return slots_of(self.tables, np.arange(d)[:, None], ctx, self.block_size)
 
-    def to_device(self, device: torch.device, prev_tokens: torch.Tensor | None, rows: int | None = None) -> DeviceInputs:
+    def to_device(
+        self, device: torch.device, prev_tokens: torch.Tensor | None, rows: int | None = None
+    ) -> DeviceInputs:
         """The step's tensors on `device` in two copies that never wait for the device (transfer.py). `rows`: how
         many decode rows of block tables to send (default: the real decodes; CUDA-graph buckets send more)."""
-        host = np.stack([self.token_ids, self.positions, self.slots] + ([self.sources] if self.sources is not None else []))
+        host = np.stack(
+            [self.token_ids, self.positions, self.slots] + ([self.sources] if self.sources is not None else [])
+        )
         dev = h2d(torch.from_numpy(host), torch.long, device)
         d = self.num_decodes if rows is None else rows
         tables = self.tables[:d]

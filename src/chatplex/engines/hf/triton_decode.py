@@ -29,11 +29,29 @@ if triton is not None:
 
     @triton.jit
     def _paged_decode_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, tables_ptr, lens_ptr,
-        scale, window,
-        stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_tb, stride_ob, stride_oh,
-        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-        KV_BLOCK: tl.constexpr, TILE: tl.constexpr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        o_ptr,
+        tables_ptr,
+        lens_ptr,
+        scale,
+        window,
+        stride_qb,
+        stride_qh,
+        stride_kt,
+        stride_kh,
+        stride_vt,
+        stride_vh,
+        stride_tb,
+        stride_ob,
+        stride_oh,
+        GROUP: tl.constexpr,
+        GROUP_PAD: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        KV_BLOCK: tl.constexpr,
+        TILE: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -43,8 +61,11 @@ if triton is not None:
         gmask = g < GROUP
         dmask = d < HEAD_DIM
         heads = kvh * GROUP + g
-        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                    mask=gmask[:, None] & dmask[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+            mask=gmask[:, None] & dmask[None, :],
+            other=0.0,
+        )
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
@@ -69,17 +90,37 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
         out = acc / l[:, None]
-        tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=gmask[:, None] & dmask[None, :])
-
+        tl.store(
+            o_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=gmask[:, None] & dmask[None, :],
+        )
 
     @triton.jit(do_not_specialize=["splits"])
     def _paged_decode_split_kernel(
-        q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, tables_ptr, lens_ptr,
-        scale, window, splits,
-        stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_tb,
-        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-        KV_BLOCK: tl.constexpr, TILE: tl.constexpr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        acc_ptr,
+        ml_ptr,
+        tables_ptr,
+        lens_ptr,
+        scale,
+        window,
+        splits,
+        stride_qb,
+        stride_qh,
+        stride_kt,
+        stride_kh,
+        stride_vt,
+        stride_vh,
+        stride_tb,
+        GROUP: tl.constexpr,
+        GROUP_PAD: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        KV_BLOCK: tl.constexpr,
+        TILE: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -91,8 +132,11 @@ if triton is not None:
         gmask = g < GROUP
         dmask = d < HEAD_DIM
         heads = kvh * GROUP + g
-        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                    mask=gmask[:, None] & dmask[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+            mask=gmask[:, None] & dmask[None, :],
+            other=0.0,
+        )
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
@@ -127,8 +171,16 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["splits"])
     def _merge_splits_kernel(
-        acc_ptr, ml_ptr, o_ptr, stride_ob, stride_oh, splits,
-        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        acc_ptr,
+        ml_ptr,
+        o_ptr,
+        stride_ob,
+        stride_oh,
+        splits,
+        GROUP: tl.constexpr,
+        GROUP_PAD: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -152,8 +204,11 @@ if triton is not None:
             m = m_new
         out = acc / l[:, None]
         heads = kvh * GROUP + g
-        tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=(g < GROUP)[:, None] & (d < HEAD_DIM)[None, :])
+        tl.store(
+            o_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=(g < GROUP)[:, None] & (d < HEAD_DIM)[None, :],
+        )
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -194,25 +249,67 @@ def paged_decode_attention(
         acc = torch.empty(batch * kv_heads * splits * group_pad * block_d, dtype=torch.float32, device=q.device)
         ml = torch.empty(batch * kv_heads * splits * 2 * group_pad, dtype=torch.float32, device=q.device)
         _paged_decode_split_kernel[(batch, kv_heads, splits)](
-            q, k_cache, v_cache, acc, ml, block_tables, seq_lens,
-            scale, window, splits,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            q,
+            k_cache,
+            v_cache,
+            acc,
+            ml,
+            block_tables,
+            seq_lens,
+            scale,
+            window,
+            splits,
+            q.stride(0),
+            q.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            v_cache.stride(0),
+            v_cache.stride(1),
             block_tables.stride(0),
-            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, KV_BLOCK=block_size,
+            GROUP=group,
+            GROUP_PAD=group_pad,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            KV_BLOCK=block_size,
             TILE=max(64, block_size),
         )
         _merge_splits_kernel[(batch, kv_heads)](
-            acc, ml, out, out.stride(0), out.stride(1), splits,
-            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            acc,
+            ml,
+            out,
+            out.stride(0),
+            out.stride(1),
+            splits,
+            GROUP=group,
+            GROUP_PAD=group_pad,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
         )
         return out
     _paged_decode_kernel[(batch, kv_heads)](
-        q, k_cache, v_cache, out, block_tables, seq_lens,
-        scale, window,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        block_tables.stride(0), out.stride(0), out.stride(1),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), KV_BLOCK=block_size, TILE=max(64, block_size),
+        q,
+        k_cache,
+        v_cache,
+        out,
+        block_tables,
+        seq_lens,
+        scale,
+        window,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        KV_BLOCK=block_size,
+        TILE=max(64, block_size),
     )
     return out
 
@@ -239,5 +336,7 @@ def paged_decode(
 
 
 @paged_decode.register_fake
-def _paged_decode_fake(q, key, value, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale, block_size, window):
+def _paged_decode_fake(
+    q, key, value, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale, block_size, window
+):
     return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -28,7 +28,8 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,8 @@ from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
+from chatplex.engines.relay import relay
 from chatplex.engines.sequence_text import SequenceText, stop_tokens, token_logprob
-from chatplex.media import media_items
 from chatplex.errors import (
     ConfigError,
     EngineClosedError,
@@ -49,6 +50,7 @@ from chatplex.errors import (
     NotFoundError,
     UnsupportedFeatureError,
 )
+from chatplex.media import media_items
 from chatplex.models.embedded import EMBEDDED_NAME
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
@@ -124,7 +126,7 @@ class LlamaCppEngine(Engine):
         # Free-form llama.cpp settings (n_threads, n_batch, n_gpu_layers, flash_attn...).
         self.options: dict[str, Any] = dict(args.model.engine_config or {})
         _check_options(self.options)
-        self.options.update(_lora_option(args.model.adapter_paths, args.model.lora_modules))
+        self.options.update(_lora_option(args.model.adapter_paths, args.model.lora_module_paths))
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -166,20 +168,23 @@ class LlamaCppEngine(Engine):
         try:
             return json_schema_to_gbnf(json.dumps(schema))
         except Exception as e:  # the converter raises plain exceptions for schemas it cannot express
-            raise InvalidRequestError(f"response_format: cannot turn the JSON schema into a grammar: {e}", param="response_format") from e
+            raise InvalidRequestError(
+                f"response_format: cannot turn the JSON schema into a grammar: {e}", param="response_format"
+            ) from e
 
     # ---- the asyncio side ----------------------------------------------------------------------------------
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompts.prompt_ids(request))
 
-    async def generate(self, request: GenerationRequest, *, grammar: str | None = None) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest, *, grammar: str | None = None) -> AsyncGenerator[Delta, None]:
         """Stream the request's deltas; `grammar` (GBNF) constrains every sequence's output."""
         if self._closing or self._thread is None:
             raise EngineClosedError("The engine is not running.")
         if request.adapter is not None:
             raise NotFoundError(
                 f"model: the llama.cpp engine serves one model; adapter {request.adapter!r} is not available.",
-                param="model", code="model_not_found",
+                param="model",
+                code="model_not_found",
             )
         _refuse_media(request)
         if grammar is None and request.constraint is not None:
@@ -193,18 +198,9 @@ class LlamaCppEngine(Engine):
         if grammar is not None:
             GrammarMask(self.runner.llama, grammar).close()  # a bad grammar fails here, not in the worker
         self._jobs.put(job)
-        finished = 0
-        try:
-            while finished < request.sampling.n:
-                item = await job.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item.finish_reason is not None:
-                    finished += 1
-                yield item
-        finally:
-            if finished < request.sampling.n:
-                job.cancelled.set()
+        async with aclosing(relay(job.out, request.sampling.n, job.cancelled.set)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats, running=self._running, waiting=self._jobs.qsize())
@@ -279,8 +275,14 @@ class LlamaCppEngine(Engine):
         if job.request.sampling.logprobs is not None:
             logprobs = [token_logprob(self.tokenizer, token, result.logprobs[0] or 0.0, result.top_logprobs[0])]
         return Delta(
-            index=index, text=piece, token_ids=[token], prompt_tokens=len(job.prompt_ids), completion_tokens=num_out,
-            logprobs=logprobs, finish_reason=reason, stop_reason=stop_reason,
+            index=index,
+            text=piece,
+            token_ids=[token],
+            prompt_tokens=len(job.prompt_ids),
+            completion_tokens=num_out,
+            logprobs=logprobs,
+            finish_reason=reason,
+            stop_reason=stop_reason,
         )
 
     @staticmethod

@@ -20,8 +20,9 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future
+from contextlib import aclosing
 from typing import Any
 
 from vllm.inputs import TokensPrompt
@@ -31,7 +32,9 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
+from chatplex.engines.checkpoints import check_one_label
 from chatplex.engines.hf import loader
+from chatplex.engines.relay import relay
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.engines.vllm import params, scoring
 from chatplex.engines.vllm.media import MediaInputs
@@ -51,7 +54,7 @@ class VLLMEngine(Engine):
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
         self.model_dir, _, self._name = loader.model_source(args.model)
-        self._loras = params.Adapters(params.adapter_paths(args.model), dict(args.model.lora_modules))
+        self._loras = params.Adapters(params.adapter_paths(args.model), dict(args.model.lora_module_paths))
         self._loop: BackgroundLoop | None = None
         self._llm: AsyncLLM | None = None
         self._closing = False
@@ -90,7 +93,7 @@ class VLLMEngine(Engine):
         self._llm = await self._on_vllm(self._create(engine_args))
         model_config = self._llm.model_config
         if self._pooling:
-            scoring.check_one_label(model_config.hf_config)
+            check_one_label(model_config.hf_config)
         self._vocab_size = model_config.get_vocab_size()
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
@@ -114,7 +117,9 @@ class VLLMEngine(Engine):
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter under `name` (needs LoRA on at start: an adapter configured, or enable_lora)."""
         if self._pooling:
-            raise UnsupportedFeatureError("A reward model scores with its own weights; it loads no adapters.", param="lora_name")
+            raise UnsupportedFeatureError(
+                "A reward model scores with its own weights; it loads no adapters.", param="lora_name"
+            )
         if not self._lora_enabled:
             raise UnsupportedFeatureError(
                 "lora_path: this vLLM engine was started without LoRA; start it with lora_modules, "
@@ -141,7 +146,9 @@ class VLLMEngine(Engine):
     def is_reward_model(self) -> bool:
         return getattr(self, "_pooling", False)
 
-    async def score(self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right") -> list[float]:
+    async def score(
+        self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right"
+    ) -> list[float]:
         """Raw scores, one per input (a string, or a conversation rendered with the template), batched by vLLM."""
         if not self.is_reward_model:
             return await super().score(inputs, max_length, truncation_side)
@@ -153,11 +160,13 @@ class VLLMEngine(Engine):
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompts.prompt_ids(request))
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if self._closing or self._llm is None or self._loop is None:
             raise EngineClosedError("The engine is not running.")
         if self.is_reward_model:
-            raise UnsupportedFeatureError(f"{self._name} is a reward model: it scores, it does not generate.", param="model")
+            raise UnsupportedFeatureError(
+                f"{self._name} is a reward model: it scores, it does not generate.", param="model"
+            )
         media: dict[str, list[Any]] | None = None
         items = media_items(request)
         if items:
@@ -175,7 +184,9 @@ class VLLMEngine(Engine):
         base_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
         tasks: list[Future] = [
             asyncio.run_coroutine_threadsafe(
-                self._run_sequence(request, prompt_ids, media, index, f"{base_id}-{index}", lora, structured, caller, out),
+                self._run_sequence(
+                    request, prompt_ids, media, index, f"{base_id}-{index}", lora, structured, caller, out
+                ),
                 self._loop.loop,
             )
             for index in range(n)
@@ -183,24 +194,21 @@ class VLLMEngine(Engine):
         self._in_flight += 1
         self._callers[base_id] = (caller, out)
         self._stats.prompt_tokens += len(prompt_ids)
-        finished = 0
+
+        def abandon() -> None:
+            for task in tasks:
+                task.cancel()  # cancels vLLM's generate, which aborts the request in the engine core
+            self._stats.aborted_requests += 1
+
         try:
-            while finished < n:
-                item = await out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                self._stats.generated_tokens += len(item.token_ids)
-                if item.finish_reason is not None:
-                    finished += 1
-                yield item
+            async with aclosing(relay(out, n, abandon)) as deltas:
+                async for delta in deltas:
+                    self._stats.generated_tokens += len(delta.token_ids)
+                    yield delta
             self._stats.finished_requests += 1
         finally:
             self._in_flight -= 1
             self._callers.pop(base_id, None)
-            if finished < n:
-                for task in tasks:
-                    task.cancel()  # cancels vLLM's generate, which aborts the request in the engine core
-                self._stats.aborted_requests += 1
 
     async def _run_sequence(
         self,

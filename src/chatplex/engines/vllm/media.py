@@ -22,6 +22,7 @@ from chatplex.media.parts import ARGUMENT_FIELDS
 from chatplex.templates import prompt_token_ids, render_prompt
 from chatplex.types import GenerationRequest
 
+
 class MediaInputs:
     """What one loaded vLLM model accepts, and the conversion of a request's media for it."""
 
@@ -66,11 +67,19 @@ class MediaInputs:
                 )
         # A LLaMA-Factory format is encoded piece by piece, as it encodes it (SentencePiece tokenizers give other ids
         # for the joined text), its plugin's placeholder written once per item for vLLM to expand.
-        ids = prompt_token_ids(prompts.tokenizer, prompts.template, media.messages, tools=request.tools,
-                               template_kwargs=request.template_kwargs)
+        ids = prompt_token_ids(
+            prompts.tokenizer,
+            prompts.template,
+            media.messages,
+            tools=request.tools,
+            template_kwargs=request.template_kwargs,
+        )
         if ids is None:
             text = render_prompt(
-                prompts.tokenizer, prompts.template, media.messages, tools=request.tools,
+                prompts.tokenizer,
+                prompts.template,
+                media.messages,
+                tools=request.tools,
                 template_kwargs=request.template_kwargs,
             )
             ids = prompts.tokenizer.encode(text, add_special_tokens=False)

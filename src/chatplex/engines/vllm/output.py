@@ -62,8 +62,14 @@ class SequenceOutput:
         self.finished = reason is not None
         lps = self._logprobs(taken, logprobs) if self.sampling.logprobs is not None else None
         return Delta(
-            index=self.index, text="".join(text), token_ids=taken, prompt_tokens=self.prompt_len,
-            completion_tokens=self.num_tokens, logprobs=lps, finish_reason=reason, stop_reason=stop_reason,
+            index=self.index,
+            text="".join(text),
+            token_ids=taken,
+            prompt_tokens=self.prompt_len,
+            completion_tokens=self.num_tokens,
+            logprobs=lps,
+            finish_reason=reason,
+            stop_reason=stop_reason,
         )
 
     def _logprobs(self, tokens: list[int], logprobs: Sequence[Mapping[int, Any]] | None) -> list[TokenLogprob]:
@@ -73,6 +79,8 @@ class SequenceOutput:
         out = []
         for token, entries in zip(tokens, logprobs):
             # vLLM gives the sampled token plus the top k (by rank, 1-based); the sampled one may rank below k.
-            ranked = sorted((lp.rank, t, lp.logprob) for t, lp in entries.items() if lp.rank is not None and lp.rank <= k)
+            ranked = sorted(
+                (lp.rank, t, lp.logprob) for t, lp in entries.items() if lp.rank is not None and lp.rank <= k
+            )
             out.append(token_logprob(self._tokenizer, token, entries[token].logprob, [(t, lp) for _, t, lp in ranked]))
         return out

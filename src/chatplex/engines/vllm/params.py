@@ -13,6 +13,7 @@ from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from chatplex.config import ModelArguments
+from chatplex.engines.checkpoints import check_adapter_dir
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 from chatplex.types import Constraint, SamplingParams
 
@@ -72,20 +73,17 @@ def adapter_paths(margs: ModelArguments) -> list[str]:
     return paths
 
 
-def _check_adapter_dir(path: str, param: str) -> str:
-    path = os.path.expanduser(path)
-    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
-        raise ConfigError(f"{param}: {path!r} is not a LoRA adapter directory (no adapter_config.json).", param=param)
-    return path
-
-
 class Adapters:
     """LoRA adapters as vLLM `LoRARequest`s: the default one (`adapter_name_or_path`, applied to requests that name
     none, as if merged into the model) and named ones that a request picks with `adapter`."""
 
     def __init__(self, default_paths: list[str], named: dict[str, str]) -> None:
         self._ids = itertools.count(1)
-        self.default = LoRARequest("default", next(self._ids), _check_adapter_dir(default_paths[0], "adapter_name_or_path")) if default_paths else None
+        self.default = (
+            LoRARequest("default", next(self._ids), check_adapter_dir(default_paths[0], "adapter_name_or_path"))
+            if default_paths
+            else None
+        )
         self.named: dict[str, LoRARequest] = {}
         for name, path in named.items():
             self.add(name, path, "lora_modules")
@@ -101,7 +99,7 @@ class Adapters:
     def add(self, name: str, path: str, param: str = "lora_path") -> LoRARequest:
         if name in self.named:
             raise InvalidRequestError(f"lora_name: an adapter named {name!r} is already loaded.", param="lora_name")
-        lora = LoRARequest(name, next(self._ids), _check_adapter_dir(path, param))
+        lora = LoRARequest(name, next(self._ids), check_adapter_dir(path, param))
         self.named[name] = lora
         return lora
 
@@ -119,7 +117,8 @@ class Adapters:
             known = ", ".join(self.named) or "none"
             # Named like the HF engine's error: the server's `model` field is what picks an adapter.
             raise NotFoundError(
-                f"The LoRA adapter {adapter!r} is not loaded; loaded adapters: {known}.", param="model",
+                f"The LoRA adapter {adapter!r} is not loaded; loaded adapters: {known}.",
+                param="model",
                 code="model_not_found",
             )
         return self.named[adapter]

@@ -47,16 +47,8 @@ async def score_ids(llm: Any, ids: list[list[int]]) -> list[float]:
         result = None
         async for result in llm.encode(TokensPrompt(prompt_token_ids=prompt), params, f"score-{base}-{index}"):
             pass
+        assert result is not None  # vLLM yields the finished output at least
         data = result.outputs.data  # [num_labels]; one label, checked at start
         return float(data.reshape(-1)[0])
 
     return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(ids))))
-
-
-def check_one_label(hf_config: Any) -> None:
-    num_labels = getattr(hf_config, "num_labels", None)
-    if num_labels != 1:
-        raise ConfigError(
-            f"model_name_or_path: a sequence classifier scores only with one label; this one has {num_labels}.",
-            param="model_name_or_path",
-        )

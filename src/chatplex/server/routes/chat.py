@@ -6,9 +6,9 @@ import uuid
 
 from fastapi import Depends
 
-from chatplex.server.json_body import api_router
 from chatplex.server import output
 from chatplex.server.convert import chat_kwargs
+from chatplex.server.json_body import api_router
 from chatplex.server.routes import ERROR_RESPONSES, get_state
 from chatplex.server.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse
 from chatplex.server.state import ServerState
@@ -25,7 +25,9 @@ router = api_router()
 async def create_chat_completion(body: ChatCompletionRequest, state: ServerState = Depends(get_state)):
     state.log_request("chat.completions", body)
     chat_model = state.model_for(body.model)
-    request = chat_model.build_request(**chat_kwargs(body, state.settings.api_mode), adapter=state.adapter_for(body.model))
+    request = chat_model.build_request(
+        **chat_kwargs(body, state.settings.api_mode), adapter=state.adapter_for(body.model)
+    )
     deltas = await open_all(chat_model, [request], state.metrics)
     rid, n = f"chatcmpl-{uuid.uuid4().hex}", request.sampling.n
     if body.stream:

@@ -6,9 +6,9 @@ import uuid
 
 from fastapi import Depends
 
-from chatplex.server.json_body import api_router
 from chatplex.server import output
 from chatplex.server.convert import completion_kwargs
+from chatplex.server.json_body import api_router
 from chatplex.server.routes import ERROR_RESPONSES, get_state
 from chatplex.server.schemas import Completion, CompletionRequest, ErrorResponse
 from chatplex.server.state import ServerState
@@ -27,7 +27,9 @@ async def create_completion(body: CompletionRequest, state: ServerState = Depend
     chat_model = state.model_for(body.model)
     # Build (validate) every request before starting any, so one bad prompt wastes no generation.
     adapter = state.adapter_for(body.model)
-    requests = [chat_model.build_request(**kw, adapter=adapter) for kw in completion_kwargs(body, state.settings.api_mode)]
+    requests = [
+        chat_model.build_request(**kw, adapter=adapter) for kw in completion_kwargs(body, state.settings.api_mode)
+    ]
     deltas = await open_all(chat_model, requests, state.metrics)
     rid, n = f"cmpl-{uuid.uuid4().hex}", requests[0].sampling.n
     if body.stream:

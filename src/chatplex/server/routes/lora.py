@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +15,9 @@ from chatplex.server.schemas import ErrorResponse
 from chatplex.server.state import ServerState
 
 router = api_router()
-_RESPONSES = {code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()
+}
 
 
 class LoadLoRAAdapterRequest(BaseModel):
@@ -38,6 +42,8 @@ async def load_lora_adapter(body: LoadLoRAAdapterRequest, state: ServerState = D
 
 
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse, responses=_RESPONSES)
-async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, state: ServerState = Depends(get_state)) -> PlainTextResponse:
+async def unload_lora_adapter(
+    body: UnloadLoRAAdapterRequest, state: ServerState = Depends(get_state)
+) -> PlainTextResponse:
     await state.model_for(None).aunload_adapter(body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import Depends
 from pydantic import BaseModel
 
-from chatplex.server.json_body import api_router
 from chatplex.server.errors import model_not_found
+from chatplex.server.json_body import api_router
 from chatplex.server.routes import get_state
 from chatplex.server.schemas import ErrorResponse, ModelCard
 from chatplex.server.state import ServerState
@@ -34,8 +34,11 @@ def _cards(state: ServerState) -> list[ModelCardWithParent]:
         return []
     engine = state.chat_model.engine
     template = state.chat_model.template
-    base = ModelCardWithParent(id=state.model_name, max_model_len=engine.max_model_len,
-                               tool_prompt=template.tools if template is not None else None)
+    base = ModelCardWithParent(
+        id=state.model_name,
+        max_model_len=engine.max_model_len,
+        tool_prompt=template.tools if template is not None else None,
+    )
     lora = getattr(getattr(engine, "runner", None), "lora", None)
     paths = lora.paths if lora is not None else {}
     adapters = [

@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Depends
@@ -27,7 +27,9 @@ from chatplex.server.schemas import (
 from chatplex.server.state import ServerState
 
 router = api_router()
-_RESPONSES = {code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()
+}
 
 Conversation = list[dict[str, Any]]
 
@@ -40,8 +42,10 @@ class ScoreInputRequest(BaseModel):
     input: str | list[str] | list[Conversation] = Field(
         description="A string, a list of strings, or a list of conversations (each a list of chat messages, "
         "ending with the assistant reply to score).",
-        examples=[["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"],
-                  [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]]],
+        examples=[
+            ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"],
+            [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]],
+        ],
     )
     max_length: int | None = Field(None, description="Truncate each input to this many tokens (keeps the start).")
 
@@ -81,7 +85,9 @@ class ClassificationResponse(BaseModel):
 
 
 @router.post(
-    "/v1/score", response_model=ScoreResponse, responses=_RESPONSES,
+    "/v1/score",
+    response_model=ScoreResponse,
+    responses=_RESPONSES,
     summary="Score inputs with a reward model",
     description="Raw scores (no sigmoid), one per input, read at each input's last token. Request: "
     "`{model?, input: str | list[str] | list[list[message]], max_length?}`; response: "
@@ -109,7 +115,9 @@ async def create_score_evaluation(
 
 @router.post("/classify", response_model=ClassificationResponse, responses=_RESPONSES)
 @router.post("/v1/classify", response_model=ClassificationResponse, responses=_RESPONSES, include_in_schema=False)
-async def create_classification(body: ClassifyRequest, state: ServerState = Depends(get_state)) -> ClassificationResponse:
+async def create_classification(
+    body: ClassifyRequest, state: ServerState = Depends(get_state)
+) -> ClassificationResponse:
     chat_model = state.model_for(body.model)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     keep = _truncation(body.truncate_prompt_tokens)
@@ -123,13 +131,15 @@ async def create_classification(body: ClassifyRequest, state: ServerState = Depe
     ]
     tokens = _count_tokens(chat_model, inputs, keep)
     return ClassificationResponse(
-        id=f"classify-{uuid.uuid4().hex}", model=state.model_name, data=data,
+        id=f"classify-{uuid.uuid4().hex}",
+        model=state.model_name,
+        data=data,
         usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens),
     )
 
 
 @contextlib.asynccontextmanager
-async def _named_as(field: str) -> AsyncIterator[None]:
+async def _named_as(field: str) -> AsyncGenerator[None, None]:
     """Errors from the Python API name its `batch_input` argument: name the request's own field instead."""
     try:
         yield

@@ -58,7 +58,11 @@ async def webchat_config(state: ServerState = Depends(get_state)) -> WebchatConf
         template=None if template is None or template.name == "tokenizer" else template.name,
         reasoning=bool(template is not None and template.reasoning_parser),
         media=list(getattr(family, "kinds", ())),
-        defaults={"temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens,
-                  "do_sample": gen.do_sample},
+        defaults={
+            "temperature": gen.temperature,
+            "top_p": gen.top_p,
+            "max_new_tokens": gen.max_new_tokens,
+            "do_sample": gen.do_sample,
+        },
         max_model_len=engine.max_model_len,
     )

@@ -13,7 +13,7 @@ import difflib
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 from chatplex.errors import ConfigError
 from chatplex.templates.llamafactory.format import LFFormat, MediaTokens, Slot
@@ -36,7 +36,7 @@ def names() -> list[str]:
     return sorted(_data()["templates"])
 
 
-def is_name(name: str | None) -> bool:
+def is_name(name: str | None) -> TypeGuard[str]:
     """Whether `name` is one of LLaMA-Factory's template names (so it means LLaMA-Factory's format)."""
     return name is not None and name in _data()["templates"]
 
@@ -87,4 +87,4 @@ def load(name: str) -> LFFormat:
     )
 
 
-__all__ = ["LFFormat", "MediaTokens", "closest", "load", "names", "source_version", "all_tool_formats"]
+__all__ = ["LFFormat", "MediaTokens", "all_tool_formats", "closest", "load", "names", "source_version"]

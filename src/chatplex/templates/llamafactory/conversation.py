@@ -25,8 +25,15 @@ PLACEHOLDERS = {
 }
 GEMMA3_BOI = "<start_of_image>"  # Gemma 3's begin-of-image token (its processor's boi_token)
 QWEN2_AUDIO_BOS, QWEN2_AUDIO_EOS = "<|audio_bos|>", "<|audio_eos|>"  # Qwen2AudioProcessor's audio_bos/eos_token
-_MEDIA_KIND = {"image_url": "image", "image": "image", "video_url": "video", "video": "video",
-               "input_audio": "audio", "audio_url": "audio", "audio": "audio"}
+_MEDIA_KIND = {
+    "image_url": "image",
+    "image": "image",
+    "video_url": "video",
+    "video": "video",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "audio": "audio",
+}
 
 
 def media_strings(media: MediaTokens | None) -> dict[str, str]:
@@ -40,8 +47,11 @@ def media_strings(media: MediaTokens | None) -> dict[str, str]:
     tokens = media.tokens
     if media.plugin in ("Qwen2VLPlugin", "Qwen3VLPlugin", "Qwen2OmniPlugin"):
         bos, eos = tokens["vision_bos_token"], tokens["vision_eos_token"]
-        out = {**PLACEHOLDERS, "image": f"{bos}{tokens['image_token']}{eos}",
-               "video": f"{bos}{tokens['video_token']}{eos}"}
+        out = {
+            **PLACEHOLDERS,
+            "image": f"{bos}{tokens['image_token']}{eos}",
+            "video": f"{bos}{tokens['video_token']}{eos}",
+        }
         if media.plugin == "Qwen2OmniPlugin":
             out["audio"] = f"{tokens['audio_bos_token']}{tokens['audio_token']}{tokens['audio_eos_token']}"
         return out
@@ -67,8 +77,9 @@ def _text(content: Any, media: dict[str, str]) -> str:
 
 
 def _calls_json(calls: list[dict[str, Any]]) -> str:
-    return json.dumps([{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls],
-                      ensure_ascii=False)
+    return json.dumps(
+        [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls], ensure_ascii=False
+    )
 
 
 def _tools_json(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -82,9 +93,14 @@ def _tools_json(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | No
     return out
 
 
-def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, template: str,
-             add_generation_prompt: bool = True, media: MediaTokens | None = None,
-             ) -> tuple[list[dict[str, str]], str | None, list[dict[str, Any]] | None]:
+def to_turns(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    *,
+    template: str,
+    add_generation_prompt: bool = True,
+    media: MediaTokens | None = None,
+) -> tuple[list[dict[str, str]], str | None, list[dict[str, Any]] | None]:
     """Normalised messages (chatplex.messages) as LLaMA-Factory turns. With `add_generation_prompt` false the
     conversation may end with the assistant (a whole conversation, as scoring encodes it)."""
     strings = media_strings(media)
@@ -103,12 +119,16 @@ def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
         if role == "system":
             raise InvalidRequestError(
                 f"messages[{i + offset}]: the LLaMA-Factory template {template!r} takes a system message only "
-                "as the first message.", param=f"messages[{i + offset}].role")
+                "as the first message.",
+                param=f"messages[{i + offset}].role",
+            )
         if expect_user != (role in ("user", "tool")):
             want = "user or tool" if expect_user else "assistant"
             raise InvalidRequestError(
                 f"messages[{i + offset}]: the LLaMA-Factory template {template!r} needs turns that alternate user "
-                f"and assistant (u/a/u/a/u...); expected {want}, got {role}.", param=f"messages[{i + offset}].role")
+                f"and assistant (u/a/u/a/u...); expected {want}, got {role}.",
+                param=f"messages[{i + offset}].role",
+            )
         if role == "assistant" and message.get("tool_calls"):
             turns.append({"role": "function", "content": _calls_json(message["tool_calls"])})
         else:
@@ -117,5 +137,7 @@ def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
     if add_generation_prompt and len(turns) % 2 == 0:
         raise InvalidRequestError(
             f"messages: the LLaMA-Factory template {template!r} generates a reply to a user or tool turn; "
-            "the conversation ends with the assistant.", param="messages")
+            "the conversation ends with the assistant.",
+            param="messages",
+        )
     return turns, system, _tools_json(tools)

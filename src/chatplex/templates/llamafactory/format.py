@@ -64,9 +64,15 @@ class LFFormat:
     def reasoning(self) -> bool:
         return self.encoding.startswith("reasoning")
 
-    def configured(self, *, tool_format: str | None = None, default_system: str | None = None,
-                   enable_thinking: bool | None = True, preserve_thinking: bool = False,
-                   formats: dict[str, ToolFormat] | None = None) -> LFFormat:
+    def configured(
+        self,
+        *,
+        tool_format: str | None = None,
+        default_system: str | None = None,
+        enable_thinking: bool | None = True,
+        preserve_thinking: bool = False,
+        formats: dict[str, ToolFormat] | None = None,
+    ) -> LFFormat:
         """The format as LLaMA-Factory's data arguments change it (`tool_format`, `default_system`, and the
         thinking switches, which only reasoning formats read)."""
         changed = self
@@ -74,9 +80,12 @@ class LFFormat:
             if formats is None or tool_format not in formats:
                 raise KeyError(tool_format)
             # LLaMA-Factory rebuilds the function slots from the plain reply slots when the tool format changes.
-            slots: tuple[Slot, ...] = ("{{content}}",) if self.efficient_eos else ("{{content}}", {"special": "eos_token"})
-            changed = replace(changed, function=slots, tool_format=tool_format, calls=formats[tool_format],
-                              tools=formats[tool_format])
+            slots: tuple[Slot, ...] = (
+                ("{{content}}",) if self.efficient_eos else ("{{content}}", {"special": "eos_token"})
+            )
+            changed = replace(
+                changed, function=slots, tool_format=tool_format, calls=formats[tool_format], tools=formats[tool_format]
+            )
         if default_system is not None:
             changed = replace(changed, default_system=default_system)
         if self.reasoning:
@@ -141,8 +150,9 @@ class LFFormat:
             return pieces + self._fill(self.observation, content=content)
         if role == "function":
             return pieces + self._fill(self.function, content=self._calls_text(content))
-        raise InvalidRequestError(f"messages[{index}]: unexpected role {role!r} for the {self.name} format.",
-                                  param=f"messages[{index}].role")
+        raise InvalidRequestError(
+            f"messages[{index}]: unexpected role {role!r} for the {self.name} format.", param=f"messages[{index}].role"
+        )
 
     # -- pieces -> ids / text ------------------------------------------------------------------------------------
 
@@ -198,9 +208,17 @@ class LFFormat:
 
     # -- LLaMA-Factory's two encodings ---------------------------------------------------------------------------
 
-    def encode_oneturn(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
-                       tools: list[dict[str, Any]] | None = None, *, enable_thinking: bool | None = None,
-                       text: bool = False, separator: str = "") -> tuple[Any, Any]:
+    def encode_oneturn(
+        self,
+        tokenizer: Any,
+        turns: list[Turn],
+        system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        enable_thinking: bool | None = None,
+        text: bool = False,
+        separator: str = "",
+    ) -> tuple[Any, Any]:
         """(prompt, response) for a conversation ending in the reply: ids, or the text when `text` (its pieces
         joined by `separator`)."""
         thinking = self.enable_thinking if enable_thinking is None else enable_thinking
@@ -219,14 +237,17 @@ class LFFormat:
             else:
                 pieces[-1] = [self.empty_thought(), *pieces[-1]]
         if text:
-            return (self.piece_text(tokenizer, [p for turn in pieces[:-1] for p in turn], separator),
-                    self.piece_text(tokenizer, pieces[-1], separator))
+            return (
+                self.piece_text(tokenizer, [p for turn in pieces[:-1] for p in turn], separator),
+                self.piece_text(tokenizer, pieces[-1], separator),
+            )
         prompt = self.piece_ids(tokenizer, [p for turn in pieces[:-1] for p in turn])
         response = self.piece_ids(tokenizer, pieces[-1])
         return prompt, response
 
-    def encode_multiturn(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
-                         tools: list[dict[str, Any]] | None = None) -> list[tuple[list[int], list[int]]]:
+    def encode_multiturn(
+        self, tokenizer: Any, turns: list[Turn], system: str | None = None, tools: list[dict[str, Any]] | None = None
+    ) -> list[tuple[list[int], list[int]]]:
         """(prompt, response) ids per exchange, as LLaMA-Factory's training data sees them."""
         turns = [dict(t) for t in turns]
         if self.reasoning and self.enable_thinking is False:
@@ -245,18 +266,40 @@ class LFFormat:
 
     # -- what the engines call -----------------------------------------------------------------------------------
 
-    def prompt_ids(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
-                   tools: list[dict[str, Any]] | None = None, *, enable_thinking: bool | None = None) -> list[int]:
+    def prompt_ids(
+        self,
+        tokenizer: Any,
+        turns: list[Turn],
+        system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        enable_thinking: bool | None = None,
+    ) -> list[int]:
         """The ids a reply is generated from: LLaMA-Factory's ChatModel pairs the turns with an empty reply."""
-        ids, _ = self.encode_oneturn(tokenizer, [*turns, {"role": "assistant", "content": ""}], system, tools,
-                                     enable_thinking=enable_thinking)
+        ids, _ = self.encode_oneturn(
+            tokenizer, [*turns, {"role": "assistant", "content": ""}], system, tools, enable_thinking=enable_thinking
+        )
         return list(ids)
 
-    def prompt_text(self, tokenizer: Any, turns: list[Turn], system: str | None = None,
-                    tools: list[dict[str, Any]] | None = None, *, enable_thinking: bool | None = None,
-                    separator: str = "") -> str:
-        text, _ = self.encode_oneturn(tokenizer, [*turns, {"role": "assistant", "content": ""}], system, tools,
-                                      enable_thinking=enable_thinking, text=True, separator=separator)
+    def prompt_text(
+        self,
+        tokenizer: Any,
+        turns: list[Turn],
+        system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        enable_thinking: bool | None = None,
+        separator: str = "",
+    ) -> str:
+        text, _ = self.encode_oneturn(
+            tokenizer,
+            [*turns, {"role": "assistant", "content": ""}],
+            system,
+            tools,
+            enable_thinking=enable_thinking,
+            text=True,
+            separator=separator,
+        )
         return str(text)
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
@@ -270,9 +313,8 @@ class LFFormat:
         added: list[str] = []
 
         def set_eos(token: str) -> None:
-            if tokenizer.eos_token != token:
-                if tokenizer.add_special_tokens({"eos_token": token}):
-                    added.append(token)
+            if tokenizer.eos_token != token and tokenizer.add_special_tokens({"eos_token": token}):
+                added.append(token)
 
         if self.replace_eos and stop_words:
             set_eos(stop_words.pop(0))
@@ -291,7 +333,8 @@ def _parse_calls(text: str) -> list[Call]:
     try:
         calls = json.loads(text)
     except json.JSONDecodeError:
-        raise InvalidRequestError(f"messages: a function turn must be JSON tool calls, got {text[:80]!r}.",
-                                  param="messages") from None
+        raise InvalidRequestError(
+            f"messages: a function turn must be JSON tool calls, got {text[:80]!r}.", param="messages"
+        ) from None
     calls = calls if isinstance(calls, list) else [calls]
     return [(c["name"], json.dumps(c["arguments"], ensure_ascii=False)) for c in calls]

@@ -69,8 +69,12 @@ class DefaultFormat(ToolFormat):
                 required = ", required" if name in tool["parameters"].get("required", []) else ""
                 enum = ", should be one of [{}]".format(", ".join(param["enum"])) if param.get("enum") else ""
                 items = f", where each item should be {param['items'].get('type', '')}" if param.get("items") else ""
-                params += f"  - {name} ({param.get('type', '')}{required}): {param.get('description', '')}{enum}{items}\n"
-            text += f"> Tool Name: {tool['name']}\nTool Description: {tool.get('description', '')}\nTool Args:\n{params}\n"
+                params += (
+                    f"  - {name} ({param.get('type', '')}{required}): {param.get('description', '')}{enum}{items}\n"
+                )
+            text += (
+                f"> Tool Name: {tool['name']}\nTool Description: {tool.get('description', '')}\nTool Args:\n{params}\n"
+            )
             names.append(tool["name"])
         return self.prompts["DEFAULT_TOOL_PROMPT"].format(tool_text=text, tool_names=", ".join(names))
 
@@ -205,8 +209,10 @@ class Lfm2Format(ToolFormat):
     def write_calls(self, calls: list[Call]) -> str:
         texts = []
         for name, arguments in calls:
-            kwargs = [f'{key}="{value}"' if isinstance(value, str) else f"{key}={_dumps(value)}"
-                      for key, value in json.loads(arguments).items()]
+            kwargs = [
+                f'{key}="{value}"' if isinstance(value, str) else f"{key}={_dumps(value)}"
+                for key, value in json.loads(arguments).items()
+            ]
             texts.append(f"{name}({', '.join(kwargs)})")
         return f"<|tool_call_start|>[{', '.join(texts)}]<|tool_call_end|>"
 

@@ -128,9 +128,7 @@ class ToolParser:
     special_markers = False
     anchored = False
 
-    def __init__(
-        self, tools: list[dict[str, Any]] | None = None, id_factory: Callable[[], str] = new_call_id
-    ) -> None:
+    def __init__(self, tools: list[dict[str, Any]] | None = None, id_factory: Callable[[], str] = new_call_id) -> None:
         self.tools = tools or []  # the request's tool definitions: some formats need them to type arguments
         self._new_id = id_factory
         self._buffer = ""
@@ -249,7 +247,7 @@ def as_call(obj: Any, args_keys: tuple[str, ...] = ("arguments", "parameters")) 
     """{"name": ..., "arguments"|"parameters": {...}} -> (name, arguments), or None if it is not that shape."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
-    args = next((obj[k] for k in args_keys if k in obj), {})
+    args: Any = next((obj[k] for k in args_keys if k in obj), {})
     if isinstance(args, str):  # some models write the arguments as a JSON string
         args = loads_object(args)
     if not isinstance(args, dict):

@@ -10,14 +10,14 @@ from chatplex.templates.tool_parsers.base import Block, ToolParser, loads_object
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
-_CALL = re.compile(re.escape(CALL_BEGIN) + r"(.*?)" + re.escape(CALL_END), re.S)
+_CALL = re.compile(re.escape(CALL_BEGIN) + r"(.*?)" + re.escape(CALL_END), re.DOTALL)
 
 
 class DeepSeekV3Parser(ToolParser):
     special_markers = True
     name = "deepseek_v3"
     start_markers = (CALLS_BEGIN,)
-    _body = re.compile(r"\s*function" + re.escape(SEP) + r"([^\n]+)\n```(?:json)?\n(.*?)\n?```\s*", re.S)
+    _body = re.compile(r"\s*function" + re.escape(SEP) + r"([^\n]+)\n```(?:json)?\n(.*?)\n?```\s*", re.DOTALL)
 
     def _call(self, inner: str) -> tuple[str, dict] | None:
         match = self._body.fullmatch(inner)
@@ -41,4 +41,4 @@ class DeepSeekV3Parser(ToolParser):
 
 class DeepSeekV31Parser(DeepSeekV3Parser):
     name = "deepseek_v31"
-    _body = re.compile(r"\s*([^\n<]+?)" + re.escape(SEP) + r"(.*?)\s*", re.S)
+    _body = re.compile(r"\s*([^\n<]+?)" + re.escape(SEP) + r"(.*?)\s*", re.DOTALL)

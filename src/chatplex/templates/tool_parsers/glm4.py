@@ -8,7 +8,7 @@ import re
 
 from chatplex.templates.tool_parsers.base import Block, ToolParser, parameter_types, typed_value
 
-_PAIR = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
+_PAIR = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
 _NAME = re.compile(r"\s*([^\s<]+)\s*")
 
 

@@ -55,14 +55,18 @@ class MiniMax1Parser(ToolParser):
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 return Block(stop, None)
-            if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(obj.get("arguments"), dict):
+            if (
+                not isinstance(obj, dict)
+                or not isinstance(obj.get("name"), str)
+                or not isinstance(obj.get("arguments"), dict)
+            ):
                 return Block(stop, None)
             calls.append((obj["name"], obj["arguments"]))
         return Block(stop, calls or None)
 
 
-_INVOKE = re.compile(r'\s*<invoke name="([^"]+)">(.*?)</invoke>\s*', re.S)
-_NAMED_PARAM = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.S)
+_INVOKE = re.compile(r'\s*<invoke name="([^"]+)">(.*?)</invoke>\s*', re.DOTALL)
+_NAMED_PARAM = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.DOTALL)
 
 
 class MiniMax2Parser(ToolParser):
@@ -93,8 +97,8 @@ class MiniMax2Parser(ToolParser):
 
 
 # LLaMA-Factory writes no ">" after the function's name; Seed-OSS's own template does.
-_SEED_FUNCTION = re.compile(r"\s*<function=([^>\s<]+)>?(.*?)</function>\s*", re.S)
-_SEED_PARAM = re.compile(r"<parameter=([^>]+)>(.*?)</parameter>", re.S)
+_SEED_FUNCTION = re.compile(r"\s*<function=([^>\s<]+)>?(.*?)</function>\s*", re.DOTALL)
+_SEED_PARAM = re.compile(r"<parameter=([^>]+)>(.*?)</parameter>", re.DOTALL)
 
 
 class SeedOssParser(ToolParser):
@@ -151,7 +155,7 @@ class Lfm2Parser(ToolParser):
         return Block(stop, calls or None)
 
 
-_GEMMA_STRING = re.compile(r'<\|"\|>(.*?)<\|"\|>', re.S)
+_GEMMA_STRING = re.compile(r'<\|"\|>(.*?)<\|"\|>', re.DOTALL)
 _GEMMA_KEY = re.compile(r"(^|[{\s,\[])([A-Za-z_][A-Za-z0-9_]*)(\s*:)")
 
 
@@ -176,7 +180,7 @@ class Gemma4Parser(ToolParser):
         elif not final and "<tool|>".startswith(rest):
             return None
         inner = text[len(opened) + len("<|tool_call>") : end]
-        match = re.fullmatch(r"call:([^{\s]+)\{(.*)\}", inner.strip(), re.S)
+        match = re.fullmatch(r"call:([^{\s]+)\{(.*)\}", inner.strip(), re.DOTALL)
         if not match:
             return Block(stop, None)
         strings: list[str] = []

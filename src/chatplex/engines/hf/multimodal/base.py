@@ -17,7 +17,6 @@ from chatplex.templates import render_prompt
 from chatplex.templates.llamafactory.format import PIECE_SEPARATOR
 from chatplex.types import GenerationRequest
 
-
 _KIND_NAMES = {"image": "images", "video": "video", "audio": "audio"}
 _Out = TypeVar("_Out")
 # What transformers' processors raise for media they cannot take.
@@ -101,7 +100,11 @@ class MediaFamily:
                     f"{param}: {self.model.config.model_type} takes {takes} only, not {kind}.", param=param
                 )
         media = collect_media(
-            request.messages or [], request.images, request.audios, self.policy, audio_rate=self.audio_rate,
+            request.messages or [],
+            request.images,
+            request.audios,
+            self.policy,
+            audio_rate=self.audio_rate,
             videos=request.videos,
         )
         self.refuse_media_tokens(media.messages)
@@ -148,14 +151,22 @@ class MediaFamily:
         """The prompt text whose placeholders the family expands; a LLaMA-Factory format's pieces stay apart
         (PIECE_SEPARATOR) so that `tokenize` encodes them one by one, as LLaMA-Factory does."""
         return render_prompt(
-            prompts.tokenizer, prompts.template, messages, tools=request.tools, template_kwargs=request.template_kwargs,
+            prompts.tokenizer,
+            prompts.template,
+            messages,
+            tools=request.tools,
+            template_kwargs=request.template_kwargs,
             piece_separator=PIECE_SEPARATOR if prompts.template.lf is not None else "",
         )
 
     def tokenize(self, prompts: PromptPreparer, request: GenerationRequest, text: str) -> list[int]:
         if prompts.template.lf is not None:
-            ids = [i for piece in text.split(PIECE_SEPARATOR) if piece
-                   for i in self.tokenizer.encode(piece, add_special_tokens=False)]
+            ids = [
+                i
+                for piece in text.split(PIECE_SEPARATOR)
+                if piece
+                for i in self.tokenizer.encode(piece, add_special_tokens=False)
+            ]
         else:
             ids = self.tokenizer.encode(text, add_special_tokens=False)
         prompts.check_fits(len(ids), request)

@@ -60,9 +60,12 @@ class Gemma3(MediaFamily):
                 f"messages: the chat template wrote {len(pieces) - 1} {self.boi} for {len(media.images)} images.",
                 param="messages",
             )
-        pixels = self.process(media, "image", media.images, lambda imgs: self.image_processor(
-            images=imgs, do_pan_and_scan=False, return_tensors="pt"
-        ))["pixel_values"]
+        pixels = self.process(
+            media,
+            "image",
+            media.images,
+            lambda imgs: self.image_processor(images=imgs, do_pan_and_scan=False, return_tensors="pt"),
+        )["pixel_values"]
         ids = self.tokenize(prompts, request, self.image_sequence.join(pieces))
         spans = image_spans(torch.tensor(ids), self.image_token_id)
         return ids, ImageInputs(pixels, self.ranks(ids, [self.image_token_id]), spans=spans)

@@ -97,9 +97,11 @@ class LlavaNext(Llava):
             # No processor_config.json: take its settings from the model config (CLIP-style towers add a CLS).
             config = model.config
             processor = LlavaNextProcessor(
-                image_processor=load_image_processor(source), tokenizer=tokenizer,
+                image_processor=load_image_processor(source),
+                tokenizer=tokenizer,
                 patch_size=config.vision_config.patch_size,
-                vision_feature_select_strategy=config.vision_feature_select_strategy, num_additional_image_tokens=1,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+                num_additional_image_tokens=1,
                 image_token=tokenizer.convert_ids_to_tokens(config.image_token_id),
             )
         return cls(model, tokenizer, processor, policy)
@@ -122,6 +124,7 @@ class LlavaNext(Llava):
 
     def embeddings(self, media: ImageInputs) -> torch.Tensor:
         if media.embeds is None:
+            assert media.image_sizes is not None  # LlavaNext.prepare always sets it
             tower = self.model.model.vision_tower
             out = self.model.model.get_image_features(
                 media.pixel_values.to(tower.device, tower.dtype),

@@ -34,9 +34,14 @@ def audio_token_counts(frames: torch.Tensor) -> list[int]:
 
 def check_durations(media: Any, max_seconds: float, kind: str) -> None:
     """Refuse clips longer than the encoder's fixed window: cutting one silently would answer about part of it."""
-    clips = [*zip(media.params["audio"], media.audios),
-             *((param, video.soundtrack) for param, video in zip(media.params["video"], media.videos)
-               if video.soundtrack is not None)]
+    clips = [
+        *zip(media.params["audio"], media.audios),
+        *(
+            (param, video.soundtrack)
+            for param, video in zip(media.params["video"], media.videos)
+            if video.soundtrack is not None
+        ),
+    ]
     for param, clip in clips:
         if clip.array.size / clip.sampling_rate > max_seconds:
             raise InvalidRequestError(
@@ -85,8 +90,11 @@ class AudioLanguage(MediaFamily):
         if not media.audios:
             return self.tokenize(prompts, request, text), None
         processed = self.feature_extractor(
-            [clip.array for clip in media.audios], sampling_rate=self.audio_rate, padding="max_length",
-            return_attention_mask=True, return_tensors="pt",
+            [clip.array for clip in media.audios],
+            sampling_rate=self.audio_rate,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="pt",
         )
         mask = processed["attention_mask"]
         text = self.expand(text, self.audio_token, audio_token_counts(mask.sum(-1)), "audio")

@@ -32,8 +32,15 @@ class Qwen3VisionLanguage(VisionLanguage):
 
     model_class = "Qwen3VLForConditionalGeneration"
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, policy: MediaPolicy | None = None,
-                 video_processor: Any = None, no_video_reason: str = "this model has no video processor.") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        policy: MediaPolicy | None = None,
+        video_processor: Any = None,
+        no_video_reason: str = "this model has no video processor.",
+    ) -> None:
         super().__init__(model, tokenizer, image_processor, policy, video_processor, no_video_reason)
         # The processor itself, built from the parts already loaded, for its video placeholder layout (expand_media).
         # Without a video processor (no torchvision) transformers cannot build one, and videos are refused anyway:
@@ -42,8 +49,9 @@ class Qwen3VisionLanguage(VisionLanguage):
         if video_processor is not None:
             from transformers import Qwen3VLProcessor
 
-            self.processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                              video_processor=video_processor)
+            self.processor = Qwen3VLProcessor(
+                image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor
+            )
         # The step's (image positions [1, T], DeepStack rows per layer), set by step_inputs, read by the hook.
         self._deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         model.model.language_model.register_forward_pre_hook(self._feed_deepstack, with_kwargs=True)
@@ -74,19 +82,25 @@ class Qwen3VisionLanguage(VisionLanguage):
         images = [self.processor.replace_image_token(inputs, i) for i in range(len(inputs.get("image_grid_thw", ())))]
         videos = []
         if clips:
-            metadata = [VideoMetadata(total_num_frames=len(c.frames), fps=c.index_fps, frames_indices=c.indices)
-                        for c in clips]
+            metadata = [
+                VideoMetadata(total_num_frames=len(c.frames), fps=c.index_fps, frames_indices=c.indices) for c in clips
+            ]
             video_inputs = {"video_grid_thw": inputs["video_grid_thw"], "video_metadata": metadata}
             videos = [self.processor.replace_video_token(video_inputs, i) for i in range(len(clips))]
         [text], _ = self.processor.get_text_with_replacements([text], images, videos)
         return text
 
     # ---- run time (engine thread) --------------------------------------------------------------------------
-    def encode(self, media: DeepstackInputs) -> list[torch.Tensor]:
+    def encode(self, media: MediaInputs) -> list[torch.Tensor]:
         """Image then video embeddings, with their DeepStack rows in the same order."""
+        assert isinstance(media, DeepstackInputs)  # prepare wraps every request's media in one
         device, parts, deepstack = self.model.device, [], []
-        for pixels, grid in ((media.pixel_values, media.image_grid_thw), (media.pixel_values_videos, media.video_grid_thw)):
+        for pixels, grid in (
+            (media.pixel_values, media.image_grid_thw),
+            (media.pixel_values_videos, media.video_grid_thw),
+        ):
             if pixels is not None:
+                assert grid is not None  # prepare sets each grid with its pixels
                 out = self.model.model.get_image_features(pixels.to(device), grid.to(device), return_dict=True)
                 parts.extend(out.pooler_output)
                 deepstack.append([torch.cat(layer, dim=0) for layer in out.deepstack_features])  # split per item

@@ -49,8 +49,12 @@ class OmniThinker(VisionLanguage):
         # Without a video processor (no torchvision) it cannot be built, and videos are refused anyway.
         self.processor: Any = None
         if self.video_processor is not None and self.policy.use_audio_in_video:
-            self.processor = Qwen2_5OmniProcessor(image_processor=image_processor, video_processor=self.video_processor,
-                                                  feature_extractor=feature_extractor, tokenizer=tokenizer)
+            self.processor = Qwen2_5OmniProcessor(
+                image_processor=image_processor,
+                video_processor=self.video_processor,
+                feature_extractor=feature_extractor,
+                tokenizer=tokenizer,
+            )
 
     @classmethod
     def load(cls, model: Any, tokenizer: Any, source: str, policy: MediaPolicy | None = None) -> OmniThinker:
@@ -58,8 +62,13 @@ class OmniThinker(VisionLanguage):
 
         video_processor, reason = load_video_processor(source)
         return cls(
-            model, tokenizer, AutoImageProcessor.from_pretrained(source), WhisperFeatureExtractor.from_pretrained(source),
-            policy=policy, video_processor=video_processor, no_video_reason=reason,
+            model,
+            tokenizer,
+            AutoImageProcessor.from_pretrained(source),
+            WhisperFeatureExtractor.from_pretrained(source),
+            policy=policy,
+            video_processor=video_processor,
+            no_video_reason=reason,
         )
 
     # ---- admission -------------------------------------------------------------------------------------------
@@ -82,23 +91,37 @@ class OmniThinker(VisionLanguage):
         # The encoder's features in prompt order: audio tokens take them in the order they appear, whether a clip's
         # own or a video's soundtrack.
         processed = self.feature_extractor(
-            [clip.array for _, clip in clips], sampling_rate=self.audio_rate, padding="max_length",
-            return_attention_mask=True, return_tensors="pt",
+            [clip.array for _, clip in clips],
+            sampling_rate=self.audio_rate,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="pt",
         )
         inputs["input_features"] = processed["input_features"]
         inputs["feature_attention_mask"] = processed["attention_mask"]
         counts = audio_token_counts(processed["attention_mask"].sum(-1))
-        text = self.expand(text, self.audio_token, [n for (kind, _), n in zip(clips, counts) if kind == "audio"],
-                           "audio")
+        text = self.expand(
+            text, self.audio_token, [n for (kind, _), n in zip(clips, counts) if kind == "audio"], "audio"
+        )
         if not soundtracks:
             return text
         config = self.model.config
-        videos = {"video_grid_thw": inputs["video_grid_thw"].tolist(),
-                  "video_second_per_grid": [self.video_processor.temporal_patch_size / c.fps for c in media.videos]}
+        videos = {
+            "video_grid_thw": inputs["video_grid_thw"].tolist(),
+            "video_second_per_grid": [self.video_processor.temporal_patch_size / c.fps for c in media.videos],
+        }
         tracks = {"num_audio_tokens": [n for (kind, _), n in zip(clips, counts) if kind == "video"]}
-        layouts = [self.processor.replace_video_with_audio_token(
-            videos, i, tracks, i, position_id_per_seconds=config.position_id_per_seconds,
-            seconds_per_chunk=config.seconds_per_chunk) for i in range(len(media.videos))]
+        layouts = [
+            self.processor.replace_video_with_audio_token(
+                videos,
+                i,
+                tracks,
+                i,
+                position_id_per_seconds=config.position_id_per_seconds,
+                seconds_per_chunk=config.seconds_per_chunk,
+            )
+            for i in range(len(media.videos))
+        ]
         return self.replace_each(text, self.video_token, layouts, "video")
 
     def rope_index(
@@ -120,9 +143,11 @@ class OmniThinker(VisionLanguage):
     def encode(self, media: MediaInputs) -> list[torch.Tensor]:
         parts = super().encode(media)
         if media.input_features is not None:
+            assert media.feature_attention_mask is not None  # add_audio sets it with input_features
             tower = self.model.model.audio_tower
             out = self.model.model.get_audio_features(
-                media.input_features.to(tower.device, tower.dtype), media.feature_attention_mask.to(tower.device),
+                media.input_features.to(tower.device, tower.dtype),
+                media.feature_attention_mask.to(tower.device),
                 return_dict=True,
             )
             parts.append(out.last_hidden_state)

@@ -54,7 +54,7 @@ class VisionLanguage(MediaFamily):
     """Qwen2-VL-style processing: images through the image processor, videos (frames sampled by
     chatplex.media) through the video processor, each expanded to one token per merged patch."""
 
-    kinds = ("image", "video")
+    kinds: tuple[str, ...] = ("image", "video")
 
     def __init__(
         self,
@@ -107,9 +107,14 @@ class VisionLanguage(MediaFamily):
             inputs["pixel_values"], inputs["image_grid_thw"] = processed["pixel_values"], processed["image_grid_thw"]
         if media.videos:
             # Frames are already sampled (chatplex.media.video); the processor resizes and patches them.
-            processed = self.process(media, "video", [clip.frames for clip in media.videos], lambda clips: (
-                self.video_processor(videos=clips, do_sample_frames=False, return_tensors="pt", **self.video_kwargs)
-            ))
+            processed = self.process(
+                media,
+                "video",
+                [clip.frames for clip in media.videos],
+                lambda clips: self.video_processor(
+                    videos=clips, do_sample_frames=False, return_tensors="pt", **self.video_kwargs
+                ),
+            )
             inputs["pixel_values_videos"] = processed["pixel_values_videos"]
             inputs["video_grid_thw"] = processed["video_grid_thw"]
         text = self.expand_media(text, inputs, media.videos)
@@ -140,8 +145,11 @@ class VisionLanguage(MediaFamily):
         types = (input_ids == self.image_token_id).int() + 2 * (input_ids == self.video_token_id).int()
         extra = {"second_per_grid_ts": torch.tensor(seconds_per_grid)} if self.timed_video and seconds_per_grid else {}
         positions, deltas = self.model.model.get_rope_index(
-            input_ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"), **extra,
+            input_ids,
+            mm_token_type_ids=types,
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            **extra,
         )
         return positions[:, 0], int(deltas.reshape(-1)[0])
 
@@ -177,11 +185,13 @@ class VisionLanguage(MediaFamily):
         """Run the towers: image embeddings, then video embeddings (the order of `media_token_ids`)."""
         device, parts = self.model.device, []
         if media.pixel_values is not None:
+            assert media.image_grid_thw is not None  # prepare sets it with pixel_values
             out = self.model.model.get_image_features(
                 media.pixel_values.to(device), media.image_grid_thw.to(device), return_dict=True
             )
             parts.extend(out.pooler_output)
         if media.pixel_values_videos is not None:
+            assert media.video_grid_thw is not None  # prepare sets it with pixel_values_videos
             out = self.model.model.get_video_features(
                 media.pixel_values_videos.to(device), media.video_grid_thw.to(device), return_dict=True
             )
