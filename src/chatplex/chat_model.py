@@ -151,7 +151,7 @@ class ChatModel:
     def _prompt_text(self, request: GenerationRequest) -> str:
         from chatplex.templates import render_prompt
 
-        prompts = self.engine.prompts  # type: ignore[attr-defined]
+        prompts = self.engine.prompts  # type: ignore[attr-defined]  # in-process engines only (render_prompt checks)
         return render_prompt(
             prompts.tokenizer,
             prompts.template,
@@ -242,7 +242,7 @@ class ChatModel:
                 response_text="".join(texts[i]),
                 response_length=final.completion_tokens,
                 prompt_length=final.prompt_tokens,
-                finish_reason=final.finish_reason,  # type: ignore[arg-type]
+                finish_reason=final.finish_reason,  # type: ignore[arg-type]  # final: its finish_reason is set
                 token_ids=tokens[i],
                 logprobs=logprobs[i] if request.sampling.logprobs is not None else None,
                 tool_calls=openai_tool_calls(calls[i]),

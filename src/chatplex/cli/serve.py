@@ -99,7 +99,8 @@ def add_server_options(
         "--max-body-size",
         type=int,
         default=int(_env("CHATPLEX_MAX_BODY_SIZE", default=DEFAULT_MAX_BODY_BYTES)),
-        help=f"largest request body in bytes; larger gets 413 [env CHATPLEX_MAX_BODY_SIZE] (default: {DEFAULT_MAX_BODY_BYTES})",
+        help="largest request body in bytes; larger gets 413 [env CHATPLEX_MAX_BODY_SIZE] "
+        f"(default: {DEFAULT_MAX_BODY_BYTES})",
     )
     queued = _env("CHATPLEX_MAX_QUEUED_REQUESTS")
     g.add_argument(

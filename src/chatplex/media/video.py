@@ -4,8 +4,8 @@ Frames are sampled uniformly at `video_fps` (at most `max_video_frames`, spread 
 transformers' own video loader samples (`default_sample_indices_fn`), so a request and a direct processor call on
 the same file see the same frames; under a LLaMA-Factory template name (policy `video_pipeline: llamafactory`), the
 way its plugins sample, so a model it fine-tuned sees the frames it trained on. Only the sampled frames are
-converted to pixels; the rest are decoded and dropped. A list of frames is taken as already sampled at `video_fps` (LLaMA-Factory's convention).
-"""
+converted to pixels; the rest are decoded and dropped. A list of frames is taken as already sampled at `video_fps`
+(LLaMA-Factory's convention)."""
 
 from __future__ import annotations
 

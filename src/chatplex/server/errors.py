@@ -162,8 +162,9 @@ def install(app: FastAPI) -> None:
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
-    app.add_exception_handler(RequestValidationError, _validation_response)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_response)  # type: ignore[arg-type]
+    # Starlette types a handler as taking any Exception; these take the class they are registered for.
+    app.add_exception_handler(RequestValidationError, _validation_response)  # type: ignore[arg-type]  # see above
+    app.add_exception_handler(StarletteHTTPException, _http_response)  # type: ignore[arg-type]  # see above
     app.add_exception_handler(ServerError, on_error)
     app.add_exception_handler(ChatplexError, on_error)
     # Any other exception is answered by server.guards.RequestGuard (a handler for Exception here would run in

@@ -161,7 +161,10 @@ def python_calls(g: Any, tools: list[dict[str, Any]], layout: dict[str, Any]) ->
         fname = _python_name(_function(tool)["name"], "function name", _function(tool)["name"])
         args = [
             (
-                f'"{_python_name(name, "parameter name", fname)}=" %json {json.dumps({**schema, "x-guidance": layout})}',
+                (
+                    f'"{_python_name(name, "parameter name", fname)}=" '
+                    f"%json {json.dumps({**schema, 'x-guidance': layout})}"
+                ),
                 required,
             )
             for name, schema, required in _params(tool)

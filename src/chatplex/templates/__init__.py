@@ -5,9 +5,9 @@ The tokenizer's own chat template is the default. `template: NAME` picks LLaMA-F
 fine-tune learnt exactly that), or else one of chatplex's Jinja built-ins (`builtin/NAME.jinja`, listed in
 `registry.py`: models' own templates under names LLaMA-Factory does not use); `chat_template` takes a Jinja file or
 string. Jinja templates render through the tokenizer's `apply_chat_template` so every template sees the same
-variables (bos_token, eos_token, tools, add_generation_prompt, strftime_now...). `ChatTemplate.tool_parser` / `.reasoning_parser` name the parsers
-(`tool_parsers.get_tool_parser`, `reasoning.get_reasoning_parser`) that split this format's replies.
-"""
+variables (bos_token, eos_token, tools, add_generation_prompt, strftime_now...). `ChatTemplate.tool_parser` /
+`.reasoning_parser` name the parsers (`tool_parsers.get_tool_parser`, `reasoning.get_reasoning_parser`) that split
+this format's replies."""
 
 from __future__ import annotations
 

@@ -98,7 +98,8 @@ class LoraAdapters:
             if not isinstance(module, LoraLinear) or any(module.use_dora.values()) or any(module.lora_bias.values()):
                 raise ConfigError(
                     f"lora_modules: {module_name} is a {type(module).__name__} LoRA layer (or uses DoRA / bias); "
-                    "per-request adapters support plain LoRA on linear layers. Merge it instead (adapter_name_or_path).",
+                    "per-request adapters support plain LoRA on linear layers. "
+                    "Merge it instead (adapter_name_or_path).",
                     param="lora_modules",
                 )
             module.enable_adapters(False)  # the base output only; the hook adds each token's own adapter

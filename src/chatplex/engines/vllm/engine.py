@@ -5,10 +5,10 @@ ChatModel's background loop, a server's, a test's). So the engine keeps one loop
 each request's sequences run there as tasks and hand their deltas back to the caller's loop.
 
 Prompts are rendered with chatplex's templates and tokenizer and reach vLLM as token ids; a request's images and
-audio go with them as `multi_modal_data` (see `media.py`), and vLLM's processor expands their placeholders. Each of the `n`
-sequences is its own vLLM request (seed + index, as in the other local engines). vLLM samples; chatplex decides
-where a sequence ends and what its text is (see `output.py`). Closing the delta stream cancels the sequences'
-tasks, and vLLM aborts a request whose `generate` is cancelled or closed.
+audio go with them as `multi_modal_data` (see `media.py`), and vLLM's processor expands their placeholders. Each of
+the `n` sequences is its own vLLM request (seed + index, as in the other local engines). vLLM samples; chatplex
+decides where a sequence ends and what its text is (see `output.py`). Closing the delta stream cancels the
+sequences' tasks, and vLLM aborts a request whose `generate` is cancelled or closed.
 
 Multi-GPU and multi-node run through vLLM itself: `vllm_config` keys such as `tensor_parallel_size`,
 `pipeline_parallel_size` or `distributed_executor_backend: ray` go straight to `AsyncEngineArgs`.
@@ -106,7 +106,7 @@ class VLLMEngine(Engine):
         return AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._counters.logger_factory()])
 
     def _stop_tokens(self, stop_words: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
-        gen_eos = self._llm.model_config.try_get_generation_config().get("eos_token_id")  # type: ignore[union-attr]
+        gen_eos = self._running().model_config.try_get_generation_config().get("eos_token_id")
         return stop_tokens(gen_eos, self.tokenizer, stop_words)
 
     # ---- requests ------------------------------------------------------------------------------------------
@@ -128,14 +128,19 @@ class VLLMEngine(Engine):
             )
         lora = self._loras.add(name, path)
         try:
-            await self._on_vllm(self._llm.add_lora(lora))  # type: ignore[union-attr]
+            await self._on_vllm(self._running().add_lora(lora))
         except BaseException:
             self._loras.remove(name)
             raise
 
     async def unload_adapter(self, name: str) -> None:
         lora = self._loras.remove(name)
-        await self._on_vllm(self._llm.remove_lora(lora.lora_int_id))  # type: ignore[union-attr]
+        await self._on_vllm(self._running().remove_lora(lora.lora_int_id))
+
+    def _running(self) -> AsyncLLM:
+        if self._closing or self._llm is None:
+            raise EngineClosedError("The engine is not running.")
+        return self._llm
 
     async def _on_vllm(self, coro: Any) -> Any:
         """Run a coroutine on vLLM's loop and wait for it from the caller's."""

@@ -1,12 +1,12 @@
 """OpenAI-style messages as the turns of a LLaMA-Factory format: (turns, system, tools).
 
 As LLaMA-Factory's API server splits a request: a leading system message becomes the system text, the rest must
-alternate user (or tool result) and assistant (or tool calls), starting and ending with the user; a tool result
-is an `observation` turn and an assistant's tool calls a `function` turn holding `[{"name", "arguments"}]` JSON.
-Media parts become what LLaMA-Factory's multimodal plugin writes for them (`media_strings`). Where the API differs from LLaMA-Factory's training data, the data wins (a fine-tune learnt that): the
-arguments stay an object, where LLaMA-Factory's API would encode the client's JSON string a second time; and
-results of parallel calls, which its API refuses, join in one observation turn, one result per line.
-"""
+alternate user (or tool result) and assistant (or tool calls), starting and ending with the user; a tool result is
+an `observation` turn and an assistant's tool calls a `function` turn holding `[{"name", "arguments"}]` JSON. Media
+parts become what LLaMA-Factory's multimodal plugin writes for them (`media_strings`). Where the API differs from
+LLaMA-Factory's training data, the data wins (a fine-tune learnt that): the arguments stay an object, where
+LLaMA-Factory's API would encode the client's JSON string a second time; and results of parallel calls, which its
+API refuses, join in one observation turn, one result per line."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,12 @@ class Block:
 
     end: int
     calls: list[tuple[str, Any]] | None
+
+
+def all_parsed(calls: Sequence[tuple[str, Any] | None]) -> list[tuple[str, Any]] | None:
+    """The calls if every one of them parsed, else None (the block is malformed)."""
+    parsed = [call for call in calls if call is not None]
+    return parsed if len(parsed) == len(calls) else None
 
 
 def assemble(events: Iterable[DeltaEvent]) -> ParsedOutput:

@@ -1,12 +1,13 @@
 """DeepSeek's marker tokens. V3 and R1 write
 `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜>...
-<｜tool▁calls▁end｜>`; V3.1 drops the type and the code fence: `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>`."""
+<｜tool▁calls▁end｜>`; V3.1 drops the type and the code fence:
+`<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>`."""
 
 from __future__ import annotations
 
 import re
 
-from chatplex.templates.tool_parsers.base import Block, ToolParser, loads_object
+from chatplex.templates.tool_parsers.base import Block, ToolParser, all_parsed, loads_object
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
@@ -36,7 +37,7 @@ class DeepSeekV3Parser(ToolParser):
         calls = [self._call(inner) for inner in _CALL.findall(body)]
         if not calls or None in calls or _CALL.sub("", body).strip():
             return Block(stop, None)
-        return Block(stop, calls)  # type: ignore[arg-type]
+        return Block(stop, all_parsed(calls))
 
 
 class DeepSeekV31Parser(DeepSeekV3Parser):

@@ -1,11 +1,12 @@
-"""Llama 3.1/3.3 JSON calls: the whole reply is `{"name": ..., "parameters": {...}}` (several joined by `;`, or
-as one JSON list as LLaMA-Factory writes them), optionally after `<|python_tag|>`. Anything else, including JSON that is not a call, is content."""
+"""Llama 3.1/3.3 JSON calls: the whole reply is `{"name": ..., "parameters": {...}}` (several joined by `;`, or as one
+JSON list as LLaMA-Factory writes them), optionally after `<|python_tag|>`. Anything else, including JSON that is
+not a call, is content."""
 
 from __future__ import annotations
 
 import json
 
-from chatplex.templates.tool_parsers.base import Block, ToolParser, as_call
+from chatplex.templates.tool_parsers.base import Block, ToolParser, all_parsed, as_call
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -30,7 +31,7 @@ class Llama3JsonParser(ToolParser):
             calls_in_list = [as_call(obj) for obj in items] if isinstance(items, list) and items else [None]
             if rest[end:].strip() or None in calls_in_list:
                 return Block(len(text), None)
-            return Block(len(text), calls_in_list)  # type: ignore[arg-type]
+            return Block(len(text), all_parsed(calls_in_list))
         calls = []
         while rest:
             try:

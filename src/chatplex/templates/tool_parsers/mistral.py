@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from chatplex.templates.tool_parsers.base import Block, ToolParser, as_call
+from chatplex.templates.tool_parsers.base import Block, ToolParser, all_parsed, as_call
 
 MARKER = "[TOOL_CALLS]"
 _NAMED = re.compile(r"\s*([A-Za-z0-9_.\-]+)(?:\[CALL_ID\][A-Za-z0-9]*)?\[ARGS\]")
@@ -37,7 +37,7 @@ class MistralParser(ToolParser):
         if named:
             return Block(end, [(named.group(1), value)] if isinstance(value, dict) else None)
         calls = [as_call(obj) for obj in value] if isinstance(value, list) and value else [None]
-        return Block(end, None if None in calls else calls)  # type: ignore[arg-type]
+        return Block(end, all_parsed(calls))
 
 
 _NAMED_SO_FAR = re.compile(r"\s*[\w.\-]*(\[[A-Z_]*(\][A-Za-z0-9]*)?)*")

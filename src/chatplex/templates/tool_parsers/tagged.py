@@ -3,7 +3,7 @@ Phi-4-mini `<|tool_call|>{...}<|/tool_call|>`."""
 
 from __future__ import annotations
 
-from chatplex.templates.tool_parsers.base import Block, ToolParser, as_call, loads_object
+from chatplex.templates.tool_parsers.base import Block, ToolParser, all_parsed, as_call, loads_object
 
 
 class HermesParser(ToolParser):
@@ -22,7 +22,7 @@ class HermesParser(ToolParser):
         # Phi-4-mini may put several calls in one block as a list.
         objs = body if isinstance(body, list) and body else [body]
         calls = [as_call(obj) for obj in objs]
-        return Block(stop, None if None in calls else calls)  # type: ignore[arg-type]
+        return Block(stop, all_parsed(calls))
 
 
 class Phi4MiniParser(HermesParser):

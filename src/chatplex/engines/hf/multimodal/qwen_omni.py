@@ -1,5 +1,6 @@
-"""Qwen2.5-Omni's thinker (the part that writes text; from a whole checkpoint only the thinker is loaded): images and videos as in Qwen2.5-VL, plus audio clips, all
-in one prompt. Audio goes through the Whisper feature extractor and the thinker's audio tower; `<|AUDIO|>` is
+"""Qwen2.5-Omni's thinker (the part that writes text; from a whole checkpoint only the thinker is loaded): images and
+videos as in Qwen2.5-VL, plus audio clips, all in one prompt. Audio goes through the Whisper feature extractor and
+the thinker's audio tower; `<|AUDIO|>` is
 expanded by the encoder's output length, and the M-RoPE positions come from the thinker's own `get_rope_index`,
 which gives audio tokens their own time axis. With `use_audio_in_video`, each video's soundtrack is read and placed
 with its frames as Qwen2_5OmniProcessor and LLaMA-Factory's Qwen2OmniPlugin place it: `<|audio_bos|>` inside the
