@@ -43,6 +43,16 @@ def model_source(args: ModelArguments) -> tuple[str, str | None, str]:
     return path, None, os.path.basename(os.path.normpath(path)) or path
 
 
+def hub_kwargs(args: ModelArguments) -> dict[str, Any]:
+    """What every `from_pretrained` call takes from the arguments: where and how to fetch from the Hub."""
+    return {
+        "trust_remote_code": args.trust_remote_code,
+        "revision": args.model_revision,
+        "cache_dir": args.cache_dir,
+        "token": args.hf_hub_token,
+    }
+
+
 def load_tokenizer(args: ModelArguments) -> Any:
     from transformers import AutoTokenizer
 
@@ -53,14 +63,7 @@ def load_tokenizer(args: ModelArguments) -> Any:
             param="model_name_or_path",
         )
     try:
-        return AutoTokenizer.from_pretrained(
-            source,
-            gguf_file=gguf,
-            trust_remote_code=args.trust_remote_code,
-            revision=args.model_revision,
-            cache_dir=args.cache_dir,
-            token=args.hf_hub_token,
-        )
+        return AutoTokenizer.from_pretrained(source, gguf_file=gguf, **hub_kwargs(args))
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"model_name_or_path: cannot load a tokenizer from {source!r}: {e}", param="model_name_or_path"
@@ -80,18 +83,8 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     )
     if args.rope_scaling is not None:
         extra["config"] = scaled_rope_config(args, source, gguf)
-    if args.hf_hub_token:
-        extra["token"] = args.hf_hub_token
     try:
-        model = auto_class.from_pretrained(
-            source,
-            gguf_file=gguf,
-            dtype=dtype,
-            trust_remote_code=args.trust_remote_code,
-            revision=args.model_revision,
-            cache_dir=args.cache_dir,
-            **extra,
-        )
+        model = auto_class.from_pretrained(source, gguf_file=gguf, dtype=dtype, **hub_kwargs(args), **extra)
     except OSError as e:
         raise ConfigError(
             f"model_name_or_path: cannot load {args.model_name_or_path!r} ({e}). chatplex loads local models only; "
@@ -108,14 +101,7 @@ def scaled_rope_config(args: ModelArguments, source: str, gguf: str | None) -> A
     the context twice as long; dynamic and yarn keep the original length, llama3 also its frequency factors."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(
-        source,
-        gguf_file=gguf,
-        trust_remote_code=args.trust_remote_code,
-        revision=args.model_revision,
-        cache_dir=args.cache_dir,
-        token=args.hf_hub_token,
-    )
+    config = AutoConfig.from_pretrained(source, gguf_file=gguf, **hub_kwargs(args))
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     params = dict(getattr(text, "rope_parameters", None) or {})
     original = params.get("original_max_position_embeddings") or getattr(text, "max_position_embeddings", None)
@@ -147,9 +133,7 @@ def _generative_class(args: ModelArguments, source: str, gguf: str | None) -> tu
 
     if gguf is None:
         try:
-            config = AutoConfig.from_pretrained(
-                source, trust_remote_code=args.trust_remote_code, revision=args.model_revision, cache_dir=args.cache_dir
-            )
+            config = AutoConfig.from_pretrained(source, **hub_kwargs(args))
         except (OSError, ValueError):
             config = None  # from_pretrained below reports it
         if config is not None and model_kind(config):
