@@ -69,12 +69,14 @@ class Constraint:
 
     `grammar` is llguidance's grammar (a JSON string, see `chatplex.structured`); `param` is the request field
     it came from, so errors name it; `json_schema` is the plain schema when the whole reply is one JSON value
-    (for engines with their own JSON-schema support).
+    (for engines with their own JSON-schema support); `request_fields` are the client's own fields it was built
+    from (`response_format` or `tool_choice`), for remote engines, which pass them on to their server.
     """
 
     grammar: str
     param: str
     json_schema: dict[str, Any] | None = None
+    request_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -53,14 +53,6 @@ def test_response_format_json_schema_through_chat(model):
     assert isinstance(json.loads(reply.response_text)["city"], str)
 
 
-def test_forced_tool_calls_are_refused_with_the_field_named(model):
-    from chatplex.errors import UnsupportedFeatureError
-
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
-    with pytest.raises(UnsupportedFeatureError, match="tool_choice"):
-        model.chat([{"role": "user", "content": "hi"}], tools=tools, tool_choice="required", max_new_tokens=5)
-
-
 def test_lora_adapters_need_gguf_and_are_never_ignored(tmp_path):
     peft_dir = tmp_path / "peft-adapter"
     peft_dir.mkdir()

@@ -39,6 +39,7 @@ from chatplex.errors import (
     NotFoundError,
     UnsupportedFeatureError,
 )
+from chatplex.templates.tool_parsers.base import ToolCallDelta
 from chatplex.types import Delta, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,24 @@ def sampling_body(sp: SamplingParams) -> dict[str, Any]:
     return body
 
 
+def _tool_call_pieces(raw: Any) -> list[ToolCallDelta]:
+    """A chunk's `delta.tool_calls` (OpenAI's streamed form: id and name first, then argument pieces)."""
+    pieces = []
+    for item in raw if isinstance(raw, list) else []:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            continue
+        pieces.append(
+            ToolCallDelta(
+                index=int(item.get("index", 0)),
+                arguments=str(function.get("arguments") or ""),
+                id=item.get("id"),
+                name=function.get("name"),
+            )
+        )
+    return pieces
+
+
 def _error_from(status: int, payload: Any, url: str) -> Exception:
     """The chatplex error for a non-2xx answer (or an in-band error chunk)."""
     err = payload.get("error", payload) if isinstance(payload, dict) else {}
@@ -121,6 +140,8 @@ class _Choice:
 
 class OpenAIEngine(Engine):
     backend = "openai"
+    # response_format and tool_choice go to the server as the client sent them; it constrains its own output.
+    supports_constraints = True
 
     def __init__(self, args: ChatplexArgs, *, api_base: str | None = None, discover_model: bool = False) -> None:
         """`api_base` overrides the config's; `discover_model` asks the server for its model name even when
@@ -226,6 +247,10 @@ class OpenAIEngine(Engine):
             body["messages"] = request.messages
             if request.tools:
                 body["tools"] = request.tools
+                if not request.parallel_tool_calls:
+                    body["parallel_tool_calls"] = False
+            if request.constraint is not None:  # the server constrains its own output (response_format, tool_choice)
+                body.update(request.constraint.request_fields)
             if request.template_kwargs:
                 body["chat_template_kwargs"] = request.template_kwargs
             # Logprobs make token counts exact; they are dropped again when the caller did not ask for them.
@@ -304,18 +329,21 @@ class OpenAIEngine(Engine):
         index = int(raw.get("index", 0))
         if not 0 <= index < len(choices):
             return None
+        calls: list[ToolCallDelta] = []
         if path == "/chat/completions":
             text = (raw.get("delta") or {}).get("content") or ""
+            calls = _tool_call_pieces((raw.get("delta") or {}).get("tool_calls"))
             logprobs = _chat_logprobs(raw.get("logprobs"))
         else:
             text = raw.get("text") or ""
             logprobs = _completion_logprobs(raw.get("logprobs"))
         choice = choices[index]
-        # Without logprobs, count one token per chunk that carries text (what most servers send).
-        choice.tokens += len(logprobs) if logprobs is not None else int(bool(text))
+        # Without logprobs, count one token per chunk that carries text or a call (what most servers send).
+        counted = len(logprobs) if logprobs is not None else int(bool(text or calls))
+        choice.tokens += counted
         reason = raw.get("finish_reason")
-        self._stats.generated_tokens += len(logprobs) if logprobs is not None else int(bool(text))
-        if not text and not reason and not logprobs:
+        self._stats.generated_tokens += counted
+        if not text and not reason and not logprobs and not calls:
             return None
         stop_reason = raw.get("stop_reason") if isinstance(raw.get("stop_reason"), (str, int)) else None
         return Delta(
@@ -327,6 +355,7 @@ class OpenAIEngine(Engine):
             logprobs=logprobs if want_logprobs else None,
             finish_reason=reason,
             stop_reason=stop_reason,
+            tool_calls=calls,
         )
 
     def _finals(self, choices: list[_Choice], usage: dict[str, Any]) -> list[Delta]:

@@ -43,6 +43,20 @@ class TokenMatcher:
         return self._matcher.is_stopped() or self._matcher.is_error()
 
 
+def with_special_markers(grammar: str, tokenizer: Any) -> str:
+    """Marker rules whose text is one of `tokenizer`'s special tokens match that token (what the model was trained
+    to emit); llguidance never matches a special token against a text literal. For every engine whose
+    constraints run on llguidance (in-process, or vLLM's guidance backend)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = {tok.content: tid for tid, tok in added.items() if getattr(tok, "special", False)}
+
+    def swap(m: re.Match[str]) -> str:
+        tid = special.get(json.loads(m.group(2)))
+        return m.group(0) if tid is None else f"{m.group(1)}: <[{tid}]>"
+
+    return MARKER_LINE.sub(swap, grammar)
+
+
 class GrammarCompiler:
     """Compiles constraints for one tokenizer; `vocab_size` is the model's (it may pad past the tokenizer's)."""
 
@@ -51,18 +65,10 @@ class GrammarCompiler:
 
         self._tokenizer = from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=sorted(eos_ids))
         self._vocab_size = vocab_size
-        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-        self._special = {tok.content: tid for tid, tok in added.items() if getattr(tok, "special", False)}
+        self._tokenizer_hf = tokenizer
 
     def _with_special_markers(self, grammar: str) -> str:
-        """Marker rules whose text is one of this tokenizer's special tokens match that token (what the model
-        was trained to emit); llguidance never matches a special token against a text literal."""
-
-        def swap(m: re.Match[str]) -> str:
-            tid = self._special.get(json.loads(m.group(2)))
-            return m.group(0) if tid is None else f"{m.group(1)}: <[{tid}]>"
-
-        return MARKER_LINE.sub(swap, grammar)
+        return with_special_markers(grammar, self._tokenizer_hf)
 
     def compile(self, constraint: Constraint) -> Any:
         """A ready matcher for `constraint` (copy it per sequence with `matchers`)."""

@@ -70,7 +70,12 @@ def constraint_for_response_format(response_format: Any) -> Constraint | None:
             param="response_format",
         )
     grammar = _llguidance().grammar_from_json_schema(schema, overrides=JSON_LAYOUT)
-    return Constraint(_checked(grammar, "response_format"), "response_format", json_schema=schema)
+    return Constraint(
+        _checked(grammar, "response_format"),
+        "response_format",
+        json_schema=schema,
+        request_fields={"response_format": response_format},
+    )
 
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +126,7 @@ def constraint_for_tool_choice(
     # A named function is called once; "required" may call several tools when parallel calls are allowed.
     lark = tool_call_lark(tool_parser, chosen, parallel and name is None, JSON_LAYOUT)
     grammar = _llguidance().grammar_from_lark(lark)
-    return Constraint(_checked(grammar, "tools"), "tool_choice")
+    return Constraint(_checked(grammar, "tools"), "tool_choice", request_fields={"tool_choice": tool_choice})
 
 
 def request_constraint(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -144,3 +145,51 @@ async def test_usage_counts(engine, smollm_tokenizer):
     if engine.reports_token_ids:
         assert sum(len(d.token_ids) for d in deltas) == 8
         assert all(d.prompt_tokens == expected_prompt for d in deltas)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    },
+]
+
+
+def test_response_format_json_schema_is_followed(engine):
+    reply = engine.model.chat(
+        [{"role": "user", "content": "Describe a person as JSON."}], max_new_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}, **GREEDY,
+    )[0]
+    data = json.loads(reply.response_text)
+    assert set(data) == {"name", "age"} and isinstance(data["name"], str) and isinstance(data["age"], int)
+    assert reply.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}],
+                         ids=["required", "named"])
+def test_forced_tool_calls_are_made(engine, choice):
+    reply = engine.model.chat(WEATHER, tools=WEATHER_TOOLS, tool_choice=choice, parallel_tool_calls=False,
+                              max_new_tokens=60, **GREEDY)[0]
+    assert reply.finish_reason == "tool_calls", reply
+    [call] = reply.tool_calls
+    wanted = {"get_weather", "get_time"} if choice == "required" else {"get_time"}
+    assert call["function"]["name"] in wanted
+    assert isinstance(json.loads(call["function"]["arguments"]), dict)

@@ -9,8 +9,10 @@ prefill once.
 Prompts are rendered with chatplex's templates on the Hugging Face tokenizer read from the same GGUF, so they
 equal the Hugging Face engine's token for token; llama.cpp only sees token ids. Sampling uses chatplex's own
 sampler on llama.cpp's logits, so every sampling field, seeds and logprobs behave as in the other local
-engines. Grammar-constrained output (GBNF, or a JSON schema turned into GBNF) masks the logits with llama.cpp's
-grammar matcher: `json_schema_grammar` + `generate(request, grammar=...)`.
+engines. Constrained output (`response_format`, forced tool calls) uses the same llguidance grammars as the
+Hugging Face engine (chatplex.structured): each sequence's matcher masks llama.cpp's logits before chatplex samples.
+A raw GBNF grammar also works, through llama.cpp's own grammar matcher: `generate(request, grammar=...)`
+(`json_schema_grammar` turns a JSON schema into one).
 
 Cancellation: closing the delta stream sets a flag the worker checks before every token.
 
@@ -66,7 +68,8 @@ class _Job:
     prompt_ids: list[int]
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
-    grammar: str | None = None
+    grammar: str | None = None  # GBNF, matched by llama.cpp
+    matchers: list[Any] | None = None  # one llguidance TokenMatcher per sequence (request.constraint)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -117,7 +120,7 @@ def _refuse_media(request: GenerationRequest) -> None:
 
 class LlamaCppEngine(Engine):
     backend = "llama.cpp"
-    supports_constraints = True  # JSON response formats, through llama.cpp's own GBNF grammars
+    supports_constraints = True  # response_format and forced tool calls, via chatplex.structured (llguidance)
 
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
@@ -133,6 +136,7 @@ class LlamaCppEngine(Engine):
         self._running = 0
         self._current: _Job | None = None
         self._stats = EngineStats()
+        self._grammars: Any = None  # the GrammarCompiler, made for the first constrained request
 
     # ---- loading -------------------------------------------------------------------------------------------
     @property
@@ -187,20 +191,29 @@ class LlamaCppEngine(Engine):
                 code="model_not_found",
             )
         _refuse_media(request)
+        matchers = None
         if grammar is None and request.constraint is not None:
-            if request.constraint.json_schema is None:
-                raise UnsupportedFeatureError(
-                    f"{request.constraint.param}: the llama.cpp engine constrains JSON response formats only.",
-                    param=request.constraint.param,
-                )
-            grammar = self.json_schema_grammar(request.constraint.json_schema)
-        job = _Job(request, self.prompts.prompt_ids(request), asyncio.get_running_loop(), asyncio.Queue(), grammar)
+            matchers = await self._grammar_matchers(request)
+        job = _Job(
+            request, self.prompts.prompt_ids(request), asyncio.get_running_loop(), asyncio.Queue(), grammar, matchers
+        )
         if grammar is not None:
             GrammarMask(self.runner.llama, grammar).close()  # a bad grammar fails here, not in the worker
         self._jobs.put(job)
         async with aclosing(relay(job.out, request.sampling.n, job.cancelled.set)) as deltas:
             async for delta in deltas:
                 yield delta
+
+    async def _grammar_matchers(self, request: GenerationRequest) -> list[Any]:
+        """One llguidance matcher per sequence (compiled off the event loop), as the Hugging Face engine makes."""
+        from chatplex.structured.matcher import GrammarCompiler
+
+        assert request.constraint is not None
+        if self._grammars is None:
+            self._grammars = await asyncio.to_thread(
+                GrammarCompiler, self.tokenizer, self.runner.n_vocab, sorted(self.eos_ids)
+            )
+        return await asyncio.to_thread(self._grammars.matchers, request.constraint, request.sampling.n)
 
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats, running=self._running, waiting=self._jobs.qsize())
@@ -241,6 +254,7 @@ class LlamaCppEngine(Engine):
         generator = torch.Generator().manual_seed(sp.seed + index) if sp.seed is not None and not sp.greedy else None
         text = SequenceText(self.tokenizer, sp, self.eos_ids, self.template_stops)
         mask = GrammarMask(self.runner.llama, job.grammar) if job.grammar is not None else None
+        matcher = job.matchers[index] if job.matchers is not None else None
         tokens: list[int] = []
         try:
             logits, _ = self.runner.start(prompt)
@@ -250,14 +264,20 @@ class LlamaCppEngine(Engine):
                 if mask is not None:
                     logits = mask.apply(logits)
                 suppress = tuple(self.eos_ids | set(sp.stop_token_ids)) if len(tokens) < sp.min_new_tokens else ()
-                result = sample(logits, [SamplingRow(sp, prompt + tokens, len(prompt), generator, suppress)])
+                allowed = matcher.allowed() if matcher is not None else None
+                row = SamplingRow(sp, prompt + tokens, len(prompt), generator, suppress, allowed)
+                result = sample(logits, [row])
                 token = result.token_ids[0]
                 tokens.append(token)
                 self._stats.generated_tokens += 1
                 self._stats.steps += 1
                 if mask is not None:
                     mask.accept(token)
-                delta = self._delta(job, index, token, result, text, len(tokens), max_new)
+                complete = False
+                if matcher is not None:
+                    matcher.accept(token)
+                    complete = matcher.is_finished  # the grammar is complete: nothing more may follow
+                delta = self._delta(job, index, token, result, text, len(tokens), max_new, complete)
                 self._send(job, delta)
                 if delta.finish_reason is not None:
                     return True
@@ -267,10 +287,18 @@ class LlamaCppEngine(Engine):
                 mask.close()
 
     def _delta(
-        self, job: _Job, index: int, token: int, result: SampleOutput, text: SequenceText, num_out: int, max_new: int
+        self,
+        job: _Job,
+        index: int,
+        token: int,
+        result: SampleOutput,
+        text: SequenceText,
+        num_out: int,
+        max_new: int,
+        complete: bool = False,
     ) -> Delta:
         at_limit = num_out >= max_new or len(job.prompt_ids) + num_out >= self.prompts.max_model_len
-        piece, reason, stop_reason = text.add(token, at_limit=at_limit)
+        piece, reason, stop_reason = text.add(token, at_limit=at_limit, complete=complete)
         logprobs = None
         if job.request.sampling.logprobs is not None:
             logprobs = [token_logprob(self.tokenizer, token, result.logprobs[0] or 0.0, result.top_logprobs[0])]

