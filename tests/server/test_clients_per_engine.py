@@ -1,0 +1,178 @@
+"""The same client cases against `chatplex serve` on every engine that runs here, through the official openai
+client (sync and async): one interface whatever the engine. The Hugging Face and llama.cpp engines run in
+`make test`; vLLM runs in `make test-vllm` (its own environment), where the other two skip.
+
+The embedded SmolLM2-135M-Instruct is small: cases check what the API promises (shapes, equality at temperature 0,
+constraints honoured), never the content's quality."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+
+import openai
+import pytest
+
+from tests.server.conftest import API_KEY, running_server
+
+pytestmark = pytest.mark.slow
+
+ENGINES = {
+    "huggingface": ("torch", ["--infer-dtype", "float32"]),
+    "llama.cpp": ("llama_cpp", ["--infer-backend", "llama.cpp"]),
+    "vllm": ("vllm", ["--infer-backend", "vllm", "--infer-dtype", "float32"]),
+}
+Q = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
+WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 30}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
+def served(request, tmp_path_factory):
+    module, args = ENGINES[request.param]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{request.param}: {module!r} is not installed in this environment")
+    if request.param == "vllm":
+        from chatplex.models.embedded import embedded_model_dir
+
+        args = [*args, "--model", embedded_model_dir()]
+    log = tmp_path_factory.mktemp("serve") / f"{request.param}.log"
+    with running_server([*args, "--api-key", API_KEY, "--max-model-len", "2048"], log) as srv:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+        aclient = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+        yield client, aclient, client.models.list().data[0].id
+
+
+def chat(served, **kw):
+    client, _, model = served
+    return client.chat.completions.create(model=model, **kw)
+
+
+def streamed_text(chunks) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_chat_answers_with_usage(served):
+    r = chat(served, messages=Q, temperature=0, max_tokens=12)
+    choice = r.choices[0]
+    assert choice.message.content and choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 12 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_max_tokens_ends_with_length(served):
+    r = chat(served, messages=STORY, temperature=0, max_tokens=5)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+
+
+def test_stream_equals_non_stream_at_temperature_0(served):
+    whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
+    chunks = list(chat(served, messages=STORY, temperature=0, max_tokens=40, stream=True))
+    assert streamed_text(chunks) == whole
+    assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
+
+
+def test_async_stream_equals_sync_at_temperature_0(served):
+    _, aclient, model = served
+    whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
+
+    async def run() -> str:
+        stream = await aclient.chat.completions.create(
+            model=model, messages=STORY, temperature=0, max_tokens=40, stream=True
+        )
+        return streamed_text([c async for c in stream])
+
+    assert asyncio.run(run()) == whole
+
+
+def test_seed_makes_sampling_repeatable(served):
+    kw = {"messages": STORY, "temperature": 1.0, "top_p": 1.0, "seed": 7, "max_tokens": 20}
+    assert chat(served, **kw).choices[0].message.content == chat(served, **kw).choices[0].message.content
+
+
+def test_n_gives_n_choices(served):
+    r = chat(served, messages=STORY, temperature=1.0, seed=3, n=2, max_tokens=8)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
+
+
+def test_stop_string_ends_the_reply(served):
+    whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
+    stop = whole.split()[3]
+    r = chat(served, messages=STORY, temperature=0, max_tokens=40, stop=[stop])
+    assert r.choices[0].finish_reason == "stop" and stop not in r.choices[0].message.content
+
+
+def test_logprobs_shape(served):
+    r = chat(served, messages=Q, temperature=0, max_tokens=6, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(item.top_logprobs) == 2 and item.token == item.top_logprobs[0].token for item in content)
+
+
+def test_response_format_json_schema(served):
+    r = chat(served, messages=[{"role": "user", "content": "Describe a person as JSON."}], temperature=0,
+             max_tokens=60, response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}})
+    data = json.loads(r.choices[0].message.content)
+    assert set(data) == {"name", "age"} and isinstance(data["age"], int)
+
+
+def test_response_format_json_object(served):
+    r = chat(served, messages=[{"role": "user", "content": "Give me a JSON object about a cat."}], temperature=0,
+             max_tokens=60, response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":  # a cut reply is not whole JSON; a finished one must be
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}],
+                         ids=["required", "named"])
+def test_forced_tool_call(served, choice):
+    # One call: with parallel calls allowed, this small model goes on to repeat the call until max_tokens.
+    r = chat(served, messages=WEATHER, tools=TOOLS, tool_choice=choice, parallel_tool_calls=False, temperature=0,
+             max_tokens=60)
+    assert r.choices[0].finish_reason == "tool_calls"
+    [call] = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+
+
+def test_streamed_tool_call_equals_non_streamed(served):
+    kw = {"messages": WEATHER, "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False,
+          "temperature": 0, "max_tokens": 60}
+    [whole] = chat(served, **kw).choices[0].message.tool_calls
+    name, arguments, reasons = "", "", []
+    for chunk in chat(served, stream=True, **kw):
+        for c in chunk.choices:
+            reasons += [c.finish_reason] if c.finish_reason else []
+            for piece in c.delta.tool_calls or []:
+                name += piece.function.name or ""
+                arguments += piece.function.arguments or ""
+    assert (name, json.loads(arguments)) == (whole.function.name, json.loads(whole.function.arguments))
+    assert reasons == ["tool_calls"]
+
+
+def test_bad_sampling_value_is_a_400_naming_the_field(served):
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(served, messages=Q, temperature=-1)
+    assert "temperature" in str(info.value)
