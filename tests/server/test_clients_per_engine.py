@@ -1,6 +1,7 @@
 """The same client cases against `chatplex serve` on every engine that runs here, through the official openai
 client (sync and async): one interface whatever the engine. The Hugging Face and llama.cpp engines run in
-`make test`; vLLM runs in `make test-vllm` (its own environment), where the other two skip.
+`make test`, and the openai engine in front of a second `chatplex serve`; vLLM runs in `make test-vllm` (its own
+environment).
 
 The embedded SmolLM2-135M-Instruct is small: cases check what the API promises (shapes, equality at temperature 0,
 constraints honoured), never the content's quality."""
@@ -8,6 +9,7 @@ constraints honoured), never the content's quality."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 
@@ -22,6 +24,8 @@ ENGINES = {
     "huggingface": ("torch", ["--infer-dtype", "float32"]),
     "llama.cpp": ("llama_cpp", ["--infer-backend", "llama.cpp"]),
     "vllm": ("vllm", ["--infer-backend", "vllm", "--infer-dtype", "float32"]),
+    # The openai engine in front of another chatplex serve (Hugging Face engine) on loopback.
+    "openai": ("torch", ["--infer-backend", "openai"]),
 }
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
@@ -58,8 +62,14 @@ def served(request, tmp_path_factory):
         from chatplex.models.embedded import embedded_model_dir
 
         args = [*args, "--model", embedded_model_dir()]
-    log = tmp_path_factory.mktemp("serve") / f"{request.param}.log"
-    with running_server([*args, "--api-key", API_KEY, "--max-model-len", "2048"], log) as srv:
+    logs = tmp_path_factory.mktemp("serve")
+    with contextlib.ExitStack() as stack:
+        if request.param == "openai":
+            backend = stack.enter_context(running_server(["--infer-dtype", "float32"], logs / "backend.log"))
+            args = [*args, "--api-base", f"{backend.url}/v1"]
+        else:
+            args = [*args, "--max-model-len", "2048"]
+        srv = stack.enter_context(running_server([*args, "--api-key", API_KEY], logs / f"{request.param}.log"))
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
         aclient = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
         yield client, aclient, client.models.list().data[0].id
