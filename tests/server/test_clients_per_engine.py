@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
+from typing import NamedTuple
 
 import openai
 import pytest
@@ -53,6 +55,13 @@ PERSON = {
 }
 
 
+class Served(NamedTuple):
+    client: openai.OpenAI
+    aclient: openai.AsyncOpenAI
+    model: str
+    base_url: str
+
+
 @pytest.fixture(scope="module", params=list(ENGINES))
 def served(request, tmp_path_factory):
     module, args = ENGINES[request.param]
@@ -72,12 +81,11 @@ def served(request, tmp_path_factory):
         srv = stack.enter_context(running_server([*args, "--api-key", API_KEY], logs / f"{request.param}.log"))
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
         aclient = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
-        yield client, aclient, client.models.list().data[0].id
+        yield Served(client, aclient, client.models.list().data[0].id, f"{srv.url}/v1")
 
 
 def chat(served, **kw):
-    client, _, model = served
-    return client.chat.completions.create(model=model, **kw)
+    return served.client.chat.completions.create(model=served.model, **kw)
 
 
 def streamed_text(chunks) -> str:
@@ -105,7 +113,7 @@ def test_stream_equals_non_stream_at_temperature_0(served):
 
 
 def test_async_stream_equals_sync_at_temperature_0(served):
-    _, aclient, model = served
+    aclient, model = served.aclient, served.model
     whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
 
     async def run() -> str:
@@ -186,3 +194,67 @@ def test_bad_sampling_value_is_a_400_naming_the_field(served):
     with pytest.raises(openai.BadRequestError) as info:
         chat(served, messages=Q, temperature=-1)
     assert "temperature" in str(info.value)
+
+
+# ---- LangChain (langchain-openai's ChatOpenAI) -------------------------------------------------------------------
+def langchain_model(served, **kw):
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(base_url=served.base_url, api_key=API_KEY, model=served.model, max_retries=0, **kw)
+
+
+def test_langchain_invoke_stream_and_async_agree_at_temperature_0(served):
+    llm = langchain_model(served, temperature=0, max_tokens=40)
+    whole = llm.invoke(STORY).content
+    assert whole and "".join(chunk.content for chunk in llm.stream(STORY)) == whole
+
+    async def run() -> tuple[str, str]:
+        streamed = "".join([chunk.content async for chunk in llm.astream(STORY)])
+        return (await llm.ainvoke(STORY)).content, streamed
+
+    assert asyncio.run(run()) == (whole, whole)
+
+
+def test_langchain_bound_tools_and_structured_output(served):
+    llm = langchain_model(served, temperature=0, max_tokens=60)
+    message = llm.bind_tools(TOOLS, tool_choice="get_weather", parallel_tool_calls=False).invoke(WEATHER)
+    [call] = message.tool_calls
+    assert call["name"] == "get_weather" and isinstance(call["args"].get("city"), str)
+    schema = {"title": "person", "description": "A person", **PERSON}
+    person = llm.with_structured_output(schema, method="json_schema").invoke("Describe a person as JSON.")
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+
+# ---- LiteLLM -----------------------------------------------------------------------------------------------------
+def litellm_module():
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its cost table from the package, not the web
+    import litellm
+
+    litellm.telemetry = False
+    return litellm
+
+
+def litellm_kw(served, **kw):
+    return {"model": f"openai/{served.model}", "api_base": served.base_url, "api_key": API_KEY, **kw}
+
+
+def test_litellm_completion_stream_and_async_agree_at_temperature_0(served):
+    litellm = litellm_module()
+    kw = litellm_kw(served, messages=STORY, temperature=0, max_tokens=40)
+    whole = litellm.completion(**kw).choices[0].message.content
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in litellm.completion(stream=True, **kw))
+    assert whole and streamed == whole
+    assert asyncio.run(litellm.acompletion(**kw)).choices[0].message.content == whole
+
+
+def test_litellm_forced_tool_call_and_json_schema(served):
+    litellm = litellm_module()
+    r = litellm.completion(**litellm_kw(served, messages=WEATHER, tools=TOOLS, tool_choice="required",
+                                        parallel_tool_calls=False, temperature=0, max_tokens=60))
+    [call] = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    r = litellm.completion(**litellm_kw(
+        served, messages=[{"role": "user", "content": "Describe a person as JSON."}], temperature=0, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+    ))
+    assert set(json.loads(r.choices[0].message.content)) == {"name", "age"}
