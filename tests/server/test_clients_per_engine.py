@@ -18,6 +18,7 @@ from typing import NamedTuple
 import openai
 import pytest
 
+from tests.constrained_cases import GET_WEATHER, PERSON, PERSON_PROMPT, WEATHER
 from tests.server.conftest import API_KEY, running_server
 
 pytestmark = pytest.mark.slow
@@ -31,28 +32,7 @@ ENGINES = {
 }
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
-WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 30}},
-                "required": ["city"],
-                "additionalProperties": False,
-            },
-        },
-    }
-]
-PERSON = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
+TOOLS = [GET_WEATHER]
 
 
 class Served(NamedTuple):
@@ -151,7 +131,7 @@ def test_logprobs_shape(served):
 
 
 def test_response_format_json_schema(served):
-    r = chat(served, messages=[{"role": "user", "content": "Describe a person as JSON."}], temperature=0,
+    r = chat(served, messages=PERSON_PROMPT, temperature=0,
              max_tokens=60, response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}})
     data = json.loads(r.choices[0].message.content)
     assert set(data) == {"name", "age"} and isinstance(data["age"], int)
@@ -221,7 +201,7 @@ def test_langchain_bound_tools_and_structured_output(served):
     [call] = message.tool_calls
     assert call["name"] == "get_weather" and isinstance(call["args"].get("city"), str)
     schema = {"title": "person", "description": "A person", **PERSON}
-    person = llm.with_structured_output(schema, method="json_schema").invoke("Describe a person as JSON.")
+    person = llm.with_structured_output(schema, method="json_schema").invoke(PERSON_PROMPT)
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
 
 
@@ -254,7 +234,7 @@ def test_litellm_forced_tool_call_and_json_schema(served):
     [call] = r.choices[0].message.tool_calls
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
     r = litellm.completion(**litellm_kw(
-        served, messages=[{"role": "user", "content": "Describe a person as JSON."}], temperature=0, max_tokens=60,
+        served, messages=PERSON_PROMPT, temperature=0, max_tokens=60,
         response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
     ))
     assert set(json.loads(r.choices[0].message.content)) == {"name", "age"}

@@ -11,6 +11,7 @@ from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError
 from chatplex.sampling import build_sampling_params
 from chatplex.templates import resolve_template
+from tests.constrained_cases import GET_TIME, GET_WEATHER, PERSON, PERSON_PROMPT, WEATHER
 
 pytestmark = pytest.mark.slow
 
@@ -147,35 +148,12 @@ async def test_usage_counts(engine, smollm_tokenizer):
         assert all(d.prompt_tokens == expected_prompt for d in deltas)
 
 
-PERSON = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
-WEATHER_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
-        },
-    },
-]
+WEATHER_TOOLS = [GET_WEATHER, GET_TIME]
 
 
 def test_response_format_json_schema_is_followed(engine):
     reply = engine.model.chat(
-        [{"role": "user", "content": "Describe a person as JSON."}], max_new_tokens=60,
+        PERSON_PROMPT, max_new_tokens=60,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}, **GREEDY,
     )[0]
     data = json.loads(reply.response_text)
