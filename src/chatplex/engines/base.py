@@ -126,32 +126,24 @@ class PromptPreparer:
         # gained only when the format set it up, and that this model never learnt.
         self.vocab_size = vocab_size
 
+    def message_ids(self, messages: list[Any], request: GenerationRequest) -> list[int]:
+        """`messages` rendered with the template for `request` (its tools and template kwargs), as token ids: a
+        LLaMA-Factory format encoded piece by piece, as LLaMA-Factory encodes it; a Jinja template's text whole."""
+        tools, template_kwargs = request.tools, request.template_kwargs
+        ids = prompt_token_ids(self.tokenizer, self.template, messages, tools=tools, template_kwargs=template_kwargs)
+        if ids is not None:
+            return ids
+        text = render_prompt(self.tokenizer, self.template, messages, tools=tools, template_kwargs=template_kwargs)
+        # The template already wrote any BOS it wants; adding special tokens again would double it.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
         elif request.prompt is not None:
             ids = self.tokenizer.encode(request.prompt, add_special_tokens=True)
-        elif request.messages is not None and self.template.lf is not None:
-            ids = (
-                prompt_token_ids(
-                    self.tokenizer,
-                    self.template,
-                    request.messages,
-                    tools=request.tools,
-                    template_kwargs=request.template_kwargs,
-                )
-                or []
-            )
         elif request.messages is not None:
-            text = render_prompt(
-                self.tokenizer,
-                self.template,
-                request.messages,
-                tools=request.tools,
-                template_kwargs=request.template_kwargs,
-            )
-            # The template already wrote any BOS it wants; adding special tokens again would double it.
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self.message_ids(request.messages, request)
         else:
             raise InvalidRequestError("A request needs messages, a prompt or prompt token ids.", param="messages")
         if not ids:

@@ -19,7 +19,6 @@ from chatplex.engines.base import PromptPreparer
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
 from chatplex.media import MediaPolicy, collect_media, text_only_error
 from chatplex.media.parts import ARGUMENT_FIELDS
-from chatplex.templates import prompt_token_ids, render_prompt
 from chatplex.types import GenerationRequest
 
 
@@ -67,22 +66,7 @@ class MediaInputs:
                 )
         # A LLaMA-Factory format is encoded piece by piece, as it encodes it (SentencePiece tokenizers give other ids
         # for the joined text), its plugin's placeholder written once per item for vLLM to expand.
-        ids = prompt_token_ids(
-            prompts.tokenizer,
-            prompts.template,
-            media.messages,
-            tools=request.tools,
-            template_kwargs=request.template_kwargs,
-        )
-        if ids is None:
-            text = render_prompt(
-                prompts.tokenizer,
-                prompts.template,
-                media.messages,
-                tools=request.tools,
-                template_kwargs=request.template_kwargs,
-            )
-            ids = prompts.tokenizer.encode(text, add_special_tokens=False)
+        ids = prompts.message_ids(media.messages, request)
         prompts.check_fits(len(ids), request)
         data: dict[str, list[Any]] = {}
         if media.images:
