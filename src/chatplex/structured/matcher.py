@@ -8,6 +8,7 @@ grammar is complete and allows nothing more, so the sequence ends there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -43,12 +44,16 @@ class TokenMatcher:
         return self._matcher.is_stopped() or self._matcher.is_error()
 
 
-def with_special_markers(grammar: str, tokenizer: Any) -> str:
-    """Marker rules whose text is one of `tokenizer`'s special tokens match that token (what the model was trained
-    to emit); llguidance never matches a special token against a text literal. For every engine whose
-    constraints run on llguidance (in-process, or vLLM's guidance backend)."""
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """The tokenizer's special tokens by text (read once per engine, for `with_special_markers`)."""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    special = {tok.content: tid for tid, tok in added.items() if getattr(tok, "special", False)}
+    return {tok.content: tid for tid, tok in added.items() if getattr(tok, "special", False)}
+
+
+def with_special_markers(grammar: str, special: dict[str, int]) -> str:
+    """Marker rules whose text is one of the special tokens (`special_token_ids`) match that token (what the model
+    was trained to emit); llguidance never matches a special token against a text literal. For every engine whose
+    constraints run on llguidance (in-process, or vLLM's guidance backend)."""
 
     def swap(m: re.Match[str]) -> str:
         tid = special.get(json.loads(m.group(2)))
@@ -65,16 +70,13 @@ class GrammarCompiler:
 
         self._tokenizer = from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=sorted(eos_ids))
         self._vocab_size = vocab_size
-        self._tokenizer_hf = tokenizer
-
-    def _with_special_markers(self, grammar: str) -> str:
-        return with_special_markers(grammar, self._tokenizer_hf)
+        self._special = special_token_ids(tokenizer)
 
     def compile(self, constraint: Constraint) -> Any:
         """A ready matcher for `constraint` (copy it per sequence with `matchers`)."""
         from llguidance import LLMatcher
 
-        matcher = LLMatcher(self._tokenizer, self._with_special_markers(constraint.grammar), log_level=0)
+        matcher = LLMatcher(self._tokenizer, with_special_markers(constraint.grammar, self._special), log_level=0)
         if matcher.is_error():
             raise InvalidRequestError(
                 f"{constraint.param}: the grammar cannot be enforced: {matcher.get_error()}", param=constraint.param
@@ -85,3 +87,21 @@ class GrammarCompiler:
         """One fresh matcher per output sequence."""
         first = self.compile(constraint)
         return [TokenMatcher(first if i == 0 else first.deep_copy(), self._vocab_size) for i in range(n)]
+
+
+class Grammars:
+    """An engine's constrained decoding: its GrammarCompiler is made for the first constrained request (wrapping a
+    tokenizer for llguidance takes about a second), and each request gets one matcher per sequence, compiled off
+    the event loop."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> None:
+        self._args = (tokenizer, vocab_size, sorted(eos_ids))
+        self._compiler: GrammarCompiler | None = None
+
+    async def matchers(self, constraint: Constraint | None, n: int) -> list[TokenMatcher] | None:
+        """One matcher per sequence for a constrained request; None for free text."""
+        if constraint is None:
+            return None
+        if self._compiler is None:
+            self._compiler = await asyncio.to_thread(GrammarCompiler, *self._args)
+        return await asyncio.to_thread(self._compiler.matchers, constraint, n)

@@ -35,6 +35,7 @@ from chatplex.errors import (
     UnsupportedFeatureError,
 )
 from chatplex.media import media_items, text_only_error
+from chatplex.structured.matcher import Grammars
 from chatplex.types import Delta, GenerationRequest, SamplingParams, new_request_id
 
 GIL_SWITCH_INTERVAL_S = 0.00005
@@ -58,7 +59,6 @@ class HFEngine(Engine):
         )
         self.core: EngineCore | None = None  # the engine thread's side, while it runs
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
-        self._grammars: Any = None  # the GrammarCompiler, made for the first constrained request
         self._holds_switch_interval = False  # a CUDA engine lowers the GIL switch interval while it runs
         self._active_requests = 0
         self._stats = EngineStats()
@@ -79,6 +79,8 @@ class HFEngine(Engine):
         # What the model was loaded as stays readable after close (benchmarks and callers compare with it).
         self.device, self.dtype, self.tokenizer = parts.device, parts.dtype, parts.tokenizer
         self.prompts, self.eos_ids = parts.prompts, parts.eos_ids
+        vocab_size = parts.model.config.get_text_config().vocab_size
+        self.grammars = Grammars(parts.tokenizer, vocab_size, parts.eos_ids)
         self.output = OutputProcessor(parts.tokenizer, parts.eos_ids, parts.template_stops, parts.prompts.max_model_len)
         if self.device.type == "cuda":
             # The engine thread releases the GIL in every device call (graph launch, copies, event waits) and must
@@ -134,7 +136,7 @@ class HFEngine(Engine):
             prompt_ids, media = await run_in_fresh_thread(self.multimodal.prepare, self.prompts, request)
         else:
             prompt_ids = self.prompts.prompt_ids(request)
-        matchers = await self._grammar_matchers(request)
+        matchers = await self.grammars.matchers(request.constraint, request.sampling.n)
         self._check_cache_holds(len(prompt_ids) + 1, "The prompt", "messages")
         margs = self.args.model
         if (
@@ -164,19 +166,6 @@ class HFEngine(Engine):
         stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue(), seqs)
         core.add(request_id, stream)
         return relay(stream.queue, len(seqs), lambda: core.abort(request_id), is_last)
-
-    async def _grammar_matchers(self, request: GenerationRequest) -> list[Any] | None:
-        """One grammar matcher per sequence for a constrained request (compiled off the event loop)."""
-        if request.constraint is None:
-            return None
-        if self._grammars is None:
-            from chatplex.structured.matcher import GrammarCompiler
-
-            vocab_size = self.vocab_size
-            if vocab_size is None:  # closed while the request was prepared
-                raise EngineClosedError("The engine is not running.")
-            self._grammars = await asyncio.to_thread(GrammarCompiler, self.tokenizer, vocab_size, list(self.eos_ids))
-        return await asyncio.to_thread(self._grammars.matchers, request.constraint, request.sampling.n)
 
     def _new_sequences(
         self, request: GenerationRequest, prompt_ids: list[int], matchers: list[Any] | None

@@ -54,6 +54,7 @@ from chatplex.errors import (
 )
 from chatplex.media import media_items
 from chatplex.models.embedded import EMBEDDED_NAME
+from chatplex.structured.matcher import Grammars
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
@@ -136,7 +137,6 @@ class LlamaCppEngine(Engine):
         self._running = 0
         self._current: _Job | None = None
         self._stats = EngineStats()
-        self._grammars: Any = None  # the GrammarCompiler, made for the first constrained request
 
     # ---- loading -------------------------------------------------------------------------------------------
     @property
@@ -160,6 +160,7 @@ class LlamaCppEngine(Engine):
         self.prompts = PromptPreparer(self.tokenizer, template, self.runner.n_ctx)
         eos = llama.token_eos()
         self.eos_ids, self.template_stops = stop_tokens(eos if eos >= 0 else None, self.tokenizer, template.stop_words)
+        self.grammars = Grammars(self.tokenizer, self.runner.n_vocab, self.eos_ids)
 
     # ---- capabilities --------------------------------------------------------------------------------------
     @staticmethod
@@ -191,9 +192,8 @@ class LlamaCppEngine(Engine):
                 code="model_not_found",
             )
         _refuse_media(request)
-        matchers = None
-        if grammar is None and request.constraint is not None:
-            matchers = await self._grammar_matchers(request)
+        constraint = request.constraint if grammar is None else None  # a GBNF grammar replaces it
+        matchers = await self.grammars.matchers(constraint, request.sampling.n)
         job = _Job(
             request, self.prompts.prompt_ids(request), asyncio.get_running_loop(), asyncio.Queue(), grammar, matchers
         )
@@ -203,17 +203,6 @@ class LlamaCppEngine(Engine):
         async with aclosing(relay(job.out, request.sampling.n, job.cancelled.set)) as deltas:
             async for delta in deltas:
                 yield delta
-
-    async def _grammar_matchers(self, request: GenerationRequest) -> list[Any]:
-        """One llguidance matcher per sequence (compiled off the event loop), as the Hugging Face engine makes."""
-        from chatplex.structured.matcher import GrammarCompiler
-
-        assert request.constraint is not None
-        if self._grammars is None:
-            self._grammars = await asyncio.to_thread(
-                GrammarCompiler, self.tokenizer, self.runner.n_vocab, sorted(self.eos_ids)
-            )
-        return await asyncio.to_thread(self._grammars.matchers, request.constraint, request.sampling.n)
 
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats, running=self._running, waiting=self._jobs.qsize())

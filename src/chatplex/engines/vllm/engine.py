@@ -42,6 +42,7 @@ from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
 from chatplex.errors import ChatplexError, ConfigError, EngineClosedError, EngineError, UnsupportedFeatureError
 from chatplex.media import media_items
+from chatplex.structured.matcher import special_token_ids
 from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
@@ -98,6 +99,7 @@ class VLLMEngine(Engine):
         self._vocab_size = model_config.get_vocab_size()
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
+        self._special_tokens = special_token_ids(self.tokenizer)  # for tool-call grammars (params.py)
         self.eos_ids, self.text_stops = self._stop_tokens(template.stop_words)
         self.media = MediaInputs.from_llm(self._llm, margs.media_policy(), self._name)
         logger.info("Loaded %s with vLLM (context %d)", self._name, model_config.max_model_len)
@@ -182,7 +184,7 @@ class VLLMEngine(Engine):
         else:
             prompt_ids = self.prompts.prompt_ids(request)
         lora = self._loras.pick(request.adapter)
-        structured = params.structured_outputs(request.constraint, self.tokenizer)
+        structured = params.structured_outputs(request.constraint, self._special_tokens)
         caller = asyncio.get_running_loop()
         out: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         n = request.sampling.n

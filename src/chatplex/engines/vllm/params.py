@@ -132,15 +132,15 @@ class Adapters:
         return self.named[adapter]
 
 
-def structured_outputs(constraint: Constraint | None, tokenizer: Any) -> StructuredOutputsParams | None:
+def structured_outputs(constraint: Constraint | None, special: dict[str, int]) -> StructuredOutputsParams | None:
     """vLLM's structured output for a chatplex constraint, on vLLM's guidance backend (llguidance, the library
     chatplex's other engines run): a JSON schema with the same layout options, or the same Lark grammar of a
-    forced tool call (its markers matched as the tokenizer's special tokens, as in-process)."""
+    forced tool call (its markers matched as the tokenizer's special tokens `special`, as in-process)."""
     if constraint is None:
         return None
     if constraint.json_schema is not None:
         return StructuredOutputsParams(json={**constraint.json_schema, "x-guidance": JSON_LAYOUT})
-    return StructuredOutputsParams(grammar=with_special_markers(constraint.grammar, tokenizer))
+    return StructuredOutputsParams(grammar=with_special_markers(constraint.grammar, special))
 
 
 def sampling_params(
