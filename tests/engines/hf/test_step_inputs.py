@@ -79,7 +79,7 @@ def test_device_inputs_fill_pending_tokens_and_pad(step):
 
     decodes = StepInputs.build(inputs.items[:2], BLOCK, {a.seq_id: 2})
     decodes.pad(4)  # a CUDA-graph bucket of 4 rows: the dummies sit at position 0 of scratch block 0
-    padded = decodes.to_device(torch.device("cpu"), prev, rows=4)
+    padded = decodes.to_device(torch.device("cpu"), prev)
     assert padded.input_ids.tolist() == [17, 24, 0, 0]
     assert padded.slots.tolist()[2:] == [0, 0] and padded.seq_lens.tolist() == [7, 4, 1, 1]
     assert padded.tables[2:].eq(0).all()

@@ -70,7 +70,7 @@ class ModelRunner:
         self._prev_rows: dict[int, int] = {}
 
     def _metadata(self, host: StepInputs, dev: DeviceInputs) -> AttentionMetadata:
-        d = len(dev.seq_lens)  # the decodes, and in a padded decode-only step its padding rows
+        d = host.num_decodes  # in a padded decode-only step, its padding rows too
         segments = []
         for i in range(host.num_decodes, len(host.items)):
             it = host.items[i]
@@ -90,7 +90,7 @@ class ModelRunner:
             prefills=segments,
             decode_block_tables=dev.tables if d and self.use_kernel else None,
             decode_seq_lens=dev.seq_lens if d and self.use_kernel else None,
-            padded_from=host.num_real_tokens if d < host.num_tokens > host.num_real_tokens else None,
+            padded_from=host.padded_from,
         )
 
     @torch.inference_mode()
@@ -100,24 +100,20 @@ class ModelRunner:
             self.multimodal.align_chunks(batch)
         host = self._inputs(batch)
         sampling = [it.seq for it in host.items if it.samples]
-        if self._replays(host):
+        uses_lora = any(it.seq.adapter for it in host.items)
+        if self._replays(host, uses_lora):
             assert self.graphs is not None
-            size = self.graphs.bucket(host.num_tokens)
-            host.pad(size)
-            logits = self.graphs.replay(host.to_device(self.device, self._prev_tokens, rows=size))[: len(sampling)]
+            host.pad(self.graphs.bucket(host.num_tokens))
+            logits = self.graphs.replay(host.to_device(self.device, self._prev_tokens))[: len(sampling)]
             self.graph_steps += 1
             return self._sample(logits, sampling, rows, replayed=True)
         if self.pad_tokens_to and self.multimodal is None:
             host.pad(-(-host.num_tokens // self.pad_tokens_to) * self.pad_tokens_to)
-        # A decode-only step runs the paged-decode kernel over every row, so its padding rows are decodes of the
-        # scratch block, as in a CUDA-graph bucket (block tables and lengths for them too).
-        decode_rows = host.num_tokens if self.use_kernel and host.num_decodes == len(host.items) else None
-        dev = host.to_device(self.device, self._prev_tokens, rows=decode_rows)
+        dev = host.to_device(self.device, self._prev_tokens)
         meta = self._metadata(host, dev)
         inputs = {"input_ids": dev.input_ids[None], "position_ids": dev.positions[None]}
         if self.multimodal is not None:
             inputs = self.multimodal.step_inputs(host.items, dev.input_ids[None], dev.positions)
-        uses_lora = any(it.seq.adapter for it in host.items)
         if uses_lora:
             self._activate_lora(host)
         try:
@@ -139,13 +135,13 @@ class ModelRunner:
         ordered = [it for it in batch if it.num_tokens == 1] + [it for it in batch if it.num_tokens > 1]
         return StepInputs.build(ordered, self.block_size, self._prev_rows if self._prev_tokens is not None else None)
 
-    def _replays(self, host: StepInputs) -> bool:
+    def _replays(self, host: StepInputs, uses_lora: bool) -> bool:
         """Whether a step runs as a CUDA-graph replay: decodes only, no adapter, a bucket that holds them."""
         return (
             self.graphs is not None
+            and not uses_lora
             and host.num_decodes == len(host.items)
             and host.num_tokens <= self.graphs.max_batch
-            and not any(it.seq.adapter for it in host.items)
         )
 
     def _sample(

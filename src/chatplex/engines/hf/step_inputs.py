@@ -117,13 +117,22 @@ class StepInputs:
         """Flat index of the last token of each item that samples this step."""
         return [int(self.offsets[i + 1]) - 1 for i, it in enumerate(self.items) if it.samples]
 
+    @property
+    def padded_from(self) -> int | None:
+        """Where dummy tokens that attend to nothing start (padding after prefill chunks); None if there are none."""
+        return self.num_real_tokens if self.num_tokens > max(self.num_real_tokens, self.num_decodes) else None
+
     def pad(self, num_tokens: int) -> None:
-        """Append dummy tokens up to `num_tokens`: position 0, slot 0 of the reserved scratch block 0, block table
-        all 0 where they are decode rows (CUDA-graph buckets). Attention skips them (eager) or reads one scratch
-        token (graphs); nothing reads what they compute."""
+        """Append dummy tokens up to `num_tokens`: position 0, slot 0 of the reserved scratch block 0. In a
+        decode-only step they are decode rows over that block (block table all 0, length 1), as a CUDA-graph bucket
+        replays them and the paged-decode kernel reads every row; after prefill chunks they attend to nothing
+        (`padded_from`). Nothing reads what they compute."""
         extra = num_tokens - self.num_tokens
         if extra <= 0:
             return
+        if self.num_decodes == self.num_tokens:
+            self.num_decodes = num_tokens
+            self.tables = np.concatenate([self.tables, np.zeros((extra, self.tables.shape[1]), np.int64)])
         zeros = np.zeros(extra, np.int64)
         self.token_ids = np.concatenate([self.token_ids, zeros])
         self.positions = np.concatenate([self.positions, zeros])
@@ -143,20 +152,14 @@ class StepInputs:
         ctx = np.minimum(np.arange(int(pos.max()) + 1), pos)
         return slots_of(self.tables, np.arange(d)[:, None], ctx, self.block_size)
 
-    def to_device(
-        self, device: torch.device, prev_tokens: torch.Tensor | None, rows: int | None = None
-    ) -> DeviceInputs:
-        """The step's tensors on `device` in two copies that never wait for the device (transfer.py). `rows`: how
-        many decode rows of block tables to send (default: the real decodes; CUDA-graph buckets send more)."""
+    def to_device(self, device: torch.device, prev_tokens: torch.Tensor | None) -> DeviceInputs:
+        """The step's tensors on `device` in two copies that never wait for the device (transfer.py)."""
         host = np.stack(
             [self.token_ids, self.positions, self.slots] + ([self.sources] if self.sources is not None else [])
         )
         dev = h2d(torch.from_numpy(host), torch.long, device)
-        d = self.num_decodes if rows is None else rows
-        tables = self.tables[:d]
-        if len(tables) < d:
-            tables = np.concatenate([tables, np.zeros((d - len(tables), tables.shape[1]), np.int64)])
-        dev_tables = h2d(torch.from_numpy(tables), torch.int32, device)
+        d = self.num_decodes
+        dev_tables = h2d(torch.from_numpy(self.tables[:d]), torch.int32, device)
         input_ids = dev[0]
         if self.sources is not None:
             if prev_tokens is None:
