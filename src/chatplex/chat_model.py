@@ -7,7 +7,10 @@ Streaming is the primitive: `agenerate` yields the engine's deltas; everything e
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
+import functools
+import weakref
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import Any, Self
@@ -29,6 +32,12 @@ from chatplex.sampling import build_sampling_params
 from chatplex.structured import request_constraint
 from chatplex.templates import ChatTemplate
 from chatplex.types import Delta, GenerationRequest, Message, Response
+
+
+def _close_at_exit(ref: weakref.ref[ChatModel]) -> None:
+    model = ref()
+    if model is not None:
+        model.close()
 
 
 def _as_list(value: Any, name: str) -> list[Any]:
@@ -57,6 +66,10 @@ class ChatModel:
             self._loop.run(self.engine.close())
             self._loop.stop()
             raise
+        # A model still open at interpreter exit is closed first: the engine's own exit hooks would otherwise run
+        # before it (vLLM's stop its engine processes, and its output task then logs a dead engine).
+        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
 
     # ---- requests ------------------------------------------------------------------------------------------
     def build_request(
@@ -304,12 +317,14 @@ class ChatModel:
         """Close from a coroutine running on another loop than the model's own."""
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.engine.close(), self._loop.loop))
         self._closed = True
+        atexit.unregister(self._exit_hook)
         self._loop.stop()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._exit_hook)
         self._loop.run(self.engine.close())
         self._loop.stop()
 
