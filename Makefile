@@ -150,11 +150,13 @@ endif
 
 install-vllm: $(VLLM_VENV)/.installed
 
-# The engine conformance suite and the vLLM engine's own tests, on the vllm engine only (~2 min of engine start).
+# The engine conformance suite and the vLLM engine's own tests, on the vllm engine only (~6 min of engine starts,
+# the parallel ones included).
 test-vllm: install-vllm
 	$(VLLM_BIN)/python -m pytest -q -ra -p no:cacheprovider -k vllm \
 		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py \
-		tests/engines/test_vllm_media.py tests/server/test_clients_per_engine.py
+		tests/engines/test_vllm_media.py tests/engines/test_vllm_parallel.py \
+		tests/server/test_clients_per_engine.py
 
 # LLaMA-Factory itself, as the oracle for its formats (not part of make test: the goldens it renders are committed).
 # Its own environment: llamafactory pins transformers<=5.6 and imports torchaudio, which needs torch 2.11.

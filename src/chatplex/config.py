@@ -94,6 +94,16 @@ class ModelArguments:
     sglang_mem_fraction: float = 0.7
     sglang_tp_size: int = -1
     sglang_config: dict[str, Any] | None = None
+    # More than one device or machine (vllm and sglang; engines/parallel.py): -1 is one per visible GPU, as
+    # LLaMA-Factory's vLLM engine does. nnodes > 1: node 0 serves, nodes 1.. run workers (chatplex serve --node-rank).
+    tensor_parallel_size: int = -1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # vllm: mp, ray or uni; None: vLLM's choice
+    ray_address: str | None = None  # the Ray cluster vLLM's ray executor joins (else RAY_ADDRESS or a local one)
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None  # node 0's host:port for torch.distributed, the same on every node
     api_base: str | None = None  # infer_backend=openai: the server's base URL
     api_key: str | None = None
     # Free-form settings for the chosen engine (llama.cpp: n_threads, n_batch...; openai: max_retries, timeout...;
@@ -173,6 +183,9 @@ class ModelArguments:
             )
         if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ConfigError("kv_cache_memory_gb must be > 0.", param="kv_cache_memory_gb")
+        from chatplex.engines.parallel import check_keys
+
+        check_keys(self)
 
     def template_options(self) -> dict[str, Any]:
         """What `templates.resolve_template` takes from these arguments besides the template's name."""

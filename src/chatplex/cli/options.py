@@ -48,6 +48,48 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, help="default sampling temperature")
     g.add_argument("--top-p", dest="top_p", type=float, help="default nucleus sampling p")
     g.add_argument("--top-k", dest="top_k", type=int, help="default top-k")
+    p = parser.add_argument_group("more than one GPU or machine (infer_backend vllm or sglang)")
+    p.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        dest="tensor_parallel_size",
+        type=int,
+        help="split each layer over this many GPUs (default: -1, every visible GPU)",
+    )
+    p.add_argument(
+        "--pipeline-parallel-size",
+        "-pp",
+        dest="pipeline_parallel_size",
+        type=int,
+        help="split the layers into this many stages (default: 1)",
+    )
+    p.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        dest="data_parallel_size",
+        type=int,
+        help="replicas of the model behind one server (default: 1)",
+    )
+    p.add_argument(
+        "--distributed-executor-backend",
+        dest="distributed_executor_backend",
+        choices=("mp", "ray", "uni"),
+        help="vLLM's workers as processes (mp) or on a Ray cluster (ray) (default: vLLM's choice)",
+    )
+    p.add_argument("--ray-address", dest="ray_address", help="the Ray cluster to join (default: RAY_ADDRESS)")
+    p.add_argument("--nnodes", type=int, help="machines the model spans (default: 1)")
+    p.add_argument(
+        "--node-rank",
+        dest="node_rank",
+        type=int,
+        help="this machine's rank: 0 serves, 1.. run workers only (default: 0)",
+    )
+    p.add_argument(
+        "--dist-init-addr",
+        dest="dist_init_addr",
+        metavar="HOST:PORT",
+        help="node 0's address for torch.distributed, the same on every node",
+    )
     g.add_argument(
         "--set",
         dest="overrides",
@@ -75,6 +117,14 @@ MODEL_KEYS = [
     "temperature",
     "top_p",
     "top_k",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "distributed_executor_backend",
+    "ray_address",
+    "nnodes",
+    "node_rank",
+    "dist_init_addr",
 ]
 
 

@@ -173,12 +173,18 @@ def llamafactory_env(model_args: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ns: argparse.Namespace) -> NoReturn:
+    from chatplex.config import load_args
+    from chatplex.engines.parallel import is_worker_node, run_worker_node
     from chatplex.server.runner import serve
 
     model_args = llamafactory_env(model_args_from(ns))
     if ns.max_queued_requests is not None:
         model_args["max_waiting_requests"] = ns.max_queued_requests
-    code = serve(model_args, settings_from(ns), getattr(ns, "log_level", "warning"))
+    args = load_args(model_args)
+    if is_worker_node(args):  # node 1.. of several machines: workers only, node 0 serves
+        code = run_worker_node(args)
+    else:
+        code = serve(model_args, settings_from(ns), getattr(ns, "log_level", "warning"))
     # Everything is closed by now (requests, engine, sockets). Python's own teardown of torch and transformers
     # would still take 0.5-2 s on a small machine, which a SIGTERM caller waiting on `--drain-timeout` would see as
     # the server overrunning it; so the process ends here, after flushing what it wrote.

@@ -4,7 +4,10 @@ healthy, then serve every request through the OpenAI engine; the process stops w
 SGLang runs as `python -m sglang.launch_server` with chatplex's arguments mapped onto its flags:
 
     model_name_or_path  --model-path (the embedded model's safetensors copy when left out)
-    sglang_tp_size      --tp-size (-1: one per visible CUDA device)
+    sglang_tp_size      --tp-size (-1: tensor_parallel_size, whose -1 is one per visible CUDA device)
+    pipeline_parallel_size, data_parallel_size   --pp-size, --dp-size
+    nnodes, node_rank, dist_init_addr            --nnodes, --node-rank, --dist-init-addr (several machines: node 0
+                        serves; `chatplex serve --node-rank R` on the others launches SGLang's workers there)
     sglang_maxlen       --context-length
     sglang_mem_fraction --mem-fraction-static
     infer_dtype         --dtype          trust_remote_code --trust-remote-code
@@ -45,6 +48,7 @@ import httpx
 from chatplex.config import ChatplexArgs
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.engines.openai_client import OpenAIEngine
+from chatplex.engines.parallel import Layout, check_model, sglang_layout, worker_node_error
 from chatplex.errors import ConfigError, EngineError
 from chatplex.types import Delta, GenerationRequest
 
@@ -90,11 +94,7 @@ def sglang_flags(args: ChatplexArgs, port: int, extra: dict[str, Any] | None = N
         model = embedded_model_dir()
     else:
         model = os.path.expanduser(m.model_name_or_path)
-    tp = m.sglang_tp_size
-    if tp == -1:
-        import torch
-
-        tp = torch.cuda.device_count() or 1
+    layout = sglang_layout(m)
     flags = [
         "--model-path",
         model,
@@ -103,7 +103,7 @@ def sglang_flags(args: ChatplexArgs, port: int, extra: dict[str, Any] | None = N
         "--port",
         str(port),
         "--tp-size",
-        str(tp),
+        str(layout.tensor),
         "--context-length",
         str(m.sglang_maxlen),
         "--mem-fraction-static",
@@ -111,6 +111,14 @@ def sglang_flags(args: ChatplexArgs, port: int, extra: dict[str, Any] | None = N
         "--dtype",
         m.infer_dtype,
     ]
+    if layout.pipeline > 1:
+        flags += ["--pp-size", str(layout.pipeline)]
+    if layout.data > 1:
+        flags += ["--dp-size", str(layout.data)]
+    if layout.nnodes > 1:
+        assert layout.dist_init_addr is not None  # checked with the layout
+        flags += ["--nnodes", str(layout.nnodes), "--node-rank", str(layout.node_rank)]
+        flags += ["--dist-init-addr", layout.dist_init_addr]
     if m.trust_remote_code:
         flags.append("--trust-remote-code")
     if m.cache_dir:
@@ -230,6 +238,10 @@ class SGLangEngine(Engine):
         return self.client.model_name if self.client else self.backend
 
     async def start(self) -> None:
+        layout = sglang_layout(self.args.model)
+        if layout.is_worker_node:
+            raise worker_node_error(layout)
+        check_model_shape(self.args, layout)
         self.server = ServerProcess(self.command, self.port)
         try:
             await self.server.wait_healthy(self.launch_timeout)
@@ -254,6 +266,46 @@ class SGLangEngine(Engine):
         if self.server is not None:
             server, self.server = self.server, None
             await asyncio.to_thread(server.stop, self.stop_grace)
+
+
+def check_model_shape(args: ChatplexArgs, layout: Layout) -> None:
+    """The parallel sizes against the model's config.json, where it is a local folder (a hub id is SGLang's to
+    fetch; SGLang then checks it itself, minutes later)."""
+    m = args.model
+    path = os.path.expanduser(m.model_name_or_path) if m.model_name_or_path else None
+    if layout.workers == 1 or path is None or not os.path.isfile(os.path.join(path, "config.json")):
+        return
+    from transformers import AutoConfig
+
+    check_model(layout, AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code), os.path.basename(path))
+
+
+def run_sglang_worker_node(args: ChatplexArgs) -> int:
+    """Node `node_rank` >= 1 of a multi-node SGLang: launch SGLang with the same flags as node 0 (its schedulers
+    join node 0 at dist_init_addr, and it answers /health itself) and run until it exits or this process is
+    stopped. Returns its exit code."""
+    engine = SGLangEngine(args) if args.model.infer_backend == "sglang" else KTransformersEngine(args)
+    layout = sglang_layout(args.model)
+    if not layout.is_worker_node:
+        raise ConfigError("node_rank: node 0 serves requests; start it with `chatplex serve`.", param="node_rank")
+    check_model_shape(args, layout)
+    server = ServerProcess(engine.command, engine.port)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        asyncio.run(server.wait_healthy(engine.launch_timeout))
+        print(
+            f"Node {layout.node_rank} of {layout.nnodes}: SGLang's workers joined node 0 at {layout.dist_init_addr} "
+            f"(log: {server.log_path}).",
+            flush=True,
+        )
+        return server.proc.wait()
+    finally:
+        server.stop(engine.stop_grace)
 
 
 class KTransformersEngine(SGLangEngine):

@@ -10,8 +10,8 @@ the `n` sequences is its own vLLM request (seed + index, as in the other local e
 decides where a sequence ends and what its text is (see `output.py`). Closing the delta stream cancels the
 sequences' tasks, and vLLM aborts a request whose `generate` is cancelled or closed.
 
-Multi-GPU and multi-node run through vLLM itself: `vllm_config` keys such as `tensor_parallel_size`,
-`pipeline_parallel_size` or `distributed_executor_backend: ray` go straight to `AsyncEngineArgs`.
+More than one GPU or machine runs through vLLM itself: chatplex's parallel keys (engines/parallel.py) become
+`AsyncEngineArgs`, checked first; `distributed.py` prepares the environment and runs the workers of nodes 1...
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs
+from chatplex.engines import parallel
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.checkpoints import check_one_label
 from chatplex.engines.hf import loader
 from chatplex.engines.relay import relay
 from chatplex.engines.sequence_text import stop_tokens
-from chatplex.engines.vllm import params, scoring
+from chatplex.engines.vllm import distributed, params, scoring
 from chatplex.engines.vllm.media import MediaInputs
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
@@ -87,12 +88,15 @@ class VLLMEngine(Engine):
                 param=param,
             )
         self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
-        engine_args = params.engine_args(
-            margs, self.model_dir, current_platform.is_cpu(), self._loras.enabled, pooling=self._pooling
-        )
+        on_cpu = current_platform.is_cpu()
+        engine_args = params.engine_args(margs, self.model_dir, on_cpu, self._loras.enabled, pooling=self._pooling)
+        layout = await asyncio.to_thread(distributed.prepare, margs, engine_args, self.model_dir, on_cpu)
+        if layout.is_worker_node:
+            raise parallel.worker_node_error(layout)
         self._lora_enabled = bool(engine_args.enable_lora)
         self._loop = BackgroundLoop("chatplex-vllm")
-        self._llm = await self._on_vllm(self._create(engine_args))
+        with distributed.worker_environment(layout, on_cpu):
+            self._llm = await self._on_vllm(self._create(engine_args))
         model_config = self._llm.model_config
         if self._pooling:
             check_one_label(model_config.hf_config)

@@ -15,6 +15,7 @@ from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from chatplex.config import ModelArguments
 from chatplex.engines.checkpoints import check_adapter_dir
+from chatplex.engines.parallel import Layout, vllm_layout
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError
 from chatplex.structured.matcher import with_special_markers
 from chatplex.structured.spec import JSON_LAYOUT
@@ -52,6 +53,7 @@ def engine_args(
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
     if pooling:
         kwargs["runner"] = "pooling"
+    kwargs.update(parallel_kwargs(vllm_layout(margs)))
     if lora:  # adapters loaded at run time need LoRA on from the start: vllm_config {enable_lora: true}
         kwargs.update(enable_lora=True, max_lora_rank=margs.vllm_max_lora_rank)
     if "max_loras" in {f.name for f in dataclasses.fields(ModelArguments)}:
@@ -67,6 +69,21 @@ def engine_args(
             param="vllm_config",
         )
     return AsyncEngineArgs(**kwargs)
+
+
+def parallel_kwargs(layout: Layout) -> dict[str, Any]:
+    """AsyncEngineArgs for a parallel layout (several machines: vLLM's nnodes, node_rank, master address)."""
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": layout.tensor,
+        "pipeline_parallel_size": layout.pipeline,
+        "data_parallel_size": layout.data,
+    }
+    if layout.executor is not None:
+        kwargs["distributed_executor_backend"] = layout.executor
+    if layout.nnodes > 1:
+        host, port = layout.master
+        kwargs.update(nnodes=layout.nnodes, node_rank=layout.node_rank, master_addr=host, master_port=port)
+    return kwargs
 
 
 def adapter_paths(margs: ModelArguments) -> list[str]:
