@@ -9,7 +9,20 @@ from chatplex import __version__
 from chatplex.chat_model import ChatModel
 from chatplex.server import errors
 from chatplex.server.guards import RequestGuard
-from chatplex.server.routes import chat, completions, health, lora, models, score, web
+from chatplex.server.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    lora,
+    messages,
+    models,
+    ollama,
+    responses,
+    score,
+    tokenize,
+    web,
+)
 from chatplex.server.settings import ServerSettings
 from chatplex.server.state import ServerState
 
@@ -27,7 +40,20 @@ def create_app(chat_model: ChatModel | None, settings: ServerSettings | None = N
     state = ServerState(chat_model, settings)
     app.state.server = state
     errors.install(app)
-    for module in (chat, completions, models, score, lora, health, web):
+    for module in (
+        chat,
+        completions,
+        responses,
+        messages,
+        ollama,
+        embeddings,
+        tokenize,
+        models,
+        score,
+        lora,
+        health,
+        web,
+    ):
         app.include_router(module.router)
     app.add_middleware(RequestGuard, state=state)
     if settings.allowed_origins:

@@ -4,12 +4,15 @@
 
 Route handlers raise chatplex exceptions (or `ServerError` for HTTP-only conditions) and never build error
 responses themselves. Streams that already sent headers use `error_payload` for their last SSE chunk.
+The routes of another API (Anthropic's, Ollama's) register an error shape for their path prefix
+(`register_error_shape`), and every error under it, auth and validation included, is answered in that shape.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,14 +100,42 @@ def classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | 
     return 500, _payload(f"The server failed: {detail}", "server_error", None, None), None
 
 
-def error_payload(exc: BaseException) -> dict[str, Any]:
+# (path prefix, shape): OpenAI's envelope and the status -> another API's own error body.
+ErrorShape = Callable[[int, dict[str, Any]], dict[str, Any]]
+_SHAPES: list[tuple[str, ErrorShape]] = []
+
+
+def register_error_shape(prefix: str, shape: ErrorShape) -> None:
+    """Answer errors of the routes under `prefix` (e.g. "/v1/messages", "/api/") in another API's shape."""
+    _SHAPES[:] = [(p, s) for p, s in _SHAPES if p != prefix] + [(prefix, shape)]
+
+
+def shaped(path: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` (OpenAI's envelope) in the error shape of the API that `path` belongs to."""
+    for prefix, shape in _SHAPES:
+        if path.startswith(prefix):
+            return shape(status, body)
+    return body
+
+
+def error_payload(exc: BaseException, path: str = "") -> dict[str, Any]:
     """The error body for a stream whose headers are already sent."""
-    return classify(exc)[1]
+    status, body, _ = classify(exc)
+    return shaped(path, status, body)
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, path: str = "") -> JSONResponse:
     status, body, headers = classify(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(shaped(path, status, body), status_code=status, headers=headers)
+
+
+def route_path(scope: Any) -> str:
+    """The request's path without the server's root path (as routes are declared)."""
+    path: str = scope.get("path", "")
+    root: Any = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
 
 
 # Pydantic names the member of a union that failed in the error's location (`stop.str`, `stop.list[str]`,
@@ -146,21 +177,21 @@ def _validation_response(request: Request, exc: RequestValidationError) -> JSONR
     others = sorted({_split_loc(tuple(e.get("loc", ())))[0] for e in errors} - {field})
     if others:
         message += f" (also invalid: {', '.join(others[:5])})"
-    return JSONResponse(_payload(message, "invalid_request_error", field, None), status_code=400)
+    body = _payload(message, "invalid_request_error", field, None)
+    return JSONResponse(shaped(route_path(request.scope), 400, body), status_code=400)
 
 
 def _http_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return JSONResponse(
-        _payload(str(exc.detail), kind, None, None), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-    )
+    body = shaped(route_path(request.scope), exc.status_code, _payload(str(exc.detail), kind, None, None))
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every exception into OpenAI's error envelope."""
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, route_path(request.scope))
 
     # Starlette types a handler as taking any Exception; these take the class they are registered for.
     app.add_exception_handler(RequestValidationError, _validation_response)  # type: ignore[arg-type]  # see above

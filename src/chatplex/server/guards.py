@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatplex.server.errors import ServerError, error_response
+from chatplex.server.errors import ServerError, error_response, route_path
 from chatplex.server.routes.web import STATIC
 from chatplex.server.state import ServerState
 
@@ -31,7 +30,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = _route_path(scope)
+        path = route_path(scope)
         if path in PROBE_PATHS:
             await self._answer(scope, receive, _Progress(send))
             return
@@ -39,7 +38,7 @@ class RequestGuard:
             self._check(scope, path)
             receive = await self._bounded_body(scope, receive)
         except ServerError as e:
-            await error_response(e)(scope, receive, send)
+            await error_response(e, path)(scope, receive, send)
             return
         self.state.in_flight += 1
         progress = _Progress(send)
@@ -76,7 +75,7 @@ class RequestGuard:
             # exchange cleanly. A response already under way cannot be replaced: re-raise, which ends it.
             if progress.started:
                 raise
-            await error_response(e)(scope, receive, progress.send)
+            await error_response(e, route_path(scope))(scope, receive, progress.send)
 
     def _check(self, scope: Scope, path: str) -> None:
         if self.state.draining:
@@ -89,12 +88,13 @@ class RequestGuard:
             )
         key = self.state.settings.api_key
         if key is not None and path not in PUBLIC_PATHS:
-            given = _header(scope, b"authorization")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            # Bearer (OpenAI's clients and most others) or x-api-key (Anthropic's)
+            scheme, _, token = _header(scope, b"authorization").partition(" ")
+            token = token.strip() if scheme.lower() == "bearer" else _header(scope, b"x-api-key").strip()
+            if not token or not hmac.compare_digest(token.encode(), key.encode()):
                 raise ServerError(
                     401,
-                    "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                    "Missing or invalid API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
                     "authentication_error",
                     code="invalid_api_key",
                 )
@@ -149,7 +149,7 @@ class _Progress:
     async def end(self, scope: Scope, receive: Receive, error: ServerError) -> None:
         """End a stopped request's exchange: the error if nothing was sent yet, else the last (empty) body chunk."""
         if not self.started:
-            await error_response(error)(scope, receive, self.send)
+            await error_response(error, route_path(scope))(scope, receive, self.send)
         elif not self.finished:
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -175,11 +175,3 @@ def _header(scope: Scope, name: bytes) -> str:
         if key.lower() == name:
             return value.decode("latin-1")
     return ""
-
-
-def _route_path(scope: Scope) -> str:
-    path: str = scope.get("path", "")
-    root: Any = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :] or "/"
-    return path
