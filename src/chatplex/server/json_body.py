@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 
 from chatplex.errors import InvalidRequestError
 from chatplex.sampling import valid_unicode
-from chatplex.server.errors import ServerError, error_response, join_path
+from chatplex.server.errors import ServerError, error_response, join_path, route_path
 
 
 def check_json_values(value: Any) -> None:
@@ -100,8 +100,9 @@ class CheckedJSONRoute(APIRoute):
             if not body:
                 return await handler(request)
             kind = _content_type(request)
+            path = route_path(request.scope)
             if not _is_json(kind):
-                return error_response(_wrong_content_type(kind or ""))
+                return error_response(_wrong_content_type(kind or ""), path)
             try:
                 parsed = json.loads(body)
             except ValueError:  # not JSON (or not UTF-8): FastAPI's own 400 names the position
@@ -109,7 +110,7 @@ class CheckedJSONRoute(APIRoute):
             try:
                 check_json_values(parsed)
             except InvalidRequestError as e:
-                return error_response(e)
+                return error_response(e, path)
             return await _unless_disconnected(handler(ParsedJSONRequest(request, body, parsed)), request)
 
         return checked
