@@ -17,6 +17,15 @@ from typing import Any, Self
 
 from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs, load_args
+from chatplex.embeddings import (
+    Embeddings,
+    Reranked,
+    check_token_ids,
+    check_top_n,
+    embedding_inputs,
+    ranked,
+    rerank_documents,
+)
 from chatplex.engines import create_engine
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.errors import InvalidRequestError, UnsupportedFeatureError
@@ -31,6 +40,7 @@ from chatplex.output_parsing import (
 from chatplex.sampling import build_sampling_params
 from chatplex.structured import request_constraint
 from chatplex.templates import ChatTemplate
+from chatplex.tokens import check_token_list, token_ids
 from chatplex.types import Delta, GenerationRequest, Message, Response
 
 
@@ -304,6 +314,66 @@ class ChatModel:
 
     def unload_adapter(self, name: str) -> None:
         self._loop.run(self.aunload_adapter(name))
+
+    # ---- embeddings, rerank, tokens ------------------------------------------------------------------------
+    async def aembed(
+        self,
+        input: Any,
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        """Embeddings, one per input: `input` is a string, a list of strings, a list of token ids or a list of
+        token-id lists (OpenAI's shapes). An embedding model pools as its sentence-transformers files say;
+        a causal LM pools its final hidden states at the last token (`pooling="last"`) or over all tokens
+        ("mean"), L2-normalised. `dimensions` cuts a Matryoshka model's vectors (and renormalises them);
+        `prompt_name` picks one of an embedding model's prompts (config_sentence_transformers.json)."""
+        inputs = embedding_inputs(input)
+        check_token_ids(inputs, self.engine.vocab_size)
+        return await self.engine.embed(inputs, pooling=pooling, dimensions=dimensions, prompt_name=prompt_name)
+
+    def embed(
+        self,
+        input: Any,
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        return self._loop.run(self.aembed(input, pooling=pooling, dimensions=dimensions, prompt_name=prompt_name))
+
+    async def arerank(self, query: str, documents: list[Any], top_n: int | None = None) -> Reranked:
+        """`documents` (strings or {"text": ...}) by a cross-encoder's relevance to `query`, best first, at most
+        `top_n` of them. Raises UnsupportedFeatureError for a model that is not a cross-encoder."""
+        if not isinstance(query, str) or not query:
+            raise InvalidRequestError("query: must be a non-empty string.", param="query")
+        texts = rerank_documents(documents)
+        check_top_n(top_n)
+        scores, tokens = await self.engine.rerank(query, texts)
+        return Reranked(ranked(scores, texts, top_n), tokens)
+
+    def rerank(self, query: str, documents: list[Any], top_n: int | None = None) -> Reranked:
+        return self._loop.run(self.arerank(query, documents, top_n))
+
+    def tokenize(
+        self,
+        prompt: str | None = None,
+        messages: list[Message] | None = None,
+        *,
+        add_special_tokens: bool | None = None,
+        add_generation_prompt: bool = True,
+        tools: Any = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Token ids of a prompt (special tokens added unless `add_special_tokens=False`) or of messages rendered
+        with the chat template as a request would be (the template writes its own special tokens)."""
+        return token_ids(self, prompt, messages, add_special_tokens, add_generation_prompt, tools, template_kwargs)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of token ids, special tokens included (as vLLM's /detokenize)."""
+        check_token_list(tokens, self.engine.vocab_size)
+        return str(self.engine.local_tokenizer.decode(tokens))
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     @property

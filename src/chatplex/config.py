@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 BACKEND_ALIASES = {"hf": "huggingface", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-TASKS = ("auto", "generate", "score")
+TASKS = ("auto", "generate", "score", "embed")
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
 
@@ -47,7 +47,10 @@ class ModelArguments:
     lora_modules: dict[str, str] | list[str] | str | None = None
     max_loras: int = 8  # how many named adapters may be resident at once (lora_modules + loaded at run time)
     merge_lora: bool = True  # merge adapter_name_or_path into the weights; false keeps a single one per-request
-    task: str = "auto"  # generate, score (a reward model), or auto: score only *ForSequenceClassification models
+    # generate; score (a reward model); embed (a sentence-transformers embedding model: modules.json + Pooling);
+    # auto: embed when modules.json has a Pooling module, score *ForSequenceClassification models (an encoder one
+    # with one label is a cross-encoder for rerank), else generate.
+    task: str = "auto"
     template: str | None = None  # None: the tokenizer's own chat template
     chat_template: str | None = None  # a Jinja file (or inline template) that overrides both
     # A template that does not render `tools` gets chatplex's generic tool prompt (templates.tool_prompt).

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
 from chatplex.templates import ChatTemplate, prompt_token_ids, render_prompt
 from chatplex.types import Delta, GenerationRequest
@@ -83,6 +84,37 @@ class Engine(ABC):
             f"{self.model_name} is a generative model, not a reward model: scores need a model with a value head "
             "or a single-label sequence-classification head (a causal LM with LLaMA-Factory's value_head.safetensors "
             "scores when loaded with task: score, or stage: rm).",
+            param="model",
+        )
+
+    async def embed(
+        self,
+        inputs: list[EmbeddingInput],
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        """One vector per input (checked by chatplex.embeddings.embedding_inputs)."""
+        raise UnsupportedFeatureError(f"The {self.backend} engine cannot compute embeddings.", param="model")
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """Relevance of each document to `query` (a cross-encoder's), and the tokens the pairs took."""
+        raise UnsupportedFeatureError(
+            f"{self.model_name} cannot rerank: rerank needs a cross-encoder (an encoder *ForSequenceClassification "
+            f"model with one label, such as a BERT cross-encoder) served by the huggingface engine, not this "
+            f"{self.backend} engine's model.",
+            param="model",
+        )
+
+    @property
+    def local_tokenizer(self) -> Any:
+        """The tokenizer this process holds (for /tokenize and /detokenize); engines that tokenize remotely raise."""
+        prompts = getattr(self, "prompts", None)
+        if isinstance(prompts, PromptPreparer):
+            return prompts.tokenizer
+        raise UnsupportedFeatureError(
+            f"The {self.backend} engine tokenizes on its own server; chatplex holds no tokenizer for it.",
             param="model",
         )
 

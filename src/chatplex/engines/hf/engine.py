@@ -19,8 +19,10 @@ from typing import Any
 import torch
 
 from chatplex.config import ChatplexArgs
+from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
-from chatplex.engines.hf import loader, lora, scoring, setup, switch_interval
+from chatplex.engines.hf import embedding, encoder, loader, lora, scoring, setup, switch_interval
+from chatplex.engines.hf import pooling as pooling_mod
 from chatplex.engines.hf.core import EngineCore
 from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.output_processor import OutputProcessor
@@ -31,6 +33,7 @@ from chatplex.errors import (
     ContextLengthExceededError,
     EngineClosedError,
     EngineOverloadedError,
+    InvalidRequestError,
     NotFoundError,
     UnsupportedFeatureError,
 )
@@ -58,6 +61,8 @@ class HFEngine(Engine):
             None  # model, cache, scheduler, runner...: set by start, dropped by close
         )
         self.core: EngineCore | None = None  # the engine thread's side, while it runs
+        # An embedding model or cross-encoder runs whole on its own (encoder.py), with no parts and no core.
+        self.encoder: encoder.EncoderModel | None = None
         self.default_adapter: str | None = None  # the unmerged adapter_name_or_path, for requests naming none
         self._holds_switch_interval = False  # a CUDA engine lowers the GIL switch interval while it runs
         self._active_requests = 0
@@ -74,6 +79,12 @@ class HFEngine(Engine):
         return self.parts.model.config.get_text_config().vocab_size if self.parts is not None else None
 
     async def start(self) -> None:
+        kind = encoder.pooling_task(self.args.model)
+        if kind is not None:
+            self.encoder = await run_in_fresh_thread(encoder.EncoderModel.load, self.args.model, kind)
+            self.device, self.tokenizer = self.encoder.device, self.encoder.tokenizer
+            self.dtype = next(self.encoder.model.parameters()).dtype
+            return
         parts = await run_in_fresh_thread(setup.build, self.args.model, self._name)
         self.parts, self._name, self.default_adapter = parts, parts.name, parts.default_adapter
         # What the model was loaded as stays readable after close (benchmarks and callers compare with it).
@@ -120,6 +131,7 @@ class HFEngine(Engine):
         return len(self.prompts.prompt_ids(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        self._refuse_if_encoder("cannot chat or complete")
         core = self._running()
         if self.is_reward_model:
             raise UnsupportedFeatureError(
@@ -200,6 +212,7 @@ class HFEngine(Engine):
         self, inputs: list[Any], max_length: int | None = None, truncation_side: str = "right"
     ) -> list[float]:
         """Raw scores, one per input (a string, or a conversation rendered with the template), in one batch."""
+        self._refuse_if_encoder("does not score with a reward head")
         if not self.is_reward_model:
             return await super().score(inputs, max_length, truncation_side)
         core = self._running()
@@ -213,6 +226,64 @@ class HFEngine(Engine):
             async for index, value in results:  # each sequence sends one (index, score) and finishes
                 scores[index] = value
         return scores
+
+    # ---- embeddings, rerank, tokenizer ---------------------------------------------------------------------
+    def _refuse_if_encoder(self, what: str) -> None:
+        if self.encoder is not None:
+            serves = "/v1/embeddings" if self.encoder.kind == "embed" else "/v1/rerank"
+            role = "an embedding model" if self.encoder.kind == "embed" else "a cross-encoder"
+            raise UnsupportedFeatureError(f"{self._name} is {role}: it serves {serves} and {what}.", param="model")
+
+    async def embed(
+        self,
+        inputs: list[EmbeddingInput],
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        """An embedding model's own vectors; a causal LM's final hidden states pooled ("last" or "mean"),
+        L2-normalised, computed on the engine thread."""
+        if self.encoder is not None:
+            if self.encoder.kind != "embed":
+                self._refuse_if_encoder("does not embed")
+            return await run_in_fresh_thread(self.encoder.embed, inputs, pooling, dimensions, prompt_name)
+        core = self._running()
+        if self.multimodal is not None:
+            raise UnsupportedFeatureError(f"{self._name}: embeddings of media models are not supported.", param="model")
+        mode = pooling or "last"
+        if mode not in embedding.CAUSAL_POOLING:
+            raise InvalidRequestError(
+                f"pooling: must be 'last' or 'mean' for a causal LM, got {mode!r}.", param="pooling"
+            )
+        hidden_size = self.model.config.get_text_config().hidden_size
+        pooling_mod.check_dimensions(dimensions, hidden_size, None, self._name)
+        ids = [self.prompts.tokenizer.encode(x) if isinstance(x, str) else list(x) for x in inputs]
+        for i, x in enumerate(ids):
+            if not x:
+                raise InvalidRequestError(f"input[{i}]: the text has no tokens.", param="input")
+            if len(x) > self.prompts.max_model_len:
+                raise ContextLengthExceededError(
+                    f"input[{i}]: {len(x)} tokens, more than the model's {self.prompts.max_model_len}.", param="input"
+                )
+        limit = self.args.model.max_num_batched_tokens
+        vectors = await core.call(partial(embedding.embed, self.runner, ids, mode, limit))
+        return Embeddings(pooling_mod.finish(vectors, True, dimensions), sum(map(len, ids)))
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        if self.encoder is None or self.encoder.kind != "rerank":
+            if self.encoder is not None:
+                self._refuse_if_encoder("does not rerank")
+            return await super().rerank(query, documents)
+        return await run_in_fresh_thread(self.encoder.rerank, query, documents)
+
+    @property
+    def local_tokenizer(self) -> Any:
+        return self.encoder.tokenizer if self.encoder is not None else super().local_tokenizer
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.encoder.max_len if self.encoder is not None else super().max_model_len
 
     # ---- LoRA adapters -------------------------------------------------------------------------------------
     @property
@@ -259,7 +330,7 @@ class HFEngine(Engine):
             open_streams = await asyncio.to_thread(self.core.stop)
             deliver([(stream, EngineClosedError("The engine was closed.")) for stream in open_streams])
         self._stats = self.stats()  # the scheduler's counters, kept for who reads them after close
-        self.parts = None  # the model, its cache and the runner go with it
+        self.parts = self.encoder = None  # the model, its cache and the runner go with it
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
