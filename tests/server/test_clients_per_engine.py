@@ -238,3 +238,51 @@ def test_litellm_forced_tool_call_and_json_schema(served):
         response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
     ))
     assert set(json.loads(r.choices[0].message.content)) == {"name", "age"}
+
+
+# ---- the other APIs' official clients: the same reply as chat/completions on every engine ----------------------
+def test_responses_api_agrees_with_chat_at_temperature_0(served):
+    whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
+    r = served.client.responses.create(model=served.model, input=STORY[0]["content"], temperature=0,
+                                       max_output_tokens=40)
+    assert r.output_text == whole
+    with served.client.responses.stream(model=served.model, input=STORY, temperature=0,
+                                        max_output_tokens=40) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == whole
+    forced = served.client.responses.create(
+        model=served.model, input=WEATHER, tools=[{"type": "function", **GET_WEATHER["function"]}],
+        tool_choice="required", parallel_tool_calls=False, temperature=0, max_output_tokens=60,
+    )
+    [call] = [item for item in forced.output if item.type == "function_call"]
+    assert call.name == "get_weather" and "city" in json.loads(call.arguments)
+
+
+def test_anthropic_messages_agree_with_chat_at_temperature_0(served):
+    import anthropic
+
+    whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
+    client = anthropic.Anthropic(base_url=served.base_url.removesuffix("/v1"), api_key=API_KEY, max_retries=0)
+    kw = {"model": served.model, "max_tokens": 40, "messages": STORY, "extra_body": {"temperature": 0}}
+    assert client.messages.create(**kw).content[0].text == whole
+    with client.messages.stream(**kw) as stream:
+        assert "".join(stream.text_stream) == whole
+    tool = {"name": "get_weather", "description": GET_WEATHER["function"]["description"],
+            "input_schema": GET_WEATHER["function"]["parameters"]}
+    forced = client.messages.create(model=served.model, max_tokens=60, messages=WEATHER, tools=[tool],
+                                    tool_choice={"type": "any", "disable_parallel_tool_use": True},
+                                    extra_body={"temperature": 0})
+    [use] = [block for block in forced.content if block.type == "tool_use"]
+    assert forced.stop_reason == "tool_use" and use.name == "get_weather" and "city" in use.input
+
+
+def test_ollama_chat_agrees_with_chat_at_temperature_0(served):
+    import ollama
+
+    whole = chat(served, messages=STORY, temperature=0, max_tokens=40).choices[0].message.content
+    client = ollama.Client(host=served.base_url.removesuffix("/v1"), headers={"Authorization": f"Bearer {API_KEY}"})
+    options = {"temperature": 0, "num_predict": 40}
+    assert client.chat(served.model, messages=STORY, options=options, stream=False).message.content == whole
+    streamed = "".join(part.message.content for part in client.chat(served.model, messages=STORY, options=options,
+                                                                     stream=True))
+    assert streamed == whole
