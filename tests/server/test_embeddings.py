@@ -127,3 +127,9 @@ def test_causal_lm_refusals(http):
     assert r.status_code == 400 and r.json()["error"]["param"] == "pooling", r.text
     r = http.post("/v1/embeddings", json={"input": [[10**9]]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+
+
+def test_embedding_model_is_listed(st_client):
+    """/v1/models on an embedding model (no decoder runner, no adapters): the model's card, not a 503."""
+    [card] = st_client.models.list().data
+    assert card.id and card.max_model_len

@@ -123,6 +123,11 @@ class Engine(ABC):
         """Names of the LoRA adapters a request may pick (`GenerationRequest.adapter`)."""
         return []
 
+    @property
+    def adapter_paths(self) -> dict[str, str]:
+        """Where each of `adapters` was loaded from, where the engine knows (for /v1/models' `root`)."""
+        return {}
+
     async def load_adapter(self, name: str, path: str) -> None:
         raise UnsupportedFeatureError(
             f"The {self.backend} engine cannot load LoRA adapters at run time.", param="lora_name"

@@ -291,6 +291,11 @@ class HFEngine(Engine):
         loaded = self.parts.runner.lora if self.parts is not None else None
         return [n for n in loaded.names if n != self.default_adapter] if loaded is not None else []
 
+    @property
+    def adapter_paths(self) -> dict[str, str]:
+        loaded = self.parts.runner.lora if self.parts is not None else None
+        return dict(loaded.paths) if loaded is not None else {}
+
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter at run time (between engine steps)."""
         core = self._running_with_adapters()

@@ -39,8 +39,7 @@ def _cards(state: ServerState) -> list[ModelCardWithParent]:
         max_model_len=engine.max_model_len,
         tool_prompt=template.tools if template is not None else None,
     )
-    lora = getattr(getattr(engine, "runner", None), "lora", None)
-    paths = lora.paths if lora is not None else {}
+    paths = engine.adapter_paths
     adapters = [
         ModelCardWithParent(id=name, max_model_len=engine.max_model_len, root=paths.get(name), parent=state.model_name)
         for name in state.chat_model.adapters
