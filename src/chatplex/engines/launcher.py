@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 
 from chatplex.config import ChatplexArgs
+from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.engines.openai_client import OpenAIEngine
 from chatplex.engines.parallel import Layout, check_model, sglang_layout, worker_node_error
@@ -255,6 +256,25 @@ class SGLangEngine(Engine):
         if self.client is None:
             raise EngineError("The server is not running.")
         return self.client.generate(request)
+
+    async def embed(
+        self,
+        inputs: list[EmbeddingInput],
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        """The launched server's /embeddings (SGLang serves embedding models with --is-embedding)."""
+        if self.client is None:
+            raise EngineError("The server is not running.")
+        return await self.client.embed(inputs, pooling=pooling, dimensions=dimensions, prompt_name=prompt_name)
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """The launched server's /rerank."""
+        if self.client is None:
+            raise EngineError("The server is not running.")
+        return await self.client.rerank(query, documents)
 
     def stats(self) -> EngineStats:
         return self.client.stats() if self.client else EngineStats()

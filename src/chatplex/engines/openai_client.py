@@ -3,7 +3,8 @@
 `api_base` is the server's base URL as OpenAI clients take it (with the `/v1`), `api_key` its key, and
 `model_name_or_path` the model name to ask for (when left out, the first model the server lists). Messages and
 tools go to the server as they are: the server renders its own chat template. Prompt requests
-(`prompt` / `prompt_token_ids`) use `/completions`.
+(`prompt` / `prompt_token_ids`) use `/completions`; `embed` and `rerank` use `/embeddings` and `/rerank`
+(openai_pooling).
 
 Streaming is always on underneath; closing the delta stream closes the HTTP stream, which is how OpenAI-style
 servers learn to abort. Connection errors and 429/503 answers before the stream starts are retried with
@@ -28,7 +29,9 @@ from typing import Any
 import httpx
 
 from chatplex.config import ChatplexArgs
+from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats
+from chatplex.engines.openai_pooling import remote_embed, remote_rerank
 from chatplex.errors import (
     ConfigError,
     ContextLengthExceededError,
@@ -371,6 +374,28 @@ class OpenAIEngine(Engine):
                 final.completion_tokens = int(usage["completion_tokens"])
             out.append(final)
         return out
+
+    # ---- embeddings and rerank (the server's /embeddings and /rerank) ---------------------------------------
+    async def embed(
+        self,
+        inputs: list[EmbeddingInput],
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        return await remote_embed(
+            self._send,
+            self.base_url,
+            self.model_name,
+            inputs,
+            pooling=pooling,
+            dimensions=dimensions,
+            prompt_name=prompt_name,
+        )
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        return await remote_rerank(self._send, self.base_url, self.model_name, query, documents)
 
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats, running=self._in_flight)
