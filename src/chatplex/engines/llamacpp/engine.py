@@ -14,6 +14,9 @@ Hugging Face engine (chatplex.structured): each sequence's matcher masks llama.c
 A raw GBNF grammar also works, through llama.cpp's own grammar matcher: `generate(request, grammar=...)`
 (`json_schema_grammar` turns a JSON schema into one).
 
+Embeddings (`embed`): the final hidden states of the same GGUF, from a second, embedding-only llama.cpp context
+opened at the first call (embedding.py). Embed calls go through the same queue and worker, between requests.
+
 Cancellation: closing the delta stream sets a flag the worker checks before every token.
 
 Media: images, video and audio are refused, naming the field. llama-cpp-python sees images only through a
@@ -30,7 +33,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +41,11 @@ from typing import Any
 import torch
 
 from chatplex.config import ChatplexArgs
+from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
+from chatplex.engines.hf.pooling import finish
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
-from chatplex.engines.llamacpp import loader
+from chatplex.engines.llamacpp import embedding, loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
 from chatplex.engines.relay import relay
 from chatplex.engines.sequence_text import SequenceText, stop_tokens, token_logprob
@@ -72,6 +77,29 @@ class _Job:
     grammar: str | None = None  # GBNF, matched by llama.cpp
     matchers: list[Any] | None = None  # one llguidance TokenMatcher per sequence (request.constraint)
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Call:
+    """A function the worker runs between requests (embeddings), its result sent to `future`."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+    def send(self, result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():  # the caller gave up
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the caller's loop is closed; nobody is listening
+            pass
 
 
 def _lora_option(paths: list[str], named: dict[str, str]) -> dict[str, Any]:
@@ -131,7 +159,8 @@ class LlamaCppEngine(Engine):
         self.options: dict[str, Any] = dict(args.model.engine_config or {})
         _check_options(self.options)
         self.options.update(_lora_option(args.model.adapter_paths, args.model.lora_module_paths))
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[_Job | _Call | None] = queue.Queue()
+        self._embedder: embedding.LlamaEmbedder | None = None  # opened at the first embed call
         self._thread: threading.Thread | None = None
         self._closing = False
         self._running = 0
@@ -204,6 +233,32 @@ class LlamaCppEngine(Engine):
             async for delta in deltas:
                 yield delta
 
+    async def embed(
+        self,
+        inputs: list[EmbeddingInput],
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        """llama.cpp's final hidden states of the served model, pooled at the last token ("last", the default) or
+        averaged ("mean") and L2-normalised, as the Hugging Face engine does; computed on the worker thread."""
+        if self._closing or self._thread is None:
+            raise EngineClosedError("The engine is not running.")
+        hidden_size = self.runner.llama.n_embd()
+        mode = embedding.check_request(pooling, dimensions, prompt_name, hidden_size, self._name)
+        ids = embedding.input_ids(self.tokenizer, inputs, self.prompts.max_model_len)
+        loop = asyncio.get_running_loop()
+        call = _Call(lambda: self._embedder_on_worker().embed(ids, mode), loop, loop.create_future())
+        self._jobs.put(call)
+        vectors = await call.future
+        return Embeddings(finish(vectors, True, dimensions), sum(map(len, ids)))
+
+    def _embedder_on_worker(self) -> embedding.LlamaEmbedder:
+        if self._embedder is None:  # most deployments never embed: open the second context only when asked
+            self._embedder = embedding.LlamaEmbedder(self.path, self.runner.n_ctx, self.options)
+        return self._embedder
+
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats, running=self._running, waiting=self._jobs.qsize())
 
@@ -213,6 +268,9 @@ class LlamaCppEngine(Engine):
             job = self._jobs.get()
             if job is None:
                 return
+            if isinstance(job, _Call):
+                self._call(job)
+                continue
             if job.cancelled.is_set():
                 self._stats.aborted_requests += 1
                 continue
@@ -226,6 +284,18 @@ class LlamaCppEngine(Engine):
                 self._send(job, err)
             finally:
                 self._running, self._current = 0, None
+
+    def _call(self, call: _Call) -> None:
+        self._running = 1
+        try:
+            call.send(call.fn())
+        except Exception as e:  # fail this call, keep serving the others
+            logger.exception("llama.cpp embedding failed")
+            err = EngineError(f"llama.cpp failed while embedding: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            call.send(error=err)
+        finally:
+            self._running = 0
 
     def _serve(self, job: _Job) -> None:
         self._stats.prompt_tokens += len(job.prompt_ids)
@@ -314,7 +384,7 @@ class LlamaCppEngine(Engine):
         if self._closing:
             return
         self._closing = True
-        pending: list[_Job] = []
+        pending: list[_Job | _Call] = []
         while True:  # requests still waiting are refused, not served
             try:
                 job = self._jobs.get_nowait()
@@ -327,10 +397,17 @@ class LlamaCppEngine(Engine):
             current.cancelled.set()
             pending.append(current)
         for job in pending:
-            self._send(job, EngineClosedError("The engine was closed."))
+            closed = EngineClosedError("The engine was closed.")
+            if isinstance(job, _Call):
+                job.send(error=closed)
+            else:
+                self._send(job, closed)
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
         if hasattr(self, "runner"):
             self.runner.close()
             del self.runner
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
