@@ -251,6 +251,8 @@ class HFEngine(Engine):
         core = self._running()
         if self.multimodal is not None:
             raise UnsupportedFeatureError(f"{self._name}: embeddings of media models are not supported.", param="model")
+        if prompt_name is not None:  # named prompts come from an embedding model's own files
+            raise InvalidRequestError(f"prompt_name: {self._name} has no named prompts.", param="prompt_name")
         mode = pooling or "last"
         if mode not in embedding.CAUSAL_POOLING:
             raise InvalidRequestError(
