@@ -127,6 +127,8 @@ def test_causal_lm_refusals(http):
     assert r.status_code == 400 and r.json()["error"]["param"] == "pooling", r.text
     r = http.post("/v1/embeddings", json={"input": [[10**9]]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+    r = http.post("/v1/embeddings", json={"input": "hi", "prompt_name": "query"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_name", r.text
 
 
 def test_embedding_model_is_listed(st_client):
