@@ -154,7 +154,8 @@ install-vllm: $(VLLM_VENV)/.installed
 # the parallel ones included).
 test-vllm: install-vllm
 	$(VLLM_BIN)/python -m pytest -q -ra -p no:cacheprovider -k vllm \
-		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_openai_vs_vllm_serve.py \
+		tests/engines/conformance tests/engines/test_vllm_engine.py tests/engines/test_vllm_pooling.py \
+		tests/engines/test_openai_vs_vllm_serve.py \
 		tests/engines/test_vllm_media.py tests/engines/test_vllm_parallel.py \
 		tests/server/test_clients_per_engine.py
 

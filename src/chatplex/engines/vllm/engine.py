@@ -31,13 +31,15 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from chatplex._loop import BackgroundLoop
 from chatplex.config import ChatplexArgs
+from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines import parallel
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.checkpoints import check_one_label
-from chatplex.engines.hf import loader
+from chatplex.engines.hf import encoder, loader
 from chatplex.engines.relay import relay
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.engines.vllm import distributed, params, scoring
+from chatplex.engines.vllm import pooling as vllm_pooling
 from chatplex.engines.vllm.media import MediaInputs
 from chatplex.engines.vllm.output import SequenceOutput
 from chatplex.engines.vllm.stats import SchedulerCounters
@@ -62,6 +64,7 @@ class VLLMEngine(Engine):
         self._llm: AsyncLLM | None = None
         self._closing = False
         self._counters = SchedulerCounters()
+        self._encoder: vllm_pooling.Encoder | None = None  # an embedding model or cross-encoder (pooling.py)
         self._stats = EngineStats()
         self._in_flight = 0
         # Each running request's way back to its caller, so close() can tell the callers still waiting.
@@ -78,7 +81,11 @@ class VLLMEngine(Engine):
 
     async def start(self) -> None:
         margs = self.args.model
-        self._pooling = scoring.pooling(loader.score_format(margs))
+        self._kind = encoder.pooling_task(margs)  # "embed" / "rerank": detected as the Hugging Face engine does
+        if self._kind is not None and self._loras.enabled:
+            vllm_pooling.refuse_adapters(self._kind)
+        spec = vllm_pooling.read(self._kind, self.model_dir) if self._kind is not None else None
+        self._pooling = self._kind is None and scoring.pooling(loader.score_format(margs))
         if self._pooling and self._loras.enabled:
             # vLLM's pooling runner would score with the base weights and say nothing.
             param = "adapter_name_or_path" if margs.adapter_name_or_path else "lora_modules"
@@ -89,7 +96,14 @@ class VLLMEngine(Engine):
             )
         self.tokenizer = await asyncio.to_thread(loader.load_tokenizer, margs)
         on_cpu = current_platform.is_cpu()
-        engine_args = params.engine_args(margs, self.model_dir, on_cpu, self._loras.enabled, pooling=self._pooling)
+        engine_args = params.engine_args(
+            margs,
+            self.model_dir,
+            on_cpu,
+            self._loras.enabled,
+            pooling=self._pooling,
+            encoder=self._kind is not None,
+        )
         layout = await asyncio.to_thread(distributed.prepare, margs, engine_args, self.model_dir, on_cpu)
         if layout.is_worker_node:
             raise parallel.worker_node_error(layout)
@@ -101,6 +115,13 @@ class VLLMEngine(Engine):
         if self._pooling:
             check_one_label(model_config.hf_config)
         self._vocab_size = model_config.get_vocab_size()
+        if self._kind is not None and spec is not None:
+            if self._kind == "rerank":
+                check_one_label(model_config.hf_config)
+            self._encoder = vllm_pooling.Encoder(self._kind, spec, self.tokenizer, model_config.max_model_len)
+            self._hidden_size = model_config.get_hidden_size()
+            logger.info("Loaded %s with vLLM (%s, length %d)", self._name, self._kind, self._encoder.max_len)
+            return
         template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
         self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
         self._special_tokens = special_token_ids(self.tokenizer)  # for tool-call grammars (params.py)
@@ -123,9 +144,12 @@ class VLLMEngine(Engine):
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter under `name` (needs LoRA on at start: an adapter configured, or enable_lora)."""
-        if self._pooling:
+        if self._pooling or self._encoder is not None:
             raise UnsupportedFeatureError(
-                "A reward model scores with its own weights; it loads no adapters.", param="lora_name"
+                f"{self._name} pools with its own weights; it loads no adapters."
+                if self._encoder
+                else "A reward model scores with its own weights; it loads no adapters.",
+                param="lora_name",
             )
         if not self._lora_enabled:
             raise UnsupportedFeatureError(
@@ -169,12 +193,69 @@ class VLLMEngine(Engine):
         ids = scoring.token_ids(self.prompts, inputs, max_length, truncation_side)
         return await self._on_vllm(scoring.score_ids(self._llm, ids))
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+    # ---- embeddings and rerank (pooling.py) ----------------------------------------------------------------
+    def _serving(self, kind: str) -> vllm_pooling.Encoder:
+        if self._closing or self._llm is None:
+            raise EngineClosedError("The engine is not running.")
+        if self._encoder is None:
+            raise vllm_pooling.not_an_embedding_model(self._name)
+        if self._encoder.kind != kind:
+            what = (
+                "an embedding model: it serves /v1/embeddings"
+                if kind == "rerank"
+                else "a cross-encoder: it serves /v1/rerank"
+            )
+            raise UnsupportedFeatureError(f"{self._name} is {what}.", param="model")
+        return self._encoder
+
+    async def embed(
+        self,
+        inputs: list[EmbeddingInput],
+        *,
+        pooling: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Embeddings:
+        """An embedding model's vectors, pooled and normalised by vLLM as its sentence-transformers files say."""
+        model = self._serving("embed")
+        ids = model.embedding_ids(inputs, pooling, dimensions, prompt_name, self._hidden_size)
+        vectors = await self._on_vllm(vllm_pooling.embed(self._running(), ids, dimensions))
+        return Embeddings(vectors, sum(map(len, ids)))
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        if self._encoder is None and not self._closing:
+            raise UnsupportedFeatureError(
+                f"{self._name} cannot rerank: on vLLM, rerank needs a cross-encoder (an encoder "
+                "*ForSequenceClassification model with one label) started as one; this engine was started to "
+                "generate or score.",
+                param="model",
+            )
+        model = self._serving("rerank")
+        pairs = [model.pair(query, doc) for doc in documents]
+        scores = await self._on_vllm(vllm_pooling.rerank(self._running(), pairs))
+        return scores, sum(len(ids) for ids, _ in pairs)
+
+    @property
+    def local_tokenizer(self) -> Any:
+        return self.tokenizer if self._encoder is not None else super().local_tokenizer
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self._encoder.max_len if self._encoder is not None else super().max_model_len
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        if self._encoder is not None:
+            return None  # it does not chat (generate says why)
         return len(self.prompts.prompt_ids(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if self._closing or self._llm is None or self._loop is None:
             raise EngineClosedError("The engine is not running.")
+        if self._encoder is not None:
+            role = "an embedding model" if self._encoder.kind == "embed" else "a cross-encoder"
+            raise UnsupportedFeatureError(
+                f"{self._name} is {role} (task: {self._kind}): it cannot chat or complete.", param="model"
+            )
         if self.is_reward_model:
             raise UnsupportedFeatureError(
                 f"{self._name} is a reward model: it scores, it does not generate.", param="model"

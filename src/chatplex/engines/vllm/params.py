@@ -27,11 +27,12 @@ CPU_KV_CACHE_GB = 2.0
 
 
 def engine_args(
-    margs: ModelArguments, model_dir: str, on_cpu: bool, lora: bool, pooling: bool = False
+    margs: ModelArguments, model_dir: str, on_cpu: bool, lora: bool, pooling: bool = False, encoder: bool = False
 ) -> AsyncEngineArgs:
     """AsyncEngineArgs from chatplex's keys; `vllm_config` entries (tensor_parallel_size, pipeline_parallel_size,
     distributed_executor_backend...) go through as they are and win over the mapped keys. `pooling` starts a
-    reward model on vLLM's pooling runner."""
+    reward model on vLLM's pooling runner; `encoder` an embedding model or cross-encoder, whose length is its own
+    (vllm_maxlen, a generation default, would exceed a BERT's positions) unless max_model_len names one."""
     kwargs: dict[str, Any] = {
         "model": model_dir,
         "dtype": margs.infer_dtype,
@@ -51,8 +52,10 @@ def engine_args(
     kv_gb = margs.kv_cache_memory_gb if margs.kv_cache_memory_gb is not None else (CPU_KV_CACHE_GB if on_cpu else None)
     if kv_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
-    if pooling:
+    if pooling or encoder:
         kwargs["runner"] = "pooling"
+    if encoder:
+        kwargs["max_model_len"] = margs.max_model_len
     kwargs.update(parallel_kwargs(vllm_layout(margs)))
     if lora:  # adapters loaded at run time need LoRA on from the start: vllm_config {enable_lora: true}
         kwargs.update(enable_lora=True, max_lora_rank=margs.vllm_max_lora_rank)
