@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -241,3 +243,16 @@ def test_builtin_template_changes_the_prompt(tiny_model_dir):
         text = model.engine.tokenizer.decode(ids)
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert "<|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>" in text
+
+
+def test_a_script_that_never_closes_its_model_exits_cleanly(tmp_path):
+    """The model is closed by the exit hook, before Python's shutdown refuses new threads: no traceback."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from chatplex import ChatModel\n"
+        "m = ChatModel({'infer_dtype': 'float32'})\n"
+        "print(m.chat([{'role': 'user', 'content': 'Hi'}], max_new_tokens=2)[0].response_text)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

@@ -258,3 +258,23 @@ def test_vllm_reward_model_with_an_adapter_is_refused(tmp_path, reward_dir):
     with pytest.raises(ConfigError, match="adapter_name_or_path: the vllm engine scores") as err:
         ChatModel({"infer_backend": "vllm", "model_name_or_path": reward_dir, "adapter_name_or_path": adapter})
     assert err.value.param == "adapter_name_or_path"
+
+
+def test_vllm_script_that_never_closes_its_model_exits_cleanly(tmp_path):
+    """Closed by ChatModel's exit hook before vLLM's own exit hooks stop its engine process (which used to end the
+    script with EngineDeadError and a TypeError traceback)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from chatplex import ChatModel\n"
+        "if __name__ == '__main__':\n"  # vLLM starts its engine process with spawn, which re-imports the script
+        "    m = ChatModel({'infer_backend': 'vllm', 'infer_dtype': 'float32', 'vllm_maxlen': 512,\n"
+        "                   'vllm_enforce_eager': True, 'kv_cache_memory_gb': 0.5})\n"
+        "    print(m.chat([{'role': 'user', 'content': 'Hi'}], max_new_tokens=2)[0].response_text)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for sign in ("Traceback", "Exception ignored", "EngineDeadError"):
+        assert sign not in done.stderr, done.stderr[-3000:]

@@ -48,6 +48,7 @@ import httpx
 from chatplex.config import ChatplexArgs
 from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats
+from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.engines.openai_client import OpenAIEngine
 from chatplex.engines.parallel import Layout, check_model, sglang_layout, worker_node_error
 from chatplex.errors import ConfigError, EngineError
@@ -285,7 +286,7 @@ class SGLangEngine(Engine):
             await client.close()
         if self.server is not None:
             server, self.server = self.server, None
-            await asyncio.to_thread(server.stop, self.stop_grace)
+            await run_in_fresh_thread(server.stop, self.stop_grace)
 
 
 def check_model_shape(args: ChatplexArgs, layout: Layout) -> None:

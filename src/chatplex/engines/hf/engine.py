@@ -21,10 +21,10 @@ import torch
 from chatplex.config import ChatplexArgs
 from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
+from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf import embedding, encoder, loader, lora, scoring, setup, switch_interval
 from chatplex.engines.hf import pooling as pooling_mod
 from chatplex.engines.hf.core import EngineCore
-from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.output_processor import OutputProcessor
 from chatplex.engines.hf.sequence import Sequence
 from chatplex.engines.hf.streams import RequestStream, deliver
@@ -334,7 +334,7 @@ class HFEngine(Engine):
             return
         self._closed = True
         if self.core is not None:
-            open_streams = await asyncio.to_thread(self.core.stop)
+            open_streams = await run_in_fresh_thread(self.core.stop)
             deliver([(stream, EngineClosedError("The engine was closed.")) for stream in open_streams])
         self._stats = self.stats()  # the scheduler's counters, kept for who reads them after close
         self.parts = self.encoder = None  # the model, its cache and the runner go with it

@@ -43,6 +43,7 @@ import torch
 from chatplex.config import ChatplexArgs
 from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
+from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.pooling import finish
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import embedding, loader
@@ -404,7 +405,7 @@ class LlamaCppEngine(Engine):
                 self._send(job, closed)
         if self._thread is not None:
             self._jobs.put(None)
-            await asyncio.to_thread(self._thread.join)
+            await run_in_fresh_thread(self._thread.join)
         if hasattr(self, "runner"):
             self.runner.close()
             del self.runner

@@ -35,6 +35,7 @@ from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines import parallel
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.checkpoints import check_one_label
+from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf import encoder, loader
 from chatplex.engines.relay import relay
 from chatplex.engines.sequence_text import stop_tokens
@@ -364,7 +365,7 @@ class VLLMEngine(Engine):
         if llm is not None and loop is not None:
             await self._on_vllm(_shutdown(llm))
         if loop is not None:
-            await asyncio.to_thread(loop.stop)
+            await run_in_fresh_thread(loop.stop)
 
 
 async def _shutdown(llm: AsyncLLM) -> None:

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from chatplex.engines.hf.fresh_thread import run_in_fresh_thread
+from chatplex.engines.fresh_thread import run_in_fresh_thread
 
 
 def _work(x: int) -> tuple[int, threading.Thread]:
