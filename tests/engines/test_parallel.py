@@ -29,6 +29,7 @@ from chatplex.engines.parallel import (
     Layout,
     check_devices,
     check_model,
+    fit_model,
     cpu_thread_binding,
     sglang_layout,
     vllm_layout,
@@ -207,3 +208,12 @@ def test_serve_on_node_1_runs_sglang_workers_until_stopped(tiny_model_dir, tmp_p
 
     with socket.socket() as s:  # the launched server is gone with it
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_automatic_tensor_parallel_fits_the_heads(smollm_dir):
+    """-1 (every visible GPU) on 8 GPUs and SmolLM2's 9 heads / 3 KV heads runs on 3 GPUs; 8 given is refused."""
+    config = AutoConfig.from_pretrained(smollm_dir)
+    assert fit_model(Layout(tensor=8, tensor_auto=True), config, "SmolLM2").tensor == 3
+    assert fit_model(Layout(tensor=2, tensor_auto=True), config, "SmolLM2").tensor == 1
+    with pytest.raises(ConfigError, match="does not divide SmolLM2's 9 attention heads"):
+        fit_model(Layout(tensor=8), config, "SmolLM2")

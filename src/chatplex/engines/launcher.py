@@ -50,7 +50,7 @@ from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats
 from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.engines.openai_client import OpenAIEngine
-from chatplex.engines.parallel import Layout, check_model, sglang_layout, worker_node_error
+from chatplex.engines.parallel import Layout, fit_model, sglang_layout, worker_node_error
 from chatplex.errors import ConfigError, EngineError
 from chatplex.types import Delta, GenerationRequest
 
@@ -96,7 +96,7 @@ def sglang_flags(args: ChatplexArgs, port: int, extra: dict[str, Any] | None = N
         model = embedded_model_dir()
     else:
         model = os.path.expanduser(m.model_name_or_path)
-    layout = sglang_layout(m)
+    layout = fitted_layout(args)
     flags = [
         "--model-path",
         model,
@@ -243,7 +243,6 @@ class SGLangEngine(Engine):
         layout = sglang_layout(self.args.model)
         if layout.is_worker_node:
             raise worker_node_error(layout)
-        check_model_shape(self.args, layout)
         self.server = ServerProcess(self.command, self.port)
         try:
             await self.server.wait_healthy(self.launch_timeout)
@@ -289,16 +288,18 @@ class SGLangEngine(Engine):
             await run_in_fresh_thread(server.stop, self.stop_grace)
 
 
-def check_model_shape(args: ChatplexArgs, layout: Layout) -> None:
-    """The parallel sizes against the model's config.json, where it is a local folder (a hub id is SGLang's to
-    fetch; SGLang then checks it itself, minutes later)."""
+def fitted_layout(args: ChatplexArgs) -> Layout:
+    """SGLang's layout checked against the model's config.json where it is a local folder (an automatic tensor
+    parallel size fitted to its heads); a hub id is SGLang's to fetch, and SGLang checks it itself, minutes later."""
     m = args.model
+    layout = sglang_layout(m)
     path = os.path.expanduser(m.model_name_or_path) if m.model_name_or_path else None
     if layout.workers == 1 or path is None or not os.path.isfile(os.path.join(path, "config.json")):
-        return
+        return layout
     from transformers import AutoConfig
 
-    check_model(layout, AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code), os.path.basename(path))
+    config = AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code)
+    return fit_model(layout, config, os.path.basename(path))
 
 
 def run_sglang_worker_node(args: ChatplexArgs) -> int:
@@ -309,7 +310,6 @@ def run_sglang_worker_node(args: ChatplexArgs) -> int:
     layout = sglang_layout(args.model)
     if not layout.is_worker_node:
         raise ConfigError("node_rank: node 0 serves requests; start it with `chatplex serve`.", param="node_rank")
-    check_model_shape(args, layout)
     server = ServerProcess(engine.command, engine.port)
 
     def stop(signum: int, frame: Any) -> None:

@@ -71,6 +71,7 @@ class Layout:
     dist_init_addr: str | None = None
     executor: str | None = None
     ray_address: str | None = None
+    tensor_auto: bool = False  # `tensor` came from tensor_parallel_size -1 (the visible GPUs), not from the user
 
     @property
     def workers(self) -> int:
@@ -139,13 +140,21 @@ def sglang_layout(margs: ModelArguments) -> Layout:
     return _resolved(_overlay(layout, dict(margs.sglang_config or {}), _SGLANG_NAMES))
 
 
+def fit_model(layout: Layout, hf_config: Any, model_name: str) -> Layout:
+    """The layout checked against the model's shape (check_model), an automatic tensor parallel size first brought
+    down to the largest the heads allow: 9 heads on 8 GPUs run on 3, where a size the user gave is refused."""
+    heads, kv_heads, _ = _shape(hf_config)
+    if layout.tensor_auto and heads and kv_heads:
+        fits = [d for d in range(layout.tensor, 0, -1) if not heads % d and (not kv_heads % d or not d % kv_heads)]
+        layout = dataclasses.replace(layout, tensor=fits[0])
+    check_model(layout, hf_config, model_name)
+    return layout
+
+
 def check_model(layout: Layout, hf_config: Any, model_name: str) -> None:
     """Sizes the model's shape allows: tensor parallel divides the attention heads (and fits the KV heads),
     pipeline parallel has a layer for every stage."""
-    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-    heads = getattr(text, "num_attention_heads", None)
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    layers = getattr(text, "num_hidden_layers", None)
+    heads, kv_heads, layers = _shape(hf_config)
     tp = layout.tensor
     if heads and heads % tp:
         sizes = ", ".join(str(d) for d in _divisors(heads) if d <= max(tp * 2, 8))
@@ -283,7 +292,7 @@ def _overlay(layout: Layout, config: dict[str, Any], names: dict[str, str]) -> L
 
 def _resolved(layout: Layout) -> Layout:
     if layout.tensor == -1:
-        layout = dataclasses.replace(layout, tensor=visible_gpus() or 1)
+        layout = dataclasses.replace(layout, tensor=visible_gpus() or 1, tensor_auto=True)
     _check_nodes(layout.nnodes, layout.node_rank, layout.dist_init_addr)
     if layout.workers % layout.nnodes:
         raise ConfigError(
@@ -320,6 +329,13 @@ def _check_size(name: str, value: Any, other: str = "") -> None:
 def _share(layout: Layout) -> str:
     where = f" / {layout.nnodes} machines" if layout.nnodes > 1 else ""
     return f"tensor {layout.tensor} x pipeline {layout.pipeline} x data {layout.data}{where} = {layout.local_workers}"
+
+
+def _shape(hf_config: Any) -> tuple[int | None, int | None, int | None]:
+    """(attention heads, key-value heads, layers) of a model's (text) config."""
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    heads = getattr(text, "num_attention_heads", None)
+    return heads, getattr(text, "num_key_value_heads", None) or heads, getattr(text, "num_hidden_layers", None)
 
 
 def _divisors(n: int) -> list[int]:

@@ -78,7 +78,7 @@ class EncoderModel:
         limits = [spec.max_seq_length, getattr(model.config, "max_position_embeddings", None)]
         limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1 << 20 else None)
         self.max_len = min(int(x) for x in limits if x) if any(limits) else 512
-        self._lock = threading.Lock()  # one forward at a time: calls come from several worker threads
+        self._lock = threading.Lock()  # one call at a time (tokenizer and forward): calls come from several threads
 
     @classmethod
     def load(cls, margs: ModelArguments, kind: str) -> EncoderModel:
@@ -123,9 +123,11 @@ class EncoderModel:
         if pool is not None and pool not in POOLING_MODES:
             raise InvalidRequestError(f"pooling: must be one of {', '.join(POOLING_MODES)}.", param="pooling")
         pooling.check_dimensions(dimensions, self.hidden_size, self.spec.matryoshka_dimensions, "This model")
-        ids = self.input_ids(inputs, prompt_name)
         vectors = []
+        # The tokenizer under the lock too: a fast tokenizer's truncation settings are shared state, and /tokenize
+        # or another request changing them from another thread fails with "Already borrowed".
         with self._lock, torch.inference_mode():
+            ids = self.input_ids(inputs, prompt_name)
             for start in range(0, len(ids), BATCH_SIZE):
                 batch = self._pad(ids[start : start + BATCH_SIZE])
                 hidden = self.model(**batch).last_hidden_state

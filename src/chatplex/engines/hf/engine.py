@@ -76,6 +76,8 @@ class HFEngine(Engine):
 
     @property
     def vocab_size(self) -> int | None:
+        if self.encoder is not None:  # token-id inputs to an embedding model are checked against it too
+            return int(self.encoder.model.config.vocab_size)
         return self.parts.model.config.get_text_config().vocab_size if self.parts is not None else None
 
     async def start(self) -> None:
@@ -128,6 +130,7 @@ class HFEngine(Engine):
 
     # ---- requests ------------------------------------------------------------------------------------------
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        self._refuse_if_encoder("renders no chat prompts")
         return len(self.prompts.prompt_ids(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:

@@ -44,9 +44,9 @@ def check_request(
 
 
 def input_ids(tokenizer: Any, inputs: list[EmbeddingInput], max_len: int) -> list[list[int]]:
-    """Token ids per input: texts through the served tokenizer (no special tokens added, as the Hugging Face engine
-    and llama-cpp-python's own `embed` do for SmolLM2), token-id lists as they are."""
-    ids = [tokenizer.encode(x, add_special_tokens=False) if isinstance(x, str) else list(x) for x in inputs]
+    """Token ids per input: texts through the served tokenizer with its special tokens (BOS where the model has
+    one), as the Hugging Face engine, sentence-transformers and vLLM tokenize them; token-id lists as they are."""
+    ids = [tokenizer.encode(x) if isinstance(x, str) else list(x) for x in inputs]
     for i, x in enumerate(ids):
         if not x:
             raise InvalidRequestError(f"input[{i}]: the text has no tokens.", param="input")

