@@ -41,6 +41,16 @@ _SAMPLING_FIELDS = {
 _TOOL_CHOICES = (None, "none", "auto")
 
 
+def image_url_part(url: str) -> dict[str, Any]:
+    """An OpenAI chat content part for the image at `url` (a web URL or a data URL)."""
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def data_url(media_type: str, data: str) -> str:
+    """A data URL for base64 `data` of `media_type` (e.g. "image/png")."""
+    return f"data:{media_type};base64,{data}"
+
+
 def _warn_unknown(body: SamplingFields, endpoint: str) -> None:
     extra = sorted(body.model_extra or {})
     if extra:

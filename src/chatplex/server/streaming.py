@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -22,6 +22,8 @@ from chatplex.server.metrics import Metrics
 from chatplex.types import Delta, GenerationRequest
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+T = TypeVar("T")
 
 
 async def open_deltas(
@@ -98,16 +100,25 @@ def _sse(data: Any) -> str:
     return f"data: {text}\n\n"
 
 
-async def _events(chunks: AsyncGenerator[BaseModel, None]) -> AsyncGenerator[str, None]:
+async def framed(
+    chunks: AsyncGenerator[T, None],
+    frame: Callable[[T], str],
+    error_frame: Callable[[Exception], str],
+    tail: str | None = None,
+) -> AsyncGenerator[str, None]:
+    """Every chunk of `chunks` as `frame` writes it; an error ends the stream with `error_frame(error)` (headers
+    are sent by then, so it is reported in-band), and `tail`, if given, comes last either way. Closes `chunks`."""
     async with aclosing(chunks):
         try:
             async for chunk in chunks:
-                yield _sse(chunk)
+                yield frame(chunk)
         except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream properly
-            yield _sse(error_payload(e))
-    yield "data: [DONE]\n\n"
+            yield error_frame(e)
+    if tail is not None:
+        yield tail
 
 
 def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
     """Server-sent events: one `data: {json}` per chunk, an error chunk if generation fails, then `[DONE]`."""
-    return StreamingResponse(_events(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
+    events = framed(chunks, _sse, lambda e: _sse(error_payload(e)), tail="data: [DONE]\n\n")
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -28,7 +28,7 @@ from chatplex.server.anthropic.schemas import (
     Usage,
 )
 from chatplex.server.errors import error_payload
-from chatplex.server.streaming import SSE_HEADERS
+from chatplex.server.streaming import SSE_HEADERS, framed
 from chatplex.types import Delta
 
 PATH = "/v1/messages"
@@ -65,15 +65,14 @@ def _frame(kind: str, data: str) -> str:
     return f"event: {kind}\ndata: {data}\n\n"
 
 
-async def _sse(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[str, None]:
-    async with aclosing(events):
-        try:
-            async for event in events:
-                yield _frame(event.type, event.model_dump_json())
-        except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream
-            yield _frame("error", json.dumps(error_payload(e, PATH)))
+def _event(event: StreamEvent) -> str:
+    return _frame(event.type, event.model_dump_json())
+
+
+def _error(error: Exception) -> str:
+    return _frame("error", json.dumps(error_payload(error, PATH)))
 
 
 def event_response(events: AsyncGenerator[StreamEvent, None]) -> StreamingResponse:
     """A `text/event-stream` response of the events."""
-    return StreamingResponse(_sse(events), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(framed(events, _event, _error), media_type="text/event-stream", headers=SSE_HEADERS)

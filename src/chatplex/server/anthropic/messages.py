@@ -12,6 +12,7 @@ from typing import Any
 
 from chatplex.errors import InvalidRequestError
 from chatplex.server.anthropic.schemas import InputMessage
+from chatplex.server.convert import data_url, image_url_part
 from chatplex.server.errors import unsupported
 from chatplex.types import Message
 
@@ -51,12 +52,12 @@ def _image(param: str, block: dict[str, Any]) -> dict[str, Any]:
             raise _bad(f"{param}.source.media_type", f"must be one of {', '.join(_IMAGE_MEDIA_TYPES)}.")
         if not isinstance(data, str) or not data:
             raise _bad(f"{param}.source.data", "needs the image as a base64 string.")
-        return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
+        return image_url_part(data_url(media, data))
     if kind == "url" and isinstance(source, dict):
         url = source.get("url")
         if not isinstance(url, str) or not url:
             raise _bad(f"{param}.source.url", "needs a URL string.")
-        return {"type": "image_url", "image_url": {"url": url}}
+        return image_url_part(url)
     raise _bad(f"{param}.source", "an image source must be {type: base64, media_type, data} or {type: url, url}.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatplex.chat_model import ChatModel
+from chatplex.server.convert import data_url, image_url_part
 from chatplex.server.errors import unsupported
 from chatplex.server.ollama.options import sampling_kwargs
 from chatplex.server.ollama.schemas import ChatRequest, Format, GenerateRequest, Message, Think, ToolCall
@@ -21,14 +22,14 @@ _MEDIA_TYPES = {"iVBORw0KGgo": "image/png", "/9j/": "image/jpeg", "R0lGOD": "ima
 
 def _data_url(image: str) -> str:
     kind = next((mime for prefix, mime in _MEDIA_TYPES.items() if image.startswith(prefix)), "image/png")
-    return f"data:{kind};base64,{image}"
+    return data_url(kind, image)
 
 
 def _content(text: str, images: list[str] | None) -> str | list[dict[str, Any]]:
     if not images:
         return text
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    return parts + [{"type": "image_url", "image_url": {"url": _data_url(image)}} for image in images]
+    return parts + [image_url_part(_data_url(image)) for image in images]
 
 
 def _tool_calls(index: int, calls: list[ToolCall]) -> list[dict[str, Any]]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from chatplex.server.errors import error_payload
-from chatplex.server.streaming import SSE_HEADERS
+from chatplex.server.streaming import SSE_HEADERS, framed
 
 MEDIA_TYPE = "application/x-ndjson"
 
@@ -23,19 +22,11 @@ def line(body: BaseModel) -> str:
     return body.model_dump_json(exclude_none=True) + "\n"
 
 
-async def _lines(bodies: AsyncGenerator[BaseModel, None], path: str) -> AsyncGenerator[str, None]:
-    async with aclosing(bodies):
-        try:
-            async for body in bodies:
-                yield line(body)
-        except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream
-            yield json.dumps(error_payload(e, path)) + "\n"
-
-
 def ndjson_response(bodies: AsyncGenerator[BaseModel, None], path: str) -> StreamingResponse:
     """A streamed reply; `path` picks the error shape of an in-band error line."""
     # The same no-buffering headers as SSE: proxies must pass each line on as it comes.
-    return StreamingResponse(_lines(bodies, path), media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+    lines = framed(bodies, line, lambda e: json.dumps(error_payload(e, path)) + "\n")
+    return StreamingResponse(lines, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
 
 
 async def single(body: BaseModel) -> AsyncGenerator[BaseModel, None]:

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from chatplex.errors import InvalidRequestError
 from chatplex.messages import TOOL_NAME
+from chatplex.server.convert import image_url_part
 from chatplex.server.errors import unsupported
 from chatplex.server.responses import schemas as s
 from chatplex.types import Message
@@ -119,7 +120,7 @@ def _content(content: str | list[Any], param: str) -> str | list[dict[str, Any]]
         if isinstance(part, s.ImagePart):
             if not part.image_url:
                 raise unsupported(f"{param}[{j}].file_id", "images are taken by image_url (a URL or data URL) only.")
-            parts.append({"type": "image_url", "image_url": {"url": part.image_url}})
+            parts.append(image_url_part(part.image_url))
         else:
             parts.append({"type": "text", "text": part.refusal if isinstance(part, s.RefusalPart) else part.text})
     if all(p["type"] == "text" for p in parts):
