@@ -16,8 +16,6 @@ from chatplex.engines.hf.pooling import pool_flat
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scoring import decoder_of
 
-CAUSAL_POOLING = ("last", "mean")
-
 
 def _groups(ids: list[list[int]], max_tokens: int) -> list[list[list[int]]]:
     """Consecutive inputs packed into forward passes of at most `max_tokens` tokens (one input may exceed it)."""

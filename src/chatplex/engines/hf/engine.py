@@ -33,7 +33,6 @@ from chatplex.errors import (
     ContextLengthExceededError,
     EngineClosedError,
     EngineOverloadedError,
-    InvalidRequestError,
     NotFoundError,
     UnsupportedFeatureError,
 )
@@ -254,23 +253,9 @@ class HFEngine(Engine):
         core = self._running()
         if self.multimodal is not None:
             raise UnsupportedFeatureError(f"{self._name}: embeddings of media models are not supported.", param="model")
-        if prompt_name is not None:  # named prompts come from an embedding model's own files
-            raise InvalidRequestError(f"prompt_name: {self._name} has no named prompts.", param="prompt_name")
-        mode = pooling or "last"
-        if mode not in embedding.CAUSAL_POOLING:
-            raise InvalidRequestError(
-                f"pooling: must be 'last' or 'mean' for a causal LM, got {mode!r}.", param="pooling"
-            )
         hidden_size = self.model.config.get_text_config().hidden_size
-        pooling_mod.check_dimensions(dimensions, hidden_size, None, self._name)
-        ids = [self.prompts.tokenizer.encode(x) if isinstance(x, str) else list(x) for x in inputs]
-        for i, x in enumerate(ids):
-            if not x:
-                raise InvalidRequestError(f"input[{i}]: the text has no tokens.", param="input")
-            if len(x) > self.prompts.max_model_len:
-                raise ContextLengthExceededError(
-                    f"input[{i}]: {len(x)} tokens, more than the model's {self.prompts.max_model_len}.", param="input"
-                )
+        mode = pooling_mod.causal_request(pooling, dimensions, prompt_name, hidden_size, self._name)
+        ids = pooling_mod.causal_input_ids(self.prompts.tokenizer, inputs, self.prompts.max_model_len)
         limit = self.args.model.max_num_batched_tokens
         vectors = await core.call(partial(embedding.embed, self.runner, ids, mode, limit))
         return Embeddings(pooling_mod.finish(vectors, True, dimensions), sum(map(len, ids)))

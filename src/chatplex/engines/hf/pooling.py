@@ -7,9 +7,12 @@ Pooling runs in float32 so a bf16 model's vectors do not lose precision in the s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from chatplex.errors import InvalidRequestError
+from chatplex.embeddings import EmbeddingInput
+from chatplex.errors import ContextLengthExceededError, InvalidRequestError
 
 
 def pool_padded(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -75,3 +78,36 @@ def finish(vectors: torch.Tensor, normalize: bool, dimensions: int | None) -> li
     if normalize or dimensions is not None:
         vectors = torch.nn.functional.normalize(vectors, p=2.0, dim=-1)
     return vectors.cpu().tolist()
+
+
+# ---- a causal LM's embeddings (the huggingface and llama.cpp engines) ----
+CAUSAL_POOLING = ("last", "mean")  # what a causal LM's final hidden states are pooled with
+
+
+def causal_request(
+    pooling: str | None, dimensions: int | None, prompt_name: str | None, hidden_size: int, model: str
+) -> str:
+    """The pooling mode to use; a 400 naming the field for anything a causal LM cannot do."""
+    mode = pooling or "last"
+    if mode not in CAUSAL_POOLING:
+        raise InvalidRequestError(f"pooling: must be 'last' or 'mean' for a causal LM, got {mode!r}.", param="pooling")
+    if prompt_name is not None:  # named prompts come from an embedding model's own files
+        raise InvalidRequestError(
+            f"prompt_name: {model} has no named prompts; put any instruction in the input text.", param="prompt_name"
+        )
+    check_dimensions(dimensions, hidden_size, None, model)
+    return mode
+
+
+def causal_input_ids(tokenizer: Any, inputs: list[EmbeddingInput], max_len: int) -> list[list[int]]:
+    """Token ids per input: texts through the served tokenizer with its special tokens (BOS where the model has
+    one), as sentence-transformers and vLLM tokenize them; token-id lists as they are."""
+    ids = [tokenizer.encode(x) if isinstance(x, str) else list(x) for x in inputs]
+    for i, x in enumerate(ids):
+        if not x:
+            raise InvalidRequestError(f"input[{i}]: the text has no tokens.", param="input")
+        if len(x) > max_len:
+            raise ContextLengthExceededError(
+                f"input[{i}]: {len(x)} tokens, more than the model's {max_len}.", param="input"
+            )
+    return ids

@@ -21,40 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chatplex.embeddings import EmbeddingInput
-from chatplex.engines.hf.pooling import check_dimensions, pool_flat
-from chatplex.errors import ContextLengthExceededError, InvalidRequestError
-
-POOLING = ("last", "mean")
-
-
-def check_request(
-    pooling: str | None, dimensions: int | None, prompt_name: str | None, hidden_size: int, model: str
-) -> str:
-    """The pooling mode to use; a 400 naming the field for anything a causal LM cannot do."""
-    mode = pooling or "last"
-    if mode not in POOLING:
-        raise InvalidRequestError(f"pooling: must be 'last' or 'mean' for a causal LM, got {mode!r}.", param="pooling")
-    if prompt_name is not None:  # a GGUF causal LM carries no sentence-transformers prompts to pick from
-        raise InvalidRequestError(
-            f"prompt_name: {model} has no named prompts; put any instruction in the input text.", param="prompt_name"
-        )
-    check_dimensions(dimensions, hidden_size, None, model)
-    return mode
-
-
-def input_ids(tokenizer: Any, inputs: list[EmbeddingInput], max_len: int) -> list[list[int]]:
-    """Token ids per input: texts through the served tokenizer with its special tokens (BOS where the model has
-    one), as the Hugging Face engine, sentence-transformers and vLLM tokenize them; token-id lists as they are."""
-    ids = [tokenizer.encode(x) if isinstance(x, str) else list(x) for x in inputs]
-    for i, x in enumerate(ids):
-        if not x:
-            raise InvalidRequestError(f"input[{i}]: the text has no tokens.", param="input")
-        if len(x) > max_len:
-            raise ContextLengthExceededError(
-                f"input[{i}]: {len(x)} tokens, more than the model's {max_len}.", param="input"
-            )
-    return ids
+from chatplex.engines.hf.pooling import pool_flat
 
 
 class LlamaEmbedder:

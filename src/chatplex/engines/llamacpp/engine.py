@@ -44,7 +44,7 @@ from chatplex.config import ChatplexArgs
 from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.fresh_thread import run_in_fresh_thread
-from chatplex.engines.hf.pooling import finish
+from chatplex.engines.hf.pooling import causal_input_ids, causal_request, finish
 from chatplex.engines.hf.sampler import SampleOutput, SamplingRow, sample
 from chatplex.engines.llamacpp import embedding, loader
 from chatplex.engines.llamacpp.runner import GrammarMask, LlamaRunner
@@ -247,8 +247,8 @@ class LlamaCppEngine(Engine):
         if self._closing or self._thread is None:
             raise EngineClosedError("The engine is not running.")
         hidden_size = self.runner.llama.n_embd()
-        mode = embedding.check_request(pooling, dimensions, prompt_name, hidden_size, self._name)
-        ids = embedding.input_ids(self.tokenizer, inputs, self.prompts.max_model_len)
+        mode = causal_request(pooling, dimensions, prompt_name, hidden_size, self._name)
+        ids = causal_input_ids(self.tokenizer, inputs, self.prompts.max_model_len)
         loop = asyncio.get_running_loop()
         call = _Call(lambda: self._embedder_on_worker().embed(ids, mode), loop, loop.create_future())
         self._jobs.put(call)
