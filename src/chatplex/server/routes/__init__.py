@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
+from pydantic import BaseModel
 
 from chatplex.server.state import ServerState
 
@@ -13,6 +16,14 @@ ERROR_RESPONSES = {
     429: {"description": "Too many queued requests"},
     503: {"description": "Loading or draining"},
 }
+
+
+def error_responses(model: type[BaseModel] | None = None) -> dict[int | str, dict[str, Any]]:
+    """ERROR_RESPONSES for a route's OpenAPI entry, each with the error body `model` (OpenAI's envelope unless the
+    route's API has its own shape)."""
+    from chatplex.server.schemas import ErrorResponse
+
+    return {code: {"model": model or ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()}
 
 
 def get_state(request: Request) -> ServerState:

@@ -9,8 +9,8 @@ from fastapi import Depends
 from chatplex.server import output
 from chatplex.server.convert import chat_kwargs
 from chatplex.server.json_body import api_router
-from chatplex.server.routes import ERROR_RESPONSES, get_state
-from chatplex.server.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from chatplex.server.routes import error_responses, get_state
+from chatplex.server.schemas import ChatCompletion, ChatCompletionRequest
 from chatplex.server.state import ServerState
 from chatplex.server.streaming import open_all, sse_response
 
@@ -20,7 +20,7 @@ router = api_router()
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses={code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()},
+    responses=error_responses(),
 )
 async def create_chat_completion(body: ChatCompletionRequest, state: ServerState = Depends(get_state)):
     state.log_request("chat.completions", body)

@@ -6,7 +6,6 @@ Every error under /v1/messages, validation and auth included, is answered in Ant
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import Depends
 
@@ -23,15 +22,13 @@ from chatplex.server.anthropic.schemas import (
 )
 from chatplex.server.errors import register_error_shape
 from chatplex.server.json_body import api_router
-from chatplex.server.routes import ERROR_RESPONSES, get_state
+from chatplex.server.routes import error_responses, get_state
 from chatplex.server.state import ServerState
 from chatplex.server.streaming import open_all
 
 router = api_router()
 register_error_shape(events.PATH, anthropic_error)
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()
-}
+_RESPONSES = error_responses(ErrorResponse)  # Anthropic's error shape
 
 
 @router.post("/v1/messages", response_model=Message, responses=_RESPONSES)

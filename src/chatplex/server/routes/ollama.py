@@ -20,7 +20,7 @@ from chatplex.server.ollama.names import resolve
 from chatplex.server.ollama.ndjson import ndjson_response, single
 from chatplex.server.ollama.options import apply_limits, ollama_field_names
 from chatplex.server.ollama.route import OllamaRoute
-from chatplex.server.routes import ERROR_RESPONSES, get_state
+from chatplex.server.routes import error_responses, get_state
 from chatplex.server.state import ServerState
 from chatplex.server.streaming import open_all
 
@@ -36,7 +36,7 @@ register_error_shape("/api/", _ollama_error)
 
 router = api_router()
 router.route_class = OllamaRoute  # any Content-Type is JSON here, as in Ollama (`curl -d` sends form-urlencoded)
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": s.OllamaError, **r} for code, r in ERROR_RESPONSES.items()}
+_ERRORS = error_responses(s.OllamaError)
 
 
 async def _answer(

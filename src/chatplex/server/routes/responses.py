@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Depends, Request
 
 from chatplex.server.json_body import api_router
@@ -12,13 +10,12 @@ from chatplex.server.responses import schemas as s
 from chatplex.server.responses.builder import ResponseBuilder, final_response, new_response, stream_events
 from chatplex.server.responses.sse import event_stream_response
 from chatplex.server.responses.store import ResponseStore, StoredResponse
-from chatplex.server.routes import ERROR_RESPONSES, get_state
-from chatplex.server.schemas import ErrorResponse
+from chatplex.server.routes import error_responses, get_state
 from chatplex.server.state import ServerState
 from chatplex.server.streaming import open_all
 
 router = api_router()
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()}
+_ERRORS = error_responses()
 
 
 def get_store(request: Request) -> ResponseStore:

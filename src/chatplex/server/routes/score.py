@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from chatplex.chat_model import ChatModel
 from chatplex.errors import ChatplexError, InvalidRequestError
 from chatplex.server.json_body import api_router
-from chatplex.server.routes import ERROR_RESPONSES, get_state
+from chatplex.server.routes import error_responses, get_state
 from chatplex.server.schemas import (
-    ErrorResponse,
     ScoreData,
     ScoreEvaluationRequest,
     ScoreEvaluationResponse,
@@ -27,9 +26,7 @@ from chatplex.server.schemas import (
 from chatplex.server.state import ServerState
 
 router = api_router()
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()
-}
+_RESPONSES = error_responses()
 
 Conversation = list[dict[str, Any]]
 

@@ -10,14 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatplex.errors import UnsupportedFeatureError
 from chatplex.server.json_body import api_router
-from chatplex.server.routes import ERROR_RESPONSES, get_state
-from chatplex.server.schemas import ErrorResponse
+from chatplex.server.routes import error_responses, get_state
 from chatplex.server.state import ServerState
 
 router = api_router()
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, **r} for code, r in ERROR_RESPONSES.items()
-}
+_RESPONSES = error_responses()
 
 
 class TokenizeRequest(BaseModel):
