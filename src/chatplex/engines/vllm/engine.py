@@ -199,7 +199,7 @@ class VLLMEngine(Engine):
         if self._closing or self._llm is None:
             raise EngineClosedError("The engine is not running.")
         if self._encoder is None:
-            raise vllm_pooling.not_an_embedding_model(self._name)
+            raise vllm_pooling.not_started_for(kind, self._name)
         if self._encoder.kind != kind:
             what = (
                 "an embedding model: it serves /v1/embeddings"
@@ -224,13 +224,6 @@ class VLLMEngine(Engine):
         return Embeddings(vectors, sum(map(len, ids)))
 
     async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
-        if self._encoder is None and not self._closing:
-            raise UnsupportedFeatureError(
-                f"{self._name} cannot rerank: on vLLM, rerank needs a cross-encoder (an encoder "
-                "*ForSequenceClassification model with one label) started as one; this engine was started to "
-                "generate or score.",
-                param="model",
-            )
         model = self._serving("rerank")
         pairs = [model.pair(query, doc) for doc in documents]
         scores = await self._on_vllm(vllm_pooling.rerank(self._running(), pairs))

@@ -35,7 +35,14 @@ def refuse_adapters(kind: str) -> None:
     )
 
 
-def not_an_embedding_model(name: str) -> UnsupportedFeatureError:
+def not_started_for(kind: str, name: str) -> UnsupportedFeatureError:
+    """What a model started on vLLM to generate (or score) says when asked to embed or rerank."""
+    if kind == "rerank":
+        return UnsupportedFeatureError(
+            f"{name} cannot rerank: on vLLM, rerank needs a cross-encoder (an encoder *ForSequenceClassification "
+            "model with one label) started as one; this engine was started to generate or score.",
+            param="model",
+        )
     return UnsupportedFeatureError(
         f"{name} was started on vLLM to generate (or score): vLLM cannot generate and pool from one engine. "
         "Start it as an embedding model (task: embed, a sentence-transformers folder) or use infer_backend "
