@@ -2,8 +2,10 @@
 
 Order, per row: logit bias, penalties, token suppression, the grammar's allowed-token mask (structured output:
 tokens it forbids get -inf), then greedy argmax or temperature / top-k / top-p /
-min-p and a draw. Draws use the exponential-race form (argmax of p / q with q ~ Exp(1)), which equals
-multinomial sampling and lets a seeded row use its own generator. Logprobs are of the raw model distribution
+min-p and a draw. A draw is inverse-CDF sampling: one uniform number per row, looked up in the row's cumulative
+probabilities (float64, so the tail keeps its mass), which equals multinomial sampling and lets a seeded row use
+its own generator. (The exponential race, argmax of p / q with q ~ Exp(1) drawn per vocabulary entry, cost 5.9 ms
+per step for 8 rows of a 49k vocabulary on a 2-core CPU: the random numbers, not the arithmetic; this costs 0.13.) Logprobs are of the raw model distribution
 (as vLLM and OpenAI report them), taken before any processing.
 
 `sample_async` leaves the result on the device: its `tokens` feed the next step's inputs directly, and the copy to
@@ -149,20 +151,23 @@ def sample_async(logits: torch.Tensor, rows: list[SamplingRow]) -> PendingSample
     if processed:
         logits = logits.clone()
         _apply_bias_and_penalties(logits, rows)
-    tokens = logits.argmax(dim=-1)
+    # Greedy rows take the argmax (skipped when every row draws: it is a pass over the whole vocabulary).
+    tokens = logits.argmax(dim=-1) if len(sampled) < len(rows) else None
     if sampled:
         dev = logits.device
         index = None if len(sampled) == len(rows) else h2d(sampled, torch.long, dev)
         sub = logits if index is None else logits.index_select(0, index)
         sub = sub / h2d([rows[i].params.temperature for i in sampled], sub.dtype, dev)[:, None]
         sub = _filter(sub, [rows[i].params for i in sampled])
-        probs = sub.softmax(dim=-1)
-        race = torch.empty_like(probs).exponential_()
+        cdf = sub.softmax(dim=-1).double().cumsum_(dim=-1)
+        uniform = torch.rand(len(sampled), 1, dtype=cdf.dtype, device=dev)
         for j, i in enumerate(sampled):
             if rows[i].generator is not None:  # seeded rows draw from their own generator
-                race[j].exponential_(generator=rows[i].generator)
-        drawn = (probs / race).argmax(dim=-1)
-        tokens = drawn if index is None else tokens.index_copy(0, index, drawn)
+                uniform[j] = torch.rand(1, dtype=cdf.dtype, device=dev, generator=rows[i].generator)
+        # The first token whose cumulative probability exceeds u: a token of probability 0 never is.
+        drawn = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+        tokens = drawn if tokens is None else tokens.index_copy(0, index, drawn)
+    assert tokens is not None  # argmax when a row is greedy, else the draws
     if raw is None:
         return PendingSample(tokens, n_top)
     chosen = raw.gather(-1, tokens[:, None])[:, 0]
