@@ -1,5 +1,6 @@
-"""The paged decode kernel (one pass, and split context with a merge) against plain attention over each
-sequence's gathered context. Runs where Triton runs: on a GPU, or on the CPU under TRITON_INTERPRET=1."""
+"""Decode attention through block tables against plain attention over each sequence's gathered context: the CPU
+path (always), and the Triton kernel (one pass, and split context with a merge) where Triton runs: on a GPU, or on
+the CPU under TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import os
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from chatplex.engines.hf import paged_decode
 
-from chatplex.engines.hf.triton_decode import paged_decode_attention  # noqa: E402
+try:
+    import triton
+except ImportError:
+    triton = None
 
+TRITON_RUNS = triton is not None and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BLOCK_SIZE, KV_HEADS, GROUP, HEAD_DIM = 16, 2, 4, 64
 
 
 def reference(q, k_cache, v_cache, tables, lens, scale, block_size, window):
@@ -33,23 +37,56 @@ def reference(q, k_cache, v_cache, tables, lens, scale, block_size, window):
     return out
 
 
-@pytest.mark.parametrize("splits", [1, 3, 16])
-@pytest.mark.parametrize("window", [0, 37])
-def test_kernel_matches_attention(splits, window):
-    torch.manual_seed(splits * 100 + window)
-    block_size, kv_heads, group, head_dim = 16, 2, 4, 64
+def scattered_cache(seed: int, dtype: torch.dtype = torch.float32):
+    """Four sequences of different lengths (one a single token) in blocks scattered over the cache."""
+    torch.manual_seed(seed)
     lens = torch.tensor([1, 70, 200, 17], dtype=torch.int32)
     max_blocks = 16
     num_blocks = 1 + len(lens) * max_blocks
-    perm = torch.randperm(num_blocks - 1)[: len(lens) * max_blocks] + 1  # scattered blocks, never block 0
+    perm = torch.randperm(num_blocks - 1)[: len(lens) * max_blocks] + 1  # never block 0
     tables = perm.view(len(lens), max_blocks).to(torch.int32)
-    k_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim)
-    v_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim)
-    q = torch.randn(len(lens), kv_heads * group, head_dim)
-    scale = head_dim**-0.5
-    expected = reference(q, k_cache, v_cache, tables, lens, scale, block_size, window)
+    k_cache = torch.randn(num_blocks * BLOCK_SIZE, KV_HEADS, HEAD_DIM, dtype=dtype)
+    v_cache = torch.randn(num_blocks * BLOCK_SIZE, KV_HEADS, HEAD_DIM, dtype=dtype)
+    q = torch.randn(len(lens), KV_HEADS * GROUP, HEAD_DIM, dtype=dtype)
+    return q, k_cache, v_cache, tables, lens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [0, 37])
+def test_cpu_path_matches_attention(dtype, window):
+    q, k_cache, v_cache, tables, lens = scattered_cache(window, dtype)
+    scale = HEAD_DIM**-0.5
+    expected = reference(q, k_cache, v_cache, tables, lens, scale, BLOCK_SIZE, window)
+    got = paged_decode.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, BLOCK_SIZE, window)
+    assert got.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: only the output's rounding
+    assert (got.float() - expected).norm() / expected.norm() < tolerance
+
+
+def test_op_writes_the_cache_then_attends():
+    q, k_cache, v_cache, tables, lens = scattered_cache(1)
+    key, value = torch.randn(4, KV_HEADS, HEAD_DIM), torch.randn(4, KV_HEADS, HEAD_DIM)
+    last = (lens - 1).long()
+    slots = tables[torch.arange(4), last // BLOCK_SIZE].long() * BLOCK_SIZE + last % BLOCK_SIZE
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    expected_k[slots], expected_v[slots] = key, value
+    expected = reference(q, expected_k, expected_v, tables, lens, 0.125, BLOCK_SIZE, 0)
+    got = torch.ops.chatplex.paged_decode(q, key, value, k_cache, v_cache, slots, tables, lens, 0.125, BLOCK_SIZE, 0)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    assert (got - expected).norm() / expected.norm() < 1e-5
+
+
+@pytest.mark.skipif(not TRITON_RUNS, reason="needs Triton on a GPU, or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("splits", [1, 3, 16])
+@pytest.mark.parametrize("window", [0, 37])
+def test_kernel_matches_attention(splits, window):
+    from chatplex.engines.hf.triton_decode import paged_decode_attention
+
+    q, k_cache, v_cache, tables, lens = scattered_cache(splits * 100 + window)
+    scale = HEAD_DIM**-0.5
+    expected = reference(q, k_cache, v_cache, tables, lens, scale, BLOCK_SIZE, window)
     got = paged_decode_attention(
-        q.to(DEVICE), k_cache.to(DEVICE), v_cache.to(DEVICE), tables.to(DEVICE), lens.to(DEVICE), scale, block_size,
+        q.to(DEVICE), k_cache.to(DEVICE), v_cache.to(DEVICE), tables.to(DEVICE), lens.to(DEVICE), scale, BLOCK_SIZE,
         window, splits=splits,
     ).float().cpu()
     assert torch.isfinite(got).all()

@@ -13,7 +13,7 @@
     runner.py         the only code that runs the model (eager, or a CUDA-graph replay)
     cuda_graphs.py    decode steps captured per batch bucket
     attention.py      the attention function registered with transformers
-    triton_decode.py  the paged-decode kernel (CUDA)
+    paged_decode.py   decode attention through block tables (CPU; CUDA via triton_decode.py's kernel)
     sampler.py        logits -> tokens, per-row settings
     loader.py, kv_cache.py, lora.py, scoring.py, multimodal/   weights, cache, adapters, reward heads, media
     switch_interval.py, fresh_thread.py, heap.py, transfer.py  process-wide and threading helpers

@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
 from chatplex.engines.hf.kv_cache import PagedKVCache
-from chatplex.engines.hf.triton_decode import paged_decode_attention
+from chatplex.engines.hf.paged_decode import paged_decode_attention
 
 ATTENTION_NAME = "chatplex_paged"
 # cuDNN's SDPA builds a plan per new sequence length on the host (milliseconds each): prompts vary, so skip it.
@@ -42,7 +42,7 @@ class AttentionMetadata:
     decode_ctx_slots: torch.Tensor | None  # [num_decode, max_ctx] (padded with slot 0)
     decode_positions: torch.Tensor | None  # [num_decode] position of each decode token
     prefills: list[PrefillSegment]
-    # Kernel path (CUDA + Triton): decode attention reads the cache in place through block tables.
+    # Block-table path (paged_decode.py: Triton on CUDA, a block gather on the CPU).
     decode_block_tables: torch.Tensor | None = None  # [num_decode, max_blocks] int32
     decode_seq_lens: torch.Tensor | None = None  # [num_decode] int32, context length including the new token
     # Rows from here on are padding (eager steps round their token count up, see runner.py): no attention, zeros.
@@ -103,7 +103,7 @@ def paged_attention_forward(
     v_cache = meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
     if meta.decode_block_tables is not None and not meta.prefills:
-        # Decode-only step (CUDA graphs, torch.compile): cache write and attention in one custom op.
+        # Decode-only step: cache write and attention in one custom op (opaque to CUDA graphs and torch.compile).
         out = torch.ops.chatplex.paged_decode(
             query[0].transpose(0, 1),
             key[0].transpose(0, 1),

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from chatplex.engines.hf import triton_decode
+from chatplex.engines.hf import paged_decode
 from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache
@@ -58,7 +58,7 @@ class ModelRunner:
         self.cache = cache
         self.device = device
         self.block_size = cache.block_size
-        self.use_kernel = triton_decode.available(device)
+        self.use_kernel = paged_decode.available(device)
         self.graphs = graphs
         self.graph_steps = 0  # decode steps replayed from CUDA graphs (for stats and tests)
         # Eager steps (prefill chunks) round their token count up to a multiple of this: cuBLAS picks (and on

@@ -312,31 +312,3 @@ def paged_decode_attention(
         TILE=max(64, block_size),
     )
     return out
-
-
-@torch.library.custom_op("chatplex::paged_decode", mutates_args=("k_cache", "v_cache"))
-def paged_decode(
-    q: torch.Tensor,  # [B, heads, head_dim]
-    key: torch.Tensor,  # [B, kv_heads, head_dim] (this step's keys, already rotated)
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,  # [B]
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
-    block_size: int,
-    window: int,
-) -> torch.Tensor:
-    """Write this step's keys/values into the cache and attend: one opaque op, so torch.compile neither traces
-    into the Triton kernel nor copies the (mutated) cache; it mutates the cache in place."""
-    k_cache.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_cache.index_copy_(0, slot_mapping, value.to(v_cache.dtype))
-    return paged_decode_attention(q.contiguous(), k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
-
-
-@paged_decode.register_fake
-def _paged_decode_fake(
-    q, key, value, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale, block_size, window
-):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)

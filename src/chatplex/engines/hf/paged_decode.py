@@ -1,0 +1,91 @@
+"""Decode attention read through block tables, on the device that runs the model: the Triton kernel on a GPU, a
+block gather and two small matmuls per layer on the CPU; and `chatplex::paged_decode`, the same as one opaque op
+(cache write + attention) for torch.compile and CUDA graphs.
+
+Why block tables on the CPU too: the portable path (attention.py) gathers every context slot one by one and runs
+SDPA with a mask over the padded batch. For SmolLM2 at 8 streams of ~200 tokens on a 2-core CPU that was ~0.7 ms
+per layer (SDPA's CPU flash kernel is built for long queries, not one token; a per-slot gather moves 384-byte
+rows). Here whole blocks are gathered with `index_select` (6 KB rows), keys and values are put head-major in
+float32 in the same copy, and each key/value head's group of query heads is one row block of a batched matmul:
+~0.2 ms per layer. Float32 scores and softmax whatever the cache dtype, as SDPA's kernels accumulate.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chatplex.engines.hf import triton_decode
+
+
+def available(device: torch.device) -> bool:
+    """Whether decode steps on `device` read the cache through block tables (else attention.py gathers slots)."""
+    return device.type == "cpu" or triton_decode.available(device)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # [B, heads, head_dim]
+    k_cache: torch.Tensor,  # [slots, kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    seq_lens: torch.Tensor,  # [B] int32, context length including the current token
+    scale: float,
+    block_size: int,
+    window: int = 0,  # attend to the last `window` positions only (0: all)
+) -> torch.Tensor:
+    if q.is_cuda:
+        return triton_decode.paged_decode_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window
+        )
+    return _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+
+
+def _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window):
+    batch, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    num_blocks = -(-int(seq_lens.max()) // block_size)
+    length = num_blocks * block_size
+    ids = block_tables[:, :num_blocks].reshape(-1).long()
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:  # -> [B, kv_heads, length, head_dim] float32
+        blocks = cache.view(-1, block_size * kv_heads * head_dim).index_select(0, ids)
+        context = blocks.view(batch, length, kv_heads, head_dim).transpose(1, 2)
+        return context.to(torch.float32, memory_format=torch.contiguous_format)
+
+    keys, values = gather(k_cache), gather(v_cache)
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim).float()
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale)  # [B, kv_heads, group, length]
+    pos = torch.arange(length, device=q.device)[None, :]
+    hidden = pos >= seq_lens[:, None]  # past the context, and the rest of its last block
+    if window:
+        hidden |= pos < seq_lens[:, None] - window
+    scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
+    out = torch.matmul(scores.softmax(dim=-1), values)  # [B, kv_heads, group, head_dim]
+    return out.reshape(batch, heads, head_dim).to(q.dtype)
+
+
+@torch.library.custom_op("chatplex::paged_decode", mutates_args=("k_cache", "v_cache"))
+def paged_decode(
+    q: torch.Tensor,  # [B, heads, head_dim]
+    key: torch.Tensor,  # [B, kv_heads, head_dim] (this step's keys, already rotated)
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [B]
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    block_size: int,
+    window: int,
+) -> torch.Tensor:
+    """Write this step's keys/values into the cache and attend: one opaque op, so torch.compile neither traces
+    into the kernel nor copies the (mutated) cache; it mutates the cache in place."""
+    k_cache.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
+    v_cache.index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+    return paged_decode_attention(q.contiguous(), k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+
+
+@paged_decode.register_fake
+def _paged_decode_fake(
+    q, key, value, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale, block_size, window
+):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
