@@ -102,8 +102,9 @@ def paged_attention_forward(
     k_cache = meta.cache.keys[layer_idx]
     v_cache = meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
-    if meta.decode_block_tables is not None and not meta.prefills:
-        # Decode-only step: cache write and attention in one custom op (opaque to CUDA graphs and torch.compile).
+    if meta.decode_block_tables is not None and not meta.prefills and query.is_cuda:
+        # Decode-only step on a GPU: cache write and attention in one custom op, opaque to CUDA graphs and
+        # torch.compile. (Eager CPU steps take the path below: the op's Python dispatch costs ~90 us a call.)
         out = torch.ops.chatplex.paged_decode(
             query[0].transpose(0, 1),
             key[0].transpose(0, 1),

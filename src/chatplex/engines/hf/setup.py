@@ -11,7 +11,7 @@ import torch
 
 from chatplex.config import ModelArguments
 from chatplex.engines.base import PromptPreparer
-from chatplex.engines.hf import attention, loader
+from chatplex.engines.hf import attention, loader, packed_linear
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes
@@ -70,6 +70,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         )
     else:
         model.set_attn_implementation(attention.register())
+    if lora is None and packed_linear.supported(device, dtype):  # resident adapters hook the plain layers
+        packed_linear.pack_linears(model)
     text_config = model.config.get_text_config()
     max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
     block_size = margs.kv_block_size

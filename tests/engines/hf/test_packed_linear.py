@@ -1,0 +1,44 @@
+"""bfloat16 linear layers packed for oneDNN on the CPU: the same numbers as F.linear, in every layer they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from chatplex.engines.hf import packed_linear
+
+pytestmark = pytest.mark.skipif(
+    not packed_linear.supported(torch.device("cpu"), torch.bfloat16), reason="no oneDNN bfloat16 on this CPU"
+)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 150])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_is_bit_identical_to_linear(rows, bias):
+    torch.manual_seed(rows)
+    linear = nn.Linear(96, 160, bias=bias).to(torch.bfloat16)
+    x = torch.randn(1, rows, 96, dtype=torch.bfloat16)
+    expected = linear(x)
+    assert torch.equal(packed_linear.PackedLinear(linear)(x), expected)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_pack_linears_keeps_the_model_output(tie):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=tie,
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 128, (1, 12))
+    with torch.inference_mode():
+        expected = model(ids).logits
+        count = packed_linear.pack_linears(model)
+        got = model(ids).logits
+    assert count == 2 * 7 + 1  # q k v o gate up down per layer, and the head
+    assert isinstance(model.model.layers[0].self_attn.q_proj, packed_linear.PackedLinear)
+    assert isinstance(model.lm_head, packed_linear.PackedLinear)
+    assert isinstance(model.get_input_embeddings(), nn.Embedding)  # a tied embedding still looks tokens up
+    assert torch.equal(got, expected)
