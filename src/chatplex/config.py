@@ -80,9 +80,10 @@ class ModelArguments:
     max_waiting_requests: int | None = None  # None: unbounded
     enforce_eager: bool = False  # True: no CUDA graphs (and no torch.compile) for decode steps
     compile: bool = True  # torch.compile the CUDA-graph decode step (CUDA only)
-    # Launch step N+1 before step N's sampled tokens reach the host (engines/hf/engine.py); false runs one step at
-    # a time (the same output, slower on a GPU; for comparisons).
-    async_scheduling: bool = True
+    # Launch step N+1 before step N's sampled tokens reach the host (engines/hf/steps.py); false runs one step at
+    # a time (the same output, slower on a GPU; for comparisons). None: on a GPU, off on a CPU (a CPU's launch runs
+    # the whole step, so overlapping only holds each step's tokens back one step).
+    async_scheduling: bool | None = None
     # Eager steps round their token count up to a multiple of this: on a GPU cuBLAS picks kernels per matrix shape
     # on the host, and an unpadded count is a new shape almost every step. None: 128 on a GPU, 0 (off) elsewhere.
     pad_tokens_to: int | None = None

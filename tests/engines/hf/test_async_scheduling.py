@@ -14,8 +14,9 @@ PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three",
 
 def load(tiny_model_dir, **settings) -> ChatModel:
     # Few tokens of budget per step: prefill chunks run beside decodes, so steps mix pending and known tokens.
+    # async_scheduling: true overlaps steps on a CPU too (its default there is false), so the path is tested here.
     return ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
-                      "max_num_batched_tokens": 16, "kv_block_size": 4, **settings})
+                      "max_num_batched_tokens": 16, "kv_block_size": 4, "async_scheduling": True, **settings})
 
 
 @pytest.fixture(scope="module")

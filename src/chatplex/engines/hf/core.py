@@ -42,7 +42,9 @@ class _Call:
 
 
 class EngineCore:
-    def __init__(self, parts: EngineParts, output: OutputProcessor, stats: EngineStats, *, async_scheduling: bool):
+    def __init__(
+        self, parts: EngineParts, output: OutputProcessor, stats: EngineStats, *, async_scheduling: bool | None
+    ):
         self.scheduler = parts.scheduler
         self.runner = parts.runner
         self.output = output
@@ -52,6 +54,11 @@ class EngineCore:
         self._out: list[tuple[RequestStream, Any]] = []  # this step's deltas and failures, delivered at its end
         self._history_seqs: set[Sequence] = set()  # live sequences whose sampling needs every token on the host
         # Models with media need the host to know every token before the next step (their positions depend on it).
+        # On a CPU a launch runs the whole forward pass before it returns, so by default nothing overlaps there:
+        # overlapping would hold each step's tokens back until the next step ends (a prompt prefilled alone would
+        # see its first token only after the next, maybe long, step).
+        if async_scheduling is None:
+            async_scheduling = parts.device.type != "cpu"
         overlap = async_scheduling and parts.multimodal is None
         self.steps: Steps = choose(self, scores=parts.runner.score_head is not None, overlap=overlap)
         self._cv = threading.Condition()

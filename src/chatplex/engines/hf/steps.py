@@ -7,8 +7,8 @@ Three variants over the same verbs (core.py):
     stop string, abort) also ran in step N+1: that token is dropped, never emitted. Steps whose sampling needs
     every token on the host first (grammar masks, penalties over the history) process the running step before
     scheduling the next.
-  * `SyncSteps`: one step at a time (async_scheduling: false, and models with media, whose positions need the
-    host to know every token).
+  * `SyncSteps`: one step at a time (async_scheduling: false, the default on a CPU, and models with media, whose
+    positions need the host to know every token).
   * `ScoringSteps`: a reward model's step; each sequence whose last token ran finishes with its score.
 """
 
