@@ -73,7 +73,10 @@ class ModelArguments:
     # Hugging Face engine: scheduler and KV cache.
     max_model_len: int | None = None  # None: the model's own context length
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 1024
+    # Tokens per step. None: 1024 on a GPU; 256 on a CPU, where a step's time grows with its tokens: smaller prefill
+    # chunks keep other streams' inter-token latency down and spread prompts that arrive together over steps, so they
+    # finish apart and the next ones arrive apart instead of all waiting for one long prefill (BENCHMARKS.md, 10).
+    max_num_batched_tokens: int | None = None
     kv_cache_memory_gb: float | None = None  # None: 2 GiB on CPU, gpu_memory_utilization on GPU
     gpu_memory_utilization: float = 0.85
     kv_block_size: int = 16
@@ -163,7 +166,8 @@ class ModelArguments:
 
             check_template_name(self.template)  # now, not after the weights have loaded
         for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_size"):
-            _check_positive(name, getattr(self, name))
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
         if self.max_model_len is not None:
             _check_positive("max_model_len", self.max_model_len)
         if self.pad_tokens_to is not None and (

@@ -256,7 +256,7 @@ class HFEngine(Engine):
         hidden_size = self.model.config.get_text_config().hidden_size
         mode = pooling_mod.causal_request(pooling, dimensions, prompt_name, hidden_size, self._name)
         ids = pooling_mod.causal_input_ids(self.prompts.tokenizer, inputs, self.prompts.max_model_len)
-        limit = self.args.model.max_num_batched_tokens
+        limit = self._loaded().scheduler.max_num_batched_tokens
         vectors = await core.call(partial(embedding.embed, self.runner, ids, mode, limit))
         return Embeddings(pooling_mod.finish(vectors, True, dimensions), sum(map(len, ids)))
 

@@ -25,6 +25,9 @@ from chatplex.templates import resolve_template
 
 logger = logging.getLogger(__name__)
 
+# max_num_batched_tokens when none is given (config.py says why the CPU's is smaller).
+GPU_STEP_TOKENS, CPU_STEP_TOKENS = 1024, 256
+
 
 @dataclass
 class EngineParts:
@@ -83,7 +86,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
     cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device)
     blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: CUDA-graph padding rows write there
-    scheduler = Scheduler(blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=margs.max_num_batched_tokens)
+    step_tokens = margs.max_num_batched_tokens or (GPU_STEP_TOKENS if device.type == "cuda" else CPU_STEP_TOKENS)
+    scheduler = Scheduler(blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens)
     graphs = None
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None:  # graphs take 1-D positions
         graphs = DecodeGraphs(
