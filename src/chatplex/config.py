@@ -90,6 +90,9 @@ class ModelArguments:
     # Eager steps round their token count up to a multiple of this: on a GPU cuBLAS picks kernels per matrix shape
     # on the host, and an unpadded count is a new shape almost every step. None: 128 on a GPU, 0 (off) elsewhere.
     pad_tokens_to: int | None = None
+    # Greedy output independent of which other requests share a step (CPU, bfloat16): decode attention runs per
+    # sequence and prefill chunks end at fixed positions of each prompt. It costs throughput (BENCHMARKS.md, 10).
+    batch_invariant: bool = False
     dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096
@@ -191,6 +194,12 @@ class ModelArguments:
             )
         if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ConfigError("kv_cache_memory_gb must be > 0.", param="kv_cache_memory_gb")
+        if self.batch_invariant and self.infer_backend != "huggingface":
+            raise ConfigError(
+                f"batch_invariant: the {self.infer_backend} engine batches in its own way; batch-invariant greedy "
+                "output comes from infer_backend huggingface (on a CPU, in bfloat16).",
+                param="batch_invariant",
+            )
         from chatplex.engines.parallel import check_keys
 
         check_keys(self)

@@ -128,3 +128,27 @@ def test_abort_frees_blocks_of_waiting_and_running():
     s.finish(b, "abort")
     assert blocks.num_free_blocks == 16 and not s.has_work
     assert a.finish_reason == b.finish_reason == "abort"
+
+
+def test_aligned_chunks_end_at_fixed_positions_and_wait_for_room():
+    """batch_invariant: a prompt is cut at multiples of chunk_align whatever else runs, and a chunk that does not
+    fit beside this step's decodes waits for the next step instead of shrinking."""
+    s = Scheduler(BlockManager(64, 4), max_num_seqs=4, max_num_batched_tokens=8, chunk_align=6)
+    a = seq(2, "a")
+    s.add(a)
+    run_step(s)
+    long = seq(14, "long")
+    s.add(long)
+    chunks = []
+    for _ in range(3):
+        batch, _ = run_step(s)
+        chunks += [(it.start, it.num_tokens) for it in batch if it.seq is long]
+    assert chunks == [(0, 6), (6, 6), (12, 2)]
+    b, c = seq(5, "b"), seq(5, "c")
+    s.add(b)
+    s.add(c)
+    batch, _ = run_step(s)
+    # a and long decode (2), b's prompt fits whole (5); c's 5 would not fit the last 1: it waits, uncut
+    assert [(it.seq.request_id, it.num_tokens) for it in batch] == [("a", 1), ("long", 1), ("b", 5)]
+    batch, _ = run_step(s)
+    assert ("c", 5) in [(it.seq.request_id, it.num_tokens) for it in batch]

@@ -47,6 +47,8 @@ class AttentionMetadata:
     decode_seq_lens: torch.Tensor | None = None  # [num_decode] int32, context length including the new token
     # Rows from here on are padding (eager steps round their token count up, see runner.py): no attention, zeros.
     padded_from: int | None = None
+    # batch_invariant: decode attention per sequence, so a sequence's numbers never depend on the others' lengths.
+    per_sequence_decode: bool = False
     # Masks depend only on the step, not the layer: built once per sliding-window size and reused by every layer.
     # Keys: the window for the decode mask, (segment index, window) for a prefill segment's mask (None: causal).
     masks: dict[Any, torch.Tensor | None] = field(default_factory=dict)
@@ -135,6 +137,7 @@ def paged_attention_forward(
             scaling if scaling is not None else q.shape[-1] ** -0.5,
             meta.cache.block_size,
             window or 0,
+            per_sequence=meta.per_sequence_decode,
         )
     elif nd:
         qd = q[:, :nd].transpose(0, 1).unsqueeze(2)  # [B, heads, 1, D]

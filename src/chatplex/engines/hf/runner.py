@@ -48,6 +48,7 @@ class ModelRunner:
         score_head: torch.nn.Module | None = None,
         multimodal: Any = None,
         pad_tokens_to: int = 0,
+        batch_invariant: bool = False,
     ) -> None:
         self.model = model
         # Vision-language models: image embeddings and 3-D positions per step (engines/hf/multimodal.py).
@@ -65,6 +66,7 @@ class ModelRunner:
         # Hopper JIT-builds) kernels per matrix shape on the host, and an unpadded count is a new shape almost
         # every step (measured on an H100: ~30-70 ms of host time per eager step before, for a 2-4 ms forward).
         self.pad_tokens_to = pad_tokens_to
+        self.batch_invariant = batch_invariant
         # The last step's sampled tokens on the device, and each sampling sequence's row in them.
         self._prev_tokens: torch.Tensor | None = None
         self._prev_rows: dict[int, int] = {}
@@ -91,6 +93,7 @@ class ModelRunner:
             decode_block_tables=dev.tables if d and self.use_kernel else None,
             decode_seq_lens=dev.seq_lens if d and self.use_kernel else None,
             padded_from=host.padded_from,
+            per_sequence_decode=self.batch_invariant,
         )
 
     @torch.inference_mode()
@@ -109,6 +112,10 @@ class ModelRunner:
             return self._sample(logits, sampling, rows, replayed=True)
         if self.pad_tokens_to and self.multimodal is None:
             host.pad(-(-host.num_tokens // self.pad_tokens_to) * self.pad_tokens_to)
+        elif self.batch_invariant:
+            # oneDNN's bfloat16 matmul takes another path for a single row, which can round differently (found in
+            # SmolLM2's down_proj, 1536 inputs): a lone token runs beside a dummy row, as in any batch.
+            host.pad(2)
         dev = host.to_device(self.device, self._prev_tokens)
         meta = self._metadata(host, dev)
         inputs = {"input_ids": dev.input_ids[None], "position_ids": dev.positions[None]}

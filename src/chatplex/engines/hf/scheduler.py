@@ -34,8 +34,13 @@ class ScheduledSeq:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self, blocks: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int, chunk_align: int = 0
+    ) -> None:
         self.blocks = blocks
+        # Non-zero (batch_invariant): a prefill chunk ends at a multiple of this position of its sequence (or at its
+        # end) and waits for a step with room for all of it, so how a prompt is cut never depends on its company.
+        self.chunk_align = chunk_align
         self.max_num_seqs = max_num_seqs
         # Every running sequence must be able to decode in every step, so the budget covers them all.
         self.max_num_batched_tokens = max(max_num_batched_tokens, max_num_seqs)
@@ -94,9 +99,9 @@ class Scheduler:
         for seq in too_long:
             self.finish(seq, "length")
         for seq in [s for s in self.running if s.num_uncomputed > 1]:
-            if budget <= 0:
+            n = self._chunk(seq, budget)
+            if n == 0:
                 break
-            n = min(seq.num_uncomputed, budget)
             if not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
                 break
             self.blocks.grow(seq, seq.num_computed_tokens + n)
@@ -106,7 +111,9 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.is_draining:
                 break  # preempted with its last token in flight: it finishes when that token arrives
-            n = min(seq.num_uncomputed, budget)
+            n = self._chunk(seq, budget)
+            if n == 0:
+                break
             if not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
                 break
             self.waiting.popleft()
@@ -116,6 +123,14 @@ class Scheduler:
             batch.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
             budget -= n
         return batch, too_long
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        """How many of `seq`'s uncomputed tokens run this step (0: none fit)."""
+        if not self.chunk_align:
+            return max(min(seq.num_uncomputed, budget), 0)
+        to_boundary = self.chunk_align - seq.num_computed_tokens % self.chunk_align
+        n = min(seq.num_uncomputed, to_boundary)
+        return n if n <= budget else 0
 
     def complete_step(self, batch: list[ScheduledSeq], sampled: list[Sequence]) -> None:
         """Record a launched step: its positions are in the cache, and each sequence in `sampled` has one more

@@ -19,7 +19,7 @@ from chatplex.engines.hf.multimodal import load_family
 from chatplex.engines.hf.runner import ModelRunner
 from chatplex.engines.hf.scheduler import Scheduler
 from chatplex.engines.sequence_text import stop_tokens
-from chatplex.errors import EngineError
+from chatplex.errors import ConfigError, EngineError
 from chatplex.models.dummy import dummy_model, dummy_tokenizer
 from chatplex.templates import resolve_template
 
@@ -87,7 +87,10 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device)
     blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: CUDA-graph padding rows write there
     step_tokens = margs.max_num_batched_tokens or (GPU_STEP_TOKENS if device.type == "cuda" else CPU_STEP_TOKENS)
-    scheduler = Scheduler(blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens)
+    chunk_align = _invariant_chunk(margs, device, dtype, step_tokens) if margs.batch_invariant else 0
+    scheduler = Scheduler(
+        blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens, chunk_align=chunk_align
+    )
     graphs = None
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None:  # graphs take 1-D positions
         graphs = DecodeGraphs(
@@ -95,7 +98,17 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         )
         graphs.capture()
     pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
-    runner = ModelRunner(model, cache, device, graphs, lora, score_head, multimodal, pad_tokens_to=pad)
+    runner = ModelRunner(
+        model,
+        cache,
+        device,
+        graphs,
+        lora,
+        score_head,
+        multimodal,
+        pad_tokens_to=pad,
+        batch_invariant=margs.batch_invariant,
+    )
     template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
     # A sequence classifier (reward model) has no generation config.
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -134,3 +147,26 @@ def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool)
         return model.to(dtype), dtype
     dtype = loader.resolve_dtype(margs, None, device)
     return loader.load_model(margs, device, dtype, classifier), dtype
+
+
+def _invariant_chunk(margs: ModelArguments, device: torch.device, dtype: torch.dtype, step_tokens: int) -> int:
+    """batch_invariant's prefill chunk size, after checking it can hold here.
+
+    It holds where every matmul gives a row the same numbers whatever rows share it: oneDNN's bfloat16 kernels on
+    a CPU do (tests/engines/hf/test_batch_invariant.py checks them); MKL's float32 kernels round 1-3 rows
+    differently from more, and cuBLAS picks kernels by batch size. A chunk leaves room in a step for every
+    sequence's decode token, so a whole chunk always fits beside them."""
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        raise ConfigError(
+            f"batch_invariant runs on a CPU in bfloat16 (this engine: {device.type}, "
+            f"{str(dtype).removeprefix('torch.')}): use infer_dtype auto or bfloat16 on a CPU, or turn it off.",
+            param="batch_invariant",
+        )
+    chunk = step_tokens - margs.max_num_seqs
+    if chunk < 1:
+        raise ConfigError(
+            f"batch_invariant needs max_num_batched_tokens ({step_tokens}) above max_num_seqs ({margs.max_num_seqs}): "
+            "a prefill chunk runs beside every sequence's decode token.",
+            param="max_num_batched_tokens",
+        )
+    return chunk
