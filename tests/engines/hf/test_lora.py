@@ -170,3 +170,22 @@ def test_lora_flags_on_the_command_line():
     with pytest.raises(ConfigError, match="merge_lora"):
         load_args({"adapter_name_or_path": "/p,/q", "merge_lora": False})
     assert load_args({"stage": "rm"}).model.task == "score"
+
+
+async def test_load_at_run_time_on_packed_bfloat16_layers(tiny_model_dir, adapters):
+    """On a CPU in bfloat16 the engine packs its linear layers for oneDNN; an adapter loaded later gets plain ones
+    back (peft wraps only nn.Linear) and answers as an engine started with it resident, the base model as before."""
+    from chatplex.engines.hf import packed_linear
+
+    args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "bfloat16"}
+    with ChatModel({**args, "lora_modules": {"a2": adapters["a2"]}}) as resident:
+        expected = await asyncio.gather(*(_tokens(resident, p, a) for p in PROMPTS for a in ("a2", None)))
+    with ChatModel(args) as model:
+        layers = model.engine.parts.model.model.layers
+        packed = isinstance(layers[0].self_attn.q_proj, packed_linear.PackedLinear)
+        assert packed == packed_linear.supported(torch.device("cpu"), torch.bfloat16)
+        base_before = await asyncio.gather(*(_tokens(model, p, None) for p in PROMPTS))
+        await model.aload_adapter("a2", adapters["a2"])
+        got = await asyncio.gather(*(_tokens(model, p, a) for p in PROMPTS for a in ("a2", None)))
+    assert got == expected
+    assert got[1::2] == base_before

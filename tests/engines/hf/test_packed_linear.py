@@ -42,3 +42,22 @@ def test_pack_linears_keeps_the_model_output(tie):
     assert isinstance(model.lm_head, packed_linear.PackedLinear)
     assert isinstance(model.get_input_embeddings(), nn.Embedding)  # a tied embedding still looks tokens up
     assert torch.equal(got, expected)
+
+
+def test_unpack_linears_restores_plain_layers_with_the_same_weights():
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    weight = model.model.layers[1].mlp.down_proj.weight.clone()
+    ids = torch.randint(0, 128, (1, 12))
+    with torch.inference_mode():
+        expected = model(ids).logits
+        packed_linear.pack_linears(model)
+        assert packed_linear.unpack_linears(model) == 15
+        got = model(ids).logits
+    assert type(model.model.layers[1].mlp.down_proj) is nn.Linear and type(model.lm_head) is nn.Linear
+    assert torch.equal(model.model.layers[1].mlp.down_proj.weight, weight)
+    assert torch.equal(got, expected)

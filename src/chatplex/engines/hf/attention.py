@@ -2,7 +2,8 @@
 
 The model runs with `use_cache=False` on a flat batch: all new tokens of all scheduled sequences in one row,
 decode tokens first. Each layer's keys and values arrive here already rotated; this function writes them into
-the paged cache and attends each query over its own sequence's cached context with PyTorch SDPA.
+the paged cache and attends each query over its own sequence's cached context: prefill chunks with PyTorch SDPA,
+decode tokens through their block tables (paged_decode.py) on a GPU or CPU, else over gathered slots with SDPA.
 """
 
 from __future__ import annotations

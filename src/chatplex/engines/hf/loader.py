@@ -158,6 +158,8 @@ def resolve_dtype(args: ModelArguments, model_fp32: Any | None, device: torch.de
         return DTYPES[args.infer_dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if args.batch_invariant:
+        return torch.bfloat16  # the dtype it holds in on a CPU (setup.py)
     if model_fp32 is None:
         return torch.float32
     fp32 = _time_forward(model_fp32, device)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from chatplex.engines.checkpoints import check_adapter_dir
+from chatplex.engines.hf import packed_linear
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 
 
@@ -141,6 +142,7 @@ def resolve_adapter(name: str | None, loaded: list[str], default: str | None) ->
 def load_at_run_time(runner: Any, max_loras: int, name: str, path: str) -> None:
     """Load an adapter onto the runner's model (its first one creates the adapter set)."""
     if runner.lora is None:
+        packed_linear.unpack_linears(runner.model)  # peft wraps plain nn.Linear layers only
         runner.lora = LoraAdapters(runner.model, max_loras)
     runner.lora.load(name, path)
 

@@ -112,7 +112,7 @@ class ModelRunner:
             return self._sample(logits, sampling, rows, replayed=True)
         if self.pad_tokens_to and self.multimodal is None:
             host.pad(-(-host.num_tokens // self.pad_tokens_to) * self.pad_tokens_to)
-        elif self.batch_invariant:
+        if self.batch_invariant:
             # oneDNN's bfloat16 matmul takes another path for a single row, which can round differently (found in
             # SmolLM2's down_proj, 1536 inputs): a lone token runs beside a dummy row, as in any batch.
             host.pad(2)
@@ -127,12 +127,15 @@ class ModelRunner:
             if not sampling:
                 self.model(**inputs, use_cache=False, logits_to_keep=1, chatplex_meta=meta)
                 return self._sample(None, [], rows, replayed=False)
-            keep = h2d(host.sample_index, torch.long, self.device)
+            index = host.sample_index
+            if self.batch_invariant and len(index) == 1:
+                index = index * 2  # the LM head's matmul on two rows as well (see the padding above); one is dropped
+            keep = h2d(index, torch.long, self.device)
             logits = self.model(**inputs, use_cache=False, logits_to_keep=keep, chatplex_meta=meta).logits[0]
-            if logits.shape[0] != len(sampling):
+            if logits.shape[0] != len(index):
                 # Some models' forward ignores logits_to_keep (Qwen2-Audio projects every position): take the rows.
                 logits = logits[keep.to(logits.device)]
-            return self._sample(logits, sampling, rows, replayed=False)
+            return self._sample(logits[: len(sampling)], sampling, rows, replayed=False)
         finally:
             if uses_lora:
                 assert self.lora is not None

@@ -10,7 +10,7 @@ The exponential race it replaced (argmax of p / q, q ~ Exp(1) drawn per vocabula
 rows of a 49k vocabulary on a 2-core CPU, in drawing the random numbers; this costs ~0.3 ms.
 
 `sample_async` leaves the result on the device: its `tokens` feed the next step's inputs directly, and the copy to
-the host overlaps the next step (async scheduling, engine.py). Every host -> device copy here is non-blocking.
+the host overlaps the next step (async scheduling, steps.py). Every host -> device copy here is non-blocking.
 """
 
 from __future__ import annotations
@@ -165,8 +165,11 @@ def sample_async(logits: torch.Tensor, rows: list[SamplingRow]) -> PendingSample
         for j, i in enumerate(sampled):
             if rows[i].generator is not None:  # seeded rows draw from their own generator
                 uniform[j] = torch.rand(1, dtype=cdf.dtype, device=dev, generator=rows[i].generator)
-        # The first token whose cumulative probability exceeds u: a token of probability 0 never is.
-        drawn = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+        # The first token whose cumulative probability exceeds u * total: a token of probability 0 never is. u < 1,
+        # but u * total can round up to total: kept just below it, it lands on the last token that has probability.
+        total = cdf[:, -1:]
+        target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+        drawn = torch.searchsorted(cdf, target, right=True)[:, 0]
         tokens = drawn if index is None or tokens is None else tokens.index_copy(0, index, drawn)
     assert tokens is not None  # argmax when a row is greedy, else the draws
     if raw is None:

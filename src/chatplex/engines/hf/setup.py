@@ -74,7 +74,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     else:
         model.set_attn_implementation(attention.register())
     if lora is None and packed_linear.supported(device, dtype):  # resident adapters hook the plain layers
-        packed_linear.pack_linears(model)
+        packed_linear.pack_linears(model, with_head=score_head is None)
     text_config = model.config.get_text_config()
     max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
     block_size = margs.kv_block_size
@@ -85,9 +85,9 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     if num_blocks < 2:
         raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
     cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device)
-    blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: CUDA-graph padding rows write there
+    blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: padding rows write there
     step_tokens = margs.max_num_batched_tokens or (GPU_STEP_TOKENS if device.type == "cuda" else CPU_STEP_TOKENS)
-    chunk_align = _invariant_chunk(margs, device, dtype, step_tokens) if margs.batch_invariant else 0
+    chunk_align = _invariant_chunk(margs, device, dtype, step_tokens, lora, multimodal) if margs.batch_invariant else 0
     scheduler = Scheduler(
         blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens, chunk_align=chunk_align
     )
@@ -149,19 +149,25 @@ def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool)
     return loader.load_model(margs, device, dtype, classifier), dtype
 
 
-def _invariant_chunk(margs: ModelArguments, device: torch.device, dtype: torch.dtype, step_tokens: int) -> int:
+def _invariant_chunk(
+    margs: ModelArguments, device: torch.device, dtype: torch.dtype, step_tokens: int, lora: Any, multimodal: Any
+) -> int:
     """batch_invariant's prefill chunk size, after checking it can hold here.
 
     It holds where every matmul gives a row the same numbers whatever rows share it: oneDNN's bfloat16 kernels on
-    a CPU do (tests/engines/hf/test_batch_invariant.py checks them); MKL's float32 kernels round 1-3 rows
-    differently from more, and cuBLAS picks kernels by batch size. A chunk leaves room in a step for every
-    sequence's decode token, so a whole chunk always fits beside them."""
+    a CPU do, from two rows up (a single row takes another path: the runner pads it); MKL's float32 kernels round
+    1-3 rows differently from more, and cuBLAS picks kernels by batch size. Resident LoRA adapters run their own
+    matmuls on each adapter's rows, and media models' towers batch a step's images: both are refused. A chunk
+    leaves room in a step for every sequence's decode token, so a whole chunk always fits beside them."""
     if device.type != "cpu" or dtype != torch.bfloat16:
         raise ConfigError(
             f"batch_invariant runs on a CPU in bfloat16 (this engine: {device.type}, "
-            f"{str(dtype).removeprefix('torch.')}): use infer_dtype auto or bfloat16 on a CPU, or turn it off.",
+            f"{str(dtype).removeprefix('torch.')}): use infer_dtype bfloat16 on a CPU, or turn it off.",
             param="batch_invariant",
         )
+    if lora is not None or multimodal is not None:
+        what = "resident LoRA adapters (merge them: merge_lora true)" if lora is not None else "a media model"
+        raise ConfigError(f"batch_invariant: not with {what}.", param="batch_invariant")
     chunk = step_tokens - margs.max_num_seqs
     if chunk < 1:
         raise ConfigError(
