@@ -33,20 +33,20 @@ def paged_decode_attention(
     window: int = 0,  # attend to the last `window` positions only (0: all)
     per_sequence: bool = False,  # CPU: each sequence over its own length only (batch_invariant)
 ) -> torch.Tensor:
-    if per_sequence and not q.is_cuda:
-        # A batch pads every context to its longest; padding changes the matmuls' shapes and so their rounding.
-        rows = [
-            _gathered_attention(
-                q[b : b + 1], k_cache, v_cache, block_tables[b : b + 1], seq_lens[b : b + 1], scale, block_size, window
-            )
-            for b in range(q.shape[0])
-        ]
-        return torch.cat(rows)
     if q.is_cuda:
         return triton_decode.paged_decode_attention(
             q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window
         )
-    return _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+    if not per_sequence:
+        return _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+    # A batch pads every context to its longest; padding changes the matmuls' shapes and so their rounding.
+    rows = [
+        _gathered_attention(
+            q[b : b + 1], k_cache, v_cache, block_tables[b : b + 1], seq_lens[b : b + 1], scale, block_size, window
+        )
+        for b in range(q.shape[0])
+    ]
+    return torch.cat(rows)
 
 
 def _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window):

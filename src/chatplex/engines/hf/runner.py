@@ -59,7 +59,8 @@ class ModelRunner:
         self.cache = cache
         self.device = device
         self.block_size = cache.block_size
-        self.use_kernel = paged_decode.available(device)
+        # Decode attention through block tables (paged_decode.py), else over each decode's gathered context slots.
+        self.reads_block_tables = paged_decode.available(device)
         self.graphs = graphs
         self.graph_steps = 0  # decode steps replayed from CUDA graphs (for stats and tests)
         # Eager steps (prefill chunks) round their token count up to a multiple of this: cuBLAS picks (and on
@@ -81,7 +82,7 @@ class ModelRunner:
             spans = self.multimodal.bidirectional(it) if self.multimodal is not None else None
             segments.append(PrefillSegment(int(host.offsets[i]), it.num_tokens, it.start, ctx, spans))
         decode_ctx = None
-        if d and not self.use_kernel:
+        if d and not self.reads_block_tables:
             decode_ctx = h2d(torch.from_numpy(host.decode_context_slots()), torch.long, self.device)
         return AttentionMetadata(
             cache=self.cache,
@@ -90,8 +91,8 @@ class ModelRunner:
             decode_ctx_slots=decode_ctx,
             decode_positions=dev.positions[:d] if d else None,
             prefills=segments,
-            decode_block_tables=dev.tables if d and self.use_kernel else None,
-            decode_seq_lens=dev.seq_lens if d and self.use_kernel else None,
+            decode_block_tables=dev.tables if d and self.reads_block_tables else None,
+            decode_seq_lens=dev.seq_lens if d and self.reads_block_tables else None,
             padded_from=host.padded_from,
             per_sequence_decode=self.batch_invariant,
         )
