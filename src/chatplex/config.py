@@ -93,6 +93,9 @@ class ModelArguments:
     # Greedy output independent of which other requests share a step (CPU, bfloat16): decode attention runs per
     # sequence and prefill chunks end at fixed positions of each prompt. It costs throughput (BENCHMARKS.md, 10).
     batch_invariant: bool = False
+    # Reuse the KV cache of prompt prefixes earlier requests computed (a conversation's past turns, a shared system
+    # prompt). None: on, except with batch_invariant (a cached prefix was computed in other company).
+    enable_prefix_caching: bool | None = None
     dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096
@@ -199,6 +202,12 @@ class ModelArguments:
                 f"batch_invariant: the {self.infer_backend} engine batches in its own way; batch-invariant greedy "
                 "output comes from infer_backend huggingface (on a CPU, in bfloat16).",
                 param="batch_invariant",
+            )
+        if self.batch_invariant and self.enable_prefix_caching:
+            raise ConfigError(
+                "enable_prefix_caching: not with batch_invariant (a cached prefix was computed beside other requests, "
+                "so reusing it would make output depend on them); turn one off.",
+                param="enable_prefix_caching",
             )
         from chatplex.engines.parallel import check_keys
 

@@ -135,6 +135,8 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None  # the stop string or token id that ended the sequence, if any
+    # Prompt tokens whose keys and values came from the engine's prefix cache (None: the engine does not say).
+    cached_tokens: int | None = None
     # Filled in by ChatModel's output parsing (chat requests on engines that render templates in-process):
     # then `text` is answer content only, `reasoning` the thinking text, `tool_calls` OpenAI-style call pieces.
     reasoning: str = ""

@@ -59,6 +59,8 @@ def test_engine_args_pass_through(smollm_dir):
     assert args.enable_lora and args.max_lora_rank == 32
     gpu = params.engine_args(load_args({"infer_backend": "vllm"}).model, smollm_dir, on_cpu=False, lora=False)
     assert gpu.kv_cache_memory_bytes is None and gpu.max_model_len == 4096 and not gpu.enable_lora
+    off = load_args({"infer_backend": "vllm", "enable_prefix_caching": False}).model
+    assert params.engine_args(off, smollm_dir, on_cpu=True, lora=False).enable_prefix_caching is False
 
 
 def test_unknown_vllm_config_key_is_named(smollm_dir):
@@ -182,6 +184,16 @@ async def test_stats_count_running_requests(vllm_model):
     assert vllm_model.stats().running == 1
     await stream.aclose()
     assert vllm_model.stats().running == 0 and vllm_model.stats().aborted_requests >= 1
+
+
+@pytest.mark.slow
+async def test_prompt_tokens_from_vllms_prefix_cache_are_reported(vllm_model):
+    messages = [{"role": "system", "content": "Answer briefly. " * 40}, {"role": "user", "content": "Hi"}]
+    last = []
+    for _ in range(2):
+        request = vllm_model.build_request(messages, do_sample=False, max_new_tokens=2)
+        last.append([d async for d in vllm_model.agenerate(request)][-1])
+    assert last[0].cached_tokens == 0 and last[1].cached_tokens > 0
 
 
 # ---- reward models on vLLM's pooling runner -----------------------------------------------------------------

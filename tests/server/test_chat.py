@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.server.conftest import SERVED_NAME
@@ -59,8 +61,32 @@ def test_stream_include_usage_matches_non_streamed(client):
     whole = client.chat.completions.create(model=SERVED_NAME, messages=Q, temperature=0, max_tokens=10)
     chunks = _stream(client, temperature=0, max_tokens=10, stream_options={"include_usage": True})
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [getattr(chunks[-1].usage, k) for k in counts] == [getattr(whole.usage, k) for k in counts]
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0  # the same prompt ran just before
     assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_usage_reports_cached_prompt_tokens_and_metrics_count_them(client, http):
+    """The second request with the same long system prompt finds it in the prefix cache: usage says how many of its
+    prompt tokens came from there (all full blocks of 16 but the one holding the last token), /metrics counts them."""
+    system = f"You are assistant {uuid.uuid4()}. " + "Answer briefly and politely, in English. " * 12
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+    before = _metric(http, "chatplex:prefix_cache_hits_total")
+    first = client.chat.completions.create(model=SERVED_NAME, messages=messages, temperature=0, max_tokens=2)
+    second = client.chat.completions.create(model=SERVED_NAME, messages=messages, temperature=0, max_tokens=2)
+    prompt = first.usage.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == (prompt - 1) // 16 * 16 > 100
+    assert second.usage.prompt_tokens == prompt and second.choices[0].message == first.choices[0].message
+    assert _metric(http, "chatplex:prefix_cache_hits_total") - before == (prompt - 1) // 16 * 16
+    assert 0 < _metric(http, "chatplex:prefix_cache_hit_rate") < 1
+    assert _metric(http, "chatplex:prefix_cache_queries_total") > _metric(http, "chatplex:prefix_cache_hits_total")
+
+
+def _metric(http, name: str) -> float:
+    [value] = [float(line.split()[-1]) for line in http.get("/metrics").text.splitlines() if line.startswith(name + " ")]
+    return value
 
 
 def test_n_gives_n_choices_and_counts_all_completion_tokens(client):

@@ -33,6 +33,9 @@ class EngineStats:
     max_batch_size: int = 0
     # steps launched while the previous step's tokens were still on their way to the host (async scheduling)
     overlapped_steps: int = 0
+    # prefix caching: prompt tokens of new requests looked up in the cache, and of those, found there
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -45,6 +45,15 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "chatplex:num_preemptions", "Sequences preempted for KV-cache space.", value=s.preemptions
         )
+        # vLLM's names: prompt tokens of new requests looked up in the prefix cache, and of those, found there.
+        yield CounterMetricFamily(
+            "chatplex:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries
+        )
+        yield CounterMetricFamily(
+            "chatplex:prefix_cache_hits", "Prompt tokens found in the prefix cache.", value=s.prefix_cache_hits
+        )
+        rate = s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0
+        yield GaugeMetricFamily("chatplex:prefix_cache_hit_rate", "Prefix cache hits / queries since start.", rate)
 
 
 class Metrics:

@@ -66,6 +66,7 @@ class Tracker:
         self.n = n
         self.choices: dict[int, _Choice] = {}
         self.prompt_tokens: dict[int, int] = {}
+        self.cached_tokens: dict[int, int] = {}  # per request: the fewest of its sequences' (each counts the prompt)
 
     def add(self, request_index: int, delta: Delta) -> tuple[int, _Choice]:
         index = request_index * self.n + delta.index
@@ -80,12 +81,21 @@ class Tracker:
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
         self.prompt_tokens[request_index] = delta.prompt_tokens
+        if delta.cached_tokens is not None:
+            known = self.cached_tokens.get(request_index, delta.cached_tokens)
+            self.cached_tokens[request_index] = min(known, delta.cached_tokens)
         return index, choice
 
     def usage(self) -> s.Usage:
         prompt = sum(self.prompt_tokens.values())
         completion = sum(c.completion_tokens for c in self.choices.values())
-        return s.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        details = s.PromptTokensDetails(cached_tokens=sum(self.cached_tokens.values())) if self.cached_tokens else None
+        return s.Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=details,
+        )
 
 
 async def chat_completion(

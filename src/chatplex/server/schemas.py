@@ -50,10 +50,15 @@ class SamplingFields(OpenAIRequest):
     skip_special_tokens: bool | None = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens whose keys and values came from the engine's prefix cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None  # None: the engine does not report its cache
 
 
 class ErrorDetail(BaseModel):

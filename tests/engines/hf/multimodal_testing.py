@@ -299,6 +299,20 @@ def assert_image_equals_generate(chat_model: Any, reference: Callable, image: Im
     return expected
 
 
+def assert_prefix_cache_keyed_by_image(chat_model: Any, reference: Callable, max_tokens: int,
+                                       size: tuple[int, int] = (112, 112)) -> None:
+    """The prefix cache keys blocks by the request's media: the same prompt beside another image finds nothing (its
+    placeholders are the same token ids) and gives that image's answer; the first image again finds its blocks."""
+    a, b = noise_image(size, 31), noise_image(size, 32)
+    lead = "Look closely at this picture, then describe it in detail. " * 3
+    ref_messages = user([{"type": "text", "text": lead}, {"type": "image"}, {"type": "text", "text": "What is this?"}])
+    for image, finds in ((a, False), (b, False), (a, True)):
+        before = chat_model.stats().prefix_cache_hits
+        got = engine_tokens(chat_model, user(lead + "<image>What is this?"), max_tokens, images=[image])
+        assert got == reference(ref_messages, [image])
+        assert (chat_model.stats().prefix_cache_hits > before) == finds
+
+
 # --- refusals ------------------------------------------------------------------------------------------------------
 
 def assert_refused(chat_model: Any, messages: list[dict], match: str, param: str | None,

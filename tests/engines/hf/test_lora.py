@@ -189,3 +189,22 @@ async def test_load_at_run_time_on_packed_bfloat16_layers(tiny_model_dir, adapte
         got = await asyncio.gather(*(_tokens(model, p, a) for p in PROMPTS for a in ("a2", None)))
     assert got == expected
     assert got[1::2] == base_before
+
+
+async def test_cached_prefixes_are_per_adapter(tiny_model_dir, adapters, references):
+    """The prefix cache keys blocks by adapter: the same prompt under each adapter, one after another (each run
+    could find the earlier ones' blocks), gives each adapter's own tokens; a name unloaded and loaded again with
+    other weights finds nothing of the old adapter's."""
+    long_prompt = PROMPTS[1]
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "lora_modules": adapters,
+                    "kv_block_size": 4}) as model:
+        for name in (None, "a1", "a2", "a1", None):
+            assert await _tokens(model, long_prompt, name) == references[name][1], name
+        assert model.stats().prefix_cache_hits > 0  # the repeats found their own adapter's blocks
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
+                    "kv_block_size": 4}) as model:
+        await model.aload_adapter("x", adapters["a1"])
+        assert await _tokens(model, long_prompt, "x") == references["a1"][1]
+        await model.aunload_adapter("x")
+        await model.aload_adapter("x", adapters["a2"])
+        assert await _tokens(model, long_prompt, "x") == references["a2"][1]

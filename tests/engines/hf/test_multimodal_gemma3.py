@@ -10,7 +10,8 @@ import torch
 
 from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
-    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
+    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_prefix_cache_keyed_by_image,
+    assert_refused,
     assert_still_serving, build_in, chatml_template, counting_calls, engine_tokens, generate_tokens, image_data_url,
     image_messages, noise_image, save_all, tiny_chat_model, tiny_tokenizer, user,
 )
@@ -135,6 +136,25 @@ def test_image_url_parts_in_chunks_encode_once(chat_model, reference) -> None:
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
     await assert_mixed_image_batch_equals_alone(chat_model, reference, MAX_TOKENS)
+
+
+def test_prefix_cache_is_keyed_by_the_image(chat_model, reference) -> None:
+    assert_prefix_cache_keyed_by_image(chat_model, reference, MAX_TOKENS)
+
+
+async def test_a_cached_prefix_stops_before_the_image(chat_model) -> None:
+    """An image's tokens see each other both ways, so they are computed together (a chunk starting inside one moves
+    back to its start): a cached prefix ending inside the image would have that chunk write into shared blocks."""
+    image = noise_image((50, 40), 41)
+    messages = user("Some words ahead of the picture, enough to fill a few blocks of the cache. <image>Describe.")
+    request = chat_model.build_request(messages, images=[image], do_sample=False, max_tokens=2)
+    prompt_ids, _ = chat_model.engine.multimodal.prepare(chat_model.engine.prompts, request)
+    image_start = prompt_ids.index(chat_model.engine.multimodal.image_token_id)
+    cached = []
+    for _ in range(2):
+        request = chat_model.build_request(messages, images=[image], do_sample=False, max_tokens=2)
+        cached.append([d async for d in chat_model.agenerate(request)][-1].cached_tokens)
+    assert cached[0] == 0 and 0 < cached[1] <= image_start < len(prompt_ids) - 16
 
 
 def test_bad_media_names_the_part(chat_model) -> None:

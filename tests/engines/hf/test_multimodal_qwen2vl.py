@@ -11,7 +11,8 @@ import torch
 
 from chatplex.errors import UnsupportedFeatureError
 from tests.engines.hf.multimodal_testing import (
-    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_refused,
+    CORRUPT_PNG, assert_image_equals_generate, assert_mixed_image_batch_equals_alone, assert_prefix_cache_keyed_by_image,
+    assert_refused,
     assert_still_serving, build_in, chatml_template, counting_calls, data_url, engine_tokens, expand_image_pads,
     generate_tokens, image_data_url, noise_image, save_all, sharpen_attention, tiny_chat_model, tiny_tokenizer, user,
 )
@@ -114,6 +115,10 @@ def test_chunked_prefill_and_text_only_requests(chat_model, reference) -> None:
 
 async def test_mixed_batch_equals_each_alone(chat_model, reference) -> None:
     await assert_mixed_image_batch_equals_alone(chat_model, reference, MAX_TOKENS)
+
+
+def test_prefix_cache_is_keyed_by_the_image(chat_model, reference) -> None:
+    assert_prefix_cache_keyed_by_image(chat_model, reference, MAX_TOKENS)
 
 
 def test_bad_media_names_the_part(chat_model) -> None:

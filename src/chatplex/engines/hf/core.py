@@ -269,6 +269,7 @@ class EngineCore:
             prompt_tokens=seq.prompt_len,
             completion_tokens=seq.num_output_tokens,
             logprobs=logprobs,
+            cached_tokens=seq.num_cached_tokens,
         )
         self._out.append((self.streams[seq.request_id], delta))
 
@@ -292,6 +293,7 @@ class EngineCore:
             logprobs=logprobs,
             finish_reason=reason,
             stop_reason=stop_reason,
+            cached_tokens=seq.num_cached_tokens,
         )
         self._out.append((stream, delta))
 

@@ -22,7 +22,7 @@ from chatplex.config import ChatplexArgs
 from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.fresh_thread import run_in_fresh_thread
-from chatplex.engines.hf import embedding, encoder, loader, lora, scoring, setup, switch_interval
+from chatplex.engines.hf import embedding, encoder, loader, lora, prefix_keys, scoring, setup, switch_interval
 from chatplex.engines.hf import pooling as pooling_mod
 from chatplex.engines.hf.core import EngineCore
 from chatplex.engines.hf.output_processor import OutputProcessor
@@ -146,10 +146,10 @@ class HFEngine(Engine):
         if items:
             if self.multimodal is None:
                 raise text_only_error(items[0][0], self._name)
-            # Decoding, fetching and preprocessing media is blocking work: keep it off the event loop.
-            prompt_ids, media = await run_in_fresh_thread(self.multimodal.prepare, self.prompts, request)
+            # Decoding, fetching, preprocessing and hashing media is blocking work: keep it off the event loop.
+            prompt_ids, media, key = await run_in_fresh_thread(self._prepare_media, request, adapter)
         else:
-            prompt_ids = self.prompts.prompt_ids(request)
+            prompt_ids, key = self.prompts.prompt_ids(request), prefix_keys.cache_key(adapter)
         matchers = await self.grammars.matchers(request.constraint, request.sampling.n)
         self._check_cache_holds(len(prompt_ids) + 1, "The prompt", "messages")
         margs = self.args.model
@@ -161,8 +161,9 @@ class HFEngine(Engine):
                 f"The engine is full ({self._active_requests} requests running or waiting); retry shortly."
             )
         seqs = self._new_sequences(request, prompt_ids, matchers)
+        limit = prefix_keys.cache_limit(media) if media is not None else None
         for seq in seqs:
-            seq.adapter, seq.media = adapter, media
+            seq.adapter, seq.media, seq.cache_key, seq.cache_limit = adapter, media, key, limit
         self._active_requests += 1
         try:
             async with aclosing(self._stream(core, request.request_id, seqs, is_final)) as deltas:
@@ -170,6 +171,10 @@ class HFEngine(Engine):
                     yield delta
         finally:
             self._active_requests -= 1
+
+    def _prepare_media(self, request: GenerationRequest, adapter: str | None) -> tuple[list[int], Any, bytes]:
+        prompt_ids, media = self.multimodal.prepare(self.prompts, request)
+        return prompt_ids, media, prefix_keys.cache_key(adapter, media)
 
     @staticmethod
     def _stream(
@@ -223,6 +228,8 @@ class HFEngine(Engine):
             self._check_cache_holds(len(x), f"batch_input[{i}]", "batch_input")
         request_id = new_request_id("score")
         seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]
+        for seq in seqs:
+            seq.cache_key = prefix_keys.cache_key(None)
         scores = [0.0] * len(ids)
         async with aclosing(self._stream(core, request_id, seqs, lambda _: True)) as results:
             async for index, value in results:  # each sequence sends one (index, score) and finishes
@@ -295,7 +302,12 @@ class HFEngine(Engine):
         core = self._running_with_adapters()
         if name not in self.adapters:
             raise NotFoundError(f"The LoRA adapter {name!r} is not loaded.", param="lora_name", code="model_not_found")
-        await core.call(lambda: lora.unload_at_run_time(self.runner, name, core.live_sequences()))
+        await core.call(partial(self._unload, name, core))
+
+    def _unload(self, name: str, core: EngineCore) -> None:
+        lora.unload_at_run_time(self.runner, name, core.live_sequences())
+        # An adapter loaded later under the same name has other weights: its blocks must not be found again.
+        self.blocks.reset_prefix_cache()
 
     def _running_with_adapters(self) -> EngineCore:
         core = self._running()
@@ -315,6 +327,8 @@ class HFEngine(Engine):
             running=len(self.scheduler.running),
             waiting=len(self.scheduler.waiting),
             preemptions=self.scheduler.num_preemptions,
+            prefix_cache_queries=self.blocks.queried_tokens,
+            prefix_cache_hits=self.blocks.hit_tokens,
         )
 
     async def close(self) -> None:

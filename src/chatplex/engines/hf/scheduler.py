@@ -6,6 +6,8 @@ Policy: first come, first served, continuous batching with chunked prefill.
   3. Waiting sequences are admitted in arrival order while a slot, budget and KV blocks are free.
 When a decoding sequence needs a block and none is free, the most recently admitted sequence is preempted: its
 blocks are freed and it goes back to the front of the queue, to be recomputed later (its output is kept).
+A sequence being admitted first takes the cached blocks its tokens start with (block_manager.py): its prefill
+starts after them, and a preempted one recomputes only what was evicted meanwhile.
 
 With async scheduling the engine schedules step N+1 before step N's sampled tokens reach the host: those
 tokens are pending (`Sequence.num_pending`) and count as positions, so a decoding sequence decodes its pending
@@ -70,11 +72,15 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.blocks.free(seq)
-        seq.num_computed_tokens = 0
+        self._release(seq)
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
+
+    def _release(self, seq: Sequence) -> None:
+        """Give back a sequence's blocks; it starts again from its cached prefix when it is next admitted."""
+        self.blocks.free(seq)
+        seq.num_computed_tokens = 0
 
     def schedule(self) -> tuple[list[ScheduledSeq], list[Sequence]]:
         """Pick this step's work. Returns (scheduled chunks, sequences ended because the cache cannot hold them)."""
@@ -111,10 +117,10 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.is_draining:
                 break  # preempted with its last token in flight: it finishes when that token arrives
+            self.blocks.take_cached_prefix(seq)
             n = self._chunk(seq, budget)
-            if n == 0:
-                break
-            if not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
+            if n == 0 or not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
+                self._release(seq)
                 break
             self.waiting.popleft()
             self.blocks.grow(seq, seq.num_computed_tokens + n)
@@ -137,6 +143,7 @@ class Scheduler:
         token pending (sampled on the device, not yet known on the host)."""
         for item in batch:
             item.seq.num_computed_tokens = item.start + item.num_tokens
+            self.blocks.register(item.seq)
         for seq in sampled:
             seq.num_pending += 1
 

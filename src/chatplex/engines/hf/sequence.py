@@ -39,6 +39,13 @@ class Sequence:
     # next positions, so the following step is scheduled before their values reach `token_ids`.
     num_pending: int = 0
     block_table: list[int] = field(default_factory=list)
+    # Prefix caching (block_manager.py). cache_key: what else its keys and values depend on (adapter, media), None
+    # to keep it out of the cache; cache_limit: no cached prefix may end past this position (None: any).
+    cache_key: bytes | None = None
+    cache_limit: int | None = None
+    block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks, as far as computed
+    num_registered_blocks: int = 0  # its first blocks that are registered in the cache
+    num_cached_tokens: int | None = None  # prompt tokens found in the cache at its first admission
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     # Engine-side helpers, set when the request is admitted; they live here so they die with the sequence.

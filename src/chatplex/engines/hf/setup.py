@@ -85,7 +85,11 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     if num_blocks < 2:
         raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
     cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device)
-    blocks = BlockManager(num_blocks, block_size, reserved=1)  # block 0 is scratch: padding rows write there
+    prefix_caching = margs.enable_prefix_caching
+    if prefix_caching is None:
+        prefix_caching = not margs.batch_invariant
+    # Block 0 is scratch: padding rows write there.
+    blocks = BlockManager(num_blocks, block_size, reserved=1, prefix_caching=prefix_caching)
     step_tokens = margs.max_num_batched_tokens or (GPU_STEP_TOKENS if device.type == "cuda" else CPU_STEP_TOKENS)
     chunk_align = _invariant_chunk(margs, device, dtype, step_tokens, lora, multimodal) if margs.batch_invariant else 0
     scheduler = Scheduler(
@@ -114,12 +118,13 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)
     logger.info(
-        "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; CUDA graphs %s",
+        "Loaded %s on %s (%s); KV cache %d blocks x %d tokens; prefix caching %s; CUDA graphs %s",
         name,
         device,
         dtype,
         num_blocks,
         block_size,
+        "on" if prefix_caching else "off",
         "on" if graphs else "off",
     )
     return EngineParts(

@@ -325,6 +325,7 @@ class VLLMEngine(Engine):
                     seq.prompt_len = len(result.prompt_token_ids)  # with each item's placeholder expanded
                 completion = result.outputs[0]
                 delta = seq.add(completion.token_ids, completion.logprobs, completion.finish_reason)
+                delta.cached_tokens = result.num_cached_tokens  # vLLM's own prefix cache
                 _send(caller, out, delta)
                 if seq.finished:
                     break

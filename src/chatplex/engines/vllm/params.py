@@ -46,6 +46,8 @@ def engine_args(
         # takes them as they are, where vLLM's default would try xgrammar first.
         "structured_outputs_config": {"backend": "guidance"},
     }
+    if margs.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = margs.enable_prefix_caching
     if margs.model_name_or_path is not None and not os.path.isdir(model_dir):
         kwargs["revision"] = margs.model_revision
         kwargs["download_dir"] = margs.cache_dir

@@ -58,7 +58,7 @@ class BlockWriter:
             events += self._switch(("tool", call.index), _tool_block(call))
             if call.arguments:
                 events.append(self._add(InputJSONDelta(partial_json=call.arguments)))
-        self.usage = Usage(input_tokens=delta.prompt_tokens, output_tokens=delta.completion_tokens)
+        self.usage = Usage.of(delta, delta.completion_tokens)
         if delta.finish_reason is not None:
             self.stop_reason, self.stop_sequence = self._stop(delta)
         return events

@@ -44,7 +44,7 @@ async def message_events(
         async for _, delta in deltas:
             if not started:  # the prompt's size is known from the first delta on
                 started = True
-                usage = Usage(input_tokens=delta.prompt_tokens, output_tokens=0)
+                usage = Usage.of(delta, 0)
                 yield MessageStartEvent(message=Message(id=rid, model=model, content=[], usage=usage))
             for event in writer.feed(delta):
                 yield event
@@ -56,7 +56,10 @@ async def message_events(
     if not pinged:
         yield PingEvent()
     body = MessageDeltaBody(stop_reason=writer.stop_reason or "end_turn", stop_sequence=writer.stop_sequence)
-    totals = MessageDeltaUsage(input_tokens=writer.usage.input_tokens, output_tokens=writer.usage.output_tokens)
+    u = writer.usage
+    totals = MessageDeltaUsage(
+        input_tokens=u.input_tokens, output_tokens=u.output_tokens, cache_read_input_tokens=u.cache_read_input_tokens
+    )
     yield MessageDeltaEvent(delta=body, usage=totals)
     yield MessageStopEvent()
 

@@ -106,11 +106,19 @@ ContentBlock = Annotated[TextBlock | ThinkingBlock | ToolUseBlock, Field(discrim
 
 
 class Usage(BaseModel):
+    # Anthropic's split: input_tokens are the prompt tokens computed, cache_read_input_tokens those read from the
+    # engine's prefix cache (their sum is the prompt). chatplex has no explicit cache writes.
     input_tokens: int
     output_tokens: int
-    # chatplex does not report prompt-cache hits per request; the whole prompt counts as input.
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+
+    @classmethod
+    def of(cls, delta: Any, output_tokens: int) -> Usage:
+        cached = delta.cached_tokens or 0
+        return cls(
+            input_tokens=delta.prompt_tokens - cached, output_tokens=output_tokens, cache_read_input_tokens=cached
+        )
 
 
 class Message(BaseModel):
@@ -198,6 +206,7 @@ class MessageDeltaBody(BaseModel):
 class MessageDeltaUsage(BaseModel):
     input_tokens: int | None = None
     output_tokens: int
+    cache_read_input_tokens: int | None = None
 
 
 class MessageDeltaEvent(BaseModel):

@@ -61,7 +61,7 @@ class ResponseBuilder:
         self._seq = 0
         self._open: _Item | None = None
         self._call_index: int | None = None  # the tool-call index of the open function_call item
-        self._input_tokens = self._output_tokens = self._reasoning_tokens = 0
+        self._input_tokens = self._output_tokens = self._reasoning_tokens = self._cached_tokens = 0
         self._answering = False  # text or a tool call has come: later tokens are not reasoning
         self._finish_reason: str | None = None
 
@@ -91,6 +91,7 @@ class ResponseBuilder:
             r.incomplete_details = s.IncompleteDetails(reason="max_output_tokens")
         r.usage = s.ResponseUsage(
             input_tokens=self._input_tokens,
+            input_tokens_details=s.InputTokensDetails(cached_tokens=self._cached_tokens),
             output_tokens=self._output_tokens,
             output_tokens_details=s.OutputTokensDetails(reasoning_tokens=self._reasoning_tokens),
             total_tokens=self._input_tokens + self._output_tokens,
@@ -111,6 +112,7 @@ class ResponseBuilder:
 
     def _count(self, delta: Delta) -> None:
         self._input_tokens, self._output_tokens = delta.prompt_tokens, delta.completion_tokens
+        self._cached_tokens = delta.cached_tokens or 0
         self._answering = self._answering or bool(delta.text or delta.tool_calls)
         # Tokens before the answer begins are thinking (the closing tag's tokens too, which carry no text).
         if not self._answering and (delta.reasoning or self._reasoning_tokens):

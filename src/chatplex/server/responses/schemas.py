@@ -217,7 +217,7 @@ OutputItem = Annotated[OutputMessage | OutputFunctionCall | OutputReasoning, Fie
 
 
 class InputTokensDetails(BaseModel):
-    """No prefix cache is reported by the engines, so both counts are 0."""
+    """cached_tokens: prompt tokens read from the engine's prefix cache (0 where the engine does not say)."""
 
     cached_tokens: int = 0
     cache_write_tokens: int = 0
