@@ -113,7 +113,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         pad_tokens_to=pad,
         batch_invariant=margs.batch_invariant,
     )
-    template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
+    prompts = prompt_preparer(margs, tokenizer, max_len, text_config.vocab_size)
+    template = prompts.template
     # A sequence classifier (reward model) has no generation config.
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)
@@ -137,7 +138,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         blocks,
         scheduler,
         runner,
-        PromptPreparer(tokenizer, template, max_len, model.config.get_text_config().vocab_size),
+        prompts,
         eos_ids,
         template_stops,
         default_adapter,
@@ -145,13 +146,31 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     )
 
 
+def prompt_preparer(margs: ModelArguments, tokenizer: Any, max_len: int, vocab_size: int) -> PromptPreparer:
+    """The chat template and prompt checks over `tokenizer` (an engine process's frontend builds its own)."""
+    template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
+    return PromptPreparer(tokenizer, template, max_len, vocab_size)
+
+
 def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool) -> tuple[Any, torch.dtype]:
     if margs.infer_dtype == "auto" and device.type == "cpu":
         model = loader.load_model(margs, device, torch.float32, classifier)
         dtype = loader.resolve_dtype(margs, model, device)
-        return model.to(dtype), dtype
+        return _in_own_memory(model.to(dtype)), dtype
     dtype = loader.resolve_dtype(margs, None, device)
-    return loader.load_model(margs, device, dtype, classifier), dtype
+    model = loader.load_model(margs, device, dtype, classifier)
+    return (_in_own_memory(model) if device.type == "cpu" else model), dtype
+
+
+@torch.no_grad()
+def _in_own_memory(model: Any) -> Any:
+    """Copy the weights out of the checkpoint's memory map. Loaded in the checkpoint's own dtype on a CPU, they stay
+    mapped to the safetensors file (4 KiB file pages, no transparent huge pages, and oneDNN's packed weights may
+    point into them): decode steps that read every weight ran up to 3x slower, and varied from one load to the next
+    (BENCHMARKS.md, section 11). A tied weight is one parameter, copied once, so it stays tied."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data = tensor.data.clone()
+    return model
 
 
 def _invariant_chunk(
