@@ -96,6 +96,9 @@ class ModelArguments:
     # Reuse the KV cache of prompt prefixes earlier requests computed (a conversation's past turns, a shared system
     # prompt). None: on, except with batch_invariant (a cached prefix was computed in other company).
     enable_prefix_caching: bool | None = None
+    # Run the Hugging Face engine (scheduler, model, detokenizing) in a process of its own, so the HTTP frontend does
+    # not compete with it for the interpreter lock (engines/process). None: on under `chatplex serve` with a GPU.
+    engine_process: bool | None = None
     dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096
@@ -202,6 +205,12 @@ class ModelArguments:
                 f"batch_invariant: the {self.infer_backend} engine batches in its own way; batch-invariant greedy "
                 "output comes from infer_backend huggingface (on a CPU, in bfloat16).",
                 param="batch_invariant",
+            )
+        if self.engine_process and self.infer_backend != "huggingface":
+            raise ConfigError(
+                f"engine_process: applies to infer_backend huggingface; the {self.infer_backend} engine runs where it "
+                "runs (vLLM already has an engine process of its own).",
+                param="engine_process",
             )
         if self.batch_invariant and self.enable_prefix_caching:
             raise ConfigError(

@@ -172,6 +172,14 @@ def llamafactory_env(model_args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def _has_gpu(args: Any) -> bool:
+    if args.model.device not in ("auto", "cuda"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run(ns: argparse.Namespace) -> NoReturn:
     from chatplex.config import load_args
     from chatplex.engines.parallel import is_worker_node, run_worker_node
@@ -181,6 +189,8 @@ def run(ns: argparse.Namespace) -> NoReturn:
     if ns.max_queued_requests is not None:
         model_args["max_waiting_requests"] = ns.max_queued_requests
     args = load_args(model_args)
+    if args.model.engine_process is None and args.model.infer_backend == "huggingface" and _has_gpu(args):
+        model_args["engine_process"] = True  # the HTTP frontend and the engine each get an interpreter of their own
     if is_worker_node(args):  # node 1.. of several machines: workers only, node 0 serves
         code = run_worker_node(args)
     else:

@@ -41,6 +41,10 @@ def create_engine(args: ChatplexArgs) -> Engine:
             f"infer_backend: {backend!r} is not available in this version of chatplex; available: {available}.",
             param="infer_backend",
         )
+    if backend == "huggingface" and args.model.engine_process:
+        from chatplex.engines.process.client import ProcessEngine
+
+        return ProcessEngine(args)
     target, hint = _REGISTRY[backend]
     module_name, _, class_name = target.partition(":")
     try:

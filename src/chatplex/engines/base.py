@@ -139,6 +139,11 @@ class Engine(ABC):
     async def unload_adapter(self, name: str) -> None:
         raise UnsupportedFeatureError(f"The {self.backend} engine cannot unload LoRA adapters.", param="lora_name")
 
+    @property
+    def healthy(self) -> bool:
+        """False once the engine can serve no more (its process died): the server's /health says 503."""
+        return True
+
     def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
         """How many tokens the request's prompt takes, when the engine can tell without generating."""
         return None

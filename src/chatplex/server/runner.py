@@ -65,9 +65,16 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
     server = DrainingServer(config, state)
     loaded: dict[str, Any] = {}
 
+    def engine_died() -> None:  # an engine process that dies takes the server down, for a supervisor to restart
+        loaded["engine_died"] = True
+        server.should_exit = True
+
     def load() -> None:  # in the background, so /health answers 503 "loading" meanwhile
         try:
-            loaded["model"] = state.chat_model = ChatModel(model_args)
+            model = ChatModel(model_args)
+            if hasattr(model.engine, "on_exit"):
+                model.engine.on_exit = engine_died
+            loaded["model"] = state.chat_model = model
             logger.warning("chatplex serve: %s ready on http://%s:%d", state.model_name, settings.host, settings.port)
         except BaseException as e:  # noqa: BLE001 - re-raised once the server has stopped
             loaded["error"] = e
@@ -81,4 +88,7 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
             loaded["model"].close()
     if "error" in loaded:
         raise loaded["error"]
+    if loaded.get("engine_died"):
+        logger.error("chatplex serve: the engine process died; exiting with code 1")
+        return 1
     return 0

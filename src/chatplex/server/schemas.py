@@ -228,7 +228,7 @@ class ModelList(BaseModel):
 
 
 class HealthStatus(BaseModel):
-    status: Literal["ok", "loading", "draining"]
+    status: Literal["ok", "loading", "draining", "engine_dead"]
 
 
 class ScoreRequest(OpenAIRequest):

@@ -30,7 +30,9 @@ class ServerState:
     def status(self) -> str:
         if self.draining:
             return "draining"
-        return "ok" if self.chat_model is not None else "loading"
+        if self.chat_model is None:
+            return "loading"
+        return "ok" if self.chat_model.engine.healthy else "engine_dead"
 
     @property
     def model_name(self) -> str:

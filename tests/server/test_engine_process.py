@@ -1,0 +1,76 @@
+"""`chatplex serve --engine-process`: the Hugging Face engine in a process of its own behind the HTTP server.
+Real server, real openai client; the engine process is killed to see the server fail loudly instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import openai
+
+from tests.server.conftest import ServerProcess
+
+
+def engine_pid(server_pid: int) -> int:
+    with open(f"/proc/{server_pid}/task/{server_pid}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    [pid] = [p for p in children if b"chatplex.engines.process.child" in open(f"/proc/{p}/cmdline", "rb").read()]
+    return pid
+
+
+def test_serves_through_the_engine_process_and_exits_1_when_it_dies(tmp_path, tiny_model_dir):
+    srv = ServerProcess(["--model", tiny_model_dir, "--engine-process", "--served-model-name", "x"],
+                        tmp_path / "server.log").wait_ready()
+    try:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "Hello there, how are you?"}]
+        whole = client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=8)
+        chunks = list(client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=8,
+                                                     stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+        assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0  # the engine's prefix cache, across the wire
+        assert "chatplex:prefix_cache_hits_total" in httpx.get(f"{srv.url}/metrics").text
+        engine = engine_pid(srv.proc.pid)
+
+        body = {"model": "x", "messages": messages, "max_tokens": 400, "ignore_eos": True, "stream": True}
+        events = []
+        with httpx.stream("POST", f"{srv.url}/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 2:
+                        os.kill(engine, signal.SIGKILL)
+        error = json.loads(events[-2])["error"]
+        assert "engine process stopped" in error["message"] and events[-1] == "[DONE]"
+        assert srv.proc.wait(timeout=30) == 1  # for a supervisor to restart it
+        assert "the engine process died" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_sigterm_drains_through_the_engine_process(tmp_path, tiny_model_dir):
+    """SIGTERM goes to the server; the engine process ignores it and serves the requests in flight until the
+    frontend closes it, then the server exits 0."""
+    srv = ServerProcess(["--model", tiny_model_dir, "--engine-process", "--served-model-name", "x"], tmp_path / "server.log").wait_ready()
+    try:
+        engine = engine_pid(srv.proc.pid)
+        body = {"model": "x", "prompt": "Once", "max_tokens": 60, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)
+            srv.proc.send_signal(signal.SIGTERM)
+            os.kill(engine, signal.SIGTERM)  # as a process-group signal (systemd, ^C) would reach it
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]" and not any('"error"' in line for line in rest)
+        assert srv.proc.wait(timeout=30) == 0
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{engine}") or open(f"/proc/{engine}/stat").read().split()[2] == "Z":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the engine process outlived its server")
+    finally:
+        srv.stop()
