@@ -51,7 +51,7 @@ async def drive_engine(
     request_kwargs: list[dict[str, Any]] | None = None,
 ) -> tuple[list[RequestRecord], float]:
     """Stream every conversation through `ChatModel.agenerate`, at most `concurrency` at once, greedy;
-    `request_kwargs[i]` adds to request i's arguments (an adapter, say).
+    `request_kwargs[i]` adds to (or overrides) request i's arguments (an adapter, its own max_new_tokens).
 
     Returns one record per request (a chunk is a delta that carries text) and the wall duration. A request's
     start is when it gets a slot, as `chatplex bench` counts it; with concurrency >= requests that is t=0.
@@ -61,9 +61,8 @@ async def drive_engine(
 
     async def one(messages: list[dict[str, Any]], extra: dict[str, Any]) -> RequestRecord:
         async with gate:
-            request = model.build_request(
-                messages, temperature=0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, **extra
-            )
+            kwargs = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": ignore_eos, **extra}
+            request = model.build_request(messages, **kwargs)
             record = RequestRecord(start=time.perf_counter())
             async for delta in model.agenerate(request):
                 if delta.text:

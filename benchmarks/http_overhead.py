@@ -35,12 +35,12 @@ from chatplex.bench.prompts import load_tokenizer
 from chatplex.models.embedded import embedded_model_dir
 
 
-def start_server(dtype: str, log_path: str) -> tuple[subprocess.Popen, str]:
+def start_server(dtype: str, log_path: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "chatplex.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--infer-dtype", dtype]
+           "--infer-dtype", dtype, *extra]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -90,6 +90,9 @@ def summary_row(label: str, s) -> dict:
         "ttft_mean_ms": round(s.ttft.mean, 1),
         "tpot_mean_ms": round(s.tpot.mean, 2),
         "itl_median_ms": round(s.itl.median, 2),
+        # where the run asked for them (percentiles=(50, 99))
+        **{f"{name}_{p}_ms": round(getattr(s, name).percentiles[p], 2)
+           for name in ("ttft", "tpot", "itl") for p in ("p50", "p99") if p in getattr(s, name).percentiles},
     }
 
 

@@ -1,0 +1,114 @@
+"""GPU serving side by side (issue 15): the engine in-process vs behind `chatplex serve`, with its engine in a
+process of its own and without, on a W2-like load, plus the multi-turn prefix-cache workload and start-up times.
+
+W2-like: `--num-prompts` random prompts (dummy-tokenizer tokens) of 173..979 tokens, outputs of 96..544 tokens,
+EOS ignored, at most `--concurrency` at once: the same prompts for every side. In-process: ChatModel.agenerate;
+over HTTP: chatplex's own bench client (`chatplex bench`: chat, then completions). Start-up: seconds from
+`ChatModel(...)` / from starting `chatplex serve` to ready; the first start in a fresh machine is cold (no inductor
+or Triton cache), later ones warm.
+
+    python benchmarks/gpu_http.py --shape llama-3.2-1b --json out.json [--skip-no-process] [--skip-multi-turn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+from engine_driver import drive_engine, machine_info, save_results  # noqa: E402
+from http_overhead import start_server, stop_server, summary_row  # noqa: E402
+from multi_turn import add_arguments, off_and_on  # noqa: E402
+
+from chatplex import ChatModel  # noqa: E402
+from chatplex.bench import BenchConfig, random_prompts, request_metrics, run_benchmark, summarize  # noqa: E402
+
+ENGINE = {"infer_dtype": "bfloat16", "max_model_len": 2048, "max_num_seqs": 128, "gpu_memory_utilization": 0.7}
+
+
+def engine_flags(shape: str) -> tuple[str, ...]:
+    flags = ["--dummy-weights", shape, "--served-model-name", "bench"]
+    for key, value in ENGINE.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return tuple(flags)
+
+
+def in_process(model: ChatModel, prompts: list, concurrency: int) -> dict[str, Any]:
+    convs = [p.chat_messages() for p in prompts]
+    extras = [{"max_new_tokens": p.output_len} for p in prompts]
+    asyncio.run(drive_engine(model, convs[:4], 4, 16, True))  # warm-up
+    records, duration = asyncio.run(drive_engine(model, convs, concurrency, 1, True, extras))
+    t0 = min(r.start for r in records)
+    return summary_row("in-process", summarize([request_metrics(r, t0) for r in records], duration, (50, 99)))
+
+
+def over_http(url: str, prompts: list, concurrency: int, endpoint: str, label: str) -> dict[str, Any]:
+    config = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=concurrency, num_warmups=4,
+                         percentiles=(50, 99))
+    return summary_row(label, asyncio.run(run_benchmark(config, prompts, progress=False)).summary)
+
+
+def serve_side(shape: str, process: bool, prompts: list, ns: argparse.Namespace) -> list[dict[str, Any]]:
+    label = "engine process" if process else "one process"
+    t = time.perf_counter()
+    log = f"/tmp/gpu-http-{shape}-{label.replace(' ', '-')}.log"
+    proc, url = start_server("bfloat16", log, (*engine_flags(shape), "--engine-process", str(process).lower()))
+    started = time.perf_counter() - t
+    print(f"serve ({label}) ready in {started:.1f} s", flush=True)
+    try:
+        rows = [over_http(url, prompts, ns.concurrency, "chat", f"HTTP chat, {label}")]
+        if process or not ns.skip_no_process:
+            rows.append(over_http(url, prompts, ns.concurrency, "completions", f"HTTP completions, {label}"))
+    finally:
+        stop_server(proc)
+    for row in rows:
+        row["start_s"] = round(started, 1)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="llama-3.2-1b")
+    parser.add_argument("--num-prompts", type=int, default=512)
+    parser.add_argument("--w2-concurrency", type=int, default=64, dest="concurrency_w2")
+    parser.add_argument("--skip-no-process", action="store_true", help="no server with the engine in-process")
+    parser.add_argument("--skip-multi-turn", action="store_true")
+    parser.add_argument("--json", default=None)
+    add_arguments(parser)
+    ns = parser.parse_args()
+    info = machine_info()
+    results: dict[str, Any] = {}
+    t = time.perf_counter()
+    with ChatModel({"dummy_weights": ns.shape, **ENGINE}) as model:
+        results["in_process_start_s"] = round(time.perf_counter() - t, 1)
+        print(f"ChatModel ready in {results['in_process_start_s']} s", flush=True)
+        prompts = random_prompts(ns.num_prompts, 576, 320, 0.7, 0, model.engine.tokenizer)
+        concurrency = ns.concurrency_w2
+        rows = [in_process(model, prompts, concurrency)]
+        print(json.dumps(rows[0]), flush=True)
+        if not ns.skip_multi_turn:
+            results["multi_turn"] = off_and_on(model, ns)
+    ns.concurrency = concurrency  # serve_side reads it
+    rows += serve_side(ns.shape, True, prompts, ns)
+    if not ns.skip_no_process:
+        rows += serve_side(ns.shape, False, prompts, ns)
+    results["w2"] = rows
+    base = rows[0]["output_tok_s"]
+    print(f"\n{'side':<40}{'tok/s':>9}{'vs in-process':>15}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}"
+          f"{'ITL p99':>9}{'start s':>9}")
+    for r in rows:
+        print(f"{r['side']:<40}{r['output_tok_s']:>9.0f}{r['output_tok_s'] / base:>14.1%}{r['ttft_p50_ms']:>10.1f}"
+              f"{r['ttft_p99_ms']:>10.1f}{r['tpot_p50_ms']:>10.2f}{r['itl_p99_ms']:>9.1f}"
+              f"{r.get('start_s', results['in_process_start_s']):>9}")
+    save_results(ns.json, info, ns, **results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
