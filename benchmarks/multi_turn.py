@@ -27,16 +27,26 @@ WORDS = ("river mountain lantern copper harvest meadow signal orbit velvet canyo
          "harbor thistle prism cobalt saddle glacier").split()
 
 
+def word_pool(tokenizer: Any) -> list[str]:
+    """Words this tokenizer knows: English ones, or (a benchmark's dummy tokenizer, which knows none) its own
+    token strings, so that conversations differ in tokens and not only in text."""
+    known = [w for w in WORDS if tokenizer.decode(tokenizer.encode(w, add_special_tokens=False)).strip() == w]
+    if len(known) >= len(WORDS) // 2:
+        return known
+    return [tokenizer.decode([i]).strip() for i in range(100, 5100)]
+
+
 def system_prompt(tokenizer: Any, target_tokens: int, rng: random.Random) -> str:
     """A system prompt of about `target_tokens` tokens of this tokenizer."""
-    words: list[str] = ["You are a helpful assistant. Follow these notes:"]
+    pool = word_pool(tokenizer)
+    words: list[str] = []
     while len(tokenizer.encode(" ".join(words), add_special_tokens=False)) < target_tokens:
-        words.extend(rng.choice(WORDS) for _ in range(16))
+        words.extend(rng.choice(pool) for _ in range(16))
     return " ".join(words)
 
 
-def question(conversation: int, turn: int, rng: random.Random) -> str:
-    return f"Conversation {conversation}, question {turn}: " + " ".join(rng.choice(WORDS) for _ in range(12)) + "?"
+def question(pool: list[str], rng: random.Random) -> str:
+    return " ".join(rng.choice(pool) for _ in range(16))
 
 
 async def run_conversations(
@@ -47,13 +57,14 @@ async def run_conversations(
     cached: dict[int, list[int]] = {t: [] for t in range(args.turns)}
     prompt_tokens: dict[int, list[int]] = {t: [] for t in range(args.turns)}
     output_tokens = 0
+    pool = word_pool(model.engine.tokenizer)
 
     async def conversation(c: int) -> None:
         nonlocal output_tokens
         rng = random.Random(c)
         messages: list[dict[str, str]] = [{"role": "system", "content": system}]
         for turn in range(args.turns):
-            messages.append({"role": "user", "content": question(c, turn, rng)})
+            messages.append({"role": "user", "content": question(pool, rng)})
             request = model.build_request(
                 messages, do_sample=False, max_new_tokens=args.reply_tokens, ignore_eos=True
             )

@@ -46,6 +46,8 @@ def is_encoder(model_type: str | None) -> bool:
 
 def pooling_task(margs: ModelArguments) -> str | None:
     """ "embed" or "rerank" when this runner serves the model, None for the paged engine (generate / score)."""
+    if margs.dummy_weights:
+        return None  # a random-weight decoder shape: no checkpoint (and no embedded model needed)
     source = loader.model_source(margs)[0]
     if margs.task == "embed":
         if not has_pooling_module(source):
