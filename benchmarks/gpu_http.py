@@ -1,6 +1,7 @@
 """GPU serving side by side (issue 15): the engine in-process vs behind `chatplex serve`, with its engine in a
 process of its own and without, on a W2-like load, plus the multi-turn prefix-cache workload and start-up times.
 
+Servers run first, then the in-process engine (a process that has held the GPU keeps some of its memory).
 W2-like: `--num-prompts` random prompts (dummy-tokenizer tokens) of 173..979 tokens, outputs of 96..544 tokens,
 EOS ignored, at most `--concurrency` at once: the same prompts for every side. In-process: ChatModel.agenerate;
 over HTTP: chatplex's own bench client (`chatplex bench`: chat, then completions). Start-up: seconds from
@@ -27,6 +28,7 @@ from multi_turn import add_arguments, off_and_on  # noqa: E402
 
 from chatplex import ChatModel  # noqa: E402
 from chatplex.bench import BenchConfig, random_prompts, request_metrics, run_benchmark, summarize  # noqa: E402
+from chatplex.models.dummy import SHAPES, dummy_tokenizer  # noqa: E402
 
 ENGINE = {"infer_dtype": "bfloat16", "max_model_len": 2048, "max_num_seqs": 128, "gpu_memory_utilization": 0.7}
 
@@ -84,20 +86,22 @@ def main() -> int:
     ns = parser.parse_args()
     info = machine_info()
     results: dict[str, Any] = {}
+    tokenizer = dummy_tokenizer(SHAPES[ns.shape][1]["vocab_size"])
+    prompts = random_prompts(ns.num_prompts, 576, 320, 0.7, 0, tokenizer)
+    multi_turn_concurrency, ns.concurrency = ns.concurrency, ns.concurrency_w2
+    # The servers first: a process that has held the GPU keeps part of its memory, which the server would miss.
+    served = serve_side(ns.shape, True, prompts, ns)
+    if not ns.skip_no_process:
+        served += serve_side(ns.shape, False, prompts, ns)
     t = time.perf_counter()
     with ChatModel({"dummy_weights": ns.shape, **ENGINE}) as model:
         results["in_process_start_s"] = round(time.perf_counter() - t, 1)
         print(f"ChatModel ready in {results['in_process_start_s']} s", flush=True)
-        prompts = random_prompts(ns.num_prompts, 576, 320, 0.7, 0, model.engine.tokenizer)
-        concurrency = ns.concurrency_w2
-        rows = [in_process(model, prompts, concurrency)]
+        rows = [in_process(model, prompts, ns.concurrency), *served]
         print(json.dumps(rows[0]), flush=True)
         if not ns.skip_multi_turn:
+            ns.concurrency = multi_turn_concurrency
             results["multi_turn"] = off_and_on(model, ns)
-    ns.concurrency = concurrency  # serve_side reads it
-    rows += serve_side(ns.shape, True, prompts, ns)
-    if not ns.skip_no_process:
-        rows += serve_side(ns.shape, False, prompts, ns)
     results["w2"] = rows
     base = rows[0]["output_tok_s"]
     print(f"\n{'side':<40}{'tok/s':>9}{'vs in-process':>15}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}"
