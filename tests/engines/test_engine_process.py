@@ -31,8 +31,16 @@ async def test_batched_greedy_equals_generate(process_model, tiny_model_dir):
     assert isinstance(process_model.engine, ProcessEngine)
     expected = [reference(tiny_model_dir("llama"), p) for p in PROMPTS]
     assert await engine_outputs(process_model) == expected
-    stats = process_model.stats()
-    assert stats.max_batch_size > 1 and stats.finished_requests >= len(PROMPTS)
+    stats = await stats_when(process_model, lambda s: s.finished_requests >= len(PROMPTS))
+    assert stats.max_batch_size > 1
+
+
+async def stats_when(model, ready, timeout: float = 5.0):
+    """The engine's counters once `ready(stats)` (the engine process sends them within 0.1 s of a change)."""
+    deadline = time.monotonic() + timeout
+    while not ready(stats := model.stats()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return stats
 
 
 def test_chat_render_and_counts_happen_in_the_frontend(process_model):
@@ -60,11 +68,7 @@ async def test_an_abandoned_stream_is_aborted_in_the_engine(process_model):
     stream = process_model.agenerate(request)
     await stream.__anext__()
     await stream.aclose()
-    for _ in range(100):
-        stats = process_model.stats()
-        if stats.aborted_requests > before and stats.running == 0:
-            break
-        await asyncio.sleep(0.05)
+    stats = await stats_when(process_model, lambda s: s.aborted_requests > before and s.running == 0)
     assert stats.aborted_requests == before + 1 and stats.running == 0
 
 
@@ -81,6 +85,10 @@ async def test_an_engine_process_that_dies_ends_open_requests_with_an_error(tiny
         with pytest.raises(EngineError, match="engine process stopped"):
             async for _ in stream:
                 pass
+        for _ in range(50):  # on_exit runs on the receiver thread right after the requests were failed
+            if exits:
+                break
+            await asyncio.sleep(0.02)
         assert exits and not engine.healthy
         with pytest.raises(EngineError, match="engine process stopped"):
             await model.achat([{"role": "user", "content": "Hi"}])

@@ -140,6 +140,16 @@ class Engine(ABC):
         raise UnsupportedFeatureError(f"The {self.backend} engine cannot unload LoRA adapters.", param="lora_name")
 
     @property
+    def media_kinds(self) -> tuple[str, ...]:
+        """The media the model takes ("image", "video", "audio"); () when text-only or not known here."""
+        return ()
+
+    @property
+    def score_label(self) -> str:
+        """The name of a reward model's score (its config's first label), for /classify answers."""
+        return "LABEL_0"
+
+    @property
     def healthy(self) -> bool:
         """False once the engine can serve no more (its process died): the server's /health says 503."""
         return True

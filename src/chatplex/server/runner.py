@@ -75,6 +75,8 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
             if hasattr(model.engine, "on_exit"):
                 model.engine.on_exit = engine_died
             loaded["model"] = state.chat_model = model
+            if not model.engine.healthy:  # it died before on_exit was set
+                engine_died()
             logger.warning("chatplex serve: %s ready on http://%s:%d", state.model_name, settings.host, settings.port)
         except BaseException as e:  # noqa: BLE001 - re-raised once the server has stopped
             loaded["error"] = e

@@ -136,3 +136,19 @@ def test_bad_media_names_the_part(chat_model) -> None:
         noise_image((600, 2), 8))}, {"type": "text", "text": "x"}])
     assert_refused(chat_model, thin, "processor cannot take this image", "messages[0].content[1]")
     assert_still_serving(chat_model, MAX_TOKENS)
+
+
+async def test_a_conversations_next_turn_finds_its_image_cached(chat_model, reference) -> None:
+    """The cache key holds the image itself, not where the prompt puts it: turn 2 (turn 1, its reply, a new
+    question) finds turn 1's blocks, image included, and still gives what `generate` gives on the whole prompt."""
+    image = noise_image((112, 112), 51)
+    [first] = chat_model.chat(user("<image>What is this?"), images=[image], do_sample=False, max_tokens=MAX_TOKENS,
+                              ignore_eos=True)
+    turn2 = [{"role": "user", "content": "<image>What is this?"}, {"role": "assistant", "content": first.response_text},
+             {"role": "user", "content": "And its colour?"}]
+    request = chat_model.build_request(turn2, images=[image], do_sample=False, max_tokens=MAX_TOKENS, ignore_eos=True)
+    deltas = [d async for d in chat_model.agenerate(request)]
+    expected = reference([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+                          turn2[1], turn2[2]], [image])
+    assert [t for d in deltas for t in d.token_ids] == expected
+    assert deltas[-1].cached_tokens >= (first.prompt_length - 1) // 16 * 16 > 0

@@ -109,13 +109,16 @@ class BlockManager:
             self._refs[block] += 1
         seq.block_table = hits
         seq.num_registered_blocks = len(hits)
-        cached = len(hits) * self.block_size
-        seq.num_computed_tokens = cached
-        if seq.num_cached_tokens is None:  # the first admission is what usage and the hit rate report
-            seq.num_cached_tokens = cached
+        seq.num_computed_tokens = len(hits) * self.block_size
+        return seq.num_computed_tokens
+
+    def admitted(self, seq: Sequence) -> None:
+        """Count a sequence's cached prefix once it runs: its first admission is what usage and the hit rate report
+        (a recomputation after preemption is not a new query)."""
+        if self.prefix_caching and seq.cache_key is not None and seq.num_cached_tokens is None:
+            seq.num_cached_tokens = seq.num_computed_tokens
             self.queried_tokens += seq.prompt_len
-            self.hit_tokens += cached
-        return cached
+            self.hit_tokens += seq.num_computed_tokens
 
     def register(self, seq: Sequence) -> None:
         """Register the full blocks of `seq` whose keys and values are computed and whose tokens are known (a

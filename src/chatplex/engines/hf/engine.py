@@ -282,6 +282,15 @@ class HFEngine(Engine):
     def max_model_len(self) -> int | None:
         return self.encoder.max_len if self.encoder is not None else super().max_model_len
 
+    @property
+    def media_kinds(self) -> tuple[str, ...]:
+        return tuple(self.parts.multimodal.kinds) if self.parts is not None and self.parts.multimodal else ()
+
+    @property
+    def score_label(self) -> str:
+        id2label = getattr(self.model.config, "id2label", None) if self.parts is not None else None
+        return str((id2label or {0: "LABEL_0"}).get(0, "LABEL_0"))
+
     # ---- LoRA adapters -------------------------------------------------------------------------------------
     @property
     def adapters(self) -> list[str]:

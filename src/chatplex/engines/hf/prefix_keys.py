@@ -3,7 +3,7 @@
 Two sequences may share a cached block only when the block's keys and values would come out the same, so the root
 names the LoRA adapter the sequence runs with and a digest of its media (the same placeholder tokens stand for any
 image). Media digests hash the processed inputs (pixel values, audio features, grid sizes), not the embeddings the
-engine fills in later.
+engine fills in later nor what follows from the tokens.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
-# Not a media input: filled in by the engine after admission.
-_LATER_FIELDS = frozenset({"embeds", "deepstack"})
+# Not hashed: filled in by the engine after admission (embeds, deepstack), or derived from the prompt's tokens and
+# the media inputs that are hashed (where each media token sits, its positions, its image span). Hashing these
+# would make the key depend on the whole prompt, so a conversation's next turn could never find its earlier turns.
+_SKIPPED_FIELDS = frozenset({"embeds", "deepstack", "rank", "positions", "rope_delta", "spans"})
 
 
 def cache_key(adapter: str | None, media: Any = None) -> bytes:
@@ -25,7 +27,7 @@ def cache_key(adapter: str | None, media: Any = None) -> bytes:
     h.update(b"adapter\0" + (adapter or "").encode() + b"\0")
     if media is not None:
         for field in dataclasses.fields(media):
-            if field.name not in _LATER_FIELDS:
+            if field.name not in _SKIPPED_FIELDS:
                 h.update(field.name.encode() + b"\0")
                 _update(h, getattr(media, field.name))
     return h.digest()

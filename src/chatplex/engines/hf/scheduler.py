@@ -123,6 +123,7 @@ class Scheduler:
                 self._release(seq)
                 break
             self.waiting.popleft()
+            self.blocks.admitted(seq)
             self.blocks.grow(seq, seq.num_computed_tokens + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from contextlib import aclosing
 from typing import Any
 
@@ -22,7 +25,8 @@ from chatplex.engines.process import wire
 logger = logging.getLogger(__name__)
 
 # What the frontend may call on the engine, besides generate.
-CALLS = frozenset({"score", "embed", "rerank", "load_adapter", "unload_adapter", "stats", "adapters", "adapter_paths"})
+CALLS = frozenset({"score", "embed", "rerank", "load_adapter", "unload_adapter", "adapters", "adapter_paths"})
+STATS_EVERY_S = 0.1  # the engine's counters go to the frontend this often when they changed (its stats() reads them)
 
 
 class Host:
@@ -32,7 +36,9 @@ class Host:
         self.engine = engine
         self.writer = writer
         self.requests: dict[str, asyncio.Task[None]] = {}
+        self._calls: set[asyncio.Task[None]] = set()
         self._out: list[tuple[Any, ...]] = []
+        self._sent_stats: Any = None
 
     def facts(self) -> wire.EngineFacts:
         e = self.engine
@@ -45,19 +51,27 @@ class Host:
             e.adapter_paths,
             str(e.device),
             str(e.dtype).removeprefix("torch."),
+            e.media_kinds,
+            e.score_label,
         )
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "generate":
             _, request_id, request = msg
-            self.requests[request_id] = asyncio.create_task(self._stream(request_id, request))
+            task = asyncio.create_task(self._stream(request_id, request))
+            self.requests[request_id] = task
+            # Here, not in _stream: a task cancelled before it first runs (its abort came in the same read) never
+            # runs its own finally.
+            task.add_done_callback(lambda _: self.requests.pop(request_id, None))
         elif kind == "abort":
-            task = self.requests.get(msg[1])
-            if task is not None:
-                task.cancel()  # closing the engine's stream aborts the request there
+            running = self.requests.get(msg[1])
+            if running is not None:
+                running.cancel()  # closing the engine's stream aborts the request there
         elif kind == "call":
-            asyncio.create_task(self._call(*msg[1:]))
+            call = asyncio.create_task(self._call(*msg[1:]))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
         else:
             logger.error("Engine process: unknown frame %r from the frontend", kind)
 
@@ -70,8 +84,6 @@ class Host:
             pass  # aborted by the frontend, which has stopped listening
         except Exception as e:  # noqa: BLE001 - the request's error goes to its caller; the engine keeps serving
             self._send(("delta", request_id, wire.RemoteError.of(e)))
-        finally:
-            self.requests.pop(request_id, None)
 
     async def _call(self, call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -95,8 +107,28 @@ class Host:
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if not self.writer.is_closing():
-            self.writer.write(wire.encode(("out", out)))
+        if self.writer.is_closing():
+            return
+        try:
+            frame = wire.encode(("out", out))
+        except Exception:  # noqa: BLE001 - one value that does not pickle must not take the others' with it
+            frame = wire.encode(("out", [_picklable(item) for item in out]))
+        self.writer.write(frame)
+
+    async def watch(self) -> None:
+        """Send the engine's counters when they change; end this process if the engine thread has stopped (a
+        device error): the frontend then fails its requests and the server exits for a supervisor to restart."""
+        core = self.engine.core
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            if core.stopped_by is not None:
+                logger.error("The engine thread stopped (%s): ending the engine process", core.stopped_by)
+                self.writer.close()
+                os._exit(1)
+            stats = self.engine.stats()
+            if stats != self._sent_stats:
+                self._sent_stats = stats
+                self._send(("stats", stats))
 
     async def close(self) -> None:
         for task in list(self.requests.values()):
@@ -123,14 +155,33 @@ async def serve(path: str) -> int:
         return 1
     host = Host(engine, writer)
     writer.write(wire.encode(("ready", host.facts())))
+    watcher = asyncio.create_task(host.watch())
     try:
         while True:
             host.handle(await wire.read(reader))
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the frontend closed the connection (or died): the engine goes with it
     finally:
+        watcher.cancel()
         await host.close()
     return 0
+
+
+def _picklable(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`item`, or its error in place of a value that does not pickle."""
+    try:
+        wire.encode(item)
+        return item
+    except Exception as e:  # noqa: BLE001
+        error = wire.RemoteError("EngineError", f"The engine's answer could not be sent: {type(e).__name__}: {e}")
+        return (item[0], item[1], False, error) if item[0] == "reply" else (item[0], item[1], error)
+
+
+def _exit_with(parent: int) -> None:
+    """End this process when its frontend is gone, even while the model still loads (it ignores signals)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def main() -> None:
@@ -138,6 +189,7 @@ def main() -> None:
     # the terminal, reaches the whole process group and must not take the engine from under requests in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), name="chatplex-frontend-watch", daemon=True).start()
     sys.exit(asyncio.run(serve(sys.argv[1])))
 
 

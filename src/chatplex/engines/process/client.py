@@ -9,6 +9,7 @@ engine thread does (hf.streams.deliver).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -37,8 +38,6 @@ from chatplex.templates import ChatTemplate
 from chatplex.types import Delta, GenerationRequest
 
 logger = logging.getLogger(__name__)
-
-STATS_TIMEOUT_S = 5.0  # stats() blocks its caller for the engine's answer at most this long
 
 
 class ProcessEngine(Engine):
@@ -73,22 +72,29 @@ class ProcessEngine(Engine):
             listener.listen(1)
             listener.settimeout(0.2)
             self._proc = subprocess.Popen([sys.executable, "-m", "chatplex.engines.process.child", path])
-            conn = self._accept(listener)
+            try:
+                conn = self._accept(listener)
+            except BaseException:
+                self._proc.kill()
+                self._proc.wait()
+                raise
         finally:
             listener.close()
             shutil.rmtree(folder, ignore_errors=True)
         try:
             facts, tokenizer = self._handshake(conn)
+            if tokenizer is None:
+                from chatplex.models.dummy import dummy_tokenizer
+
+                tokenizer = dummy_tokenizer(facts.vocab_size)
+            from chatplex.engines.hf.setup import prompt_preparer
+
+            self.prompts = prompt_preparer(self.args.model, tokenizer, facts.max_model_len, facts.vocab_size)
         except BaseException:
-            conn.close()  # the engine process sees the end and exits
+            conn.close()
+            self._proc.kill()  # it may still be loading the model, and it ignores SIGTERM
+            self._proc.wait()
             raise
-        if tokenizer is None:
-            from chatplex.models.dummy import dummy_tokenizer
-
-            tokenizer = dummy_tokenizer(facts.vocab_size)
-        from chatplex.engines.hf.setup import prompt_preparer
-
-        self.prompts = prompt_preparer(self.args.model, tokenizer, facts.max_model_len, facts.vocab_size)
         self._facts, self._sock = facts, conn
         threading.Thread(target=self._receive, name="chatplex-engine-receiver", daemon=True).start()
         logger.info(
@@ -131,7 +137,8 @@ class ProcessEngine(Engine):
 
     def _stop(self) -> None:
         if self._sock is not None:
-            self._sock.shutdown(socket.SHUT_RDWR)  # the engine process sees the end and closes its engine
+            with contextlib.suppress(OSError):  # already gone
+                self._sock.shutdown(socket.SHUT_RDWR)  # the engine process sees the end and closes its engine
             self._sock.close()
         if self._proc is not None:
             try:
@@ -183,6 +190,14 @@ class ProcessEngine(Engine):
     def adapter_paths(self) -> dict[str, str]:
         return dict(self._facts.adapter_paths) if self._facts is not None else {}
 
+    @property
+    def media_kinds(self) -> tuple[str, ...]:
+        return self._facts.media_kinds if self._facts is not None else ()
+
+    @property
+    def score_label(self) -> str:
+        return self._loaded().score_label
+
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompts().prompt_ids(request))
 
@@ -231,27 +246,7 @@ class ProcessEngine(Engine):
         facts.adapters, facts.adapter_paths = await self._call("adapters"), await self._call("adapter_paths")
 
     def stats(self) -> EngineStats:
-        """The engine's counters, asked for and waited on (the last known ones once it has stopped)."""
-        if self._failure is not None or self._closing or self._sock is None:
-            return dataclasses.replace(self._last_stats)
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def resolve(ok: bool, value: Any) -> None:
-            box["value"] = value if ok else None
-            done.set()
-
-        call_id = next(self._call_ids)
-        self._replies[call_id] = resolve
-        try:
-            self._send(("call", call_id, "stats", (), {}))
-        except EngineError:
-            self._replies.pop(call_id, None)
-            return dataclasses.replace(self._last_stats)
-        if done.wait(STATS_TIMEOUT_S) and box.get("value") is not None:
-            self._last_stats = box["value"]
-        else:
-            self._replies.pop(call_id, None)
+        """The engine's counters as it last sent them (it sends them within 0.1 s of a change)."""
         return dataclasses.replace(self._last_stats)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -264,7 +259,8 @@ class ProcessEngine(Engine):
                 if not future.done():
                     future.set_result(value) if ok else future.set_exception(value)
 
-            loop.call_soon_threadsafe(settle)
+            with contextlib.suppress(RuntimeError):  # the caller's loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(settle)
 
         call_id = next(self._call_ids)
         self._replies[call_id] = resolve
@@ -306,7 +302,9 @@ class ProcessEngine(Engine):
                 _, items = wire.recv(self._sock)
                 out: list[tuple[RequestStream, Any]] = []
                 for item in items:
-                    if item[0] == "delta":
+                    if item[0] == "stats":
+                        self._last_stats = item[1]
+                    elif item[0] == "delta":
                         stream = self._streams.get(item[1])
                         if stream is not None:  # else its caller has gone (aborted)
                             value = item[2]
@@ -319,6 +317,8 @@ class ProcessEngine(Engine):
                 deliver(out)
         except (EOFError, OSError):
             pass
+        except BaseException:  # a bug here must not leave every request hanging: treat it as the engine's end
+            logger.exception("The engine process's frames could not be read")
         if self._closing:
             return
         assert self._proc is not None

@@ -84,3 +84,5 @@ class EngineFacts:
     adapter_paths: dict[str, str]
     device: str
     dtype: str
+    media_kinds: tuple[str, ...]
+    score_label: str

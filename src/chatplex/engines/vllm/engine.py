@@ -325,7 +325,8 @@ class VLLMEngine(Engine):
                     seq.prompt_len = len(result.prompt_token_ids)  # with each item's placeholder expanded
                 completion = result.outputs[0]
                 delta = seq.add(completion.token_ids, completion.logprobs, completion.finish_reason)
-                delta.cached_tokens = result.num_cached_tokens  # vLLM's own prefix cache
+                cached = result.num_cached_tokens  # vLLM's own prefix cache (None or -1 where it does not say)
+                delta.cached_tokens = cached if cached is not None and cached >= 0 else None
                 _send(caller, out, delta)
                 if seq.finished:
                     break

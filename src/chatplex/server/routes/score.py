@@ -164,8 +164,7 @@ def _sigmoid(x: float) -> float:
 
 
 def _label(chat_model: ChatModel) -> str:
-    config = getattr(getattr(chat_model.engine, "model", None), "config", None)
-    return str((getattr(config, "id2label", None) or {0: "LABEL_0"}).get(0, "LABEL_0"))
+    return chat_model.engine.score_label
 
 
 def _count_tokens(chat_model: ChatModel, inputs: list[str], limit: int | None) -> int:

@@ -52,12 +52,11 @@ async def webchat_config(state: ServerState = Depends(get_state)) -> WebchatConf
     chat_model = state.model_for(None)
     engine, template = chat_model.engine, chat_model.template
     gen = chat_model.args.generating
-    family = getattr(getattr(engine, "runner", None), "multimodal", None) or getattr(engine, "multimodal", None)
     return WebchatConfig(
         model=state.model_name,
         template=None if template is None or template.name == "tokenizer" else template.name,
         reasoning=bool(template is not None and template.reasoning_parser),
-        media=list(getattr(family, "kinds", ())),
+        media=list(engine.media_kinds),
         defaults={
             "temperature": gen.temperature,
             "top_p": gen.top_p,
