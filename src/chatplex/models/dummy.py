@@ -141,6 +141,9 @@ def dummy_model(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     config_cls, fields = SHAPES[name]
     config = getattr(transformers, config_cls)(**fields)
     config.eos_token_id = fields["vocab_size"] - 1
-    with torch.device(device):
+    # Seeded: every load of a shape holds the same weights, so runs in two processes (a server and an in-process
+    # engine, the prefix cache off and on) compute the same thing. The caller's CPU random state is left as it was.
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
         model = getattr(transformers, CAUSAL_LM[config_cls])(config).to(dtype)
     return model.eval()
