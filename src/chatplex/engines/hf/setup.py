@@ -4,6 +4,7 @@ head), KV cache, block manager, scheduler, runner (with CUDA graphs on a GPU) an
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ class EngineParts:
 
 
 def build(margs: ModelArguments, name: str) -> EngineParts:
+    started = time.perf_counter()
     device = loader.pick_device(margs.device)
     score_head = lora = default_adapter = None
     if margs.dummy_weights:
@@ -84,6 +86,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     num_blocks = min(num_blocks, margs.max_num_seqs * -(-max_len // block_size) + 1)
     if num_blocks < 2:
         raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
+    loaded = time.perf_counter()
     cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device)
     prefix_caching = margs.enable_prefix_caching
     if prefix_caching is None:
@@ -101,6 +104,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
             model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
         )
         graphs.capture()
+    captured = time.perf_counter()
     pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
     runner = ModelRunner(
         model,
@@ -126,7 +130,14 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         num_blocks,
         block_size,
         "on" if prefix_caching else "off",
-        "on" if graphs else "off",
+        f"on ({len(graphs.buckets)} batch sizes)" if graphs else "off",
+    )
+    # Where start-up time goes (issue 15's cold starts: mostly compiling and capturing the decode graphs).
+    logger.info(
+        "Start-up: weights and tokenizer %.1f s, KV cache and CUDA graphs %.1f s, the rest %.1f s",
+        loaded - started,
+        captured - loaded,
+        time.perf_counter() - captured,
     )
     return EngineParts(
         name,
