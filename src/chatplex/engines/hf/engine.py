@@ -228,8 +228,9 @@ class HFEngine(Engine):
             self._check_cache_holds(len(x), f"batch_input[{i}]", "batch_input")
         request_id = new_request_id("score")
         seqs = [Sequence(request_id, i, x, len(x), SamplingParams(), 0) for i, x in enumerate(ids)]
+        key = prefix_keys.cache_key(None)  # a reward model scores with merged adapters only
         for seq in seqs:
-            seq.cache_key = prefix_keys.cache_key(None)
+            seq.cache_key = key
         scores = [0.0] * len(ids)
         async with aclosing(self._stream(core, request_id, seqs, lambda _: True)) as results:
             async for index, value in results:  # each sequence sends one (index, score) and finishes

@@ -167,7 +167,8 @@ def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool)
     if margs.infer_dtype == "auto" and device.type == "cpu":
         model = loader.load_model(margs, device, torch.float32, classifier)
         dtype = loader.resolve_dtype(margs, model, device)
-        return _in_own_memory(model.to(dtype)), dtype
+        # Converting to bfloat16 copies every weight out of the checkpoint's memory map; keeping float32 does not.
+        return (model.to(dtype) if dtype != torch.float32 else _in_own_memory(model)), dtype
     dtype = loader.resolve_dtype(margs, None, device)
     model = loader.load_model(margs, device, dtype, classifier)
     return (_in_own_memory(model) if device.type == "cpu" else model), dtype
