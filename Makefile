@@ -223,7 +223,7 @@ LOCK_FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-l
 UV_COMPILE = $(BIN)/uv pip compile -q $(LOCK_UPGRADE) --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock" $(LOCK_FIND_LINKS)
 TEST_EXTRAS := --extra server --extra bench --extra test --extra llamacpp --extra llamacpp-server --extra media \
-	--extra lora --extra lint
+	--extra lora --extra lint --extra quant
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q "$(UV_SPEC)"

@@ -49,9 +49,9 @@ def test_training_keys_warn_and_change_nothing(key, caplog):
 
 
 def test_refused_keys_say_why_and_defaults_pass():
-    with pytest.raises(ConfigError, match="quantization_bit: 4 is not supported: quantized loading") as e:
-        args_from_dict({"quantization_bit": 4})
-    assert e.value.param == "quantization_bit"
+    with pytest.raises(ConfigError, match="image_do_pan_and_scan: True is not supported: Gemma 3") as e:
+        args_from_dict({"image_do_pan_and_scan": True})
+    assert e.value.param == "image_do_pan_and_scan"
     with pytest.raises(ConfigError, match="crop_to_patches"):
         args_from_dict({"crop_to_patches": "true"})  # a command-line string means what YAML would
     args_from_dict({"quantization_bit": None, "double_quantization": True, "crop_to_patches": "false"})

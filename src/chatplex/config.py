@@ -100,6 +100,17 @@ class ModelArguments:
     # not compete with it for the interpreter lock (engines/process). None: on under `chatplex serve` with a GPU.
     engine_process: bool | None = None
     dummy_weights: str | None = None  # a named model shape with random weights (benchmarks): see models/dummy.py
+    # Quantized weights (Hugging Face engine; engines/hf/quantization.py). LLaMA-Factory's keys: quantization_bit
+    # 4 or 8 quantizes while loading (bitsandbytes: quantization_type nf4|fp4, double_quantization for 4-bit).
+    # A pre-quantized checkpoint (GPTQ, AWQ, FP8, compressed-tensors, a bitsandbytes save) loads as it is.
+    quantization_method: str = "bnb"
+    quantization_bit: int | None = None
+    quantization_type: str = "nf4"
+    double_quantization: bool = True
+    quantization_device_map: str | None = None
+    # The KV cache's element type: auto (the model's dtype) or fp8 (= fp8_e4m3) / fp8_e5m2, half the bytes per
+    # token so twice the tokens fit (vLLM's names; unscaled, as vLLM without calibrated scales).
+    kv_cache_dtype: str = "auto"
     # Engine pass-through for later backends (kept so LLaMA-Factory configs load).
     vllm_maxlen: int = 4096
     vllm_gpu_util: float = 0.7
@@ -221,6 +232,11 @@ class ModelArguments:
         from chatplex.engines.parallel import check_keys
 
         check_keys(self)
+        quant_keys = (self.quantization_method, self.quantization_bit, self.quantization_type)
+        if quant_keys != ("bnb", None, "nf4") or self.kv_cache_dtype != "auto" or self.quantization_device_map:
+            from chatplex.engines.quantization_keys import check_quantization_keys
+
+            check_quantization_keys(self)
 
     def template_options(self) -> dict[str, Any]:
         """What `templates.resolve_template` takes from these arguments besides the template's name."""

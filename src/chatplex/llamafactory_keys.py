@@ -198,10 +198,6 @@ TRAINING_ONLY = frozenset(
     ]
 )
 
-_QUANTIZED = (
-    "quantized loading is not in chatplex yet (see the issue on quantized models); serve the full-precision "
-    "model (merge a QLoRA adapter into it: llamafactory-cli export), or a GGUF with infer_backend: llama.cpp"
-)
 _TOKENS = (
     "chatplex loads the tokenizer saved with your fine-tune, which has the tokens LLaMA-Factory added; point "
     "model_name_or_path at that output directory and leave this key out"
@@ -209,11 +205,6 @@ _TOKENS = (
 
 # key -> (LLaMA-Factory's default, why a value other than the default is refused)
 REFUSED: dict[str, tuple[Any, str]] = {
-    "quantization_method": ("bnb", _QUANTIZED),
-    "quantization_bit": (None, _QUANTIZED),
-    "quantization_type": ("nf4", _QUANTIZED),
-    "double_quantization": (True, _QUANTIZED),
-    "quantization_device_map": (None, _QUANTIZED),
     "add_tokens": (None, _TOKENS),
     "add_special_tokens": (None, _TOKENS),
     "new_special_tokens_config": (None, _TOKENS),

@@ -61,6 +61,8 @@ def test_engine_args_pass_through(smollm_dir):
     assert gpu.kv_cache_memory_bytes is None and gpu.max_model_len == 4096 and not gpu.enable_lora
     off = load_args({"infer_backend": "vllm", "enable_prefix_caching": False}).model
     assert params.engine_args(off, smollm_dir, on_cpu=True, lora=False).enable_prefix_caching is False
+    fp8 = load_args({"infer_backend": "vllm", "kv_cache_dtype": "fp8_e5m2"}).model
+    assert params.engine_args(fp8, smollm_dir, on_cpu=True, lora=False).kv_cache_dtype == "fp8_e5m2"
 
 
 def test_unknown_vllm_config_key_is_named(smollm_dir):

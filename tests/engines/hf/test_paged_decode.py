@@ -91,3 +91,31 @@ def test_kernel_matches_attention(splits, window):
     ).float().cpu()
     assert torch.isfinite(got).all()
     assert (got - expected).norm() / expected.norm() < 1e-3
+
+
+@pytest.mark.parametrize("kv", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("on", ["cpu", "triton"])
+def test_fp8_cache_is_read_in_the_query_dtype(kv, on):
+    """kv_cache_dtype fp8: the cache holds float8, queries and output stay bfloat16; the op stores this step's keys
+    as float8 (clamped: a cast past the format's range would be NaN)."""
+    if on == "triton" and not torch.cuda.is_available():
+        pytest.skip("the Triton kernel's float8 loads need a GPU")
+    device = torch.device("cuda" if on == "triton" else "cpu")
+    q, k_cache, v_cache, tables, lens = scattered_cache(7, torch.bfloat16)
+    k_cache, v_cache = k_cache.to(kv), v_cache.to(kv)
+    key, value = torch.randn(4, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16), torch.randn(4, KV_HEADS, HEAD_DIM)
+    key[0, 0, 0] = 1e6  # beyond float8's range
+    last = (lens - 1).long()
+    slots = tables[torch.arange(4), last // BLOCK_SIZE].long() * BLOCK_SIZE + last % BLOCK_SIZE
+    k_dev, v_dev = k_cache.to(device), v_cache.to(device)
+    got = torch.ops.chatplex.paged_decode(
+        q.to(device), key.to(device), value.to(device), k_dev, v_dev, slots.to(device), tables.to(device),
+        lens.to(device), 0.125, BLOCK_SIZE, 0,
+    )
+    k_cache, v_cache = k_dev.cpu(), v_dev.cpu()
+    assert k_cache.dtype == kv and torch.isfinite(k_cache.float()).all()
+    assert k_cache[slots[0], 0, 0].float() == torch.finfo(kv).max
+    assert torch.equal(v_cache[slots].float(), value.to(kv).float())
+    expected = reference(q, k_cache, v_cache, tables, lens, 0.125, BLOCK_SIZE, 0)
+    assert got.dtype == torch.bfloat16
+    assert (got.float().cpu() - expected).norm() / expected.norm() < 1e-2

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
-from chatplex.engines.hf.kv_cache import PagedKVCache
+from chatplex.engines.hf.kv_cache import PagedKVCache, to_cache, write_slots
 from chatplex.engines.hf.paged_decode import paged_decode_attention
 
 ATTENTION_NAME = "chatplex_paged"
@@ -122,8 +122,10 @@ def paged_attention_forward(
             window or 0,
         )
         return out.unsqueeze(0), None
-    k_cache.index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
-    v_cache.index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
+    write_slots(k_cache, meta.slot_mapping, key[0].transpose(0, 1))
+    write_slots(v_cache, meta.slot_mapping, value[0].transpose(0, 1))
+    # An FP8 cache is read back in the model's dtype (`.to` is free when the cache already is in it).
+    quantized_cache = k_cache.dtype != query.dtype
     q = query[0]  # [heads, T, head_dim]
     out = query.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [T, heads, head_dim]
     nd = meta.num_decode
@@ -142,8 +144,8 @@ def paged_attention_forward(
         )
     elif nd:
         qd = q[:, :nd].transpose(0, 1).unsqueeze(2)  # [B, heads, 1, D]
-        kd = k_cache[meta.decode_ctx_slots].transpose(1, 2)  # [B, kv_heads, L, D]
-        vd = v_cache[meta.decode_ctx_slots].transpose(1, 2)
+        kd = k_cache[meta.decode_ctx_slots].to(q.dtype).transpose(1, 2)  # [B, kv_heads, L, D]
+        vd = v_cache[meta.decode_ctx_slots].to(q.dtype).transpose(1, 2)
         od = F.scaled_dot_product_attention(
             qd, kd, vd, attn_mask=_decode_mask(meta, window), scale=scaling, enable_gqa=True
         )
@@ -154,9 +156,11 @@ def paged_attention_forward(
         if seg.ctx_slots is None:  # the whole context is new: use it directly, no gather
             ks = key[:, :, seg.q_start : seg.q_start + seg.q_len]
             vs = value[:, :, seg.q_start : seg.q_start + seg.q_len]
+            if quantized_cache:  # as stored, so a prompt's tokens see the same keys in every chunk and step
+                ks, vs = to_cache(ks, k_cache.dtype).to(q.dtype), to_cache(vs, v_cache.dtype).to(q.dtype)
         else:
-            ks = k_cache[seg.ctx_slots].transpose(0, 1).unsqueeze(0)
-            vs = v_cache[seg.ctx_slots].transpose(0, 1).unsqueeze(0)
+            ks = k_cache[seg.ctx_slots].to(q.dtype).transpose(0, 1).unsqueeze(0)
+            vs = v_cache[seg.ctx_slots].to(q.dtype).transpose(0, 1).unsqueeze(0)
         if group > 1 and q.is_cuda:
             # SDPA's fused CUDA kernels don't take grouped heads (enable_gqa falls back to the slow math kernel).
             ks, vs = ks.repeat_interleave(group, dim=1), vs.repeat_interleave(group, dim=1)

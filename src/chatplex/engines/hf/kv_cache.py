@@ -14,6 +14,31 @@ from typing import Any
 import torch
 
 CPU_DEFAULT_GB = 2.0
+# kv_cache_dtype (vLLM's names) -> the element type; auto is the model's dtype. FP8 halves the bytes per token of
+# a 16-bit cache; values are stored unscaled (scale 1.0, vLLM's default when a checkpoint has no KV scales),
+# clamped to the format's finite range, and read back in the model's dtype.
+FP8_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    return FP8_DTYPES.get(kv_cache_dtype, model_dtype)
+
+
+def to_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Keys or values as the cache stores them (a float8 cast of an out-of-range value would be NaN, not its max)."""
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        finite = torch.finfo(dtype).max
+        return x.clamp(-finite, finite).to(dtype)
+    return x.to(dtype)
+
+
+def write_slots(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    """cache[slots] = x, in the cache's type (index_copy_ has no float8 kernel on a CPU: FP8 goes as bytes)."""
+    stored = to_cache(x, cache.dtype)
+    if cache.element_size() == 1:
+        cache.view(torch.uint8).index_copy_(0, slots, stored.view(torch.uint8))
+    else:
+        cache.index_copy_(0, slots, stored)
 
 
 def kv_shape(config: Any) -> tuple[int, int, int]:

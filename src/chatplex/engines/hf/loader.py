@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from chatplex.config import ModelArguments
-from chatplex.engines.hf import scoring
+from chatplex.engines.hf import quantization, scoring
 from chatplex.engines.hf.lora import LoraAdapters, merge_adapters
 from chatplex.engines.hf.scoring import ScoreFormat
 from chatplex.errors import ConfigError
@@ -83,6 +83,9 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
     )
     if args.rope_scaling is not None:
         extra["config"] = scaled_rope_config(args, source, gguf)
+    quantized = quantization.wants_quantized(args, source, gguf)
+    if quantized:  # quantizers place (and quantize) each weight as it loads, straight onto the device
+        extra.update(quantization.load_kwargs(args, source, gguf, dtype), device_map={"": device})
     try:
         model = auto_class.from_pretrained(source, gguf_file=gguf, dtype=dtype, **hub_kwargs(args), **extra)
     except OSError as e:
@@ -91,8 +94,15 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
             "give a directory with config.json and weights, or a .gguf file.",
             param="model_name_or_path",
         ) from e
+    except (ImportError, RuntimeError, ValueError) as e:
+        if not quantized:
+            raise
+        raise quantization.load_error(e, source) from e
     if gguf is not None:  # dequantised GGUF weights are plain tensors; drop the quantizer that loaded them
         model.hf_quantizer = None
+    if quantized:
+        logger.info("Weights quantized: %s", quantization.describe(model) or "no quantizer applied")
+        return model.eval()
     return model.to(device).eval()
 
 
@@ -186,7 +196,18 @@ def attach_adapters_and_head(
     its single adapter stays resident and serves requests that name no adapter. Reward models always merge.
     """
     paths = args.adapter_paths
-    if paths and (args.merge_lora or fmt is not None):
+    if paths and quantization.is_quantized(model):
+        # LLaMA-Factory's rule for quantized models (QLoRA): one adapter, kept live; merging would round it away.
+        if len(paths) > 1 or fmt is not None:
+            raise ConfigError(
+                "adapter_name_or_path: a quantized model takes one adapter, kept unmerged "
+                f"({'a reward model merges its adapters' if fmt is not None else f'{len(paths)} given'}); merge "
+                "them into the full-precision model first (llamafactory-cli export), then quantize.",
+                param="adapter_name_or_path",
+            )
+        if args.merge_lora:
+            logger.info("The adapter stays unmerged on quantized weights (as LLaMA-Factory does)")
+    elif paths and (args.merge_lora or fmt is not None):
         model = merge_adapters(model, paths).to(device)
         paths = []
     head = None

@@ -9,7 +9,7 @@ sequence asked for that adapter. Each token then sees what a single-adapter run 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -82,7 +82,6 @@ class LoraAdapters:
         del self.paths[name]
 
     def _hook_layers(self, peft: Any) -> None:
-        from peft.tuners.lora.layer import Linear as LoraLinear
         from peft.tuners.lora.layer import LoraLayer
 
         head = self.model.get_output_embeddings()
@@ -96,7 +95,7 @@ class LoraAdapters:
                     "the decoder's layers. Merge it instead (adapter_name_or_path).",
                     param="lora_modules",
                 )
-            if not isinstance(module, LoraLinear) or any(module.use_dora.values()) or any(module.lora_bias.values()):
+            if not _plain_linear_lora(module) or any(module.use_dora.values()) or any(module.lora_bias.values()):
                 raise ConfigError(
                     f"lora_modules: {module_name} is a {type(module).__name__} LoRA layer (or uses DoRA / bias); "
                     "per-request adapters support plain LoRA on linear layers. "
@@ -105,7 +104,7 @@ class LoraAdapters:
                 )
             module.enable_adapters(False)  # the base output only; the hook adds each token's own adapter
             if id(module) not in self._hooked:
-                module.register_forward_hook(self._add_lora)
+                cast(torch.nn.Module, module).register_forward_hook(self._add_lora)  # peft's layers are Modules
                 self._hooked.add(id(module))
 
     def activate(self, groups: dict[str, torch.Tensor]) -> None:
@@ -127,6 +126,17 @@ class LoraAdapters:
             delta = lora_b(lora_a(xs)) * module.scaling[name]
             output.index_add_(1, index, delta.to(output.dtype))
         return output
+
+
+def _plain_linear_lora(module: Any) -> bool:
+    """Linear LoRA factors over a linear base layer: peft's Linear, or its layers over quantized linears
+    (bitsandbytes, GPTQ, AWQ, ...), whose base output the hook adds to the same way."""
+    return (
+        bool(module.lora_A)
+        and all(isinstance(m, torch.nn.Linear) for m in [*module.lora_A.values(), *module.lora_B.values()])
+        and not getattr(module, "lora_embedding_A", None)
+        and hasattr(module.get_base_layer(), "in_features")
+    )
 
 
 # ---- run-time operations (the engine runs these on its thread, between steps) ------------------------------------

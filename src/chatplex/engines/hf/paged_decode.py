@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from chatplex.engines.hf import triton_decode
+from chatplex.engines.hf.kv_cache import write_slots
 
 
 def available(device: torch.device) -> bool:
@@ -89,8 +90,8 @@ def paged_decode(
 ) -> torch.Tensor:
     """Write this step's keys/values into the cache and attend: one opaque op, so torch.compile neither traces
     into the kernel nor copies the (mutated) cache; it mutates the cache in place."""
-    k_cache.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_cache.index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+    write_slots(k_cache, slot_mapping, key)
+    write_slots(v_cache, slot_mapping, value)
     return paged_decode_attention(q.contiguous(), k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
 
 

@@ -79,14 +79,18 @@ if triton is not None:
             blk = tl.load(tables_ptr + b * stride_tb + pos // KV_BLOCK, mask=pos < seq_len, other=0)
             slot = blk.to(tl.int64) * KV_BLOCK + pos % KV_BLOCK
             kv_mask = valid[:, None] & dmask[None, :]
-            k = tl.load(k_ptr + slot[:, None] * stride_kt + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0)
+            k = tl.load(k_ptr + slot[:, None] * stride_kt + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0).to(
+                q.dtype
+            )
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m - m_new)
             l = l * alpha + tl.sum(p, 1)
-            v = tl.load(v_ptr + slot[:, None] * stride_vt + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_ptr + slot[:, None] * stride_vt + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0).to(
+                q.dtype
+            )
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
         out = acc / l[:, None]
@@ -153,7 +157,9 @@ if triton is not None:
             blk = tl.load(tables_ptr + b * stride_tb + pos // KV_BLOCK, mask=pos < end, other=0)
             slot = blk.to(tl.int64) * KV_BLOCK + pos % KV_BLOCK
             kv_mask = valid[:, None] & dmask[None, :]
-            k = tl.load(k_ptr + slot[:, None] * stride_kt + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0)
+            k = tl.load(k_ptr + slot[:, None] * stride_kt + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0).to(
+                q.dtype
+            )
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
@@ -161,7 +167,9 @@ if triton is not None:
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
             l = l * alpha + tl.sum(p, 1)
-            v = tl.load(v_ptr + slot[:, None] * stride_vt + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_ptr + slot[:, None] * stride_vt + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0).to(
+                q.dtype
+            )
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
         part = (b * kv_heads + kvh) * splits + split

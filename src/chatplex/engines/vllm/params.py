@@ -48,6 +48,8 @@ def engine_args(
     }
     if margs.enable_prefix_caching is not None:
         kwargs["enable_prefix_caching"] = margs.enable_prefix_caching
+    if margs.kv_cache_dtype != "auto":
+        kwargs["kv_cache_dtype"] = margs.kv_cache_dtype  # the same names
     if margs.model_name_or_path is not None and not os.path.isdir(model_dir):
         kwargs["revision"] = margs.model_revision
         kwargs["download_dir"] = margs.cache_dir

@@ -113,6 +113,9 @@ def _quantization(chat_model: ChatModel, path: str, config: dict[str, Any]) -> s
     quant = config.get("quantization_config")
     if isinstance(quant, dict) and quant.get("quant_method"):
         return str(quant["quant_method"]).upper()
+    margs = chat_model.args.model
+    if margs.quantization_bit is not None:  # quantized while loading: bitsandbytes' NF4/FP4, or INT8
+        return margs.quantization_type.upper() if margs.quantization_bit == 4 else "INT8"
     dtype = chat_model.args.model.infer_dtype
     if dtype == "auto":
         dtype = str(config.get("torch_dtype") or config.get("dtype") or "")

@@ -1,0 +1,203 @@
+"""Quantized weights on the HF engine (CPU): LLaMA-Factory's on-the-fly keys (bitsandbytes 4- and 8-bit), a saved
+bitsandbytes checkpoint, and a LoRA adapter over quantized weights (QLoRA inference), each greedy-equal to
+transformers' own `generate` on the same quantized model; the refusals name the key and the fix."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from chatplex import ChatModel
+from chatplex.config import args_from_dict
+from chatplex.errors import ConfigError
+
+pytest.importorskip("bitsandbytes")
+
+PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three four five six seven", "x"]
+NEW_TOKENS = 8
+SETTINGS = {
+    "4bit-nf4": {"quantization_bit": 4},
+    "4bit-fp4-single": {"quantization_bit": 4, "quantization_type": "fp4", "double_quantization": False},
+    "8bit": {"quantization_bit": 8},
+}
+
+
+def _bnb_config(keys: dict, dtype: torch.dtype):
+    """LLaMA-Factory's BitsAndBytesConfig for these keys (model/model_utils/quantization.py)."""
+    from transformers import BitsAndBytesConfig
+
+    if keys["quantization_bit"] == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
+                              bnb_4bit_use_double_quant=keys.get("double_quantization", True),
+                              bnb_4bit_quant_type=keys.get("quantization_type", "nf4"))
+
+
+def _generate(model, tok, prompts: list[str]) -> list[list[int]]:
+    rows = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        rows.append(out[0, ids["input_ids"].shape[1]:].tolist())
+    return rows
+
+
+async def _engine_tokens(model: ChatModel, prompts: list[str], adapter: str | None = None) -> list[list[int]]:
+    async def one(prompt: str) -> list[int]:
+        request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True,
+                                      adapter=adapter)
+        tokens: list[int] = []
+        async for delta in model.agenerate(request):
+            tokens += delta.token_ids
+        return tokens
+
+    return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+async def test_on_the_fly_bitsandbytes_equals_generate(tiny_model_dir, name):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, keys = tiny_model_dir("llama"), SETTINGS[name]
+    reference = AutoModelForCausalLM.from_pretrained(path, quantization_config=_bnb_config(keys, torch.float32),
+                                                     device_map="cpu", dtype=torch.float32)
+    expected = _generate(reference, AutoTokenizer.from_pretrained(path), PROMPTS)
+    with ChatModel({"model_name_or_path": path, "infer_dtype": "float32", **keys}) as model:
+        layer = model.engine.parts.model.model.layers[0].self_attn.q_proj
+        assert type(layer).__module__.startswith("bitsandbytes")  # the weights really are quantized
+        assert await _engine_tokens(model, PROMPTS) == expected  # all four in one batch
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():  # the reference is not the plain model (8-bit's greedy tokens may still agree with it)
+        assert not torch.allclose(reference(ids).logits, plain(ids).logits, atol=1e-4)
+
+
+async def test_saved_bitsandbytes_checkpoint_loads_as_it_is(tiny_model_dir, tmp_path, caplog):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_model_dir("llama")
+    quantized = AutoModelForCausalLM.from_pretrained(path, quantization_config=_bnb_config({"quantization_bit": 4},
+                                                     torch.float32), device_map="cpu", dtype=torch.float32)
+    quantized.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu", dtype=torch.float32)
+    expected = _generate(reloaded, AutoTokenizer.from_pretrained(path), PROMPTS)
+    # quantization_bit is ignored for a checkpoint quantized already, with a warning (LLaMA-Factory's rule)
+    with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "float32", "quantization_bit": 8}) as model:
+        assert await _engine_tokens(model, PROMPTS) == expected
+    assert "quantization_bit 8 is ignored" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def qlora_adapter(tiny_model_dir, tmp_path_factory) -> str:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    path = tmp_path_factory.mktemp("qlora")
+    get_peft_model(base, config).save_pretrained(path)
+    return str(path)
+
+
+async def test_qlora_adapter_stays_live_over_quantized_weights(tiny_model_dir, qlora_adapter):
+    """LLaMA-Factory's QLoRA inference: the adapter on the 4-bit model, not merged; per request too (lora_modules),
+    beside requests for the base model in the same steps."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_model_dir("llama")
+    tok = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path, quantization_config=_bnb_config({"quantization_bit": 4},
+                                                torch.float32), device_map="cpu", dtype=torch.float32)
+    plain = _generate(base, tok, PROMPTS)
+    with_adapter = _generate(PeftModel.from_pretrained(base, qlora_adapter).eval(), tok, PROMPTS)
+    assert with_adapter != plain
+    keys = {"model_name_or_path": path, "infer_dtype": "float32", "quantization_bit": 4}
+    with ChatModel({**keys, "adapter_name_or_path": qlora_adapter}) as model:  # merge_lora defaults to true
+        assert await _engine_tokens(model, PROMPTS) == with_adapter
+    with ChatModel({**keys, "lora_modules": {"mine": qlora_adapter}}) as model:
+        both = await asyncio.gather(_engine_tokens(model, PROMPTS, "mine"), _engine_tokens(model, PROMPTS))
+        assert list(both) == [with_adapter, plain]
+
+
+def test_quantized_model_takes_one_adapter(tiny_model_dir, qlora_adapter):
+    keys = {"model_name_or_path": tiny_model_dir("llama"), "quantization_bit": 4,
+            "adapter_name_or_path": f"{qlora_adapter},{qlora_adapter}"}
+    with pytest.raises(ConfigError, match="a quantized model takes one adapter") as e:
+        ChatModel(keys)
+    assert e.value.param == "adapter_name_or_path"
+
+
+@pytest.mark.parametrize(("keys", "param", "says"), [
+    ({"quantization_bit": 3}, "quantization_bit", "4 or 8 bits"),
+    ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method", "use bnb"),
+    ({"quantization_bit": 4, "quantization_method": "eetq"}, "quantization_bit", "8-bit only"),
+    ({"quantization_bit": 4, "quantization_method": "gptq"}, "quantization_method", "load as they are"),
+    ({"quantization_method": "int3"}, "quantization_method", "choose one of bnb, eetq, hqq"),
+    ({"quantization_type": "int4"}, "quantization_type", "nf4 or fp4"),
+    ({"quantization_device_map": "auto"}, "quantization_device_map", "one device"),
+    ({"quantization_bit": 4, "infer_backend": "vllm"}, "quantization_bit", "pre-quantized checkpoint"),
+    ({"quantization_bit": 4, "dummy_weights": "smollm2-135m"}, "quantization_bit", "dummy_weights"),
+    ({"kv_cache_dtype": "int8"}, "kv_cache_dtype", "fp8_e5m2"),
+    ({"kv_cache_dtype": "fp8", "infer_backend": "llama.cpp"}, "kv_cache_dtype", "type_k"),
+])
+def test_bad_quantization_keys_name_the_key_and_the_fix(keys, param, says):
+    with pytest.raises(ConfigError, match=says) as e:
+        args_from_dict(keys)
+    assert e.value.param == param
+
+
+def test_llamafactory_inference_yaml_keys_load():
+    """The keys of a LLaMA-Factory QLoRA inference YAML, as its examples write them (command-line strings too)."""
+    args = args_from_dict({"quantization_bit": "4", "quantization_method": "bnb", "quantization_type": "nf4",
+                           "double_quantization": "false"}).model
+    assert (args.quantization_bit, args.double_quantization) == (4, False)
+
+
+def _write_fp8_checkpoint(source: str, target) -> None:
+    """An FP8 checkpoint in the block-wise layout of DeepSeek-V3 / Qwen3-FP8 releases (transformers' `fp8` method:
+    float8_e4m3fn weights and one inverse scale per 32x32 block). transformers quantizes only on a GPU, so the
+    linear layers are quantized here by that layout's definition."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    block, finite = 32, torch.finfo(torch.float8_e4m3fn).max
+    tensors = load_file(f"{source}/model.safetensors")
+    out = {}
+    for name, weight in tensors.items():
+        if ".layers." in name and name.endswith("proj.weight"):
+            rows, cols = weight.shape
+            tiles = weight.float().reshape(rows // block, block, cols // block, block)
+            scale = tiles.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12) / finite
+            out[name] = (tiles / scale).reshape(rows, cols).to(torch.float8_e4m3fn)
+            out[name.removesuffix("weight") + "weight_scale_inv"] = scale.reshape(rows // block, cols // block)
+        else:
+            out[name] = weight
+    save_file(out, f"{target}/model.safetensors", metadata={"format": "pt"})
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(f"{source}/{name}", target)
+    config = json.load(open(f"{source}/config.json"))
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                     "weight_block_size": [block, block]}
+    json.dump(config, open(f"{target}/config.json", "w"))
+
+
+async def test_fp8_checkpoint_loads_as_transformers_loads_it(tiny_model_dir, tmp_path):
+    """A pre-quantized FP8 checkpoint (on a CPU transformers dequantizes it; on a GPU it runs FP8 matmuls)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_model_dir("llama")
+    _write_fp8_checkpoint(path, tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16)
+    expected = _generate(reference, AutoTokenizer.from_pretrained(path), PROMPTS)
+    with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "bfloat16"}) as model:
+        got = await _engine_tokens(model, PROMPTS[:1])
+        got += [(await _engine_tokens(model, [p]))[0] for p in PROMPTS[1:]]  # one at a time: bf16 batches round
+    assert got == expected
