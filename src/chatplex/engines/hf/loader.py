@@ -85,7 +85,7 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
         extra["config"] = scaled_rope_config(args, source, gguf)
     quantized = quantization.wants_quantized(args, source, gguf)
     if quantized:  # quantizers place (and quantize) each weight as it loads, straight onto the device
-        extra.update(quantization.load_kwargs(args, source, gguf, dtype), device_map={"": device})
+        extra.update(quantization.load_kwargs(args, source, gguf, dtype, device), device_map={"": device})
     try:
         model = auto_class.from_pretrained(source, gguf_file=gguf, dtype=dtype, **hub_kwargs(args), **extra)
     except OSError as e:

@@ -39,7 +39,9 @@ def checkpoint_quantization(source: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def load_kwargs(args: ModelArguments, source: str, gguf: str | None, dtype: torch.dtype) -> dict[str, Any]:
+def load_kwargs(
+    args: ModelArguments, source: str, gguf: str | None, dtype: torch.dtype, device: torch.device
+) -> dict[str, Any]:
     """`from_pretrained` arguments for quantized weights (empty for a plain checkpoint)."""
     if gguf is not None:
         return {}
@@ -52,6 +54,17 @@ def load_kwargs(args: ModelArguments, source: str, gguf: str | None, dtype: torc
                 source,
                 saved.get("quant_method", "?"),
             )
+        if saved.get("quant_method") == "fp8" and device.type == "cuda" and not _fp8_matmul_available():
+            # transformers 5 runs FP8 matmuls with a kernel its `kernels` package fetches from the Hugging Face Hub;
+            # without it the model would load and then fail at its first step. LLaMA-Factory loads FP8 this way too.
+            logger.warning(
+                "FP8 weights run dequantized to %s: transformers' FP8 matmul kernel (kernels-community/"
+                "finegrained-fp8, fetched from the Hugging Face Hub by the `kernels` package) is not available here",
+                str(dtype).removeprefix("torch."),
+            )
+            from transformers import FineGrainedFP8Config
+
+            return {"quantization_config": FineGrainedFP8Config(dequantize=True)}
         return {}
     if args.quantization_bit is None:
         return {}
@@ -74,6 +87,26 @@ def load_kwargs(args: ModelArguments, source: str, gguf: str | None, dtype: torc
             bnb_4bit_quant_type=args.quantization_type,
         )
     }
+
+
+def graph_safe(model: Any) -> bool:
+    """Whether decode steps over these layers can be captured in CUDA graphs: bitsandbytes' LLM.int8 splits outlier
+    columns out per step with host-side work, which a capture refuses; its 4-bit layers and the others capture."""
+    config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    return not getattr(config, "load_in_8bit", False)
+
+
+def _fp8_matmul_available() -> bool:
+    try:
+        from transformers.integrations import finegrained_fp8
+
+        load = getattr(finegrained_fp8, "load_finegrained_fp8_kernel", None)
+        if load is None:
+            return False
+        load()
+        return True
+    except Exception:  # noqa: BLE001 - ImportError, or the Hub unreachable (any error of its client): no kernel
+        return False
 
 
 def wants_quantized(args: ModelArguments, source: str, gguf: str | None) -> bool:

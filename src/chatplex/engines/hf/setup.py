@@ -100,7 +100,10 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens, chunk_align=chunk_align
     )
     graphs = None
-    if device.type == "cuda" and not margs.enforce_eager and multimodal is None:  # graphs take 1-D positions
+    capturable = quantization.graph_safe(model)
+    if device.type == "cuda" and not margs.enforce_eager and not capturable:
+        logger.warning("CUDA graphs off: bitsandbytes 8-bit layers cannot be captured (steps run eagerly)")
+    if device.type == "cuda" and not margs.enforce_eager and multimodal is None and capturable:  # 1-D positions only
         graphs = DecodeGraphs(
             model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
         )
