@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from chatplex.engines.hf.attention import AttentionMetadata
+from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
@@ -40,6 +41,8 @@ class DecodeGraphs:
         self.model = model
         # torch.compile fuses the many small elementwise kernels of a decoder layer (norms, rotary, residuals):
         # at small batch, decode time is kernel count, not bandwidth. One compile serves every bucket.
+        if compile:
+            use_persistent_compile_cache()
         self._step = torch.compile(self._step_eager, dynamic=True) if compile else self._step_eager
         self.cache = cache
         self.device = device
