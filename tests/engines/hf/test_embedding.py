@@ -90,3 +90,11 @@ def test_causal_lm_refusals(chat_model):
         assert e.value.param == "input", bad
     with pytest.raises(UnsupportedFeatureError, match="cross-encoder"):
         chat_model.rerank("q", ["d"])
+
+
+@pytest.mark.parametrize(("key", "value"), [("quantization_bit", 4), ("kv_cache_dtype", "fp8")])
+def test_encoders_refuse_quantization_keys(tmp_path, key, value):
+    path = embedding_model(tmp_path / "q", "mean")
+    with pytest.raises(ConfigError, match=f"{key}: applies to generating and scoring models") as e:
+        ChatModel({"model_name_or_path": path, key: value})
+    assert e.value.param == key

@@ -89,6 +89,13 @@ class EncoderModel:
 
         hf_logging.disable_progress_bar()  # a server start-up should not print transformers' loading bars
 
+        for key, default in (("quantization_bit", None), ("kv_cache_dtype", "auto")):
+            if getattr(margs, key) != default:
+                raise ConfigError(
+                    f"{key}: applies to generating and scoring models; an embedding or rerank encoder loads in "
+                    "full precision and keeps no KV cache. Leave it out.",
+                    param=key,
+                )
         source = loader.model_source(margs)[0]
         device = loader.pick_device(margs.device)
         dtype = loader.resolve_dtype(margs, None, device)  # float32 on CPU under auto
