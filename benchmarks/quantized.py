@@ -30,6 +30,7 @@ import torch
 from gpu_engine import run_engine, workload_w2
 
 from chatplex import ChatModel
+from chatplex.engines.hf import quantization
 
 VARIANTS = {
     "bf16": ("bf16", {}),
@@ -84,6 +85,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         hf_model = engine.parts.model
         cache = engine.parts.cache
         r["weight_GB"] = hf_model.get_memory_footprint() / 1e9
+        r["quantized_as"] = quantization.describe(hf_model) or "not quantized"  # e.g. FP8 that fell back to bf16
         r["allocated_after_start_GB"] = (torch.cuda.memory_allocated() - before) / 1e9
         r["kv_dtype"] = str(cache.keys[0].dtype)
         r["kv_blocks"] = cache.num_blocks

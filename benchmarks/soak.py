@@ -2,12 +2,14 @@
 
 The load (8 clients by default, each one request after another): chat and completions, streaming and not, n=2
 now and then, and about one request in eight abandoned by its client part-way (a stream closed after its first
-chunks, a non-streaming request whose connection is dropped). Every 30 s the server process's RSS, open fds and
-threads are read from /proc. A request is "lost" when it fails in a way the server should not fail: a 5xx, a
-transport error on a request the client did not abandon, or a reply that breaks OpenAI's shape.
+chunks, a non-streaming request whose connection is dropped). Every 30 s the RSS, open fds and threads of the
+server and its child processes (the engine process, with --serve-args --engine-process) are read from /proc. A
+request is "lost" when it fails in a way the server should not fail: a 5xx, a transport error on a request the
+client did not abandon, or a reply that breaks OpenAI's shape.
 
     .venv/bin/python benchmarks/soak.py                                  # 1 hour, the embedded model
     .venv/bin/python benchmarks/soak.py --minutes 10 --json benchmarks/results/soak.json --plot soak.png
+    .venv/bin/python benchmarks/soak.py --minutes 30 --serve-args=--engine-process      # the engine in its own process
 
 Growth is reported after the warm-up (`--warmup-minutes`, 5 by default): (RSS at the end - RSS at the warm-up's
 end) / RSS at the warm-up's end, with the least-squares slope in MiB per hour over the same span.
@@ -45,13 +47,48 @@ class Tally:
             self.errors.append(why)
 
 
-def proc_sample(pid: int) -> dict[str, float]:
+def _one_process(pid: int) -> dict[str, float]:
     with open(f"/proc/{pid}/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     return {
         "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
         "threads": int(status["Threads"]),
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    }
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def proc_sample(pid: int) -> dict[str, float]:
+    """The server and every process under it (an engine process, `engine_process: true`), summed; each one's RSS
+    is kept too (rss_mib_by_pid)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        try:
+            todo += _children(current)
+        except FileNotFoundError:
+            pass
+    per = {}
+    for p in tree:
+        try:
+            per[p] = _one_process(p)
+        except FileNotFoundError:  # ended between the listing and the read
+            if p == pid:
+                raise
+    return {
+        "rss_mib": sum(v["rss_mib"] for v in per.values()),
+        "threads": sum(v["threads"] for v in per.values()),
+        "fds": sum(v["fds"] for v in per.values()),
+        "processes": len(per),
+        "rss_mib_by_pid": {str(p): round(v["rss_mib"], 1) for p, v in per.items()},
     }
 
 
@@ -116,7 +153,8 @@ async def sampler(pid: int, start: float, deadline: float, every: float, samples
             print(f"process {pid} is gone", flush=True)
             return
         s = samples[-1]
-        print(f"{s['t_s'] / 60:6.1f} min  RSS {s['rss_mib']:8.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}",
+        print(f"{s['t_s'] / 60:6.1f} min  RSS {s['rss_mib']:8.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}  "
+              f"processes {s['processes']}",
               flush=True)
         if time.monotonic() >= deadline:
             return
@@ -185,13 +223,14 @@ def main() -> int:
     parser.add_argument("--log", default="/tmp/chatplex-soak-server.log")
     parser.add_argument("--url", default=None, help="soak a server already running (with --pid: its process id)")
     parser.add_argument("--pid", type=int, default=None)
+    parser.add_argument("--serve-args", default="", help="more `chatplex serve` flags, e.g. '--engine-process'")
     args = parser.parse_args()
 
     info = machine_info()
     if args.url:
         tally, samples = asyncio.run(soak(args, args.url, args.pid or os.getpid()))
     else:
-        proc, url = start_server(args.dtype, args.log)
+        proc, url = start_server(args.dtype, args.log, tuple(args.serve_args.split()))
         try:
             tally, samples = asyncio.run(soak(args, url.removesuffix("/v1"), proc.pid))
         finally:

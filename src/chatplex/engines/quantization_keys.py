@@ -103,8 +103,8 @@ def missing_package_hint(method: str) -> str:
     return {
         "bitsandbytes": _INSTALL,
         "bnb": _INSTALL,
-        "compressed-tensors": _INSTALL,
-        "gptq": "pip install gptqmodel (builds its kernels from source; see README, Quantized models)",
+        "compressed-tensors": "pip install compressed-tensors",
+        "gptq": "pip install optimum gptqmodel (gptqmodel builds its kernels from source; README, Quantized models)",
         "awq": "pip install gptqmodel (transformers 5 loads AWQ through it)",
         "eetq": "pip install kernels (EETQ's kernels come from the Hugging Face Hub; GPU only)",
     }.get(method, f"the package transformers names for {method}")

@@ -58,6 +58,7 @@ async def _tokens(model: ChatModel, prompts: list[str]) -> list[list[int]]:
 async def test_fp8_cache_equals_generate_over_rounded_keys(tiny_model_dir, kv, engine_args):
     path = tiny_model_dir("llama")
     expected = _reference(path, FP8[kv])
+    assert expected != _reference(path, None)  # the rounding shows in the tokens: the comparison can tell
     common = {"model_name_or_path": path, "infer_dtype": "float32", "kv_cache_memory_gb": 0.002, "kv_block_size": 4,
               **engine_args}
     with ChatModel({**common, "kv_cache_dtype": kv}) as model:

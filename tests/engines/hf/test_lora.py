@@ -208,3 +208,19 @@ async def test_cached_prefixes_are_per_adapter(tiny_model_dir, adapters, referen
         await model.aunload_adapter("x")
         await model.aload_adapter("x", adapters["a2"])
         assert await _tokens(model, long_prompt, "x") == references["a2"][1]
+
+
+def test_embeddings_use_an_unmerged_default_adapter(tiny_model_dir, adapters):
+    """/v1/embeddings of a model serving with adapter_name_or_path unmerged (merge_lora false, or any quantized
+    model) are the adapted model's, as with the adapter merged."""
+    args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32",
+            "adapter_name_or_path": adapters["a1"]}
+    texts = PROMPTS[:3]
+    with ChatModel(args) as merged:
+        expected = torch.tensor(merged.embed(texts).vectors)
+    with ChatModel({**args, "merge_lora": False}) as live:
+        got = torch.tensor(live.embed(texts).vectors)
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32"}) as base:
+        plain = torch.tensor(base.embed(texts).vectors)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain, expected, atol=1e-3)

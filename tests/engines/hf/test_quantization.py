@@ -128,6 +128,17 @@ async def test_qlora_adapter_stays_live_over_quantized_weights(tiny_model_dir, q
         assert list(both) == [with_adapter, plain]
 
 
+@pytest.mark.parametrize(("keys", "param", "says"), [
+    ({"quantization_bit": 8, "batch_invariant": True, "infer_dtype": "bfloat16"}, "batch_invariant",
+     "not with quantized weights"),
+    ({"quantization_bit": 8, "quantization_method": "eetq", "device": "cpu"}, "quantization_method", "GPU only"),
+])
+def test_quantized_combinations_refused_at_start(tiny_model_dir, keys, param, says):
+    with pytest.raises(ConfigError, match=says) as e:
+        ChatModel({"model_name_or_path": tiny_model_dir("llama"), **keys})
+    assert e.value.param == param
+
+
 def test_quantized_model_takes_one_adapter(tiny_model_dir, qlora_adapter):
     keys = {"model_name_or_path": tiny_model_dir("llama"), "quantization_bit": 4,
             "adapter_name_or_path": f"{qlora_adapter},{qlora_adapter}"}

@@ -31,7 +31,7 @@ def _groups(ids: list[list[int]], max_tokens: int) -> list[list[list[int]]]:
 
 
 @torch.inference_mode()
-def _forward(runner: ModelRunner, group: list[list[int]], mode: str) -> torch.Tensor:
+def _forward(runner: ModelRunner, group: list[list[int]], mode: str, adapter: str | None) -> torch.Tensor:
     device = runner.device
     lengths = [len(x) for x in group]
     input_ids = torch.tensor([t for x in group for t in x], dtype=torch.long, device=device)
@@ -42,12 +42,22 @@ def _forward(runner: ModelRunner, group: list[list[int]], mode: str) -> torch.Te
         offset += n
     scratch = torch.arange(len(input_ids), device=device) % runner.block_size  # block 0's slots
     meta = AttentionMetadata(runner.cache, scratch, 0, None, None, segments)
-    hidden = decoder_of(runner.model)(
-        input_ids=input_ids[None], position_ids=positions[None], use_cache=False, chatplex_meta=meta
-    ).last_hidden_state[0]
+    lora = runner.lora if adapter is not None else None
+    if lora is not None and adapter is not None:  # an unmerged adapter_name_or_path: every token, as in generation
+        lora.activate({adapter: torch.arange(len(input_ids), device=device)})
+    try:
+        hidden = decoder_of(runner.model)(
+            input_ids=input_ids[None], position_ids=positions[None], use_cache=False, chatplex_meta=meta
+        ).last_hidden_state[0]
+    finally:
+        if lora is not None:
+            lora.deactivate()
     return pool_flat(hidden, lengths, mode)
 
 
-def embed(runner: ModelRunner, ids: list[list[int]], mode: str, max_tokens: int) -> torch.Tensor:
-    """[N, H] float32 pooled final hidden states, one row per input (on the engine thread)."""
-    return torch.cat([_forward(runner, group, mode) for group in _groups(ids, max_tokens)])
+def embed(
+    runner: ModelRunner, ids: list[list[int]], mode: str, max_tokens: int, adapter: str | None = None
+) -> torch.Tensor:
+    """[N, H] float32 pooled final hidden states, one row per input (on the engine thread); `adapter`: the
+    resident adapter the model serves requests that name none with (an unmerged adapter_name_or_path)."""
+    return torch.cat([_forward(runner, group, mode, adapter) for group in _groups(ids, max_tokens)])

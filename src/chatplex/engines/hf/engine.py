@@ -265,7 +265,7 @@ class HFEngine(Engine):
         mode = pooling_mod.causal_request(pooling, dimensions, prompt_name, hidden_size, self._name)
         ids = pooling_mod.causal_input_ids(self.prompts.tokenizer, inputs, self.prompts.max_model_len)
         limit = self._loaded().scheduler.max_num_batched_tokens
-        vectors = await core.call(partial(embedding.embed, self.runner, ids, mode, limit))
+        vectors = await core.call(partial(embedding.embed, self.runner, ids, mode, limit, self.default_adapter))
         return Embeddings(pooling_mod.finish(vectors, True, dimensions), sum(map(len, ids)))
 
     async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:

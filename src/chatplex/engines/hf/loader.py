@@ -94,10 +94,12 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
             "give a directory with config.json and weights, or a .gguf file.",
             param="model_name_or_path",
         ) from e
+    except (torch.OutOfMemoryError, torch.AcceleratorError):
+        raise  # the device's own failure, not a quantizer's refusal
     except (ImportError, RuntimeError, ValueError) as e:
         if not quantized:
             raise
-        raise quantization.load_error(e, source) from e
+        raise quantization.load_error(e, source, args) from e
     if gguf is not None:  # dequantised GGUF weights are plain tensors; drop the quantizer that loaded them
         model.hf_quantizer = None
     if quantized:

@@ -129,9 +129,11 @@ class LoraAdapters:
 
 
 def _plain_linear_lora(module: Any) -> bool:
-    """Linear LoRA factors over a linear base layer: peft's Linear, or its layers over quantized linears
-    (bitsandbytes, GPTQ, AWQ, ...), whose base output the hook adds to the same way."""
-    return (
+    """Linear LoRA factors over a linear base layer: peft's Linear (also over GPT-2's Conv1D), or its layers over
+    quantized linears (bitsandbytes, GPTQ, AWQ, ...), whose base output the hook adds to the same way."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    return isinstance(module, LoraLinear) or (
         bool(module.lora_A)
         and all(isinstance(m, torch.nn.Linear) for m in [*module.lora_A.values(), *module.lora_B.values()])
         and not getattr(module, "lora_embedding_A", None)

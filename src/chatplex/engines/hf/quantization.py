@@ -69,6 +69,11 @@ def load_kwargs(
     if args.quantization_bit is None:
         return {}
     if args.quantization_method == "eetq":
+        if device.type != "cuda":
+            raise ConfigError(
+                f"quantization_method: eetq runs on a GPU only (device here: {device.type}); use bnb on a CPU.",
+                param="quantization_method",
+            )
         from transformers import EetqConfig
 
         return {"quantization_config": EetqConfig()}
@@ -134,10 +139,10 @@ def describe(model: Any) -> str:
     return f"{method} {bits}-bit" if bits else method
 
 
-def load_error(exc: Exception, source: str) -> ConfigError:
+def load_error(exc: Exception, source: str, args: ModelArguments) -> ConfigError:
     """A quantizer's refusal (a missing package, a device it cannot run on) as a ConfigError that says what to do."""
     saved = checkpoint_quantization(source)
-    method = str(saved.get("quant_method", "")) if saved else "bitsandbytes"
+    method = str(saved.get("quant_method", "")) if saved else args.quantization_method
     fix = missing_package_hint(method) if isinstance(exc, ImportError) else "see README, Quantized models"
     what = f"this checkpoint is {method}-quantized" if saved else "quantizing while loading"
     return ConfigError(

@@ -95,7 +95,10 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     # Block 0 is scratch: padding rows write there.
     blocks = BlockManager(num_blocks, block_size, reserved=1, prefix_caching=prefix_caching)
     step_tokens = margs.max_num_batched_tokens or (GPU_STEP_TOKENS if device.type == "cuda" else CPU_STEP_TOKENS)
-    chunk_align = _invariant_chunk(margs, device, dtype, step_tokens, lora, multimodal) if margs.batch_invariant else 0
+    quantized = quantization.is_quantized(model)
+    chunk_align = (
+        _invariant_chunk(margs, device, dtype, step_tokens, lora, multimodal, quantized) if margs.batch_invariant else 0
+    )
     scheduler = Scheduler(
         blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens, chunk_align=chunk_align
     )
@@ -178,6 +181,8 @@ def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool)
         if margs.infer_dtype == "auto" and device.type == "cpu" and packed_linear.supported(device, torch.bfloat16):
             dtype = torch.bfloat16
         model = loader.load_model(margs, device, dtype, classifier)
+        # A quantizer may choose its own compute dtype (AWQ runs float16 on a GPU): the KV cache follows the model.
+        dtype = model.get_input_embeddings().weight.dtype
         return (_in_own_memory(model) if device.type == "cpu" else model), dtype
     if margs.infer_dtype == "auto" and device.type == "cpu":
         model = loader.load_model(margs, device, torch.float32, classifier)
@@ -196,7 +201,8 @@ def _in_own_memory(model: Any) -> Any:
     point into them): decode steps that read every weight ran up to 3x slower, and varied from one load to the next
     (BENCHMARKS.md, section 11). A tied weight is one parameter, copied once, so it stays tied."""
     for tensor in [*model.parameters(), *model.buffers()]:
-        tensor.data = tensor.data.clone()
+        if type(tensor) in (torch.nn.Parameter, torch.Tensor):  # bitsandbytes' own parameter types hold copies
+            tensor.data = tensor.data.clone()
     return model
 
 
@@ -214,7 +220,13 @@ def _kv_cache_dtype(margs: ModelArguments, dtype: torch.dtype, device: torch.dev
 
 
 def _invariant_chunk(
-    margs: ModelArguments, device: torch.device, dtype: torch.dtype, step_tokens: int, lora: Any, multimodal: Any
+    margs: ModelArguments,
+    device: torch.device,
+    dtype: torch.dtype,
+    step_tokens: int,
+    lora: Any,
+    multimodal: Any,
+    quantized: bool,
 ) -> int:
     """batch_invariant's prefill chunk size, after checking it can hold here.
 
@@ -228,6 +240,10 @@ def _invariant_chunk(
             f"batch_invariant runs on a CPU in bfloat16 (this engine: {device.type}, "
             f"{str(dtype).removeprefix('torch.')}): use infer_dtype bfloat16 on a CPU, or turn it off.",
             param="batch_invariant",
+        )
+    if quantized:  # LLM.int8 picks outlier columns over the whole step's rows; other kernels are unverified
+        raise ConfigError(
+            "batch_invariant: not with quantized weights; serve the full-precision model.", param="batch_invariant"
         )
     if lora is not None or multimodal is not None:
         what = "resident LoRA adapters (merge them: merge_lora true)" if lora is not None else "a media model"
