@@ -91,3 +91,13 @@ def test_a_scheduled_token_with_no_pending_source_is_an_error(step):
     with pytest.raises(RuntimeError, match="no single pending one"):
         StepInputs.build(inputs.items[:1], BLOCK, {})
     assert np.array_equal(StepInputs.build(inputs.items[1:2], BLOCK).token_ids, [24])
+
+
+def test_compiled_graph_buckets_start_at_two():
+    """Compiled decode graphs skip a batch size of 1 (torch.compile would specialize it: a second whole compile of
+    the model at start); a single sequence replays the 2-row graph with a padding row. Uncompiled graphs keep 1."""
+    from chatplex.engines.hf.cuda_graphs import bucket_sizes
+
+    assert bucket_sizes(64, smallest=2)[:3] == [2, 4, 8] and bucket_sizes(64, smallest=2)[-1] == 64
+    assert bucket_sizes(64)[:2] == [1, 2]
+    assert bucket_sizes(1, smallest=2) == [2] and bucket_sizes(3, smallest=2) == [2, 3]

@@ -22,10 +22,10 @@ from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
 
-def bucket_sizes(max_batch: int) -> list[int]:
+def bucket_sizes(max_batch: int, smallest: int = 1) -> list[int]:
     sizes = [1, 2, 4, 8] + list(range(16, 64, 8)) + list(range(64, 256, 32)) + list(range(256, max_batch + 64, 64))
-    sizes = sorted({s for s in sizes if s < max_batch} | {max_batch})
-    return sizes
+    top = max(max_batch, smallest)
+    return sorted({s for s in sizes if smallest <= s < top} | {top})
 
 
 class DecodeGraphs:
@@ -46,7 +46,9 @@ class DecodeGraphs:
         self._step = torch.compile(self._step_eager, dynamic=True) if compile else self._step_eager
         self.cache = cache
         self.device = device
-        self.buckets = bucket_sizes(max_batch)
+        # Compiled, the smallest bucket is 2: torch.compile specializes a size of 1 (a second whole compile of the
+        # model, half of a start's compile time); one decode row padded to two costs next to nothing on a GPU.
+        self.buckets = bucket_sizes(max_batch, smallest=2 if compile else 1)
         n = self.buckets[-1]
         self.input_ids = torch.zeros(1, n, dtype=torch.long, device=device)
         self.positions = torch.zeros(1, n, dtype=torch.long, device=device)
