@@ -65,9 +65,11 @@ class ChatModel:
     Safe to share between threads and coroutines. Use as a context manager, or call `close()`.
     """
 
-    def __init__(self, args: dict[str, Any] | str | None = None) -> None:
+    def __init__(self, args: dict[str, Any] | str | None = None, *, engine: Engine | None = None) -> None:
+        """`engine`: one made already for these arguments (a server's extra frontend joining a running engine
+        process); by default the arguments' own."""
         self.args: ChatplexArgs = load_args(args)
-        self.engine: Engine = create_engine(self.args)
+        self.engine: Engine = engine if engine is not None else create_engine(self.args)
         self._loop = BackgroundLoop()
         self._closed = False
         try:

@@ -125,3 +125,33 @@ def engine_children() -> list[int]:
         if b"chatplex.engines.process.child" in cmdline and int(fields[1]) == os.getpid() and fields[0] != "Z":
             found.append(int(entry))
     return found
+
+
+async def test_a_second_frontend_attaches_with_its_own_request_numbers(process_model, tiny_model_dir):
+    """`chatplex serve --api-server-count`'s frontends share one engine process: a ProcessEngine attached to it
+    serves beside the first, requests of the same id from both (each frontend numbers its own) stay apart, and the
+    second one leaving aborts its own requests only."""
+    import dataclasses
+
+    from chatplex.config import load_args
+
+    args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "engine_process": True}
+    second = ChatModel(args, engine=ProcessEngine(load_args(args), process_model.engine.attach_path))
+    try:
+        async def tokens(model, prompt, request_id):
+            request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True)
+            request = dataclasses.replace(request, request_id=request_id)
+            return [t async for d in model.agenerate(request) for t in d.token_ids]
+
+        got = await asyncio.gather(*(tokens(m, p, f"same-{i}") for i, p in enumerate(PROMPTS[:3])
+                                     for m in (process_model, second)))
+        expected = [reference(tiny_model_dir("llama"), p) for p in PROMPTS[:3]]
+        assert got == [e for e in expected for _ in range(2)]
+        stream = second.agenerate(second.build_request(prompt="Count to a thousand", max_new_tokens=400,
+                                                       ignore_eos=True))
+        await stream.__anext__()
+    finally:
+        second.close()  # with its request still running
+    stats = await stats_when(process_model, lambda s: s.running == 0)
+    assert stats.running == 0
+    assert await engine_outputs(process_model) == [reference(tiny_model_dir("llama"), p) for p in PROMPTS]

@@ -117,6 +117,13 @@ def add_server_options(
         help="log every request body at INFO [env CHATPLEX_LOG_REQUESTS, API_VERBOSE] (default: off)",
     )
     g.add_argument(
+        "--api-server-count",
+        type=int,
+        default=int(_env("CHATPLEX_API_SERVER_COUNT", default=1)),
+        help="HTTP frontend processes sharing the port in front of one engine process (the Hugging Face engine; "
+        "turns engine_process on) [env CHATPLEX_API_SERVER_COUNT] (default: 1)",
+    )
+    g.add_argument(
         "--drain-timeout",
         type=float,
         default=float(_env("CHATPLEX_DRAIN_TIMEOUT", default=30.0)),
@@ -147,6 +154,7 @@ def settings_from(ns: argparse.Namespace) -> ServerSettings:
             allowed_origins=tuple(ns.allowed_origins.split(",")) if ns.allowed_origins else (),
             max_body_bytes=ns.max_body_size,
             drain_timeout=ns.drain_timeout,
+            api_server_count=ns.api_server_count,
         )
     except ValueError as e:
         from chatplex.errors import ConfigError
@@ -172,6 +180,24 @@ def llamafactory_env(model_args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def check_api_server_count(args: Any, count: int) -> None:
+    """Several frontends share one engine process: the Hugging Face engine's (vLLM has its own option)."""
+    from chatplex.errors import ConfigError
+
+    if args.model.infer_backend != "huggingface" or args.model.engine_process is False:
+        raise ConfigError(
+            f"api_server_count: {count} frontends share one engine process, which the Hugging Face engine runs "
+            "with engine_process on; "
+            + (
+                "engine_process is false here."
+                if args.model.infer_backend == "huggingface"
+                else f"the {args.model.infer_backend} engine is served by one frontend."
+            )
+            + " Leave --api-server-count at 1.",
+            param="api_server_count",
+        )
+
+
 def _has_gpu(args: Any) -> bool:
     if args.model.device not in ("auto", "cuda"):
         return False
@@ -189,12 +215,16 @@ def run(ns: argparse.Namespace) -> NoReturn:
     if ns.max_queued_requests is not None:
         model_args["max_waiting_requests"] = ns.max_queued_requests
     args = load_args(model_args)
+    settings = settings_from(ns)
+    if settings.api_server_count > 1:
+        check_api_server_count(args, settings.api_server_count)
+        model_args["engine_process"] = True
     if args.model.engine_process is None and args.model.infer_backend == "huggingface" and _has_gpu(args):
         model_args["engine_process"] = True  # the HTTP frontend and the engine each get an interpreter of their own
     if is_worker_node(args):  # node 1.. of several machines: workers only, node 0 serves
         code = run_worker_node(args)
     else:
-        code = serve(model_args, settings_from(ns), getattr(ns, "log_level", "warning"))
+        code = serve(model_args, settings, getattr(ns, "log_level", "warning"))
     # Everything is closed by now (requests, engine, sockets). Python's own teardown of torch and transformers
     # would still take 0.5-2 s on a small machine, which a SIGTERM caller waiting on `--drain-timeout` would see as
     # the server overrunning it; so the process ends here, after flushing what it wrote.

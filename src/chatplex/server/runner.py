@@ -6,12 +6,14 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from chatplex.chat_model import ChatModel
 from chatplex.server.app import create_app
+from chatplex.server.frontends import ExtraFrontends
 from chatplex.server.settings import ServerSettings
 from chatplex.server.state import ServerState
 
@@ -26,9 +28,17 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_signal: Callable[[int], None] | None = None  # passes signals on to the extra frontends
+        # An extra frontend may get a SIGTERM twice (from its supervisor's group kill and passed on by the first
+        # frontend): the second must not cut its drain short.
+        self.repeated_sigterm_drains = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # Not uvicorn's handler: it re-raises the signal after shutdown, which would make the exit code -15.
+        if self.on_signal is not None:
+            self.on_signal(sig)
+        if sig == signal.SIGTERM and self.state.draining and self.repeated_sigterm_drains:
+            return
         if sig == signal.SIGTERM and not self.state.draining and self._loop is not None:
             self.state.draining = True
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
@@ -49,8 +59,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str = "warning") -> int:
-    """Serve until stopped; returns the exit code. Raises the model's load error if loading failed."""
+def _server(settings: ServerSettings, log_level: str) -> tuple[DrainingServer, ServerState]:
     app = create_app(None, settings)
     state: ServerState = app.state.server
     config = uvicorn.Config(
@@ -62,11 +71,23 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
         # What is left after a drain (requests stopped, connections closing) needs well under a second.
         timeout_graceful_shutdown=0.5,  # type: ignore[arg-type]  # uvicorn's stub says int; it takes a float
     )
-    server = DrainingServer(config, state)
+    return DrainingServer(config, state), state
+
+
+def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str = "warning") -> int:
+    """Serve until stopped; returns the exit code. Raises the model's load error if loading failed."""
+    server, state = _server(settings, log_level)
     loaded: dict[str, Any] = {}
+    extra = ExtraFrontends()
+    # Several frontends share one listening socket, bound here before any of them starts.
+    sock = server.config.bind_socket() if settings.api_server_count > 1 else None
 
     def engine_died() -> None:  # an engine process that dies takes the server down, for a supervisor to restart
         loaded["engine_died"] = True
+        server.should_exit = True
+
+    def frontend_died() -> None:  # so does an extra frontend process
+        loaded["frontend_died"] = True
         server.should_exit = True
 
     def load() -> None:  # in the background, so /health answers 503 "loading" meanwhile
@@ -77,6 +98,17 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
             loaded["model"] = state.chat_model = model
             if not model.engine.healthy:  # it died before on_exit was set
                 engine_died()
+            if sock is not None:
+                server.on_signal = extra.signal
+                extra.start(
+                    settings.api_server_count - 1,
+                    sock,
+                    model.engine.attach_path,  # type: ignore[attr-defined]  # a ProcessEngine (checked at start)
+                    model_args,
+                    settings,
+                    log_level,
+                    frontend_died,
+                )
             logger.warning("chatplex serve: %s ready on http://%s:%d", state.model_name, settings.host, settings.port)
         except BaseException as e:  # noqa: BLE001 - re-raised once the server has stopped
             loaded["error"] = e
@@ -84,13 +116,40 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
 
     threading.Thread(target=load, name="chatplex-load", daemon=True).start()
     try:
-        server.run()
+        server.run(sockets=[sock] if sock is not None else None)
     finally:
+        extra.stop(settings.drain_timeout + 10)  # their requests need the engine: it closes after them
         if "model" in loaded:
             loaded["model"].close()
     if "error" in loaded:
         raise loaded["error"]
-    if loaded.get("engine_died"):
-        logger.error("chatplex serve: the engine process died; exiting with code 1")
+    if loaded.get("engine_died") or loaded.get("frontend_died"):
+        what = "the engine process" if loaded.get("engine_died") else "a frontend process"
+        logger.error("chatplex serve: %s died; exiting with code 1", what)
         return 1
     return 0
+
+
+def serve_attached(
+    model_args: dict[str, Any], settings: ServerSettings, log_level: str, attach_path: str, sock: Any
+) -> int:
+    """An extra frontend (server/frontends.py): serve `sock` in front of the engine process at `attach_path`."""
+    from chatplex.config import load_args
+    from chatplex.engines.process.client import ProcessEngine
+
+    server, state = _server(settings, log_level)
+    server.repeated_sigterm_drains = True
+    died: list[bool] = []
+
+    def engine_died() -> None:
+        died.append(True)
+        server.should_exit = True
+
+    model = ChatModel(model_args, engine=ProcessEngine(load_args(model_args), attach_path))
+    model.engine.on_exit = engine_died  # type: ignore[attr-defined]  # a ProcessEngine
+    state.chat_model = model
+    try:
+        server.run(sockets=[sock])
+    finally:
+        model.close()
+    return 1 if died else 0

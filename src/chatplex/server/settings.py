@@ -27,6 +27,8 @@ class ServerSettings:
     allowed_origins: tuple[str, ...] = ()  # CORS; empty: closed
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
+    # HTTP frontend processes sharing the port, all in front of one engine process (server/frontends.py).
+    api_server_count: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -35,6 +37,8 @@ class ServerSettings:
             raise ValueError(f"max_body_bytes must be > 0, got {self.max_body_bytes}.")
         if self.drain_timeout < 0:
             raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}.")
+        if self.api_server_count < 1:
+            raise ValueError(f"api_server_count must be >= 1, got {self.api_server_count}.")
         if self.api_mode not in API_MODES:
             raise ValueError(f"api_mode must be one of {', '.join(API_MODES)}, got {self.api_mode!r}.")
         if self.api_mode == "llamafactory":

@@ -1,20 +1,29 @@
-"""The engine process: an HFEngine serving one frontend over the socket the frontend listens on (the package's
-docstring says why and how). Started by client.ProcessEngine as `python -m chatplex.engines.process.child PATH`.
+"""The engine process: an HFEngine serving its frontend over the socket the frontend listens on (the package's
+docstring says why and how), and any more frontends that attach. Started by client.ProcessEngine as
+`python -m chatplex.engines.process.child PATH`.
 
 Frames in: ("start", ChatplexArgs, log level) first, then ("generate", request id, GenerationRequest),
 ("abort", request id) and ("call", call id, method, args, kwargs). Frames out: ("ready", EngineFacts) or
 ("failed", RemoteError) after start, then ("out", [...]) once per event-loop turn, holding ("delta", request id,
 Delta | RemoteError) and ("reply", call id, ok, value | RemoteError) items in the order they happened.
+
+More frontends (`chatplex serve --api-server-count N`) connect to EngineFacts.attach_path, a Unix socket in a
+private folder, send ("attach",) and get ("ready", EngineFacts); then the same frames. Each connection has its own
+requests: one that closes aborts its own; the engine process ends when the first frontend's connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from contextlib import aclosing
@@ -32,9 +41,11 @@ STATS_EVERY_S = 0.1  # the engine's counters go to the frontend this often when 
 class Host:
     """Runs the frontend's requests on the engine and batches what they produce into one frame per loop turn."""
 
-    def __init__(self, engine: Any, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, engine: Any, writer: asyncio.StreamWriter, prefix: str = "") -> None:
         self.engine = engine
         self.writer = writer
+        # Frontends number their requests each on its own: the engine sees them under a per-frontend prefix.
+        self.prefix = prefix
         self.requests: dict[str, asyncio.Task[None]] = {}
         self._calls: set[asyncio.Task[None]] = set()
         self._out: list[tuple[Any, ...]] = []
@@ -59,6 +70,8 @@ class Host:
         kind = msg[0]
         if kind == "generate":
             _, request_id, request = msg
+            if self.prefix:
+                request = dataclasses.replace(request, request_id=self.prefix + request.request_id)
             task = asyncio.create_task(self._stream(request_id, request))
             self.requests[request_id] = task
             # Here, not in _stream: a task cancelled before it first runs (its abort came in the same read) never
@@ -130,15 +143,28 @@ class Host:
                 self._sent_stats = stats
                 self._send(("stats", stats))
 
-    async def close(self) -> None:
+    async def cancel_requests(self) -> None:
         for task in list(self.requests.values()):
             task.cancel()
         await asyncio.gather(*self.requests.values(), return_exceptions=True)
-        await self.engine.close()
+
+    async def run(self, reader: asyncio.StreamReader, facts: wire.EngineFacts) -> None:
+        """Say ready, then serve this frontend's frames until it closes the connection (or dies)."""
+        self.writer.write(wire.encode(("ready", facts)))
+        watcher = asyncio.create_task(self.watch())
+        try:
+            while True:
+                self.handle(await wire.read(reader))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            watcher.cancel()
+            await self.cancel_requests()
 
 
 async def serve(path: str) -> int:
-    """Connect to the frontend, start the engine it asks for, serve it until it goes; the exit code."""
+    """Connect to the frontend, start the engine it asks for, serve it (and frontends that attach) until it goes;
+    the exit code."""
     reader, writer = await asyncio.open_unix_connection(path)
     _, args, log_level = await wire.read(reader)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [engine]: %(message)s")
@@ -153,17 +179,38 @@ async def serve(path: str) -> int:
             await writer.drain()
         await engine.close()
         return 1
+    folder = tempfile.mkdtemp(prefix="chatplex-attach-")  # mode 0700: only this user's processes attach
     host = Host(engine, writer)
-    writer.write(wire.encode(("ready", host.facts())))
-    watcher = asyncio.create_task(host.watch())
+    facts = dataclasses.replace(host.facts(), attach_path=os.path.join(folder, "attach.sock"))
+    attached: set[asyncio.Task[None]] = set()
+    numbers = itertools.count(1)
+
+    async def attach(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if await wire.read(reader) != ("attach",):
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        attached.add(task)
+        try:
+            await Host(engine, writer, prefix=f"frontend{next(numbers)}-").run(reader, facts)
+        finally:
+            attached.discard(task)
+            writer.close()
+
+    assert facts.attach_path is not None
+    server = await asyncio.start_unix_server(attach, facts.attach_path)
     try:
-        while True:
-            host.handle(await wire.read(reader))
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass  # the frontend closed the connection (or died): the engine goes with it
+        await host.run(reader, facts)  # until the first frontend goes: the engine goes with it
     finally:
-        watcher.cancel()
-        await host.close()
+        server.close()
+        for task in list(attached):
+            task.cancel()
+        await asyncio.gather(*attached, return_exceptions=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        await engine.close()
     return 0
 
 

@@ -44,8 +44,11 @@ class ProcessEngine(Engine):
     backend = "huggingface"
     supports_constraints = True
 
-    def __init__(self, args: ChatplexArgs) -> None:
+    def __init__(self, args: ChatplexArgs, attach_path: str | None = None) -> None:
+        """`attach_path`: join an engine process another frontend started (its EngineFacts.attach_path) instead of
+        starting one."""
         self.args = args
+        self._attach_path = attach_path
         self.on_exit: Callable[[], None] | None = None  # called once if the engine process dies (not at close)
         self.prompts: PromptPreparer | None = None
         self._facts: wire.EngineFacts | None = None
@@ -64,6 +67,9 @@ class ProcessEngine(Engine):
         await run_in_fresh_thread(self._start)
 
     def _start(self) -> None:
+        if self._attach_path is not None:
+            self._attach(self._attach_path)
+            return
         folder = tempfile.mkdtemp(prefix="chatplex-engine-")  # mode 0700: only this user reaches the socket
         path = os.path.join(folder, "engine.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -83,13 +89,7 @@ class ProcessEngine(Engine):
             shutil.rmtree(folder, ignore_errors=True)
         try:
             facts, tokenizer = self._handshake(conn)
-            if tokenizer is None:
-                from chatplex.models.dummy import dummy_tokenizer
-
-                tokenizer = dummy_tokenizer(facts.vocab_size)
-            from chatplex.engines.hf.setup import prompt_preparer
-
-            self.prompts = prompt_preparer(self.args.model, tokenizer, facts.max_model_len, facts.vocab_size)
+            self.prompts = self._prompt_preparer(facts, tokenizer)
         except BaseException:
             conn.close()
             self._proc.kill()  # it may still be loading the model, and it ignores SIGTERM
@@ -101,12 +101,48 @@ class ProcessEngine(Engine):
             "Engine process %d serves %s on %s (%s)", self._proc.pid, facts.model_name, facts.device, facts.dtype
         )
 
+    def _attach(self, path: str) -> None:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(path)
+            wire.send(conn, ("attach",))
+            kind, facts = wire.recv(conn)
+            assert kind == "ready", kind
+            self.prompts = self._prompt_preparer(facts, self._tokenizer())
+        except (OSError, EOFError) as e:
+            conn.close()
+            raise EngineError(f"Cannot attach to the engine process at {path}: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._facts, self._sock = facts, conn
+        threading.Thread(target=self._receive, name="chatplex-engine-receiver", daemon=True).start()
+        logger.info("Attached to the engine process serving %s on %s", facts.model_name, facts.device)
+
+    def _tokenizer(self) -> Any:
+        """The model's tokenizer (None for dummy weights: the engine process says the vocabulary's size)."""
+        return None if self.args.model.dummy_weights else _load_tokenizer(self.args)
+
+    def _prompt_preparer(self, facts: wire.EngineFacts, tokenizer: Any) -> PromptPreparer:
+        if tokenizer is None:
+            from chatplex.models.dummy import dummy_tokenizer
+
+            tokenizer = dummy_tokenizer(facts.vocab_size)
+        from chatplex.engines.hf.setup import prompt_preparer
+
+        return prompt_preparer(self.args.model, tokenizer, facts.max_model_len, facts.vocab_size)
+
+    @property
+    def attach_path(self) -> str | None:
+        """Where more frontends join this engine process (None before it runs)."""
+        return self._facts.attach_path if self._facts is not None else None
+
     def _handshake(self, conn: socket.socket) -> tuple[wire.EngineFacts, Any]:
         """Send the arguments, load the tokenizer while the engine process loads the model; its facts."""
         assert self._proc is not None
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         wire.send(conn, ("start", self.args, level))
-        tokenizer = None if self.args.model.dummy_weights else _load_tokenizer(self.args)
+        tokenizer = self._tokenizer()  # while the engine process loads the model
         try:
             kind, payload = wire.recv(conn)
         except EOFError:
@@ -321,11 +357,10 @@ class ProcessEngine(Engine):
             logger.exception("The engine process's frames could not be read")
         if self._closing:
             return
-        assert self._proc is not None
-        try:
-            code = self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = None
+        if self._proc is not None:  # else this frontend attached to another's engine process
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self._proc.wait(timeout=5)
         self._failure = EngineError(f"The engine process stopped (exit code {code}); restart the server.")
         logger.error("%s", self._failure.message)
         self._fail_open(self._failure)

@@ -86,3 +86,5 @@ class EngineFacts:
     dtype: str
     media_kinds: tuple[str, ...]
     score_label: str
+    # Where more frontends connect (`chatplex serve --api-server-count N`): a Unix socket in a private folder.
+    attach_path: str | None = None
