@@ -129,14 +129,16 @@ def engine_children() -> list[int]:
 
 async def test_a_second_frontend_attaches_with_its_own_request_numbers(process_model, tiny_model_dir):
     """`chatplex serve --api-server-count`'s frontends share one engine process: a ProcessEngine attached to it
-    serves beside the first, requests of the same id from both (each frontend numbers its own) stay apart, and the
-    second one leaving aborts its own requests only."""
+    serves beside the first, requests of the same id from both (each frontend numbers its own) stay apart, an
+    adapter loaded through one is listed by the other, and the second one leaving aborts its own requests only."""
     import dataclasses
 
     from chatplex.config import load_args
 
+    assert process_model.engine.attach_path is None  # no attach socket unless asked for
     args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "engine_process": True}
-    second = ChatModel(args, engine=ProcessEngine(load_args(args), process_model.engine.attach_path))
+    first = ChatModel(args, engine=ProcessEngine(load_args(args), accept_frontends=True))
+    second = ChatModel(args, engine=ProcessEngine(load_args(args), first.engine.attach_path))
     try:
         async def tokens(model, prompt, request_id):
             request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True)
@@ -144,14 +146,44 @@ async def test_a_second_frontend_attaches_with_its_own_request_numbers(process_m
             return [t async for d in model.agenerate(request) for t in d.token_ids]
 
         got = await asyncio.gather(*(tokens(m, p, f"same-{i}") for i, p in enumerate(PROMPTS[:3])
-                                     for m in (process_model, second)))
+                                     for m in (first, second)))
         expected = [reference(tiny_model_dir("llama"), p) for p in PROMPTS[:3]]
         assert got == [e for e in expected for _ in range(2)]
         stream = second.agenerate(second.build_request(prompt="Count to a thousand", max_new_tokens=400,
                                                        ignore_eos=True))
         await stream.__anext__()
-    finally:
         second.close()  # with its request still running
-    stats = await stats_when(process_model, lambda s: s.running == 0)
-    assert stats.running == 0
-    assert await engine_outputs(process_model) == [reference(tiny_model_dir("llama"), p) for p in PROMPTS]
+        await stream.aclose()
+        stats = await stats_when(first, lambda s: s.running == 0)
+        assert stats.running == 0 and stats.aborted_requests == 1
+        assert await engine_outputs(first) == [reference(tiny_model_dir("llama"), p) for p in PROMPTS]
+    finally:
+        second.close()
+        first.close()
+
+
+async def test_an_adapter_loaded_through_one_frontend_is_known_to_all(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chatplex.config import load_args
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")),
+                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    args = {"model_name_or_path": tiny_model_dir("llama"), "infer_dtype": "float32", "engine_process": True}
+    first = ChatModel(args, engine=ProcessEngine(load_args(args), accept_frontends=True))
+    second = ChatModel(args, engine=ProcessEngine(load_args(args), first.engine.attach_path))
+    async def listed_by(model, names):  # the other frontend hears of it in its next frame from the engine
+        deadline = time.monotonic() + 5
+        while model.adapters != names and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return model.adapters
+
+    try:
+        await first.aload_adapter("mine", str(tmp_path))
+        assert first.adapters == ["mine"] and await listed_by(second, ["mine"]) == ["mine"]
+        await second.aunload_adapter("mine")
+        assert second.adapters == [] and await listed_by(first, []) == []
+    finally:
+        second.close()
+        first.close()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import threading
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -29,7 +31,8 @@ def serve_two(tmp_path, tiny_model_dir) -> ServerProcess:
     srv = ServerProcess(["--model", tiny_model_dir, "--api-server-count", "2", "--served-model-name", "x"],
                         tmp_path / "server.log").wait_ready()
     deadline = time.monotonic() + 60
-    while "[frontend 1]" not in srv.log() and time.monotonic() < deadline:  # the extra one has attached
+    while "frontend 1 ready" not in srv.log():  # the extra one has attached and serves
+        assert time.monotonic() < deadline, srv.log()
         time.sleep(0.2)
     return srv
 
@@ -55,11 +58,29 @@ def test_two_frontends_serve_one_engine_and_a_dead_frontend_stops_the_server(tmp
 
 
 def test_sigterm_drains_every_frontend(tmp_path, tiny_model_dir):
+    """Streams in flight (on either frontend) finish after SIGTERM, and every process ends, with exit code 0:
+    an extra frontend that is done draining before the first is not a frontend that died."""
     srv = serve_two(tmp_path, tiny_model_dir)
     try:
         kinds = children(srv.proc.pid)
-        srv.proc.send_signal(signal.SIGTERM)
-        assert srv.proc.wait(timeout=60) == 0
+        body = {"model": "x", "prompt": "Once", "max_tokens": 60, "ignore_eos": True, "stream": True}
+
+        def stream() -> list[str]:
+            with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as r:
+                lines = r.iter_lines()
+                first = next(lines)
+                all_started.wait(timeout=60)  # every stream is under way before the SIGTERM
+                return [first, *(line for line in lines if line.startswith("data: "))]
+
+        all_started = threading.Barrier(5)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            streams = [pool.submit(stream) for _ in range(4)]
+            all_started.wait(timeout=60)
+            srv.proc.send_signal(signal.SIGTERM)
+            for done in streams:
+                lines = done.result()
+                assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines)
+        assert srv.proc.wait(timeout=60) == 0, srv.log()
         for pid in kinds.values():
             for _ in range(100):
                 if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":

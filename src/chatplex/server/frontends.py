@@ -14,6 +14,7 @@ engine process that dies does (each frontend sees its connection close and exits
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -33,7 +34,7 @@ class ExtraFrontends:
 
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stopping: bool = False
-    draining: bool = False  # SIGTERM was passed on: they finish their requests and stop by themselves
+    signalled: int | None = None  # the signal passed on (SIGTERM: they finish their requests and stop by themselves)
 
     def start(
         self,
@@ -56,28 +57,35 @@ class ExtraFrontends:
             proc.stdin.write(pickle.dumps((model_args, settings, log_level, attach_path, sock.fileno(), index)))
             proc.stdin.close()
             self.processes.append(proc)
-            threading.Thread(
-                target=self._watch, args=(proc, on_death), name="chatplex-frontend-watch", daemon=True
-            ).start()
+            if self.signalled is not None:  # the server was told to stop while this one started
+                proc.send_signal(self.signalled)
+            watch = threading.Thread(target=self._watch, args=(proc, on_death), name="chatplex-frontend-watch")
+            watch.daemon = True
+            watch.start()
 
     def _watch(self, proc: subprocess.Popen[bytes], on_death: Callable[[], None]) -> None:
         code = proc.wait()
-        if not self.stopping:
-            logger.error("chatplex serve: frontend process %d exited with code %s; stopping the server", proc.pid, code)
-            on_death()
+        if self.stopping or self.signalled is not None:  # told to stop: an idle one ends its drain first
+            return
+        logger.error("chatplex serve: frontend process %d exited with code %s; stopping the server", proc.pid, code)
+        on_death()
 
     def signal(self, sig: int) -> None:
-        self.draining |= sig == signal.SIGTERM
+        if self.signalled is None or sig != signal.SIGTERM:
+            self.signalled = sig
         for proc in self.processes:
             if proc.poll() is None:
                 proc.send_signal(sig)
 
     def stop(self, timeout: float) -> None:
         """After the first frontend has stopped: the others stop (after their drain, if one was asked) or are
-        killed after `timeout` seconds."""
+        killed after `timeout` seconds. A signal meanwhile (a second ^C or SIGTERM) stops them at once."""
         self.stopping = True
-        if not self.draining:
+        if self.signalled != signal.SIGTERM:
             self.signal(signal.SIGINT)
+        if self.processes and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.signal(signal.SIGINT))
         for proc in self.processes:
             try:
                 proc.wait(timeout=timeout)
@@ -88,11 +96,26 @@ class ExtraFrontends:
 
 def main() -> None:
     """An extra frontend: attach to the engine process and serve the inherited socket until stopped."""
+    # A stop that comes while this process still starts (imports, tokenizer, attaching) is kept for then.
+    stopped: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _: stopped.append(number))
     model_args, settings, log_level, attach_path, fd, index = pickle.load(sys.stdin.buffer)
     logging.basicConfig(level=log_level.upper(), format=f"%(levelname)s %(name)s [frontend {index}]: %(message)s")
+    # The first frontend decides when this one ends; if it is killed outright, this one goes too (else it would
+    # keep the port from a restarted server).
+    from chatplex.engines.process.child import exit_when_parent_goes
+
+    parent_watch = threading.Thread(target=exit_when_parent_goes, args=(os.getppid(),), name="chatplex-parent-watch")
+    parent_watch.daemon = True
+    parent_watch.start()
     from chatplex.server.runner import serve_attached
 
-    sys.exit(serve_attached(model_args, settings, log_level, attach_path, socket.socket(fileno=fd)))
+    code = serve_attached(model_args, settings, log_level, attach_path, socket.socket(fileno=fd), stopped, index)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as `chatplex serve` does: Python's teardown of torch would add seconds to a drain
 
 
 if __name__ == "__main__":

@@ -92,7 +92,14 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
 
     def load() -> None:  # in the background, so /health answers 503 "loading" meanwhile
         try:
-            model = ChatModel(model_args)
+            if sock is None:
+                model = ChatModel(model_args)
+            else:  # an engine process the extra frontends can join
+                from chatplex.config import load_args
+                from chatplex.engines.process.client import ProcessEngine
+
+                engine = ProcessEngine(load_args(model_args), accept_frontends=True)
+                model = ChatModel(model_args, engine=engine)
             if hasattr(model.engine, "on_exit"):
                 model.engine.on_exit = engine_died
             loaded["model"] = state.chat_model = model
@@ -131,9 +138,16 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
 
 
 def serve_attached(
-    model_args: dict[str, Any], settings: ServerSettings, log_level: str, attach_path: str, sock: Any
+    model_args: dict[str, Any],
+    settings: ServerSettings,
+    log_level: str,
+    attach_path: str,
+    sock: Any,
+    stopped: list[int],
+    index: int,
 ) -> int:
-    """An extra frontend (server/frontends.py): serve `sock` in front of the engine process at `attach_path`."""
+    """An extra frontend (server/frontends.py): serve `sock` in front of the engine process at `attach_path`;
+    `stopped` holds the signals that came while it started (then it does not serve)."""
     from chatplex.config import load_args
     from chatplex.engines.process.client import ProcessEngine
 
@@ -149,6 +163,11 @@ def serve_attached(
     model.engine.on_exit = engine_died  # type: ignore[attr-defined]  # a ProcessEngine
     state.chat_model = model
     try:
+        if not model.engine.healthy:
+            return 1
+        if stopped:  # told to stop before it served anything
+            return 0
+        logger.warning("chatplex serve: frontend %d ready", index)
         server.run(sockets=[sock])
     finally:
         model.close()

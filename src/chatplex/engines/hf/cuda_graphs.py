@@ -1,9 +1,9 @@
 """Decode steps replayed from CUDA graphs: one graph per batch-size bucket, captured once at start-up.
 
 A decode-only step has the same shapes whenever its batch size is the same, so it is captured once per bucket
-(1, 2, 4, 8, 16, 24, 32, 48, 64, ...) and replayed with the step's inputs copied into static buffers. Rows past
-the real batch are padding: they write to the reserved scratch block 0 and read one token of it. Graphs share one
-memory pool, captured largest first so smaller ones reuse its memory.
+(2, 4, 8, 16, 24, 32, 48, 64, ...; 1 too when not compiled) and replayed with the step's inputs copied into static
+buffers. Rows past the real batch are padding: they write to the reserved scratch block 0 and read one token of it.
+Graphs share one memory pool, captured largest first so smaller ones reuse its memory.
 
 A step's inputs are built and copied like an eager step's (step_inputs.py: pinned, non-blocking, pending tokens
 filled in from the previous step's device tensor of tokens), then copied into the static buffers.

@@ -41,9 +41,14 @@ STATS_EVERY_S = 0.1  # the engine's counters go to the frontend this often when 
 class Host:
     """Runs the frontend's requests on the engine and batches what they produce into one frame per loop turn."""
 
-    def __init__(self, engine: Any, writer: asyncio.StreamWriter, prefix: str = "") -> None:
+    def __init__(
+        self, engine: Any, writer: asyncio.StreamWriter, prefix: str = "", peers: set[Host] | None = None
+    ) -> None:
         self.engine = engine
         self.writer = writer
+        # Every frontend's Host (this one too): an adapter loaded through one is news to all.
+        self.peers = peers if peers is not None else {self}
+        self.peers.add(self)
         # Frontends number their requests each on its own: the engine sees them under a per-frontend prefix.
         self.prefix = prefix
         self.requests: dict[str, asyncio.Task[None]] = {}
@@ -110,6 +115,9 @@ class Host:
         except Exception as e:  # noqa: BLE001 - the caller gets it
             self._send(("reply", call_id, False, wire.RemoteError.of(e)))
         else:
+            if method in ("load_adapter", "unload_adapter"):
+                for host in self.peers:
+                    host._send(("adapters", self.engine.adapters, self.engine.adapter_paths))
             self._send(("reply", call_id, True, value))
 
     def _send(self, item: tuple[Any, ...]) -> None:
@@ -137,6 +145,7 @@ class Host:
             if core.stopped_by is not None:
                 logger.error("The engine thread stopped (%s): ending the engine process", core.stopped_by)
                 self.writer.close()
+                _remove_attach_folders()
                 os._exit(1)
             stats = self.engine.stats()
             if stats != self._sent_stats:
@@ -158,6 +167,7 @@ class Host:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.peers.discard(self)
             watcher.cancel()
             await self.cancel_requests()
 
@@ -166,7 +176,7 @@ async def serve(path: str) -> int:
     """Connect to the frontend, start the engine it asks for, serve it (and frontends that attach) until it goes;
     the exit code."""
     reader, writer = await asyncio.open_unix_connection(path)
-    _, args, log_level = await wire.read(reader)
+    _, args, log_level, accept_frontends = await wire.read(reader)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [engine]: %(message)s")
     from chatplex.engines.hf.engine import HFEngine  # after the frontend is connected: torch takes seconds
 
@@ -179,39 +189,50 @@ async def serve(path: str) -> int:
             await writer.drain()
         await engine.close()
         return 1
-    folder = tempfile.mkdtemp(prefix="chatplex-attach-")  # mode 0700: only this user's processes attach
     host = Host(engine, writer)
-    facts = dataclasses.replace(host.facts(), attach_path=os.path.join(folder, "attach.sock"))
     attached: set[asyncio.Task[None]] = set()
     numbers = itertools.count(1)
+    folder = server = None
 
     async def attach(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if await wire.read(reader) != ("attach",):
-                return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
         task = asyncio.current_task()
         assert task is not None
         attached.add(task)
         try:
-            await Host(engine, writer, prefix=f"frontend{next(numbers)}-").run(reader, facts)
+            if await wire.read(reader) == ("attach",):
+                peer = Host(engine, writer, prefix=f"frontend{next(numbers)}-", peers=host.peers)
+                await peer.run(reader, dataclasses.replace(host.facts(), attach_path=None))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
         finally:
             attached.discard(task)
             writer.close()
 
-    assert facts.attach_path is not None
-    server = await asyncio.start_unix_server(attach, facts.attach_path)
     try:
+        facts = host.facts()
+        if accept_frontends:  # more frontends (`chatplex serve --api-server-count`) attach here
+            folder = tempfile.mkdtemp(prefix="chatplex-attach-")  # mode 0700: only this user's processes attach
+            _ATTACH_FOLDERS.append(folder)
+            facts = dataclasses.replace(facts, attach_path=os.path.join(folder, "attach.sock"))
+            server = await asyncio.start_unix_server(attach, facts.attach_path)
         await host.run(reader, facts)  # until the first frontend goes: the engine goes with it
     finally:
-        server.close()
+        if server is not None:
+            server.close()
         for task in list(attached):
             task.cancel()
         await asyncio.gather(*attached, return_exceptions=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_attach_folders()
         await engine.close()
     return 0
+
+
+_ATTACH_FOLDERS: list[str] = []  # removed at the end, also on the os._exit paths
+
+
+def _remove_attach_folders() -> None:
+    for folder in _ATTACH_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _picklable(item: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -224,10 +245,11 @@ def _picklable(item: tuple[Any, ...]) -> tuple[Any, ...]:
         return (item[0], item[1], False, error) if item[0] == "reply" else (item[0], item[1], error)
 
 
-def _exit_with(parent: int) -> None:
-    """End this process when its frontend is gone, even while the model still loads (it ignores signals)."""
+def exit_when_parent_goes(parent: int) -> None:
+    """End this process when the process that started it is gone, even while it still loads or ignores signals."""
     while os.getppid() == parent:
         time.sleep(1.0)
+    _remove_attach_folders()
     os._exit(1)
 
 
@@ -236,7 +258,9 @@ def main() -> None:
     # the terminal, reaches the whole process group and must not take the engine from under requests in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), name="chatplex-frontend-watch", daemon=True).start()
+    threading.Thread(
+        target=exit_when_parent_goes, args=(os.getppid(),), name="chatplex-frontend-watch", daemon=True
+    ).start()
     sys.exit(asyncio.run(serve(sys.argv[1])))
 
 

@@ -44,11 +44,12 @@ class ProcessEngine(Engine):
     backend = "huggingface"
     supports_constraints = True
 
-    def __init__(self, args: ChatplexArgs, attach_path: str | None = None) -> None:
+    def __init__(self, args: ChatplexArgs, attach_path: str | None = None, accept_frontends: bool = False) -> None:
         """`attach_path`: join an engine process another frontend started (its EngineFacts.attach_path) instead of
-        starting one."""
+        starting one; `accept_frontends`: start one that more frontends may join (`attach_path` then says where)."""
         self.args = args
         self._attach_path = attach_path
+        self._accept_frontends = accept_frontends
         self.on_exit: Callable[[], None] | None = None  # called once if the engine process dies (not at close)
         self.prompts: PromptPreparer | None = None
         self._facts: wire.EngineFacts | None = None
@@ -141,7 +142,7 @@ class ProcessEngine(Engine):
         """Send the arguments, load the tokenizer while the engine process loads the model; its facts."""
         assert self._proc is not None
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        wire.send(conn, ("start", self.args, level))
+        wire.send(conn, ("start", self.args, level, self._accept_frontends))
         tokenizer = self._tokenizer()  # while the engine process loads the model
         try:
             kind, payload = wire.recv(conn)
@@ -270,16 +271,10 @@ class ProcessEngine(Engine):
         return await self._call("rerank", query, documents)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        await self._call("load_adapter", name, path)
-        await self._refresh_adapters()
+        await self._call("load_adapter", name, path)  # the new list comes before the reply (an "adapters" item)
 
     async def unload_adapter(self, name: str) -> None:
         await self._call("unload_adapter", name)
-        await self._refresh_adapters()
-
-    async def _refresh_adapters(self) -> None:
-        facts = self._loaded()
-        facts.adapters, facts.adapter_paths = await self._call("adapters"), await self._call("adapter_paths")
 
     def stats(self) -> EngineStats:
         """The engine's counters as it last sent them (it sends them within 0.1 s of a change)."""
@@ -340,6 +335,9 @@ class ProcessEngine(Engine):
                 for item in items:
                     if item[0] == "stats":
                         self._last_stats = item[1]
+                    elif item[0] == "adapters":  # loaded or unloaded through any frontend
+                        if self._facts is not None:
+                            self._facts.adapters, self._facts.adapter_paths = item[1], item[2]
                     elif item[0] == "delta":
                         stream = self._streams.get(item[1])
                         if stream is not None:  # else its caller has gone (aborted)
