@@ -5,14 +5,13 @@ caching read the stored (rounded) keys back, so they must agree with it too."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from chatplex import ChatModel
+from tests.engines.hf.greedy import engine_tokens, generate_tokens
 
 PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three four five six seven", "x"]
 NEW_TOKENS = 10
@@ -35,22 +34,11 @@ def _reference(path: str, fp8: torch.dtype | None) -> list[list[int]]:
     name = f"fp8_rounded_{fp8}"
     AttentionInterface.register(name, _rounded_sdpa(fp8) if fp8 else sdpa_attention_forward)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=name).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    rows = []
-    for prompt in PROMPTS:
-        ids = tok(prompt, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        rows.append(out[0, ids["input_ids"].shape[1]:].tolist())
-    return rows
+    return generate_tokens(model, AutoTokenizer.from_pretrained(path), PROMPTS, NEW_TOKENS)
 
 
 async def _tokens(model: ChatModel, prompts: list[str]) -> list[list[int]]:
-    async def one(prompt: str) -> list[int]:
-        request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True)
-        return [t async for d in model.agenerate(request) for t in d.token_ids]
-
-    return list(await asyncio.gather(*(one(p) for p in prompts)))
+    return await engine_tokens(model, prompts, NEW_TOKENS)
 
 
 @pytest.mark.parametrize("kv", list(FP8))

@@ -12,6 +12,7 @@ import torch
 from chatplex import ChatModel
 from chatplex.config import load_args
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError
+from tests.engines.hf.greedy import request_tokens
 
 PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three four five six seven", "x"]
 NEW_TOKENS = 8
@@ -65,12 +66,7 @@ def references(tiny_model_dir, adapters) -> dict[str | None, list[list[int]]]:
 
 
 async def _tokens(model: ChatModel, prompt: str, adapter: str | None) -> list[int]:
-    request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True,
-                                  adapter=adapter)
-    tokens: list[int] = []
-    async for delta in model.agenerate(request):
-        tokens += delta.token_ids
-    return tokens
+    return await request_tokens(model, prompt, NEW_TOKENS, adapter)
 
 
 @pytest.mark.parametrize("engine_args", [{}, {"max_num_batched_tokens": 8, "kv_block_size": 4}], ids=["plain", "chunked"])

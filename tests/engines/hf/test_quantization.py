@@ -13,6 +13,7 @@ from chatplex import ChatModel
 from chatplex.config import args_from_dict
 from chatplex.engines.hf import quantization
 from chatplex.errors import ConfigError
+from tests.engines.hf.greedy import engine_tokens, generate_tokens
 
 pytest.importorskip("bitsandbytes")
 
@@ -37,25 +38,11 @@ def _bnb_config(keys: dict, dtype: torch.dtype):
 
 
 def _generate(model, tok, prompts: list[str]) -> list[list[int]]:
-    rows = []
-    for prompt in prompts:
-        ids = tok(prompt, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        rows.append(out[0, ids["input_ids"].shape[1]:].tolist())
-    return rows
+    return generate_tokens(model, tok, prompts, NEW_TOKENS)
 
 
 async def _engine_tokens(model: ChatModel, prompts: list[str], adapter: str | None = None) -> list[list[int]]:
-    async def one(prompt: str) -> list[int]:
-        request = model.build_request(prompt=prompt, do_sample=False, max_new_tokens=NEW_TOKENS, ignore_eos=True,
-                                      adapter=adapter)
-        tokens: list[int] = []
-        async for delta in model.agenerate(request):
-            tokens += delta.token_ids
-        return tokens
-
-    return list(await asyncio.gather(*(one(p) for p in prompts)))
+    return await engine_tokens(model, prompts, NEW_TOKENS, adapter)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
