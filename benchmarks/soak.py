@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+import psutil
 from engine_driver import machine_info, save_results
 from http_overhead import start_server, stop_server
 
@@ -47,48 +48,28 @@ class Tally:
             self.errors.append(why)
 
 
-def _one_process(pid: int) -> dict[str, float]:
-    with open(f"/proc/{pid}/status") as f:
-        status = dict(line.split(":", 1) for line in f if ":" in line)
-    return {
-        "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
-        "threads": int(status["Threads"]),
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-    }
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(c) for c in f.read().split()]
-    return found
-
-
 def proc_sample(pid: int) -> dict[str, float]:
     """The server and every process under it (an engine process, `engine_process: true`), summed; each one's RSS
-    is kept too (rss_mib_by_pid)."""
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        try:
-            todo += _children(current)
-        except FileNotFoundError:
-            pass
+    is kept too (rss_mib_by_pid). FileNotFoundError when the server itself is gone."""
+    try:
+        server = psutil.Process(pid)
+        tree = [server, *server.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        raise FileNotFoundError(pid) from None
     per = {}
-    for p in tree:
+    for proc in tree:
         try:
-            per[p] = _one_process(p)
-        except FileNotFoundError:  # ended between the listing and the read
-            if p == pid:
-                raise
+            with proc.oneshot():
+                per[proc.pid] = (proc.memory_info().rss / 2**20, proc.num_threads(), proc.num_fds())
+        except psutil.NoSuchProcess:  # ended between the listing and the read
+            if proc.pid == pid:
+                raise FileNotFoundError(pid) from None
     return {
-        "rss_mib": sum(v["rss_mib"] for v in per.values()),
-        "threads": sum(v["threads"] for v in per.values()),
-        "fds": sum(v["fds"] for v in per.values()),
+        "rss_mib": sum(v[0] for v in per.values()),
+        "threads": sum(v[1] for v in per.values()),
+        "fds": sum(v[2] for v in per.values()),
         "processes": len(per),
-        "rss_mib_by_pid": {str(p): round(v["rss_mib"], 1) for p, v in per.items()},
+        "rss_mib_by_pid": {str(p): round(v[0], 1) for p, v in per.items()},
     }
 
 

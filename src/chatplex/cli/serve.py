@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import Any, NoReturn
 
 from chatplex.cli.options import add_model_options, model_args_from
@@ -209,7 +208,7 @@ def _has_gpu(args: Any) -> bool:
 def run(ns: argparse.Namespace) -> NoReturn:
     from chatplex.config import load_args
     from chatplex.engines.parallel import is_worker_node, run_worker_node
-    from chatplex.server.runner import serve
+    from chatplex.server.runner import exit_without_teardown, serve
 
     model_args = llamafactory_env(model_args_from(ns))
     if ns.max_queued_requests is not None:
@@ -225,10 +224,4 @@ def run(ns: argparse.Namespace) -> NoReturn:
         code = run_worker_node(args)
     else:
         code = serve(model_args, settings, getattr(ns, "log_level", "warning"))
-    # Everything is closed by now (requests, engine, sockets). Python's own teardown of torch and transformers
-    # would still take 0.5-2 s on a small machine, which a SIGTERM caller waiting on `--drain-timeout` would see as
-    # the server overrunning it; so the process ends here, after flushing what it wrote.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_without_teardown(code)

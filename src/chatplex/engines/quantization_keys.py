@@ -24,8 +24,6 @@ QUANTIZATION_TYPES = ("nf4", "fp4")
 # vLLM's names; fp8 is e4m3.
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
-_INSTALL = "pip install 'chatplex[quant]'"
-
 
 def check_quantization_keys(margs: ModelArguments) -> None:
     method, bits = margs.quantization_method, margs.quantization_bit
@@ -96,15 +94,3 @@ def check_quantization_keys(margs: ModelArguments) -> None:
         raise ConfigError(
             f"quantization_bit: bitsandbytes quantizes to 4 or 8 bits, got {bits!r}.", param="quantization_bit"
         )
-
-
-def missing_package_hint(method: str) -> str:
-    """What to install for a quantization method transformers could not load."""
-    return {
-        "bitsandbytes": _INSTALL,
-        "bnb": _INSTALL,
-        "compressed-tensors": "pip install compressed-tensors",
-        "gptq": "pip install optimum gptqmodel (gptqmodel builds its kernels from source; README, Quantized models)",
-        "awq": "pip install gptqmodel (transformers 5 loads AWQ through it)",
-        "eetq": "pip install kernels (EETQ's kernels come from the Hugging Face Hub; GPU only)",
-    }.get(method, f"the package transformers names for {method}")

@@ -109,13 +109,11 @@ def main() -> None:
     parent_watch = threading.Thread(target=exit_when_parent_goes, args=(os.getppid(),), name="chatplex-parent-watch")
     parent_watch.daemon = True
     parent_watch.start()
-    from chatplex.server.runner import serve_attached
+    from chatplex.server.runner import exit_without_teardown, serve_attached
 
-    code = serve_attached(model_args, settings, log_level, attach_path, socket.socket(fileno=fd), stopped, index)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # as `chatplex serve` does: Python's teardown of torch would add seconds to a drain
+    exit_without_teardown(
+        serve_attached(model_args, settings, log_level, attach_path, socket.socket(fileno=fd), stopped, index)
+    )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from chatplex.config import ModelArguments
-from chatplex.engines.quantization_keys import missing_package_hint
 from chatplex.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+_INSTALL = "pip install 'chatplex[quant]'"
 
 
 def checkpoint_quantization(source: str) -> dict[str, Any] | None:
@@ -158,3 +159,15 @@ def _require(module: str, method: str) -> None:
             f"quantization_bit: quantization_method {method} needs {module}: {missing_package_hint(method)}.",
             param="quantization_bit",
         )
+
+
+def missing_package_hint(method: str) -> str:
+    """What to install for a quantization method transformers could not load."""
+    return {
+        "bitsandbytes": _INSTALL,
+        "bnb": _INSTALL,
+        "compressed-tensors": "pip install compressed-tensors",
+        "gptq": "pip install optimum gptqmodel (gptqmodel builds its kernels from source; README, Quantized models)",
+        "awq": "pip install gptqmodel (transformers 5 loads AWQ through it)",
+        "eetq": "pip install kernels (EETQ's kernels come from the Hugging Face Hub; GPU only)",
+    }.get(method, f"the package transformers names for {method}")
