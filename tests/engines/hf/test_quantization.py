@@ -13,6 +13,7 @@ from chatplex import ChatModel
 from chatplex.config import args_from_dict
 from chatplex.engines.hf import quantization
 from chatplex.errors import ConfigError
+from tests.engines.hf.quantized_checkpoints import write_fp8_checkpoint
 from tests.engines.hf.greedy import engine_tokens, generate_tokens
 
 pytest.importorskip("bitsandbytes")
@@ -160,45 +161,36 @@ def test_llamafactory_inference_yaml_keys_load():
     assert (args.quantization_bit, args.double_quantization) == (4, False)
 
 
-def _write_fp8_checkpoint(source: str, target) -> None:
-    """An FP8 checkpoint in the block-wise layout of DeepSeek-V3 / Qwen3-FP8 releases (transformers' `fp8` method:
-    float8_e4m3fn weights and one inverse scale per 32x32 block). transformers quantizes only on a GPU, so the
-    linear layers are quantized here by that layout's definition."""
-    import json
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    block, finite = 32, torch.finfo(torch.float8_e4m3fn).max
-    tensors = load_file(f"{source}/model.safetensors")
-    out = {}
-    for name, weight in tensors.items():
-        if ".layers." in name and name.endswith("proj.weight"):
-            rows, cols = weight.shape
-            tiles = weight.float().reshape(rows // block, block, cols // block, block)
-            scale = tiles.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12) / finite
-            out[name] = (tiles / scale).reshape(rows, cols).to(torch.float8_e4m3fn)
-            out[name.removesuffix("weight") + "weight_scale_inv"] = scale.reshape(rows // block, cols // block)
-        else:
-            out[name] = weight
-    save_file(out, f"{target}/model.safetensors", metadata={"format": "pt"})
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(f"{source}/{name}", target)
-    config = json.load(open(f"{source}/config.json"))
-    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
-                                     "weight_block_size": [block, block]}
-    json.dump(config, open(f"{target}/config.json", "w"))
-
-
 async def test_fp8_checkpoint_loads_as_transformers_loads_it(tiny_model_dir, tmp_path):
-    """A pre-quantized FP8 checkpoint (on a CPU transformers dequantizes it; on a GPU it runs FP8 matmuls)."""
+    """A pre-quantized FP8 checkpoint on a CPU loads dequantized, as transformers loads it (on a GPU with float8
+    tensor cores it keeps its float8 weights: test_fp8_matmul.py)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = tiny_model_dir("llama")
-    _write_fp8_checkpoint(path, tmp_path)
+    write_fp8_checkpoint(path, tmp_path)
     reference = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16)
     expected = _generate(reference, AutoTokenizer.from_pretrained(path), PROMPTS)
     with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "bfloat16"}) as model:
+        assert not quantization.is_quantized(model.engine.parts.model)  # dequantized: a CPU has no float8 matmul
         got = await _engine_tokens(model, PROMPTS[:1])
         got += [(await _engine_tokens(model, [p]))[0] for p in PROMPTS[1:]]  # one at a time: bf16 batches round
     assert got == expected
+
+
+@pytest.mark.parametrize("scheme", ["w4a16", "w8a16", "fp8"])
+async def test_compressed_tensors_checkpoint_equals_generate(tiny_model_dir, tmp_path, scheme):
+    """llm-compressor's format (vLLM's for GPTQ-style int4, int8 and FP8 models): loaded decompressed, greedy-equal
+    to transformers' `generate` on the same checkpoint (which decompresses it at its first step)."""
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.engines.hf.quantized_checkpoints import write_compressed_tensors_checkpoint
+
+    path = tiny_model_dir("llama")
+    write_compressed_tensors_checkpoint(path, tmp_path, scheme)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu", dtype=torch.float32)
+    expected = _generate(reference, AutoTokenizer.from_pretrained(path), PROMPTS)
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert _generate(plain, AutoTokenizer.from_pretrained(path), PROMPTS) != expected  # the rounding shows
+    with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "float32"}) as model:
+        assert await _engine_tokens(model, PROMPTS) == expected

@@ -7,7 +7,9 @@ Both kinds load through transformers' quantizer registry, so each method's layer
   bitsandbytes saves): loaded as they are; `quantization_bit` is then ignored with a warning (LLaMA-Factory's rule).
 
 The engine's own parts sit around the quantized linear layers, not in them: paged attention, the KV cache, the
-sampler and per-request LoRA hooks (peft's quantized LoRA layers) work unchanged; packed_linear leaves the
+sampler and per-request LoRA hooks (peft's quantized LoRA layers) work unchanged. One exception: FP8 layers run
+on chatplex's Triton kernel (fp8_matmul.py) on GPUs with float8 tensor cores, because transformers' own kernel is
+downloaded from the Hub at the first step; elsewhere FP8 loads dequantized. packed_linear leaves the
 quantized layers alone (it packs exact nn.Linear only). A quantized model's adapter stays unmerged (merging into
 quantized weights rounds it away; LLaMA-Factory keeps it as a live adapter too).
 """
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from chatplex.config import ModelArguments
+from chatplex.engines.hf import fp8_matmul
 from chatplex.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -55,17 +58,10 @@ def load_kwargs(
                 source,
                 saved.get("quant_method", "?"),
             )
-        if saved.get("quant_method") == "fp8" and device.type == "cuda" and not _fp8_matmul_available():
-            # transformers 5 runs FP8 matmuls with a kernel its `kernels` package fetches from the Hugging Face Hub;
-            # without it the model would load and then fail at its first step. LLaMA-Factory loads FP8 this way too.
-            logger.warning(
-                "FP8 weights run dequantized to %s: transformers' FP8 matmul kernel (kernels-community/"
-                "finegrained-fp8, fetched from the Hugging Face Hub by the `kernels` package) is not available here",
-                str(dtype).removeprefix("torch."),
-            )
-            from transformers import FineGrainedFP8Config
-
-            return {"quantization_config": FineGrainedFP8Config(dequantize=True)}
+        if saved.get("quant_method") == "fp8":
+            return _fp8_kwargs(saved, dtype, device)
+        if saved.get("quant_method") == "compressed-tensors":
+            _require("compressed_tensors", "compressed-tensors", "model_name_or_path")
         return {}
     if args.quantization_bit is None:
         return {}
@@ -102,17 +98,46 @@ def graph_safe(model: Any) -> bool:
     return not getattr(config, "load_in_8bit", False)
 
 
-def _fp8_matmul_available() -> bool:
-    try:
-        from transformers.integrations import finegrained_fp8
+def _fp8_kwargs(saved: dict[str, Any], dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """FP8 checkpoints keep their float8 weights where chatplex's kernel (fp8_matmul.py) runs them, and load
+    dequantized elsewhere (as LLaMA-Factory loads every FP8 checkpoint): transformers' own FP8 matmul is a kernel
+    fetched from the Hugging Face Hub at the first step, which a machine without the Hub would fail at."""
+    if device.type != "cuda":
+        why = f"{device.type} has no float8 matmul"
+    elif not fp8_matmul.available(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        why = (
+            "Triton is not installed"
+            if fp8_matmul.triton is None
+            else (f"float8 tensor cores need compute capability 8.9 (this GPU has {major}.{minor})")
+        )
+    else:
+        why = fp8_matmul.supports(saved)
+    if not why:
+        return {}
+    from transformers import FineGrainedFP8Config
 
-        load = getattr(finegrained_fp8, "load_finegrained_fp8_kernel", None)
-        if load is None:
-            return False
-        load()
-        return True
-    except Exception:  # noqa: BLE001 - ImportError, or the Hub unreachable (any error of its client): no kernel
-        return False
+    logger.warning("FP8 weights run dequantized to %s: %s", str(dtype).removeprefix("torch."), why)
+    return {"quantization_config": FineGrainedFP8Config(dequantize=True)}
+
+
+def _decompress(model: Any) -> None:
+    """compressed-tensors checkpoints run decompressed in transformers 5: a hook on the model's forward turns each
+    layer dense at the first call (the activations' own quantization, FP8 per token, stays in the layers). chatplex
+    calls the model's inner modules, and sizes the KV cache and captures CUDA graphs over the weights as they will
+    be, so it decompresses right after loading."""
+    if getattr(model, "ct_decompress_hook", None) is None:
+        return
+    logger.warning("compressed-tensors weights run decompressed (transformers 5 has no compressed matmul for them)")
+    model.hf_quantizer.compressor.decompress_model(model)
+
+
+def prepare(model: Any, device: torch.device) -> None:
+    """After loading: compressed-tensors layers decompressed, FP8 layers that kept their float8 weights on
+    chatplex's kernel."""
+    _decompress(model)
+    if fp8_matmul.available(device) and (count := fp8_matmul.install(model)):
+        logger.info("FP8 weights: %d linear layers run on chatplex's Triton FP8 kernel", count)
 
 
 def wants_quantized(args: ModelArguments, source: str, gguf: str | None) -> bool:
@@ -151,14 +176,12 @@ def load_error(exc: Exception, source: str, args: ModelArguments) -> ConfigError
     )
 
 
-def _require(module: str, method: str) -> None:
+def _require(module: str, method: str, param: str = "quantization_bit") -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(
-            f"quantization_bit: quantization_method {method} needs {module}: {missing_package_hint(method)}.",
-            param="quantization_bit",
-        )
+        what = f"quantization_method {method}" if param == "quantization_bit" else f"a {method} checkpoint"
+        raise ConfigError(f"{param}: {what} needs {module}: {missing_package_hint(method)}.", param=param)
 
 
 def missing_package_hint(method: str) -> str:
@@ -166,7 +189,7 @@ def missing_package_hint(method: str) -> str:
     return {
         "bitsandbytes": _INSTALL,
         "bnb": _INSTALL,
-        "compressed-tensors": "pip install compressed-tensors",
+        "compressed-tensors": _INSTALL,
         "gptq": "pip install optimum gptqmodel (gptqmodel builds its kernels from source; README, Quantized models)",
         "awq": "pip install gptqmodel (transformers 5 loads AWQ through it)",
         "eetq": "pip install kernels (EETQ's kernels come from the Hugging Face Hub; GPU only)",

@@ -1,0 +1,193 @@
+"""FP8 linear layers on a GPU as one Triton kernel: block-scaled float8 weights times activations quantized on the fly.
+
+Why our own: transformers 5 runs its FP8Linear layers (checkpoints with `quant_method: fp8`, as DeepSeek, Qwen and
+transformers' FineGrainedFP8Config save them) through a kernel that its `kernels` package downloads from the
+Hugging Face Hub at the first step, so a machine without the Hub (a cluster node, an air-gapped server) could only
+run such a model dequantized to bf16: twice the weight memory and none of FP8's speed. This kernel ships with
+chatplex, needs nothing but Triton, and is a registered op, so CUDA graphs capture it and torch.compile keeps it
+whole.
+
+The arithmetic is the checkpoint's (`activation_scheme: dynamic`, W8A8): each row of the input is cut into groups
+of the weight's block width along K and each group is scaled into float8 e4m3 by its own absolute maximum
+(amax / 448), then the float8 tensor cores multiply it with the float8 weight tile and the partial sum is scaled
+by the activation group's and the weight block's scale. Activations are quantized inside the matmul, per tile, not
+by a separate kernel: at decode sizes a second launch and its round trip through memory cost more than the few
+re-quantizations of the same rows. Float8 tensor cores need compute capability 8.9 (Ada, Hopper and later).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs have no Triton; FP8 checkpoints load dequantized there
+    triton = None
+
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+_MIN_AMAX = 1e-10  # an all-zero group (padding rows) gets a tiny scale, not a division by zero
+
+
+if triton is not None:
+
+    @triton.jit
+    def _fp8_block_matmul_kernel(
+        a_ptr,
+        w_ptr,
+        s_ptr,
+        c_ptr,
+        M,
+        N,
+        K,
+        stride_am,
+        stride_wn,
+        stride_sn,
+        stride_sk,
+        stride_cm,
+        GROUP_N: tl.constexpr,
+        GROUP_K: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]
+        s_ptrs = s_ptr + (offs_n // GROUP_N) * stride_sn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(tl.cdiv(K, BLOCK_K)):
+            k_ok = offs_k < K - kb * BLOCK_K
+            a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            a_scale = tl.maximum(tl.max(tl.abs(a), axis=1), 1e-10) / 448.0
+            a_q = (a / a_scale[:, None]).to(tl.float8e4nv)
+            w = tl.load(w_ptrs, mask=mask_n[None, :] & k_ok[:, None], other=0.0)
+            w_scale = tl.load(s_ptrs + ((kb * BLOCK_K) // GROUP_K) * stride_sk, mask=mask_n, other=0.0)
+            acc += tl.dot(a_q, w) * a_scale[:, None] * w_scale[None, :]
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def launch_config(m: int, n: int) -> dict[str, int]:
+    """Tile sizes by the number of rows: decode steps (a few rows) are bound by reading the weight, so narrow
+    column tiles give every SM a share of it; prefill (many rows) by the tensor cores, so wide tiles reuse it."""
+    if m <= 16:
+        return {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 4}
+    if m <= 64:
+        return {"BLOCK_M": 64 if m > 32 else 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+
+
+def fp8_matmul(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None, **config: int
+) -> torch.Tensor:
+    """x (..., K) in bf16/fp16 times float8 `weight` (N, K) with float32 `scale` per (block_n, block_k) block
+    (`block` None: one scale for the whole weight); returns (..., N) in x's dtype."""
+    n, k = weight.shape
+    rows = x.reshape(-1, k)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    m = rows.shape[0]
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if block is None:  # per-tensor: every column and K group reads the one scale
+        group_n, group_k, stride_sn, stride_sk = n, 128, 0, 0
+    else:
+        (group_n, group_k), (stride_sn, stride_sk) = block, scale.stride()
+    tiles = {**launch_config(m, n), **config}
+    block_k = min(group_k, 128)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(m, tiles["BLOCK_M"]))
+    _fp8_block_matmul_kernel[grid](
+        rows,
+        weight,
+        scale,
+        out,
+        m,
+        n,
+        k,
+        rows.stride(0),
+        weight.stride(0),
+        stride_sn,
+        stride_sk,
+        out.stride(0),
+        GROUP_N=group_n,
+        GROUP_K=group_k,
+        BLOCK_K=block_k,
+        **tiles,
+    )
+    return out.reshape(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("chatplex::fp8_linear", mutates_args=())
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_n: int, block_k: int) -> torch.Tensor:
+    """The kernel as an op (block_n 0: a per-tensor scale), opaque to torch.compile and captured by CUDA graphs."""
+    return fp8_matmul(x, weight, scale, (block_n, block_k) if block_n else None)
+
+
+@fp8_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_n: int, block_k: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def reference(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None
+) -> torch.Tensor:
+    """The same arithmetic in plain torch (float32), for tests and for checking the kernel on a new GPU."""
+    n, k = weight.shape
+    group_k = 128 if block is None else min(block[1], 128)
+    rows = x.reshape(-1, k).float()
+    pad = -k % group_k
+    groups = torch.nn.functional.pad(rows, (0, pad)).unflatten(-1, (-1, group_k))
+    a_scale = groups.abs().amax(-1, keepdim=True).clamp(min=_MIN_AMAX) / FP8_MAX
+    rows = ((groups / a_scale).to(torch.float8_e4m3fn).float() * a_scale).flatten(-2)[:, :k]
+    w = weight.float()
+    if block is None:
+        w = w * scale.float()
+    else:
+        full = scale.float().repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
+        w = w * full
+    return (rows @ w.T).to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def available(device: torch.device) -> bool:
+    """Triton is installed and the GPU has float8 tensor cores (compute capability 8.9 or later)."""
+    return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def supports(quantization_config: dict[str, Any]) -> str:
+    """Why this kernel cannot run a checkpoint's FP8 layers ('' when it can)."""
+    if quantization_config.get("activation_scheme", "dynamic") != "dynamic":
+        return "static activation scales"
+    if quantization_config.get("scale_fmt", "float") != "float":
+        return f"{quantization_config['scale_fmt']} weight scales"
+    block = quantization_config.get("weight_block_size")
+    if block is not None and not (len(block) == 2 and all(b >= 32 and b & (b - 1) == 0 for b in block)):
+        return f"weight blocks of {block}"
+    return ""
+
+
+def install(model: torch.nn.Module) -> int:
+    """Run every FP8Linear layer of `model` on the kernel above; returns how many."""
+    count = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if type(module).__name__ != "FP8Linear" or weight is None or weight.dtype != torch.float8_e4m3fn:
+            continue
+        module.forward = _forward.__get__(module)  # an instance attribute: peft's wrappers still call it
+        count += 1
+    return count
+
+
+def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    block_n, block_k = self.block_size if self.block_size is not None else (0, 0)
+    out = torch.ops.chatplex.fp8_linear(x, self.weight, self.weight_scale_inv, block_n, block_k)
+    return out if self.bias is None else out + self.bias

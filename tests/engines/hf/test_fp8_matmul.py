@@ -1,0 +1,98 @@
+"""The FP8 linear kernel (engines/hf/fp8_matmul.py) on a GPU with float8 tensor cores: its output against the same
+arithmetic in torch, and an FP8 checkpoint served by the engine (kernel inside CUDA graphs) greedy-equal to
+transformers' `generate` on the same model with the same layers. Skipped without such a GPU (CI's CPU machine);
+run on an H100 through the device tool."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatplex import ChatModel
+from chatplex.engines.hf import fp8_matmul, quantization
+from tests.engines.hf.greedy import engine_tokens, generate_tokens
+from tests.engines.hf.quantized_checkpoints import write_fp8_checkpoint
+
+GPU = torch.device("cuda")
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and fp8_matmul.available(GPU)), reason="needs Triton and a GPU of compute 8.9+"
+)
+
+
+def _quantized(n: int, k: int, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.randn(n, k, device=GPU) / k**0.5
+    if block is None:
+        scale = w.abs().max() / fp8_matmul.FP8_MAX
+        return (w / scale).to(torch.float8_e4m3fn), scale
+    bn, bk = block
+    rows, cols = -(-n // bn), -(-k // bk)
+    padded = torch.nn.functional.pad(w, (0, cols * bk - k, 0, rows * bn - n)).reshape(rows, bn, cols, bk)
+    scale = padded.abs().amax(dim=(1, 3)) / fp8_matmul.FP8_MAX
+    q = (padded / scale[:, None, :, None]).reshape(rows * bn, cols * bk)[:n, :k]
+    return q.to(torch.float8_e4m3fn), scale
+
+
+@pytest.mark.parametrize("m", [1, 5, 16, 33, 300])
+@pytest.mark.parametrize(("n", "k", "block"), [(384, 256, (128, 128)), (96, 320, (128, 128)),
+                                               (64, 64, (32, 32)), (200, 256, None)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernel_equals_the_same_arithmetic_in_torch(m, n, k, block, dtype):
+    torch.manual_seed(m + n)
+    weight, scale = _quantized(n, k, block)
+    x = torch.randn(m, k, device=GPU, dtype=dtype)
+    x[0] = 0  # an all-zero row (a padding row) must not divide by zero
+    got = fp8_matmul.fp8_matmul(x, weight, scale, block)
+    want = fp8_matmul.reference(x, weight, scale, block)
+    assert got.dtype == dtype and got.shape == (m, n)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-3)
+    # and FP8 is close to the full-precision product it stands for
+    exact = x.float() @ (weight.float() * (scale if block is None else _full(scale, block, n, k))).T
+    assert ((got.float() - exact).norm() / exact.norm()) < 0.1
+
+
+def _full(scale: torch.Tensor, block: tuple[int, int], n: int, k: int) -> torch.Tensor:
+    return scale.repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
+
+
+def test_the_op_is_one_node_for_torch_compile():
+    weight, scale = _quantized(128, 128, (128, 128))
+    x = torch.randn(2, 3, 128, device=GPU, dtype=torch.bfloat16)
+    compiled = torch.compile(lambda t: torch.ops.chatplex.fp8_linear(t, weight, scale, 128, 128), fullgraph=True)
+    torch.testing.assert_close(compiled(x), fp8_matmul.fp8_matmul(x, weight, scale, (128, 128)))
+
+
+@pytest.fixture
+def fp8_dir(tmp_path):
+    """A tiny random Llama written as an FP8 checkpoint (the test machine may have no SmolLM2, so a word-level
+    tokenizer stands in)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatplex.models.dummy import dummy_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, eos_token_id=511,
+                         tie_word_embeddings=False)
+    (tmp_path / "bf16").mkdir()
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "bf16")
+    dummy_tokenizer(512).save_pretrained(tmp_path / "bf16")
+    (tmp_path / "fp8").mkdir()
+    write_fp8_checkpoint(str(tmp_path / "bf16"), tmp_path / "fp8")
+    return str(tmp_path / "fp8")
+
+
+async def test_fp8_checkpoint_runs_its_float8_weights_greedy_equal_to_generate(fp8_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = [" ".join(f"t{i}" for i in range(n)) for n in (1, 7, 30, 3)]
+    reference = AutoModelForCausalLM.from_pretrained(fp8_dir, device_map={"": GPU}, dtype=torch.float32)
+    assert fp8_matmul.install(reference) == 14  # 7 projections x 2 layers; generate runs the same layers
+    expected = generate_tokens(reference, AutoTokenizer.from_pretrained(fp8_dir), prompts, 8)
+    with ChatModel({"model_name_or_path": fp8_dir, "infer_dtype": "float32", "device": "cuda"}) as model:
+        hf_model = model.engine.parts.model
+        layer = hf_model.model.layers[0].mlp.down_proj
+        assert layer.weight.dtype == torch.float8_e4m3fn and layer.forward.__func__ is fp8_matmul._forward
+        assert quantization.describe(hf_model) == "fp8" and model.engine.runner.graphs is not None
+        got = await engine_tokens(model, prompts, 8)
+    assert got == expected
