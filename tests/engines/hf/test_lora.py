@@ -178,7 +178,7 @@ async def test_load_at_run_time_on_packed_bfloat16_layers(tiny_model_dir, adapte
         expected = await asyncio.gather(*(_tokens(resident, p, a) for p in PROMPTS for a in ("a2", None)))
     with ChatModel(args) as model:
         layers = model.engine.parts.model.model.layers
-        packed = isinstance(layers[0].self_attn.q_proj, packed_linear.PackedLinear)
+        packed = isinstance(layers[0].self_attn.o_proj, packed_linear.PackedLinear)
         assert packed == packed_linear.supported(torch.device("cpu"), torch.bfloat16)
         base_before = await asyncio.gather(*(_tokens(model, p, None) for p in PROMPTS))
         await model.aload_adapter("a2", adapters["a2"])

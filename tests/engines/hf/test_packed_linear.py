@@ -38,7 +38,12 @@ def test_pack_linears_keeps_the_model_output(tie):
         count = packed_linear.pack_linears(model)
         got = model(ids).logits
     assert count == 2 * 7 + 1  # q k v o gate up down per layer, and the head
-    assert isinstance(model.model.layers[0].self_attn.q_proj, packed_linear.PackedLinear)
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert isinstance(attention.o_proj, packed_linear.PackedLinear)
+    # q/k/v and gate/up read one input each: one matmul per group, split (the equality above covers it)
+    assert attention.q_proj.shared is attention.k_proj.shared is attention.v_proj.shared
+    assert mlp.gate_proj.shared is mlp.up_proj.shared is not attention.q_proj.shared
+    assert isinstance(mlp.down_proj, packed_linear.PackedLinear)
     assert isinstance(model.lm_head, packed_linear.PackedLinear)
     assert isinstance(model.get_input_embeddings(), nn.Embedding)  # a tied embedding still looks tokens up
     assert torch.equal(got, expected)
@@ -61,3 +66,21 @@ def test_unpack_linears_restores_plain_layers_with_the_same_weights():
     assert type(model.model.layers[1].mlp.down_proj) is nn.Linear and type(model.lm_head) is nn.Linear
     assert torch.equal(model.model.layers[1].mlp.down_proj.weight, weight)
     assert torch.equal(got, expected)
+
+
+def test_shared_matmul_recomputes_for_another_input_and_keeps_biases():
+    """A sibling called with a different tensor (or the same one changed in place) gets its own product; biases are
+    kept per layer (Qwen2's q/k/v have them)."""
+    torch.manual_seed(2)
+    layers = [nn.Linear(64, n, bias=True).to(torch.bfloat16) for n in (64, 32, 32)]
+    parent = nn.Module()
+    parent.q_proj, parent.k_proj, parent.v_proj = layers
+    assert packed_linear.pack_linears(parent, with_head=False) == 3
+    x, y = torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(2, 64, dtype=torch.bfloat16)
+    assert torch.equal(parent.q_proj(x), layers[0](x))
+    assert torch.equal(parent.k_proj(y), layers[1](y))  # another input: computed for it
+    y.mul_(2)  # changed in place: not the cached product
+    assert torch.equal(parent.v_proj(y), layers[2](y))
+    assert torch.equal(parent.q_proj(y), layers[0](y))
+    assert packed_linear.unpack_linears(parent) == 3
+    assert torch.equal(parent.k_proj.weight, layers[1].weight) and torch.equal(parent.k_proj.bias, layers[1].bias)
