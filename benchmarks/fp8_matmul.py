@@ -23,14 +23,6 @@ ROWS = (1, 8, 16, 32, 64, 128, 512, 2048)
 SWEEP_ROWS = (1, 16, 64, 512, 2048)
 
 
-def quantize(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    n, k = w.shape
-    blocks = w.float().unflatten(0, (n // block, block)).unflatten(-1, (k // block, block))
-    scale = blocks.abs().amax(dim=(1, 3)) / fp8_matmul.FP8_MAX
-    q = (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn)
-    return q.flatten(2, 3).flatten(0, 1), scale
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="also time every launch configuration")
@@ -41,7 +33,7 @@ def main() -> None:
     for (name, (k, n)), m in itertools.product(SHAPES.items(), ROWS):
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        q, s = quantize(w)
+        q, s = fp8_matmul.quantize(w, (128, 128))
         got = fp8_matmul.fp8_matmul(x, q, s, (128, 128))
         want = fp8_matmul.reference(x, q, s, (128, 128))
         exact = x.float() @ w.float().T

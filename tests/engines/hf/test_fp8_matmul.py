@@ -24,12 +24,7 @@ def _quantized(n: int, k: int, block: tuple[int, int] | None) -> tuple[torch.Ten
     if block is None:
         scale = w.abs().max() / fp8_matmul.FP8_MAX
         return (w / scale).to(torch.float8_e4m3fn), scale
-    bn, bk = block
-    rows, cols = -(-n // bn), -(-k // bk)
-    padded = torch.nn.functional.pad(w, (0, cols * bk - k, 0, rows * bn - n)).reshape(rows, bn, cols, bk)
-    scale = padded.abs().amax(dim=(1, 3)) / fp8_matmul.FP8_MAX
-    q = (padded / scale[:, None, :, None]).reshape(rows * bn, cols * bk)[:n, :k]
-    return q.to(torch.float8_e4m3fn), scale
+    return fp8_matmul.quantize(w, block)
 
 
 @pytest.mark.parametrize("m", [1, 5, 16, 33, 300])
@@ -47,12 +42,8 @@ def test_kernel_equals_the_same_arithmetic_in_torch(m, n, k, block, dtype):
     assert not got.isnan().any()
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-3)
     # and FP8 is close to the full-precision product it stands for
-    exact = x.float() @ (weight.float() * (scale if block is None else _full(scale, block, n, k))).T
+    exact = x.float() @ fp8_matmul.dequantized(weight, scale, block).T
     assert ((got.float() - exact).norm() / exact.norm()) < 0.1
-
-
-def _full(scale: torch.Tensor, block: tuple[int, int], n: int, k: int) -> torch.Tensor:
-    return scale.repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
 
 
 def test_the_op_is_one_node_for_torch_compile():
@@ -82,6 +73,10 @@ def fp8_dir(tmp_path):
     return str(tmp_path / "fp8")
 
 
+def test_the_start_up_check_passes_here():
+    assert fp8_matmul.check(GPU) == ""
+
+
 async def test_fp8_checkpoint_runs_its_float8_weights_greedy_equal_to_generate(fp8_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,3 +91,30 @@ async def test_fp8_checkpoint_runs_its_float8_weights_greedy_equal_to_generate(f
         assert quantization.describe(hf_model) == "fp8" and model.engine.runner.graphs is not None
         got = await engine_tokens(model, prompts, 8)
     assert got == expected
+
+
+async def test_lora_over_fp8_layers_equals_peft_generate(fp8_dir, tmp_path):
+    """An adapter kept live over the FP8 layers (LLaMA-Factory's rule for quantized models) and per request beside
+    the base model, greedy-equal to peft's model over the same FP8 layers."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(5)
+    bf16 = AutoModelForCausalLM.from_pretrained(fp8_dir.removesuffix("fp8") + "bf16")
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(bf16, config).save_pretrained(tmp_path / "adapter")
+    adapter = str(tmp_path / "adapter")
+    prompts = [" ".join(f"t{i}" for i in range(n)) for n in (2, 9, 4)]
+    tok = AutoTokenizer.from_pretrained(fp8_dir)
+    reference = AutoModelForCausalLM.from_pretrained(fp8_dir, device_map={"": GPU}, dtype=torch.float32)
+    fp8_matmul.install(reference)
+    plain = generate_tokens(reference, tok, prompts, 8)
+    with_adapter = generate_tokens(PeftModel.from_pretrained(reference, adapter).eval(), tok, prompts, 8)
+    assert with_adapter != plain
+    keys = {"model_name_or_path": fp8_dir, "infer_dtype": "float32", "device": "cuda"}
+    with ChatModel({**keys, "adapter_name_or_path": adapter}) as model:
+        assert await engine_tokens(model, prompts, 8) == with_adapter
+    with ChatModel({**keys, "lora_modules": {"mine": adapter}}) as model:
+        assert await engine_tokens(model, prompts, 8, "mine") == with_adapter
+        assert await engine_tokens(model, prompts, 8) == plain

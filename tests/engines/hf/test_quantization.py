@@ -194,3 +194,24 @@ async def test_compressed_tensors_checkpoint_equals_generate(tiny_model_dir, tmp
     assert _generate(plain, AutoTokenizer.from_pretrained(path), PROMPTS) != expected  # the rounding shows
     with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "float32"}) as model:
         assert await _engine_tokens(model, PROMPTS) == expected
+
+
+def test_fp8_layers_fall_back_to_dequantized_weights():
+    """Where chatplex's FP8 kernel fails its start-up check (here: a CPU, no Triton), the FP8 layers get their
+    weights dequantized and transformers' FP8Linear runs F.linear over them."""
+    from transformers.integrations.finegrained_fp8 import FP8Linear
+
+    from chatplex.engines.hf import fp8_matmul
+
+    assert fp8_matmul.check(torch.device("cpu")) != ""  # reported, not raised
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64)
+    layer = FP8Linear(64, 96, block_size=(32, 32))
+    layer.weight.data, layer.weight_scale_inv.data = fp8_matmul.quantize(weight, (32, 32))
+    model = torch.nn.Sequential(layer)
+    expected = fp8_matmul.dequantized(layer.weight.data, layer.weight_scale_inv.data, (32, 32))
+    assert fp8_matmul.dequantize(model, torch.float32) == 1
+    assert layer.weight.dtype == torch.float32 and torch.equal(layer.weight, expected)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(layer(x), x @ expected.T)
+    assert ((expected - weight).norm() / weight.norm()) < 0.05  # and it stands for the original weight

@@ -27,6 +27,7 @@ try:
 except ImportError:  # CPU installs have no Triton; FP8 checkpoints load dequantized there
     triton = None
 
+FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 _MIN_AMAX = 1e-10  # an all-zero group (padding rows) gets a tiny scale, not a division by zero
 
@@ -138,6 +139,26 @@ def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_n: int, 
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+def dequantized(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None) -> torch.Tensor:
+    """The float32 weight a float8 one with its scales stands for."""
+    n, k = weight.shape
+    if block is None:
+        return weight.float() * scale.float()
+    return weight.float() * scale.float().repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
+
+
+def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise float8 e4m3 with one float32 scale per block, as FP8 checkpoints store it (for tests, the
+    benchmark and the start-up check)."""
+    n, k = weight.shape
+    rows, cols = -(-n // block[0]), -(-k // block[1])
+    padded = torch.nn.functional.pad(weight.float(), (0, cols * block[1] - k, 0, rows * block[0] - n))
+    tiles = padded.reshape(rows, block[0], cols, block[1])
+    scale = tiles.abs().amax(dim=(1, 3)).clamp(min=_MIN_AMAX) / FP8_MAX
+    q = (tiles / scale[:, None, :, None]).reshape(rows * block[0], cols * block[1])[:n, :k]
+    return q.to(torch.float8_e4m3fn), scale
+
+
 def reference(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None
 ) -> torch.Tensor:
@@ -149,13 +170,21 @@ def reference(
     groups = torch.nn.functional.pad(rows, (0, pad)).unflatten(-1, (-1, group_k))
     a_scale = groups.abs().amax(-1, keepdim=True).clamp(min=_MIN_AMAX) / FP8_MAX
     rows = ((groups / a_scale).to(torch.float8_e4m3fn).float() * a_scale).flatten(-2)[:, :k]
-    w = weight.float()
-    if block is None:
-        w = w * scale.float()
-    else:
-        full = scale.float().repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
-        w = w * full
-    return (rows @ w.T).to(x.dtype).reshape(*x.shape[:-1], n)
+    return (rows @ dequantized(weight, scale, block).T).to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def check(device: torch.device) -> str:
+    """Run the kernel once on a small problem against `reference`: '' when they agree, else what went wrong (a
+    Triton build that cannot compile it for this GPU, a wrong result)."""
+    try:
+        generator = torch.Generator(device=device).manual_seed(0)
+        weight, scale = quantize(torch.randn(384, 320, device=device, generator=generator), (128, 128))
+        x = torch.randn(5, 320, device=device, generator=generator).to(torch.bfloat16)
+        got, want = fp8_matmul(x, weight, scale, (128, 128)).float(), reference(x, weight, scale, (128, 128)).float()
+        error = ((got - want).norm() / want.norm()).item()
+        return "" if error < 1e-2 else f"its result is off by {error:.1%}"
+    except Exception as e:  # noqa: BLE001 - whatever Triton raises, the layers can still run dequantized
+        return f"{type(e).__name__}: {e}"[:300]
 
 
 def available(device: torch.device) -> bool:
@@ -175,16 +204,32 @@ def supports(quantization_config: dict[str, Any]) -> str:
     return ""
 
 
+def fp8_layers(model: torch.nn.Module) -> list[Any]:
+    """transformers' FP8Linear layers that hold float8 weights."""
+    return [
+        m
+        for m in model.modules()
+        if type(m).__name__ == "FP8Linear" and getattr(m, "weight", None) is not None and m.weight.dtype == FP8
+    ]
+
+
 def install(model: torch.nn.Module) -> int:
     """Run every FP8Linear layer of `model` on the kernel above; returns how many."""
-    count = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module).__name__ != "FP8Linear" or weight is None or weight.dtype != torch.float8_e4m3fn:
-            continue
+    layers = fp8_layers(model)
+    for module in layers:
         module.forward = _forward.__get__(module)  # an instance attribute: peft's wrappers still call it
-        count += 1
-    return count
+    return len(layers)
+
+
+def dequantize(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Give every FP8Linear layer its weight in `dtype` (transformers' FP8Linear then runs F.linear); returns how
+    many."""
+    layers = fp8_layers(model)
+    for module in layers:
+        block = tuple(module.block_size) if module.block_size is not None else None
+        weight = dequantized(module.weight.data, module.weight_scale_inv.data, block).to(dtype)
+        module.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return len(layers)
 
 
 def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:

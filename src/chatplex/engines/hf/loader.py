@@ -104,7 +104,7 @@ def load_model(args: ModelArguments, device: torch.device, dtype: torch.dtype, c
         model.hf_quantizer = None
     if quantized:
         logger.info("Weights quantized: %s", quantization.describe(model) or "no quantizer applied")
-        quantization.prepare(model, device)
+        quantization.prepare(model, device, dtype)
         return model.eval()
     return model.to(device).eval()
 

@@ -132,12 +132,21 @@ def _decompress(model: Any) -> None:
     model.hf_quantizer.compressor.decompress_model(model)
 
 
-def prepare(model: Any, device: torch.device) -> None:
-    """After loading: compressed-tensors layers decompressed, FP8 layers that kept their float8 weights on
-    chatplex's kernel."""
+def prepare(model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """After loading: compressed-tensors layers decompressed; FP8 layers that kept their float8 weights on
+    chatplex's kernel, once it has passed a check on this GPU (else dequantized to `dtype`, as they would load
+    without it)."""
     _decompress(model)
-    if fp8_matmul.available(device) and (count := fp8_matmul.install(model)):
-        logger.info("FP8 weights: %d linear layers run on chatplex's Triton FP8 kernel", count)
+    if not fp8_matmul.fp8_layers(model):
+        return
+    failed = fp8_matmul.check(device)
+    if failed:
+        count = fp8_matmul.dequantize(model, dtype)
+        logger.warning(
+            "FP8 weights: %d layers run dequantized: chatplex's FP8 kernel failed its check (%s)", count, failed
+        )
+    else:
+        logger.info("FP8 weights: %d linear layers run on chatplex's Triton FP8 kernel", fp8_matmul.install(model))
 
 
 def wants_quantized(args: ModelArguments, source: str, gguf: str | None) -> bool:
