@@ -199,7 +199,7 @@ def missing_package_hint(method: str) -> str:
         "bitsandbytes": _INSTALL,
         "bnb": _INSTALL,
         "compressed-tensors": _INSTALL,
-        "gptq": "pip install optimum gptqmodel (gptqmodel builds its kernels from source; README, Quantized models)",
-        "awq": "pip install gptqmodel (transformers 5 loads AWQ through it)",
+        "gptq": "pip install optimum gptqmodel (about 400 MB with its dependencies; README, Quantized models)",
+        "awq": "pip install gptqmodel (transformers 5 loads AWQ through it; README, Quantized models)",
         "eetq": "pip install kernels (EETQ's kernels come from the Hugging Face Hub; GPU only)",
     }.get(method, f"the package transformers names for {method}")
