@@ -43,7 +43,7 @@ def main() -> None:
             "rel_err_vs_bf16_weights": ((got.float() - exact).norm() / exact.norm()).item(),
             "bf16_us": do_bench(lambda: F.linear(x, w)) * 1e3,
             "fp8_us": do_bench(lambda: fp8_matmul.fp8_matmul(x, q, s, (128, 128))) * 1e3,
-            "default_config": fp8_matmul.launch_config(m, n),
+            "default_config": fp8_matmul.launch_config(m),
         }
         if args.sweep and m in SWEEP_ROWS:
             best = None
@@ -57,7 +57,8 @@ def main() -> None:
                     continue
                 if best is None or t < best[0]:
                     best = (t, cfg)
-            row["best_us"], row["best_config"] = best
+            if best is not None:
+                row["best_us"], row["best_config"] = best
         row["speedup_vs_bf16"] = row["bf16_us"] / row.get("best_us", row["fp8_us"])
         print(json.dumps(row), flush=True)
         result["rows"].append(row)

@@ -74,7 +74,7 @@ def fp8_dir(tmp_path):
 
 
 def test_the_start_up_check_passes_here():
-    assert fp8_matmul.check(GPU) == ""
+    assert fp8_matmul.check(GPU, {(128, 128), (32, 32), None}) == ""
 
 
 async def test_fp8_checkpoint_runs_its_float8_weights_greedy_equal_to_generate(fp8_dir):

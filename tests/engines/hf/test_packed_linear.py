@@ -82,5 +82,7 @@ def test_shared_matmul_recomputes_for_another_input_and_keeps_biases():
     y.mul_(2)  # changed in place: not the cached product
     assert torch.equal(parent.v_proj(y), layers[2](y))
     assert torch.equal(parent.q_proj(y), layers[0](y))
+    assert torch.equal(parent.k_proj(y), layers[1](y))  # all three served: the step's tensors are let go
+    assert parent.q_proj.shared._input is None and parent.q_proj.shared._outputs == ()
     assert packed_linear.unpack_linears(parent) == 3
     assert torch.equal(parent.k_proj.weight, layers[1].weight) and torch.equal(parent.k_proj.bias, layers[1].bias)

@@ -194,6 +194,10 @@ async def test_compressed_tensors_checkpoint_equals_generate(tiny_model_dir, tmp
     assert _generate(plain, AutoTokenizer.from_pretrained(path), PROMPTS) != expected  # the rounding shows
     with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "float32"}) as model:
         assert await _engine_tokens(model, PROMPTS) == expected
+    if scheme == "fp8":  # in bfloat16 on a CPU the plain layers are packed for oneDNN; these keep their own forward
+        with ChatModel({"model_name_or_path": str(tmp_path), "infer_dtype": "bfloat16"}) as model:
+            layer = model.engine.parts.model.model.layers[0].self_attn.q_proj
+            assert type(layer) is torch.nn.Linear and hasattr(layer, "quantization_scheme")
 
 
 def test_fp8_layers_fall_back_to_dequantized_weights():
@@ -203,7 +207,7 @@ def test_fp8_layers_fall_back_to_dequantized_weights():
 
     from chatplex.engines.hf import fp8_matmul
 
-    assert fp8_matmul.check(torch.device("cpu")) != ""  # reported, not raised
+    assert fp8_matmul.check(torch.device("cpu"), {(32, 32)}) != ""  # reported, not raised
     torch.manual_seed(0)
     weight = torch.randn(96, 64)
     layer = FP8Linear(64, 96, block_size=(32, 32))
@@ -215,3 +219,18 @@ def test_fp8_layers_fall_back_to_dequantized_weights():
     x = torch.randn(3, 64)
     torch.testing.assert_close(layer(x), x @ expected.T)
     assert ((expected - weight).norm() / weight.norm()) < 0.05  # and it stands for the original weight
+
+
+def test_fp8_experts_are_named_not_run():
+    """Float8 weights outside FP8Linear layers (transformers' FP8Experts) would need transformers' Hub kernel: the
+    check names their class (chatplex loads such checkpoints dequantized; this guards a model it did not spot)."""
+    from chatplex.engines.hf import fp8_matmul
+
+    class FP8Experts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.zeros(2, 8, 8, dtype=torch.float8_e4m3fn), requires_grad=False)
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), FP8Experts())
+    assert fp8_matmul.other_fp8_modules(model) == {"FP8Experts"}
+    assert fp8_matmul.other_fp8_modules(torch.nn.Sequential(torch.nn.Linear(8, 8))) == set()

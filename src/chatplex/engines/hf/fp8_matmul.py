@@ -8,7 +8,8 @@ chatplex, needs nothing but Triton, and is a registered op, so CUDA graphs captu
 whole.
 
 The arithmetic is the checkpoint's (`activation_scheme: dynamic`, W8A8): each row of the input is cut into groups
-of the weight's block width along K and each group is scaled into float8 e4m3 by its own absolute maximum
+of the weight's block width along K (at most 128; 128 for a per-tensor scale) and each group is scaled into float8
+e4m3 by its own absolute maximum
 (amax / 448), then the float8 tensor cores multiply it with the float8 weight tile and the partial sum is scaled
 by the activation group's and the weight block's scale. Activations are quantized inside the matmul, per tile, not
 by a separate kernel: at decode sizes a second launch and its round trip through memory cost more than the few
@@ -56,7 +57,7 @@ if triton is not None:
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M x K can pass 2**31 in a long prefill
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
@@ -79,7 +80,7 @@ if triton is not None:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def launch_config(m: int, n: int) -> dict[str, int]:
+def launch_config(m: int) -> dict[str, int]:
     """Tile sizes by the number of rows: decode steps (a few rows) are bound by reading the weight, so narrow
     column tiles give every SM a share of it; prefill (many rows) by the tensor cores, so wide tiles reuse it."""
     if m <= 16:
@@ -95,16 +96,17 @@ def fp8_matmul(
     """x (..., K) in bf16/fp16 times float8 `weight` (N, K) with float32 `scale` per (block_n, block_k) block
     (`block` None: one scale for the whole weight); returns (..., N) in x's dtype."""
     n, k = weight.shape
+    assert weight.stride(1) == 1, "the kernel reads weight rows as contiguous K"
     rows = x.reshape(-1, k)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     m = rows.shape[0]
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    if block is None:  # per-tensor: every column and K group reads the one scale
-        group_n, group_k, stride_sn, stride_sk = n, 128, 0, 0
+    if block is None:  # per-tensor: every column and K group reads the one scale (strides 0; the groups are moot)
+        group_n, group_k, stride_sn, stride_sk = 1, 128, 0, 0
     else:
         (group_n, group_k), (stride_sn, stride_sk) = block, scale.stride()
-    tiles = {**launch_config(m, n), **config}
+    tiles = {**launch_config(m), **config}
     block_k = min(group_k, 128)
     grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(m, tiles["BLOCK_M"]))
     _fp8_block_matmul_kernel[grid](
@@ -173,16 +175,26 @@ def reference(
     return (rows @ dequantized(weight, scale, block).T).to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def check(device: torch.device) -> str:
-    """Run the kernel once on a small problem against `reference`: '' when they agree, else what went wrong (a
-    Triton build that cannot compile it for this GPU, a wrong result)."""
+def check(device: torch.device, blocks: set[tuple[int, int] | None]) -> str:
+    """Run the kernel on small problems against `reference`, with the model's block sizes and every tile
+    configuration launch_config picks: '' when they agree, else what went wrong (a Triton build that cannot compile
+    it for this GPU, a wrong result)."""
     try:
         generator = torch.Generator(device=device).manual_seed(0)
-        weight, scale = quantize(torch.randn(384, 320, device=device, generator=generator), (128, 128))
-        x = torch.randn(5, 320, device=device, generator=generator).to(torch.bfloat16)
-        got, want = fp8_matmul(x, weight, scale, (128, 128)).float(), reference(x, weight, scale, (128, 128)).float()
-        error = ((got - want).norm() / want.norm()).item()
-        return "" if error < 1e-2 else f"its result is off by {error:.1%}"
+        for block in blocks:
+            weight = torch.randn(384, 320, device=device, generator=generator)
+            if block is None:
+                scale = weight.abs().amax() / FP8_MAX
+                weight = (weight / scale).to(FP8)
+            else:
+                weight, scale = quantize(weight, block)
+            for rows in (5, 40, 200):  # each of launch_config's tiles
+                x = torch.randn(rows, 320, device=device, generator=generator).to(torch.bfloat16)
+                got, want = fp8_matmul(x, weight, scale, block).float(), reference(x, weight, scale, block).float()
+                error = ((got - want).norm() / want.norm()).item()
+                if error > 1e-2:
+                    return f"its result is off by {error:.1%} (block {block}, {rows} rows)"
+        return ""
     except Exception as e:  # noqa: BLE001 - whatever Triton raises, the layers can still run dequantized
         return f"{type(e).__name__}: {e}"[:300]
 
@@ -211,6 +223,20 @@ def fp8_layers(model: torch.nn.Module) -> list[Any]:
         for m in model.modules()
         if type(m).__name__ == "FP8Linear" and getattr(m, "weight", None) is not None and m.weight.dtype == FP8
     ]
+
+
+def other_fp8_modules(model: torch.nn.Module) -> set[str]:
+    """Classes of the modules other than FP8Linear that hold float8 weights (transformers' FP8Experts,
+    FP8GroupedLinear: they run on its Hub kernel only)."""
+    return {
+        type(m).__name__
+        for m in model.modules()
+        if type(m).__name__ != "FP8Linear" and any(p.dtype == FP8 for p in m.parameters(recurse=False))
+    }
+
+
+def block_sizes(layers: list[Any]) -> set[tuple[int, int] | None]:
+    return {tuple(m.block_size) if m.block_size is not None else None for m in layers}
 
 
 def install(model: torch.nn.Module) -> int:

@@ -10,7 +10,8 @@ The engine's own parts sit around the quantized linear layers, not in them: page
 sampler and per-request LoRA hooks (peft's quantized LoRA layers) work unchanged. One exception: FP8 layers run
 on chatplex's Triton kernel (fp8_matmul.py) on GPUs with float8 tensor cores, because transformers' own kernel is
 downloaded from the Hub at the first step; elsewhere FP8 loads dequantized. packed_linear leaves the
-quantized layers alone (it packs exact nn.Linear only). A quantized model's adapter stays unmerged (merging into
+quantized layers alone (it packs exact nn.Linear only, and not compressed-tensors' layers, which quantize their
+inputs in their forward). A quantized model's adapter stays unmerged (merging into
 quantized weights rounds it away; LLaMA-Factory keeps it as a live adapter too).
 """
 
@@ -59,7 +60,7 @@ def load_kwargs(
                 saved.get("quant_method", "?"),
             )
         if saved.get("quant_method") == "fp8":
-            return _fp8_kwargs(saved, dtype, device)
+            return _fp8_kwargs(saved, source, dtype, device)
         if saved.get("quant_method") == "compressed-tensors":
             _require("compressed_tensors", "compressed-tensors", "model_name_or_path")
         return {}
@@ -98,7 +99,11 @@ def graph_safe(model: Any) -> bool:
     return not getattr(config, "load_in_8bit", False)
 
 
-def _fp8_kwargs(saved: dict[str, Any], dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+# config.json keys of mixture-of-experts models: transformers runs their FP8 experts on its Hub kernel only.
+_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def _fp8_kwargs(saved: dict[str, Any], source: str, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
     """FP8 checkpoints keep their float8 weights where chatplex's kernel (fp8_matmul.py) runs them, and load
     dequantized elsewhere (as LLaMA-Factory loads every FP8 checkpoint): transformers' own FP8 matmul is a kernel
     fetched from the Hugging Face Hub at the first step, which a machine without the Hub would fail at."""
@@ -111,6 +116,8 @@ def _fp8_kwargs(saved: dict[str, Any], dtype: torch.dtype, device: torch.device)
             if fp8_matmul.triton is None
             else (f"float8 tensor cores need compute capability 8.9 (this GPU has {major}.{minor})")
         )
+    elif _has_experts(source):
+        why = "its experts run on transformers' kernel from the Hugging Face Hub only (chatplex's runs linear layers)"
     else:
         why = fp8_matmul.supports(saved)
     if not why:
@@ -121,15 +128,25 @@ def _fp8_kwargs(saved: dict[str, Any], dtype: torch.dtype, device: torch.device)
     return {"quantization_config": FineGrainedFP8Config(dequantize=True)}
 
 
+def _has_experts(source: str) -> bool:
+    with open(os.path.join(source, "config.json")) as f:
+        config = json.load(f)
+    return any(config.get(key) or (config.get("text_config") or {}).get(key) for key in _EXPERT_KEYS)
+
+
 def _decompress(model: Any) -> None:
     """compressed-tensors checkpoints run decompressed in transformers 5: a hook on the model's forward turns each
-    layer dense at the first call (the activations' own quantization, FP8 per token, stays in the layers). chatplex
-    calls the model's inner modules, and sizes the KV cache and captures CUDA graphs over the weights as they will
-    be, so it decompresses right after loading."""
+    layer dense at its first call (the activations' own quantization, FP8 per token, stays in the layers). chatplex
+    sizes the KV cache and captures CUDA graphs over the weights as they will be, and its prefill calls the inner
+    model (not the hooked forward), so it decompresses right after loading. Decompressing leaves compressed-tensors'
+    offload wrappers on every module (a parameter read ~7x slower); the weights are on the device, so they go."""
     if getattr(model, "ct_decompress_hook", None) is None:
         return
+    from compressed_tensors.offload import remove_dispatch
+
     logger.warning("compressed-tensors weights run decompressed (transformers 5 has no compressed matmul for them)")
     model.hf_quantizer.compressor.decompress_model(model)
+    remove_dispatch(model)
 
 
 def prepare(model: Any, device: torch.device, dtype: torch.dtype) -> None:
@@ -137,9 +154,18 @@ def prepare(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     chatplex's kernel, once it has passed a check on this GPU (else dequantized to `dtype`, as they would load
     without it)."""
     _decompress(model)
-    if not fp8_matmul.fp8_layers(model):
+    others = fp8_matmul.other_fp8_modules(model)
+    if others:  # reached only if _has_experts missed a model's experts
+        raise ConfigError(
+            f"model_name_or_path: this FP8 checkpoint's {', '.join(sorted(others))} layers run on transformers' FP8 "
+            "kernel, which comes from the Hugging Face Hub and is not used here; serve a bf16 checkpoint of the "
+            "model, or its FP8 checkpoint with infer_backend vllm.",
+            param="model_name_or_path",
+        )
+    layers = fp8_matmul.fp8_layers(model)
+    if not layers:
         return
-    failed = fp8_matmul.check(device)
+    failed = fp8_matmul.check(device, fp8_matmul.block_sizes(layers))
     if failed:
         count = fp8_matmul.dequantize(model, dtype)
         logger.warning(
