@@ -49,6 +49,14 @@ async def _answers(model: ChatModel) -> dict[str, dict]:
     return dict(zip(keys, results, strict=True))
 
 
+
+@pytest.fixture(autouse=True)
+def _recorded_date(monkeypatch):
+    """LLaMA-Factory's Llama 3 tool prompt states the date: the replies were recorded with this one."""
+    from chatplex.templates.llamafactory import tool_formats
+
+    monkeypatch.setattr(tool_formats, "today", lambda: ORACLE["tool_prompt_date"])
+
 def _assert_replies_equal(model_dir: str, template: str, expected: dict[str, dict]) -> None:
     """chatplex's answers under `template` equal LLaMA-Factory's (a refusal where it refused)."""
     with ChatModel({"model_name_or_path": model_dir, "template": template, "infer_dtype": "float32"}) as model:

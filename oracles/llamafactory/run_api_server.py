@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,11 +29,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `llamafactory-cli api` as its console script runs it, with the Llama 3 tool prompt's date pinned (fixed_date.py).
+_CLI = ("import sys; from fixed_date import pin_llamafactory_date; pin_llamafactory_date(); "
+        "from llamafactory.cli import main; sys.argv[0] = 'llamafactory-cli'; sys.exit(main())")
+
+
 def serve(smollm_dir: str, template: str, port: int) -> subprocess.Popen:
-    cli = shutil.which("llamafactory-cli", path=os.path.dirname(sys.executable))
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_VERBOSE": "0"}
-    return subprocess.Popen([cli, "api", "--model_name_or_path", smollm_dir, "--template", template,
-                             "--infer_backend", "huggingface", "--infer_dtype", "float32"], env=env,
+    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_VERBOSE": "0",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", _CLI, "api", "--model_name_or_path", smollm_dir, "--template",
+                             template, "--infer_backend", "huggingface", "--infer_dtype", "float32"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -81,7 +85,11 @@ def main(smollm_dir: str, out: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    data = {"llamafactory": version("llamafactory"), "replies": replies}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixed_date import ORACLE_DATE
+
+    data = {"llamafactory": version("llamafactory"), "tool_prompt_date": ORACLE_DATE.strftime("%d %b %Y"),
+            "replies": replies}
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(replies)} templates x {len(spec['requests'])} requests -> {out}")
 

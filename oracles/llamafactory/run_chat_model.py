@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fixed_date import pin_llamafactory_date  # noqa: E402
 from render_goldens import lf_turns  # noqa: E402
 
 MAX_NEW_TOKENS = 24
@@ -112,7 +113,9 @@ def main(smollm_dir: str, out: Path) -> None:
     conversations = json.loads((REPO / "tests/fixtures/llamafactory/conversations.json").read_text(encoding="utf-8"))
     names = usable_templates(smollm_dir)
     families = family_templates(smollm_dir)
-    data = {"llamafactory": version("llamafactory"), "max_new_tokens": MAX_NEW_TOKENS, "templates": names,
+    date = pin_llamafactory_date()
+    data = {"llamafactory": version("llamafactory"), "tool_prompt_date": date, "max_new_tokens": MAX_NEW_TOKENS,
+            "templates": names,
             "replies": replies(smollm_dir, names, conversations),
             "family_templates": families, "family_replies": family_replies(smollm_dir, families, conversations),
             "score_texts": SCORE_TEXTS, "scores": scores(smollm_dir)}

@@ -30,9 +30,18 @@ from tests.server.conftest import serving_in_thread
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llamafactory"
 REQUESTS = json.loads((FIXTURES / "api_requests.json").read_text(encoding="utf-8"))
-ORACLE = json.loads((FIXTURES / "api_replies.json").read_text(encoding="utf-8"))["replies"]
+RECORDED = json.loads((FIXTURES / "api_replies.json").read_text(encoding="utf-8"))
+ORACLE, RECORDED_DATE = RECORDED["replies"], RECORDED["tool_prompt_date"]
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _recorded_date(monkeypatch):
+    """LLaMA-Factory's Llama 3 tool prompt states the date: the replies were recorded with this one."""
+    from chatplex.templates.llamafactory import tool_formats
+
+    monkeypatch.setattr(tool_formats, "today", lambda: RECORDED_DATE)
 
 
 def _summary(body: dict) -> dict:
