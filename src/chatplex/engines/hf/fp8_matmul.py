@@ -69,7 +69,7 @@ if triton is not None:
         for kb in range(tl.cdiv(K, BLOCK_K)):
             k_ok = offs_k < K - kb * BLOCK_K
             a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            a_scale = tl.maximum(tl.max(tl.abs(a), axis=1), 1e-10) / 448.0
+            a_scale = tl.maximum(tl.max(tl.abs(a), axis=1), 1e-10) / 448.0  # _MIN_AMAX, FP8_MAX
             a_q = (a / a_scale[:, None]).to(tl.float8e4nv)
             w = tl.load(w_ptrs, mask=mask_n[None, :] & k_ok[:, None], other=0.0)
             w_scale = tl.load(s_ptrs + ((kb * BLOCK_K) // GROUP_K) * stride_sk, mask=mask_n, other=0.0)
@@ -149,16 +149,19 @@ def dequantized(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int
     return weight.float() * scale.float().repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
 
 
-def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-wise float8 e4m3 with one float32 scale per block, as FP8 checkpoints store it (for tests, the
-    benchmark and the start-up check)."""
+def quantize(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float8 e4m3 with one float32 scale per block (`block` None: one for the whole weight), as FP8 checkpoints
+    store it (for tests, the benchmark and the start-up check)."""
+    if block is None:
+        scale = weight.float().abs().amax().clamp(min=_MIN_AMAX) / FP8_MAX
+        return (weight.float() / scale).to(FP8), scale
     n, k = weight.shape
     rows, cols = -(-n // block[0]), -(-k // block[1])
     padded = torch.nn.functional.pad(weight.float(), (0, cols * block[1] - k, 0, rows * block[0] - n))
     tiles = padded.reshape(rows, block[0], cols, block[1])
     scale = tiles.abs().amax(dim=(1, 3)).clamp(min=_MIN_AMAX) / FP8_MAX
     q = (tiles / scale[:, None, :, None]).reshape(rows * block[0], cols * block[1])[:n, :k]
-    return q.to(torch.float8_e4m3fn), scale
+    return q.to(FP8), scale
 
 
 def reference(
@@ -171,7 +174,7 @@ def reference(
     pad = -k % group_k
     groups = torch.nn.functional.pad(rows, (0, pad)).unflatten(-1, (-1, group_k))
     a_scale = groups.abs().amax(-1, keepdim=True).clamp(min=_MIN_AMAX) / FP8_MAX
-    rows = ((groups / a_scale).to(torch.float8_e4m3fn).float() * a_scale).flatten(-2)[:, :k]
+    rows = ((groups / a_scale).to(FP8).float() * a_scale).flatten(-2)[:, :k]
     return (rows @ dequantized(weight, scale, block).T).to(x.dtype).reshape(*x.shape[:-1], n)
 
 
@@ -182,12 +185,7 @@ def check(device: torch.device, blocks: set[tuple[int, int] | None]) -> str:
     try:
         generator = torch.Generator(device=device).manual_seed(0)
         for block in blocks:
-            weight = torch.randn(384, 320, device=device, generator=generator)
-            if block is None:
-                scale = weight.abs().amax() / FP8_MAX
-                weight = (weight / scale).to(FP8)
-            else:
-                weight, scale = quantize(weight, block)
+            weight, scale = quantize(torch.randn(384, 320, device=device, generator=generator), block)
             for rows in (5, 40, 200):  # each of launch_config's tiles
                 x = torch.randn(rows, 320, device=device, generator=generator).to(torch.bfloat16)
                 got, want = fp8_matmul(x, weight, scale, block).float(), reference(x, weight, scale, block).float()
@@ -235,8 +233,9 @@ def other_fp8_modules(model: torch.nn.Module) -> set[str]:
     }
 
 
-def block_sizes(layers: list[Any]) -> set[tuple[int, int] | None]:
-    return {tuple(m.block_size) if m.block_size is not None else None for m in layers}
+def block_size(layer: Any) -> tuple[int, int] | None:
+    """An FP8Linear's (block_n, block_k), None for a per-tensor scale."""
+    return (layer.block_size[0], layer.block_size[1]) if layer.block_size is not None else None
 
 
 def install(model: torch.nn.Module) -> int:
@@ -252,13 +251,12 @@ def dequantize(model: torch.nn.Module, dtype: torch.dtype) -> int:
     many."""
     layers = fp8_layers(model)
     for module in layers:
-        block = tuple(module.block_size) if module.block_size is not None else None
-        weight = dequantized(module.weight.data, module.weight_scale_inv.data, block).to(dtype)
+        weight = dequantized(module.weight.data, module.weight_scale_inv.data, block_size(module)).to(dtype)
         module.weight = torch.nn.Parameter(weight, requires_grad=False)
     return len(layers)
 
 
 def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    block_n, block_k = self.block_size if self.block_size is not None else (0, 0)
+    block_n, block_k = block_size(self) or (0, 0)
     out = torch.ops.chatplex.fp8_linear(x, self.weight, self.weight_scale_inv, block_n, block_k)
     return out if self.bias is None else out + self.bias

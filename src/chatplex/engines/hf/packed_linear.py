@@ -32,51 +32,33 @@ def supported(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
-class PackedLinear(nn.Module):
-    """`nn.Linear`'s forward over a weight packed for oneDNN (an opaque mkldnn tensor, so held outside the module's
-    parameters: nothing may move or save it)."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-
-    def unpacked(self) -> nn.Linear:
-        """The plain layer again, with the same weight (oneDNN converts its layout back exactly)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight = nn.Parameter(self.packed_weight.to_dense(), requires_grad=False)
-        linear.bias = self.bias
-        return linear
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
-
-
 class _SharedMatmul:
-    """One packed matmul for several layers that read one input; the first of them to run computes every layer's
-    output, the others take theirs while the input is the same tensor, unchanged."""
+    """The weights of one or more layers that read one input, packed as one matrix. With siblings, the first of them
+    to run computes every layer's output, and the others take theirs while the input is the same tensor, unchanged."""
 
     def __init__(self, linears: list[nn.Linear]) -> None:
         self.sizes = [linear.out_features for linear in linears]
+        weights = [linear.weight.detach() for linear in linears]
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(
-            torch.cat([lin.weight.detach() for lin in linears])
+            weights[0] if len(weights) == 1 else torch.cat(weights)
         )
-        biases = [linear.bias for linear in linears]
-        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases if b is not None])
+        biases = [linear.bias.detach() for linear in linears if linear.bias is not None]
+        self.bias = torch.cat(biases) if biases else None
         self._input: torch.Tensor | None = None
         self._version = -1
         self._outputs: tuple[torch.Tensor, ...] = ()
         self._served: set[int] = set()
 
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
     def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        if len(self.sizes) == 1:
+            return self._matmul(x)
         version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
         if x is not self._input or version != self._version or index in self._served:
-            out = torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-            self._input, self._version, self._outputs, self._served = x, version, out.split(self.sizes, dim=-1), set()
+            self._input, self._version, self._served = x, version, set()
+            self._outputs = self._matmul(x).split(self.sizes, dim=-1)
         result = self._outputs[index]
         self._served.add(index)
         if len(self._served) == len(self.sizes):  # every layer has its part: hold no step's tensors past it
@@ -84,18 +66,20 @@ class _SharedMatmul:
         return result
 
 
-class SharedPackedLinear(nn.Module):
-    """One of the layers of a _SharedMatmul (its `index`), in the place of the nn.Linear it was."""
+class PackedLinear(nn.Module):
+    """`nn.Linear`'s forward over a weight packed for oneDNN (an opaque mkldnn tensor, so held outside the module's
+    parameters: nothing may move or save it): alone, or part `index` of a matmul shared with its siblings."""
 
-    def __init__(self, shared: _SharedMatmul, index: int, in_features: int) -> None:
+    def __init__(self, linear: nn.Linear, shared: _SharedMatmul | None = None, index: int = 0) -> None:
         super().__init__()
-        self.shared, self.index = shared, index
-        self.in_features, self.out_features = in_features, shared.sizes[index]
+        self.shared, self.index = shared or _SharedMatmul([linear]), index
+        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shared.output(x, self.index)
 
     def unpacked(self) -> nn.Linear:
+        """The plain layer again, with the same weight (oneDNN converts its layout back exactly)."""
         start = sum(self.shared.sizes[: self.index])
         rows = slice(start, start + self.out_features)
         linear = nn.Linear(self.in_features, self.out_features, bias=self.shared.bias is not None, device="meta")
@@ -105,7 +89,8 @@ class SharedPackedLinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, part {self.index} of one matmul"
+        part = f", part {self.index} of one matmul" if len(self.shared.sizes) > 1 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN{part}"
 
 
 # Sibling layers that transformers' modules call with the same input, in this order.
@@ -113,17 +98,16 @@ _SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def _shared_layers(module: nn.Module, wanted: set[int]) -> dict[int, nn.Module]:
-    """SharedPackedLinear replacements (by id of the layer replaced) for the sibling groups of `module`."""
+    """PackedLinear parts of one matmul (by id of the layer each replaces) for the sibling groups of `module`."""
     made: dict[int, nn.Module] = {}
     for names in _SHARED_INPUT:
-        layers = [getattr(module, name, None) for name in names]
-        if not all(isinstance(layer, nn.Linear) and id(layer) in wanted for layer in layers):
+        linears = [m for m in (getattr(module, name, None) for name in names) if isinstance(m, nn.Linear)]
+        if len(linears) < len(names) or any(id(m) not in wanted for m in linears):
             continue
-        linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
-        if len({lin.in_features for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
+        if len({(m.in_features, m.bias is None) for m in linears}) != 1:
             continue
         shared = _SharedMatmul(linears)
-        made.update({id(lin): SharedPackedLinear(shared, i, lin.in_features) for i, lin in enumerate(linears)})
+        made.update({id(m): PackedLinear(m, shared, i) for i, m in enumerate(linears)})
     return made
 
 
@@ -156,7 +140,7 @@ def pack_linears(model: Any, with_head: bool = True) -> int:
 def unpack_linears(model: Any) -> int:
     """Put plain `nn.Linear` layers back where pack_linears put PackedLinear ones (peft wraps only those, for a LoRA
     adapter loaded while the engine runs); returns how many."""
-    return _replace(model, lambda m: m.unpacked() if isinstance(m, PackedLinear | SharedPackedLinear) else None)
+    return _replace(model, lambda m: m.unpacked() if isinstance(m, PackedLinear) else None)
 
 
 def _replace(model: Any, make: Callable[[nn.Module], nn.Module | None]) -> int:

@@ -109,13 +109,11 @@ def _fp8_kwargs(saved: dict[str, Any], source: str, dtype: torch.dtype, device: 
     fetched from the Hugging Face Hub at the first step, which a machine without the Hub would fail at."""
     if device.type != "cuda":
         why = f"{device.type} has no float8 matmul"
+    elif fp8_matmul.triton is None:
+        why = "Triton is not installed"
     elif not fp8_matmul.available(device):
         major, minor = torch.cuda.get_device_capability(device)
-        why = (
-            "Triton is not installed"
-            if fp8_matmul.triton is None
-            else (f"float8 tensor cores need compute capability 8.9 (this GPU has {major}.{minor})")
-        )
+        why = f"float8 tensor cores need compute capability 8.9 (this GPU has {major}.{minor})"
     elif _has_experts(source):
         why = "its experts run on transformers' kernel from the Hugging Face Hub only (chatplex's runs linear layers)"
     else:
@@ -165,7 +163,7 @@ def prepare(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     layers = fp8_matmul.fp8_layers(model)
     if not layers:
         return
-    failed = fp8_matmul.check(device, fp8_matmul.block_sizes(layers))
+    failed = fp8_matmul.check(device, {fp8_matmul.block_size(layer) for layer in layers})
     if failed:
         count = fp8_matmul.dequantize(model, dtype)
         logger.warning(
