@@ -1,6 +1,6 @@
 """Engine start-up, cold and warm (issue 15): the same model started in fresh processes one after another, the first
 with an empty chatplex cache folder (CHATPLEX_CACHE_DIR: torch.compile's Inductor and Triton caches), the next ones
-reusing it. Each start logs its phases (weights and tokenizer / KV cache and CUDA graphs / the rest).
+reusing it. Each start logs its phases (weights and tokenizer / KV cache and decode graphs / the rest).
 
     python benchmarks/startup.py --shape llama-3.1-8b --starts 2 --out startup.json [--no-compile]
 """

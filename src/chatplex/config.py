@@ -82,7 +82,9 @@ class ModelArguments:
     kv_block_size: int = 16
     max_waiting_requests: int | None = None  # None: unbounded
     enforce_eager: bool = False  # True: no CUDA graphs (and no torch.compile) for decode steps
-    compile: bool = True  # torch.compile the CUDA-graph decode step (CUDA only)
+    # torch.compile the decode step: on a GPU (unset: on) before CUDA-graph capture; on a CPU (unset: off) only when
+    # true, at a start-up cost of a minute or two (engines/hf/cpu_decode.py).
+    compile: bool | None = None
     # Launch step N+1 before step N's sampled tokens reach the host (engines/hf/steps.py); false runs one step at
     # a time (the same output, slower on a GPU; for comparisons). None: on a GPU, off on a CPU (a CPU's launch runs
     # the whole step, so overlapping only holds each step's tokens back one step).

@@ -12,6 +12,7 @@
     step_inputs.py    a step's inputs on the host (tokens, positions, slots, tables): the one slot formula
     runner.py         the only code that runs the model (eager, or a CUDA-graph replay)
     cuda_graphs.py    decode steps captured per batch bucket
+    cpu_decode.py     decode steps on a CPU through one torch.compile'd step (compile: true)
     attention.py      the attention function registered with transformers
     paged_decode.py   decode attention through block tables (CPU; CUDA via triton_decode.py's kernel)
     sampler.py        logits -> tokens, per-row settings

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from chatplex.engines.hf.attention import AttentionMetadata
+from chatplex.engines.hf.attention import decode_forward
 from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
@@ -63,17 +63,7 @@ class DecodeGraphs:
         return self.buckets[-1]
 
     def _step_eager(self, input_ids, positions, slots, tables, lens) -> torch.Tensor:
-        meta = AttentionMetadata(
-            cache=self.cache,
-            slot_mapping=slots,
-            num_decode=slots.shape[0],
-            decode_ctx_slots=None,
-            decode_positions=None,
-            prefills=[],
-            decode_block_tables=tables,
-            decode_seq_lens=lens,
-        )
-        return self.model(input_ids=input_ids, position_ids=positions, use_cache=False, chatplex_meta=meta).logits[0]
+        return decode_forward(self.model, self.cache, input_ids, positions, slots, tables, lens)
 
     def _forward(self, size: int) -> torch.Tensor:
         return self._step(
@@ -96,6 +86,9 @@ class DecodeGraphs:
                 self.graphs[size] = graph
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
+
+    def describe(self) -> str:
+        return f"from CUDA graphs ({len(self.buckets)} batch sizes)"
 
     def bucket(self, batch: int) -> int:
         """The smallest captured batch size that holds `batch` rows."""

@@ -3,7 +3,7 @@
 Layout of a step: every scheduled token of every sequence sits in one row (batch size 1), single-token decodes
 first, then prefill chunks. One builder makes a step's inputs on the host (step_inputs.py); an eager step turns
 them into tensors and runs the model, a decode-only step on a GPU copies them into a CUDA graph's buffers and
-replays it (cuda_graphs.py).
+replays it (cuda_graphs.py), and on a CPU with `compile: true` runs the compiled step (cpu_decode.py).
 
 A step returns without waiting for the device (`StepOutput.sample` is still on it). A sequence's pending token
 (sampled by the previous step, not yet on the host) is read from that step's device tensor of tokens, so the
@@ -19,6 +19,7 @@ import torch
 
 from chatplex.engines.hf import paged_decode
 from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
+from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.lora import LoraAdapters
@@ -43,7 +44,7 @@ class ModelRunner:
         model: Any,
         cache: PagedKVCache,
         device: torch.device,
-        graphs: DecodeGraphs | None = None,
+        graphs: DecodeGraphs | CompiledCpuDecode | None = None,
         lora: LoraAdapters | None = None,
         score_head: torch.nn.Module | None = None,
         multimodal: Any = None,

@@ -14,6 +14,7 @@ from chatplex.config import ModelArguments
 from chatplex.engines.base import PromptPreparer
 from chatplex.engines.hf import attention, loader, packed_linear, quantization
 from chatplex.engines.hf.block_manager import BlockManager
+from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes, cache_dtype
 from chatplex.engines.hf.multimodal import load_family
@@ -75,7 +76,10 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         )
     else:
         model.set_attn_implementation(attention.register())
-    if lora is None and packed_linear.supported(device, dtype):  # resident adapters hook the plain layers
+    quantized = quantization.is_quantized(model)
+    cpu_compiled = device.type == "cpu" and _compiles_on_cpu(margs, multimodal, lora, score_head, quantized)
+    # Resident adapters hook the plain layers; a compiled CPU step packs the weights itself (cpu_decode.py).
+    if lora is None and not cpu_compiled and packed_linear.supported(device, dtype):
         packed_linear.pack_linears(model, with_head=score_head is None)
     text_config = model.config.get_text_config()
     max_len = margs.max_model_len or getattr(text_config, "max_position_embeddings", None) or 2048
@@ -95,22 +99,24 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     # Block 0 is scratch: padding rows write there.
     blocks = BlockManager(num_blocks, block_size, reserved=1, prefix_caching=prefix_caching)
     step_tokens = margs.max_num_batched_tokens or (GPU_STEP_TOKENS if device.type == "cuda" else CPU_STEP_TOKENS)
-    quantized = quantization.is_quantized(model)
     chunk_align = (
         _invariant_chunk(margs, device, dtype, step_tokens, lora, multimodal, quantized) if margs.batch_invariant else 0
     )
     scheduler = Scheduler(
         blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens, chunk_align=chunk_align
     )
-    graphs = None
+    graphs: DecodeGraphs | CompiledCpuDecode | None = None
     capturable = quantization.graph_safe(model)
     if device.type == "cuda" and not margs.enforce_eager and not capturable:
         logger.warning("CUDA graphs off: bitsandbytes 8-bit layers cannot be captured (steps run eagerly)")
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None and capturable:  # 1-D positions only
         graphs = DecodeGraphs(
-            model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile
+            model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile is not False
         )
         graphs.capture()
+    if cpu_compiled:
+        graphs = CompiledCpuDecode(model, cache, margs.max_num_seqs, -(-max_len // block_size))
+        graphs.compile()
     captured = time.perf_counter()
     pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
     runner = ModelRunner(
@@ -130,7 +136,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids, template_stops = stop_tokens(gen_eos, tokenizer, template.stop_words)
     logger.info(
-        "Loaded %s on %s (%s%s); KV cache %d blocks x %d tokens (%s); prefix caching %s; CUDA graphs %s",
+        "Loaded %s on %s (%s%s); KV cache %d blocks x %d tokens (%s); prefix caching %s; decode steps %s",
         name,
         device,
         dtype,
@@ -139,11 +145,11 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         block_size,
         str(kv_dtype).removeprefix("torch."),
         "on" if prefix_caching else "off",
-        f"on ({len(graphs.buckets)} batch sizes)" if graphs else "off",
+        graphs.describe() if graphs else "eager",
     )
     # Where start-up time goes (issue 15's cold starts: mostly compiling and capturing the decode graphs).
     logger.info(
-        "Start-up: weights and tokenizer %.1f s, KV cache and CUDA graphs %.1f s, the rest %.1f s",
+        "Start-up: weights and tokenizer %.1f s, KV cache and decode graphs %.1f s, the rest %.1f s",
         loaded - started,
         captured - loaded,
         time.perf_counter() - captured,
@@ -170,6 +176,23 @@ def prompt_preparer(margs: ModelArguments, tokenizer: Any, max_len: int, vocab_s
     """The chat template and prompt checks over `tokenizer` (an engine process's frontend builds its own)."""
     template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
     return PromptPreparer(tokenizer, template, max_len, vocab_size)
+
+
+def _compiles_on_cpu(margs: ModelArguments, multimodal: Any, lora: Any, score_head: Any, quantized: bool) -> bool:
+    """Whether decode steps on the CPU run compiled (`compile: true`, asked for; cpu_decode.py), saying why not."""
+    if margs.compile is not True or margs.enforce_eager:
+        return False
+    reasons = {
+        "media models": multimodal is not None,
+        "LoRA adapters": lora is not None,
+        "reward models": score_head is not None,
+        "quantized weights": quantized,
+        "batch_invariant (compiled kernels reduce differently per batch size)": margs.batch_invariant,
+    }
+    refused = [name for name, applies in reasons.items() if applies]
+    if refused:
+        logger.warning("compile: true is not used on a CPU with %s: decode steps run eagerly", ", ".join(refused))
+    return not refused
 
 
 def _load_weights(margs: ModelArguments, device: torch.device, classifier: bool) -> tuple[Any, torch.dtype]:

@@ -1,0 +1,112 @@
+"""On a CPU with `compile: true`: decode steps through the torch.compile'd step (cpu_decode.py) emit what
+transformers' `generate` emits (float32, greedy), for
+concurrent requests whose steps mix prefill chunks, compiled decode steps of several batch sizes (one of them a
+lone sequence padded to two rows) and finished sequences leaving the batch; in bfloat16 (the CPU default) one
+compiled step's logits agree with an eager step's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import pytest
+import torch
+
+from chatplex import ChatModel
+from chatplex.sampling import build_sampling_params
+from chatplex.types import GenerationRequest
+
+NEW_TOKENS = 16
+VOCAB = 512
+# Lengths differ, so sequences finish at different steps and the batch shrinks to one.
+PROMPTS = [[random.Random(i).randrange(0, VOCAB - 2) for _ in range(n)] for i, n in enumerate([3, 40, 150, 7, 64])]
+MAX_NEW = [NEW_TOKENS, NEW_TOKENS - 4, NEW_TOKENS - 8, NEW_TOKENS + 8, NEW_TOKENS]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    """A tiny random Llama with a word-level tokenizer; its output layer is scaled so greedy picks have clear
+    margins (near-ties would make rounding differences between kernels decide)."""
+    import transformers
+
+    from chatplex.models.dummy import dummy_tokenizer
+
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=VOCAB - 1, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
+    path = tmp_path_factory.mktemp("tiny-llama-cpu-compile")
+    model.save_pretrained(path)
+    dummy_tokenizer(VOCAB).save_pretrained(path)
+    return str(path)
+
+
+def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]], int]:
+    args = {"model_name_or_path": model_dir, "infer_dtype": dtype, "max_num_seqs": 8, "max_num_batched_tokens": 64,
+            "kv_block_size": 16, "kv_cache_memory_gb": 0.05, "device": "cpu", **settings}
+    with ChatModel(args) as model:
+
+        async def one(prompt: list[int], new: int) -> list[int]:
+            sp = build_sampling_params({"max_new_tokens": new, "temperature": 0, "ignore_eos": True})
+            request = GenerationRequest(sampling=sp, prompt_token_ids=prompt)
+            return [t async for d in model.agenerate(request) for t in d.token_ids]
+
+        async def main() -> list[list[int]]:
+            return list(await asyncio.gather(*(one(p, n) for p, n in zip(PROMPTS, MAX_NEW))))
+
+        return model._loop.run(main()), model.engine.runner.graph_steps
+
+
+def test_compiled_decode_equals_generate_in_float32(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    expected = [
+        reference.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=0)[0, len(p):].tolist()
+        for p, n in zip(PROMPTS, MAX_NEW)
+    ]
+    compiled, compiled_steps = run_engine(model_dir, "float32", compile=True)
+    assert compiled_steps > 0
+    assert compiled == expected
+
+
+def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
+    """bfloat16 (the CPU default) rounds differently once Inductor fuses the elementwise ops (it keeps float32
+    between them), so greedy tokens may part after many steps; one step's logits must agree closely, row by row."""
+    from chatplex.engines.hf.attention import decode_forward
+
+    args = {"model_name_or_path": model_dir, "infer_dtype": "bfloat16", "max_num_seqs": 8, "kv_block_size": 16,
+            "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": True}
+    with ChatModel(args) as model:
+        runner = model.engine.runner
+        cache, graphs = runner.cache, runner.graphs
+        torch.manual_seed(1)
+        for k, v in zip(cache.keys, cache.values):
+            k.normal_(), v.normal_()
+        rows = 5
+        lens = torch.tensor([3, 17, 40, 1, 64], dtype=torch.int32)
+        tables = torch.arange(1, 1 + rows * 4, dtype=torch.int32).reshape(rows, 4)
+        positions = (lens - 1).long()
+        slots = tables[torch.arange(rows), positions // 16].long() * 16 + positions % 16
+        inputs = (torch.randint(0, VOCAB, (1, rows)), positions[None], slots, tables, lens)
+        with torch.inference_mode():
+            eager = decode_forward(runner.model, cache, *inputs).float()
+            graphs.tables[:rows, :4] = tables
+            graphs.input_ids[:, :rows], graphs.positions[:, :rows] = inputs[0], inputs[1]
+            graphs.slots[:rows], graphs.lens[:rows] = inputs[2], lens
+            compiled = graphs._forward(rows).float()
+    assert compiled.shape == eager.shape == (rows, VOCAB)
+    torch.testing.assert_close(compiled, eager, atol=0.25, rtol=0.02)
+    assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
+
+
+def test_compile_is_refused_with_batch_invariant_and_said(model_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="chatplex.engines.hf.setup"):
+        _, steps = run_engine(model_dir, "bfloat16", compile=True, batch_invariant=True)
+    assert steps == 0
+    assert "compile: true is not used on a CPU with batch_invariant" in caplog.text
