@@ -46,9 +46,13 @@ def model_dir(tmp_path_factory) -> str:
 
 
 def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]], int]:
+    """Tokens of PROMPTS, all at once, and how many steps ran compiled; no step may recompile after the start."""
+    from torch._dynamo.utils import counters
+
     args = {"model_name_or_path": model_dir, "infer_dtype": dtype, "max_num_seqs": 8, "max_num_batched_tokens": 64,
             "kv_block_size": 16, "kv_cache_memory_gb": 0.05, "device": "cpu", **settings}
     with ChatModel(args) as model:
+        graphs_at_start = counters["stats"]["unique_graphs"]
 
         async def one(prompt: list[int], new: int) -> list[int]:
             sp = build_sampling_params({"max_new_tokens": new, "temperature": 0, "ignore_eos": True})
@@ -58,7 +62,9 @@ def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]],
         async def main() -> list[list[int]]:
             return list(await asyncio.gather(*(one(p, n) for p, n in zip(PROMPTS, MAX_NEW))))
 
-        return model._loop.run(main()), model.engine.runner.graph_steps
+        tokens = model._loop.run(main())
+        assert counters["stats"]["unique_graphs"] == graphs_at_start
+        return tokens, model.engine.runner.graph_steps
 
 
 def test_compiled_decode_equals_generate_in_float32(model_dir):
@@ -78,7 +84,7 @@ def test_compiled_decode_equals_generate_in_float32(model_dir):
 def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
     """bfloat16 (the CPU default) rounds differently once Inductor fuses the elementwise ops (it keeps float32
     between them), so greedy tokens may part after many steps; one step's logits must agree closely, row by row."""
-    from chatplex.engines.hf.attention import decode_forward
+    from chatplex.engines.hf.decode_step import decode_forward
 
     args = {"model_name_or_path": model_dir, "infer_dtype": "bfloat16", "max_num_seqs": 8, "kv_block_size": 16,
             "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": True}
@@ -96,9 +102,10 @@ def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
         inputs = (torch.randint(0, VOCAB, (1, rows)), positions[None], slots, tables, lens)
         with torch.inference_mode():
             eager = decode_forward(runner.model, cache, *inputs).float()
-            graphs.tables[:rows, :4] = tables
-            graphs.input_ids[:, :rows], graphs.positions[:, :rows] = inputs[0], inputs[1]
-            graphs.slots[:rows], graphs.lens[:rows] = inputs[2], lens
+            static = graphs.inputs
+            static.tables[:rows, :4] = tables
+            static.input_ids[:rows], static.positions[:rows] = inputs[0][0], inputs[1][0]
+            static.slots[:rows], static.lens[:rows] = inputs[2], lens
             compiled = graphs._forward(rows).float()
     assert compiled.shape == eager.shape == (rows, VOCAB)
     torch.testing.assert_close(compiled, eager, atol=0.25, rtol=0.02)

@@ -76,6 +76,17 @@ def test_op_writes_the_cache_then_attends():
     assert (got - expected).norm() / expected.norm() < 1e-5
 
 
+def test_op_registration_passes_torch_library_opcheck():
+    """The schema's mutation annotations, the fake (meta) function and the op under AOT dispatch agree with what the
+    op does (it is defined with torch.library's low-level calls, which check none of this themselves)."""
+    q, k_cache, v_cache, tables, lens = scattered_cache(1)
+    key, value = torch.randn(4, KV_HEADS, HEAD_DIM), torch.randn(4, KV_HEADS, HEAD_DIM)
+    last = (lens - 1).long()
+    slots = tables[torch.arange(4), last // BLOCK_SIZE].long() * BLOCK_SIZE + last % BLOCK_SIZE
+    args = (q, key, value, k_cache, v_cache, slots, tables, lens, 0.125, BLOCK_SIZE, 0)
+    torch.library.opcheck(torch.ops.chatplex.paged_decode.default, args)
+
+
 @pytest.mark.skipif(not TRITON_RUNS, reason="needs Triton on a GPU, or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("splits", [1, 3, 16])
 @pytest.mark.parametrize("window", [0, 37])

@@ -13,6 +13,7 @@
     runner.py         the only code that runs the model (eager, or a CUDA-graph replay)
     cuda_graphs.py    decode steps captured per batch bucket
     cpu_decode.py     decode steps on a CPU through one torch.compile'd step (compile: true)
+    decode_step.py    what both share: static inputs, the decode-only forward, the runner's interface
     attention.py      the attention function registered with transformers
     paged_decode.py   decode attention through block tables (CPU; CUDA via triton_decode.py's kernel)
     sampler.py        logits -> tokens, per-row settings

@@ -55,29 +55,6 @@ class AttentionMetadata:
     masks: dict[Any, torch.Tensor | None] = field(default_factory=dict)
 
 
-def decode_forward(
-    model: Any,
-    cache: PagedKVCache,
-    input_ids,
-    positions,
-    slots,
-    tables,
-    lens,  # [1, B], [1, B], [B], [B, w], [B]
-) -> torch.Tensor:
-    """A decode-only step through block tables, the way compiled and captured steps run it; logits [B, vocab]."""
-    meta = AttentionMetadata(
-        cache=cache,
-        slot_mapping=slots,
-        num_decode=slots.shape[0],
-        decode_ctx_slots=None,
-        decode_positions=None,
-        prefills=[],
-        decode_block_tables=tables,
-        decode_seq_lens=lens,
-    )
-    return model(input_ids=input_ids, position_ids=positions, use_cache=False, chatplex_meta=meta).logits[0]
-
-
 def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
     if window not in meta.masks:
         meta.masks[window] = _build_decode_mask(meta, window)
@@ -131,6 +108,7 @@ def paged_attention_forward(
     if meta.decode_block_tables is not None and not meta.prefills and (query.is_cuda or torch.compiler.is_compiling()):
         # Decode-only step on a GPU, or one being compiled (cpu_decode.py): cache write and attention in one op,
         # opaque to CUDA graphs and torch.compile. (Eager CPU steps take the path below: no dispatch to a Python op.)
+        assert not meta.per_sequence_decode  # batch_invariant is refused beside compiled or captured steps
         out = torch.ops.chatplex.paged_decode(
             query[0].transpose(0, 1),
             key[0].transpose(0, 1),

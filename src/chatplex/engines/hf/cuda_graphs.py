@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from chatplex.engines.hf.attention import decode_forward
 from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
+from chatplex.engines.hf.decode_step import StaticDecodeInputs, decode_forward
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
@@ -49,12 +49,7 @@ class DecodeGraphs:
         # Compiled, the smallest bucket is 2: torch.compile specializes a size of 1 (a second whole compile of the
         # model, half of a start's compile time); one decode row padded to two costs next to nothing on a GPU.
         self.buckets = bucket_sizes(max_batch, smallest=2 if compile else 1)
-        n = self.buckets[-1]
-        self.input_ids = torch.zeros(1, n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(1, n, dtype=torch.long, device=device)
-        self.slots = torch.zeros(n, dtype=torch.long, device=device)
-        self.tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
-        self.lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.inputs = StaticDecodeInputs(device, self.buckets[-1], max_blocks)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
 
@@ -66,9 +61,7 @@ class DecodeGraphs:
         return decode_forward(self.model, self.cache, input_ids, positions, slots, tables, lens)
 
     def _forward(self, size: int) -> torch.Tensor:
-        return self._step(
-            self.input_ids[:, :size], self.positions[:, :size], self.slots[:size], self.tables[:size], self.lens[:size]
-        )
+        return self._step(*self.inputs.rows(size))
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -97,12 +90,6 @@ class DecodeGraphs:
     def replay(self, inputs: DeviceInputs) -> torch.Tensor:
         """Copy a step's inputs (padded to a bucket, step_inputs.py) into the static buffers and replay that bucket's
         graph; returns its logits [bucket, vocab] (a view of a static buffer, valid until the next replay)."""
-        size = len(inputs.input_ids)
-        width = inputs.tables.shape[1]
-        self.input_ids[0, :size].copy_(inputs.input_ids)
-        self.positions[0, :size].copy_(inputs.positions)
-        self.slots[:size].copy_(inputs.slots)
-        self.lens[:size].copy_(inputs.seq_lens)
-        self.tables[:size, :width].copy_(inputs.tables)
+        size = self.inputs.load(inputs)
         self.graphs[size].replay()
         return self.logits[size]

@@ -99,7 +99,8 @@ def _paged_decode(
 _LIB = torch.library.Library("chatplex", "FRAGMENT")
 _LIB.define(
     "paged_decode(Tensor q, Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping, "
-    "Tensor block_tables, Tensor seq_lens, float scale, int block_size, int window) -> Tensor"
+    "Tensor block_tables, Tensor seq_lens, float scale, int block_size, int window) -> Tensor",
+    tags=(torch.Tag.pt2_compliant_tag,),
 )
 _LIB.impl("paged_decode", _paged_decode, "CPU")
 _LIB.impl("paged_decode", _paged_decode, "CUDA")

@@ -19,8 +19,7 @@ import torch
 
 from chatplex.engines.hf import paged_decode
 from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
-from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
-from chatplex.engines.hf.cuda_graphs import DecodeGraphs
+from chatplex.engines.hf.decode_step import DecodeReplayer
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.lora import LoraAdapters
 from chatplex.engines.hf.sampler import PendingSample, SamplingRow, sample_async
@@ -35,7 +34,7 @@ from chatplex.engines.hf.transfer import h2d
 class StepOutput:
     seqs: list[Sequence]  # the sequences that sampled this step, in the sample's row order
     sample: PendingSample | None
-    replayed: bool = False  # ran as a CUDA-graph replay (else eagerly)
+    replayed: bool = False  # a decode-only step run by the DecodeReplayer (CUDA graphs, compiled CPU step)
 
 
 class ModelRunner:
@@ -44,7 +43,7 @@ class ModelRunner:
         model: Any,
         cache: PagedKVCache,
         device: torch.device,
-        graphs: DecodeGraphs | CompiledCpuDecode | None = None,
+        graphs: DecodeReplayer | None = None,
         lora: LoraAdapters | None = None,
         score_head: torch.nn.Module | None = None,
         multimodal: Any = None,
@@ -63,7 +62,7 @@ class ModelRunner:
         # Decode attention through block tables (paged_decode.py), else over each decode's gathered context slots.
         self.reads_block_tables = paged_decode.available(device)
         self.graphs = graphs
-        self.graph_steps = 0  # decode steps replayed from CUDA graphs (for stats and tests)
+        self.graph_steps = 0  # decode steps run by `graphs` (CUDA graphs, or the compiled CPU step; stats, tests)
         # Eager steps (prefill chunks) round their token count up to a multiple of this: cuBLAS picks (and on
         # Hopper JIT-builds) kernels per matrix shape on the host, and an unpadded count is a new shape almost
         # every step (measured on an H100: ~30-70 ms of host time per eager step before, for a 2-4 ms forward).
@@ -148,7 +147,8 @@ class ModelRunner:
         return StepInputs.build(ordered, self.block_size, self._prev_rows if self._prev_tokens is not None else None)
 
     def _replays(self, host: StepInputs, uses_lora: bool) -> bool:
-        """Whether a step runs as a CUDA-graph replay: decodes only, no adapter, a bucket that holds them."""
+        """Whether `graphs` runs the step (a CUDA-graph replay, or the compiled CPU step): decodes only, no adapter,
+        a bucket that holds them."""
         return (
             self.graphs is not None
             and not uses_lora

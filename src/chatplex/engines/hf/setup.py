@@ -16,6 +16,7 @@ from chatplex.engines.hf import attention, loader, packed_linear, quantization
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
+from chatplex.engines.hf.decode_step import DecodeReplayer
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes, cache_dtype
 from chatplex.engines.hf.multimodal import load_family
 from chatplex.engines.hf.runner import ModelRunner
@@ -105,18 +106,20 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     scheduler = Scheduler(
         blocks, max_num_seqs=margs.max_num_seqs, max_num_batched_tokens=step_tokens, chunk_align=chunk_align
     )
-    graphs: DecodeGraphs | CompiledCpuDecode | None = None
+    graphs: DecodeReplayer | None = None
     capturable = quantization.graph_safe(model)
     if device.type == "cuda" and not margs.enforce_eager and not capturable:
         logger.warning("CUDA graphs off: bitsandbytes 8-bit layers cannot be captured (steps run eagerly)")
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None and capturable:  # 1-D positions only
-        graphs = DecodeGraphs(
+        cuda_graphs = DecodeGraphs(
             model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile is not False
         )
-        graphs.capture()
+        cuda_graphs.capture()
+        graphs = cuda_graphs
     if cpu_compiled:
-        graphs = CompiledCpuDecode(model, cache, margs.max_num_seqs, -(-max_len // block_size))
-        graphs.compile()
+        compiled = CompiledCpuDecode(model, cache, margs.max_num_seqs, -(-max_len // block_size))
+        compiled.compile()
+        graphs = compiled
     captured = time.perf_counter()
     pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
     runner = ModelRunner(

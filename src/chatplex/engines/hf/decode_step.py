@@ -1,0 +1,85 @@
+"""A decode-only step over static inputs: what CUDA graphs (cuda_graphs.py) and the compiled CPU step
+(cpu_decode.py) share. Both run the model from buffers sized for the largest batch, sliced to the step's rows, so
+their compiled or captured code sees the same tensors every step; `DecodeReplayer` is what the runner needs of
+either."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from chatplex.engines.hf.attention import AttentionMetadata
+from chatplex.engines.hf.kv_cache import PagedKVCache
+from chatplex.engines.hf.step_inputs import DeviceInputs
+
+
+class DecodeReplayer(Protocol):
+    """Runs decode-only steps of up to `max_batch` rows, padded to `bucket(rows)` (step_inputs.py)."""
+
+    @property
+    def max_batch(self) -> int: ...
+
+    def bucket(self, batch: int) -> int: ...
+
+    def replay(self, inputs: DeviceInputs) -> torch.Tensor: ...  # logits [rows, vocab]
+
+    def describe(self) -> str: ...
+
+
+def decode_forward(
+    model: Any,
+    cache: PagedKVCache,
+    input_ids,
+    positions,
+    slots,
+    tables,
+    lens,  # [1, B], [1, B], [B], [B, w], [B]
+) -> torch.Tensor:
+    """A decode-only step through block tables; logits [B, vocab]."""
+    meta = AttentionMetadata(
+        cache=cache,
+        slot_mapping=slots,
+        num_decode=slots.shape[0],
+        decode_ctx_slots=None,
+        decode_positions=None,
+        prefills=[],
+        decode_block_tables=tables,
+        decode_seq_lens=lens,
+    )
+    return model(input_ids=input_ids, position_ids=positions, use_cache=False, chatplex_meta=meta).logits[0]
+
+
+class StaticDecodeInputs:
+    """A decode step's inputs in buffers of `max_batch` rows and `max_blocks` block-table columns. Rows past a
+    step's batch are padding (scratch block 0, one token of context); table columns past its width keep stale block
+    ids that attention never reads (it reads as many blocks as the longest context fills, and masks each row)."""
+
+    def __init__(self, device: torch.device, max_batch: int, max_blocks: int) -> None:
+        self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.slots = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
+        self.lens = torch.ones(max_batch, dtype=torch.int32, device=device)
+
+    def load(self, inputs: DeviceInputs) -> int:
+        """Copy a step's inputs in; returns its number of rows."""
+        size = len(inputs.input_ids)
+        self.input_ids[:size].copy_(inputs.input_ids)
+        self.positions[:size].copy_(inputs.positions)
+        self.slots[:size].copy_(inputs.slots)
+        self.lens[:size].copy_(inputs.seq_lens)
+        self.tables[:size, : inputs.tables.shape[1]].copy_(inputs.tables)
+        return size
+
+    def rows(self, size: int) -> tuple[torch.Tensor, ...]:
+        """decode_forward's tensor arguments for the first `size` rows. Token ids and positions are sliced, then
+        given their batch dimension of 1, so their strides follow `size` (a [1, size] view of a [1, max_batch]
+        buffer has a stride of max_batch: torch.compile guarded on it and compiled again for other sizes)."""
+        return (
+            self.input_ids[:size][None],
+            self.positions[:size][None],
+            self.slots[:size],
+            self.tables[:size],
+            self.lens[:size],
+        )
