@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     settings = {"dummy_weights": args.shape, "infer_dtype": "bfloat16", "max_model_len": 2048,
-                "compile": not args.no_compile}
+                "compile": False if args.no_compile else None}
     env = {**os.environ, "CHATPLEX_CACHE_DIR": tempfile.mkdtemp(prefix="chatplex-cache-")}
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env.pop(name, None)
