@@ -16,6 +16,7 @@ import torch
 from chatplex import ChatModel
 from chatplex.sampling import build_sampling_params
 from chatplex.types import GenerationRequest
+from tests.engines.hf.tiny_llama import write_tiny_llama
 
 NEW_TOKENS = 16
 VOCAB = 512
@@ -26,23 +27,7 @@ MAX_NEW = [NEW_TOKENS, NEW_TOKENS - 4, NEW_TOKENS - 8, NEW_TOKENS + 8, NEW_TOKEN
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    """A tiny random Llama with a word-level tokenizer; its output layer is scaled so greedy picks have clear
-    margins (near-ties would make rounding differences between kernels decide)."""
-    import transformers
-
-    from chatplex.models.dummy import dummy_tokenizer
-
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=VOCAB - 1, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config)
-    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
-    path = tmp_path_factory.mktemp("tiny-llama-cpu-compile")
-    model.save_pretrained(path)
-    dummy_tokenizer(VOCAB).save_pretrained(path)
-    return str(path)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-cpu-compile"), VOCAB, max_positions=512)
 
 
 def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]], int]:

@@ -15,6 +15,7 @@ import torch
 from chatplex import ChatModel
 from chatplex.sampling import build_sampling_params
 from chatplex.types import GenerationRequest
+from tests.engines.hf.tiny_llama import write_tiny_llama
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 
@@ -24,23 +25,7 @@ VOCAB = 512
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    """A tiny random Llama with a word-level tokenizer; its output layer is scaled so greedy picks have clear
-    margins (near-ties would make fp32 rounding differences between kernels decide)."""
-    import transformers
-
-    from chatplex.models.dummy import dummy_tokenizer
-
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=VOCAB - 1, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config)
-    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
-    path = tmp_path_factory.mktemp("tiny-llama-cuda")
-    model.save_pretrained(path)
-    dummy_tokenizer(VOCAB).save_pretrained(path)
-    return str(path)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-cuda"), VOCAB, max_positions=1024)
 
 
 PROMPTS = [[random.Random(i).randrange(0, VOCAB - 2) for _ in range(n)] for i, n in enumerate([3, 40, 150, 7, 300, 1, 64, 90])]
