@@ -1,8 +1,7 @@
 """On a CPU with `compile: true`: decode steps through the torch.compile'd step (cpu_decode.py) emit what
-transformers' `generate` emits (float32, greedy), for
-concurrent requests whose steps mix prefill chunks, compiled decode steps of several batch sizes (one of them a
-lone sequence padded to two rows) and finished sequences leaving the batch; in bfloat16 (the CPU default) one
-compiled step's logits agree with an eager step's."""
+transformers' `generate` emits (float32, greedy), for concurrent requests whose steps mix prefill chunks, compiled
+decode steps of several batch sizes (one of them a lone sequence padded to two rows) and finished sequences leaving
+the batch; in bfloat16 (the CPU default) one compiled step's logits agree with an eager step's."""
 
 from __future__ import annotations
 
@@ -70,6 +69,7 @@ def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
     """bfloat16 (the CPU default) rounds differently once Inductor fuses the elementwise ops (it keeps float32
     between them), so greedy tokens may part after many steps; one step's logits must agree closely, row by row."""
     from chatplex.engines.hf.decode_step import decode_forward
+    from chatplex.engines.hf.step_inputs import DeviceInputs
 
     args = {"model_name_or_path": model_dir, "infer_dtype": "bfloat16", "max_num_seqs": 8, "kv_block_size": 16,
             "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": True}
@@ -84,14 +84,11 @@ def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
         tables = torch.arange(1, 1 + rows * 4, dtype=torch.int32).reshape(rows, 4)
         positions = (lens - 1).long()
         slots = tables[torch.arange(rows), positions // 16].long() * 16 + positions % 16
-        inputs = (torch.randint(0, VOCAB, (1, rows)), positions[None], slots, tables, lens)
+        step = DeviceInputs(torch.randint(0, VOCAB, (rows,)), positions, slots, tables, lens)
         with torch.inference_mode():
-            eager = decode_forward(runner.model, cache, *inputs).float()
-            static = graphs.inputs
-            static.tables[:rows, :4] = tables
-            static.input_ids[:rows], static.positions[:rows] = inputs[0][0], inputs[1][0]
-            static.slots[:rows], static.lens[:rows] = inputs[2], lens
-            compiled = graphs._forward(rows).float()
+            eager = decode_forward(runner.model, cache, step.input_ids[None], positions[None], slots, tables, lens)
+            compiled = graphs.replay(step)
+    compiled, eager = compiled.float(), eager.float()
     assert compiled.shape == eager.shape == (rows, VOCAB)
     torch.testing.assert_close(compiled, eager, atol=0.25, rtol=0.02)
     assert torch.equal(compiled.argmax(-1), eager.argmax(-1))

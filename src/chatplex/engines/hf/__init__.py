@@ -10,7 +10,7 @@
     block_manager.py  KV block bookkeeping (no torch)
     sequence.py       per-sequence state
     step_inputs.py    a step's inputs on the host (tokens, positions, slots, tables): the one slot formula
-    runner.py         the only code that runs the model (eager, or a CUDA-graph replay)
+    runner.py         runs each step: eager, or through decode_step.py's replayer (CUDA graphs, compiled CPU)
     cuda_graphs.py    decode steps captured per batch bucket
     cpu_decode.py     decode steps on a CPU through one torch.compile'd step (compile: true)
     decode_step.py    what both share: static inputs, the decode-only forward, the runner's interface

@@ -131,7 +131,7 @@ def paged_attention_forward(
     out = query.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [T, heads, head_dim]
     nd = meta.num_decode
     if nd and meta.decode_block_tables is not None:
-        assert meta.decode_seq_lens is not None  # set together with decode_block_tables (runner, cuda_graphs)
+        assert meta.decode_seq_lens is not None  # set together with decode_block_tables (runner, decode_step)
         out[:nd] = paged_decode_attention(
             q[:, :nd].transpose(0, 1).contiguous(),
             k_cache,

@@ -1,9 +1,10 @@
 """torch.compile's caches in chatplex's cache folder, so a start reuses what an earlier start compiled.
 
-The decode graphs are compiled at every start (cuda_graphs.py). Inductor keeps compiled graphs and kernels under
-/tmp/torchinductor_<user> by default, which a reboot, a tmp cleaner or a fresh container empties, and Triton its
-kernels under ~/.triton; both are pointed into one folder here (`CHATPLEX_CACHE_DIR`, else $XDG_CACHE_HOME/chatplex
-or ~/.cache/chatplex), one mount to keep for a container. A variable the user set already wins.
+The decode step is compiled at every start (cuda_graphs.py; cpu_decode.py with `compile: true`). Inductor keeps
+compiled graphs and kernels under /tmp/torchinductor_<user> by default, which a reboot, a tmp cleaner or a fresh
+container empties, and Triton its kernels under ~/.triton; both are pointed into one folder here
+(`CHATPLEX_CACHE_DIR`, else $XDG_CACHE_HOME/chatplex or ~/.cache/chatplex), one mount to keep for a container.
+A variable the user set already wins.
 """
 
 from __future__ import annotations

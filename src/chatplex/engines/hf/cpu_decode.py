@@ -21,6 +21,7 @@ default on a CPU (`compile` unset); a server that runs for hours is where it pay
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -38,15 +39,11 @@ _INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "cpp.enable_concat_l
 
 
 class CompiledCpuDecode:
-    """The runner's decode-step replayer on a CPU: same interface as cuda_graphs.DecodeGraphs."""
+    """The runner's DecodeReplayer (decode_step.py) on a CPU."""
 
     def __init__(self, model: Any, cache: PagedKVCache, max_batch: int, max_blocks: int) -> None:
         use_persistent_compile_cache()
-
-        def step(input_ids, positions, slots, tables, lens):
-            return decode_forward(model, cache, input_ids, positions, slots, tables, lens)
-
-        self._step = torch.compile(step)
+        self._step = torch.compile(functools.partial(decode_forward, model, cache))
         self.inputs = StaticDecodeInputs(torch.device("cpu"), max(max_batch, 2), max_blocks)
 
     @property
@@ -54,15 +51,15 @@ class CompiledCpuDecode:
         return self.inputs.input_ids.shape[0]
 
     def _forward(self, size: int) -> torch.Tensor:
+        rows = self.inputs.rows(size)
+        # Only the batch dimension varies (`dynamic=True` made the cache's sizes symbolic too, and a batch of as many
+        # rows as the model has KV heads then failed a guard and compiled again).
+        for tensor, dim in zip(rows, StaticDecodeInputs.BATCH_DIMS):
+            torch._dynamo.mark_dynamic(tensor, dim)
         # Inductor reads these when it compiles: passed as torch.compile's `options` instead, freezing was not
         # applied (measured: the matmuls left unpacked). So they are in force around every call, a recompile's too
         # (a guard that fails on the engine thread, say); the patch is process-wide while it lasts, which no other
         # compile in the process should overlap.
-        rows = self.inputs.rows(size)
-        # Only the batch dimension varies (`dynamic=True` made the cache's sizes symbolic too, and a batch of as many
-        # rows as the model has KV heads then failed a guard and compiled again).
-        for tensor in rows:
-            torch._dynamo.mark_dynamic(tensor, 1 if tensor is rows[0] or tensor is rows[1] else 0)
         with torch._inductor.config.patch(_INDUCTOR_OPTIONS):
             return self._step(*rows)
 

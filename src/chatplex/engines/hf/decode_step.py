@@ -22,7 +22,8 @@ class DecodeReplayer(Protocol):
 
     def bucket(self, batch: int) -> int: ...
 
-    def replay(self, inputs: DeviceInputs) -> torch.Tensor: ...  # logits [rows, vocab]
+    # Logits [rows, vocab]; may be a view of a static buffer, valid until the next call.
+    def replay(self, inputs: DeviceInputs) -> torch.Tensor: ...
 
     def describe(self) -> str: ...
 
@@ -30,13 +31,14 @@ class DecodeReplayer(Protocol):
 def decode_forward(
     model: Any,
     cache: PagedKVCache,
-    input_ids,
-    positions,
-    slots,
-    tables,
-    lens,  # [1, B], [1, B], [B], [B, w], [B]
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
 ) -> torch.Tensor:
-    """A decode-only step through block tables; logits [B, vocab]."""
+    """A decode-only step through block tables: token ids and positions [1, B], cache slots [B], block tables
+    [B, width], context lengths [B]; logits [B, vocab]."""
     meta = AttentionMetadata(
         cache=cache,
         slot_mapping=slots,
@@ -72,7 +74,10 @@ class StaticDecodeInputs:
         self.tables[:size, : inputs.tables.shape[1]].copy_(inputs.tables)
         return size
 
-    def rows(self, size: int) -> tuple[torch.Tensor, ...]:
+    # Where each of `rows`' tensors has its batch dimension.
+    BATCH_DIMS = (1, 1, 0, 0, 0)
+
+    def rows(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """decode_forward's tensor arguments for the first `size` rows. Token ids and positions are sliced, then
         given their batch dimension of 1, so their strides follow `size` (a [1, size] view of a [1, max_batch]
         buffer has a stride of max_batch: torch.compile guarded on it and compiled again for other sizes)."""

@@ -1,5 +1,6 @@
 """Build everything the Hugging Face engine runs on: device and dtype, tokenizer, model (with adapters or a score
-head), KV cache, block manager, scheduler, runner (with CUDA graphs on a GPU) and prompt preparation."""
+head), KV cache, block manager, scheduler, runner (with CUDA graphs on a GPU, a compiled decode step on a CPU when
+asked for) and prompt preparation."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
     kv_dtype = _kv_cache_dtype(margs, dtype, device)
     num_blocks = PagedKVCache.num_blocks_for(model.config, kv_dtype, block_size, budget)
     # No point holding more than every slot filled to the context limit (+1: the scratch block).
-    num_blocks = min(num_blocks, margs.max_num_seqs * -(-max_len // block_size) + 1)
+    max_blocks = -(-max_len // block_size)  # a sequence's block table at the context limit
+    num_blocks = min(num_blocks, margs.max_num_seqs * max_blocks + 1)
     if num_blocks < 2:
         raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
     loaded = time.perf_counter()
@@ -112,12 +114,12 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         logger.warning("CUDA graphs off: bitsandbytes 8-bit layers cannot be captured (steps run eagerly)")
     if device.type == "cuda" and not margs.enforce_eager and multimodal is None and capturable:  # 1-D positions only
         cuda_graphs = DecodeGraphs(
-            model, cache, device, margs.max_num_seqs, -(-max_len // block_size), compile=margs.compile is not False
+            model, cache, device, margs.max_num_seqs, max_blocks, compile=margs.compile is not False
         )
         cuda_graphs.capture()
         graphs = cuda_graphs
     if cpu_compiled:
-        compiled = CompiledCpuDecode(model, cache, margs.max_num_seqs, -(-max_len // block_size))
+        compiled = CompiledCpuDecode(model, cache, margs.max_num_seqs, max_blocks)
         compiled.compile()
         graphs = compiled
     captured = time.perf_counter()
