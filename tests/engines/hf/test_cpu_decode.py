@@ -5,7 +5,6 @@ the batch; in bfloat16 (the CPU default) one compiled step's logits agree with a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 
@@ -13,9 +12,7 @@ import pytest
 import torch
 
 from chatplex import ChatModel
-from chatplex.sampling import build_sampling_params
-from chatplex.types import GenerationRequest
-from tests.engines.hf.tiny_llama import write_tiny_llama
+from tests.engines.hf.tiny_llama import engine_tokens, generate_tokens, write_tiny_llama
 
 NEW_TOKENS = 16
 VOCAB = 512
@@ -38,28 +35,13 @@ def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]],
     with ChatModel(args) as model:
         graphs_at_start = counters["stats"]["unique_graphs"]
 
-        async def one(prompt: list[int], new: int) -> list[int]:
-            sp = build_sampling_params({"max_new_tokens": new, "temperature": 0, "ignore_eos": True})
-            request = GenerationRequest(sampling=sp, prompt_token_ids=prompt)
-            return [t async for d in model.agenerate(request) for t in d.token_ids]
-
-        async def main() -> list[list[int]]:
-            return list(await asyncio.gather(*(one(p, n) for p, n in zip(PROMPTS, MAX_NEW))))
-
-        tokens = model._loop.run(main())
+        tokens = engine_tokens(model, PROMPTS, MAX_NEW)
         assert counters["stats"]["unique_graphs"] == graphs_at_start
         return tokens, model.engine.runner.graph_steps
 
 
 def test_compiled_decode_equals_generate_in_float32(model_dir):
-    from transformers import AutoModelForCausalLM
-
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    expected = [
-        reference.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                           pad_token_id=0)[0, len(p):].tolist()
-        for p, n in zip(PROMPTS, MAX_NEW)
-    ]
+    expected = generate_tokens(model_dir, PROMPTS, MAX_NEW, "cpu")
     compiled, compiled_steps = run_engine(model_dir, "float32", compile=True)
     assert compiled_steps > 0
     assert compiled == expected

@@ -6,16 +6,13 @@ This machine has no GPU, so here it skips; it runs on the device machine (BENCHM
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
 import torch
 
 from chatplex import ChatModel
-from chatplex.sampling import build_sampling_params
-from chatplex.types import GenerationRequest
-from tests.engines.hf.tiny_llama import write_tiny_llama
+from tests.engines.hf.tiny_llama import engine_tokens, generate_tokens, write_tiny_llama
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 
@@ -31,38 +28,15 @@ def model_dir(tmp_path_factory) -> str:
 PROMPTS = [[random.Random(i).randrange(0, VOCAB - 2) for _ in range(n)] for i, n in enumerate([3, 40, 150, 7, 300, 1, 64, 90])]
 
 
-def engine_tokens(model: ChatModel) -> list[list[int]]:
-    sp = build_sampling_params({"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True})
-
-    async def one(prompt: list[int]) -> list[int]:
-        tokens: list[int] = []
-        async for d in model.agenerate(GenerationRequest(sampling=sp, prompt_token_ids=prompt)):
-            tokens += d.token_ids
-        return tokens
-
-    async def main() -> list[list[int]]:
-        return await asyncio.gather(*(one(p) for p in PROMPTS))
-
-    return model._loop.run(main())
-
-
 def run_engine(model_dir: str, **settings) -> tuple[list[list[int]], int]:
     with ChatModel({"model_name_or_path": model_dir, "infer_dtype": "float32", "max_num_seqs": 8,
                     "max_num_batched_tokens": 128, "kv_block_size": 16, **settings}) as model:
         assert model.engine.device.type == "cuda"
-        return engine_tokens(model), model.engine.runner.graph_steps
+        return engine_tokens(model, PROMPTS, [NEW_TOKENS] * len(PROMPTS)), model.engine.runner.graph_steps
 
 
 def test_graph_replays_equal_eager_steps_and_generate(model_dir):
-    from transformers import AutoModelForCausalLM
-
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
-    expected = [
-        reference.generate(torch.tensor([p], device="cuda"), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                           do_sample=False, pad_token_id=0)[0, len(p):].tolist()
-        for p in PROMPTS
-    ]
-    del reference
+    expected = generate_tokens(model_dir, PROMPTS, [NEW_TOKENS] * len(PROMPTS), "cuda")
     graphs, graph_steps = run_engine(model_dir)
     eager, eager_graph_steps = run_engine(model_dir, enforce_eager=True)
     assert graph_steps > 0 and eager_graph_steps == 0

@@ -1,10 +1,13 @@
 """A tiny random Llama checkpoint with a word-level tokenizer, for the decode-path equality tests (CUDA graphs,
 the compiled CPU step): its output layer is scaled so greedy picks have clear margins (near-ties would make
-rounding differences between kernels decide)."""
+rounding differences between kernels decide); the reference tokens from `generate` and the engine's, for token-id
+prompts."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,3 +27,31 @@ def write_tiny_llama(path: Path, vocab: int, max_positions: int) -> str:
     model.save_pretrained(path)
     dummy_tokenizer(vocab).save_pretrained(path)
     return str(path)
+
+
+def generate_tokens(model_dir: str, prompts: list[list[int]], new_tokens: list[int], device: str) -> list[list[int]]:
+    """transformers' greedy `generate` (float32) for each token-id prompt, one at a time: the reference."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return [
+        reference.generate(torch.tensor([p], device=device), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=0)[0, len(p):].tolist()
+        for p, n in zip(prompts, new_tokens)
+    ]
+
+
+def engine_tokens(model: Any, prompts: list[list[int]], new_tokens: list[int]) -> list[list[int]]:
+    """The engine's greedy tokens for every token-id prompt, all requests at once (so they share steps)."""
+    from chatplex.sampling import build_sampling_params
+    from chatplex.types import GenerationRequest
+
+    async def one(prompt: list[int], new: int) -> list[int]:
+        sp = build_sampling_params({"max_new_tokens": new, "temperature": 0, "ignore_eos": True})
+        request = GenerationRequest(sampling=sp, prompt_token_ids=prompt)
+        return [t async for d in model.agenerate(request) for t in d.token_ids]
+
+    async def main() -> list[list[int]]:
+        return list(await asyncio.gather(*(one(p, n) for p, n in zip(prompts, new_tokens))))
+
+    return model._loop.run(main())
