@@ -37,7 +37,8 @@ def main() -> None:
     args = ap.parse_args()
     settings = {"dummy_weights": args.shape, "infer_dtype": "bfloat16", "max_model_len": 2048,
                 "compile": False if args.no_compile else None}
-    env = {**os.environ, "CHATPLEX_CACHE_DIR": tempfile.mkdtemp(prefix="chatplex-cache-")}
+    # TORCH_LOGS=recompiles: each start counts the decode step's compiles after the first.
+    env = {**os.environ, "CHATPLEX_CACHE_DIR": tempfile.mkdtemp(prefix="chatplex-cache-"), "TORCH_LOGS": "recompiles"}
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env.pop(name, None)
     result: dict = {"settings": settings, "date": time.strftime("%Y-%m-%d"), "starts": []}
@@ -49,7 +50,8 @@ def main() -> None:
         found = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("RESULT ")]
         phases = [line for line in lines if line.startswith(("Start-up", "Loaded"))]
         entry = {"kind": "cold" if i == 0 else "warm", "process_s": time.perf_counter() - t,
-                 **(found[0] if found else {"error": "\n".join(lines[-15:])}), "log": phases}
+                 **(found[0] if found else {"error": "\n".join(lines[-15:])}), "log": phases,
+                 "recompiles": sum("Recompiling function" in line for line in lines)}
         result["starts"].append(entry)
         print(json.dumps(entry), flush=True)
     if args.out:

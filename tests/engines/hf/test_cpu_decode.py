@@ -76,6 +76,39 @@ def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
     assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
 
 
+def test_one_compile_serves_every_cuda_graph_bucket(model_dir):
+    """The compiled decode step as the CUDA-graph path runs it (decode_step.DecodeStep, Inductor's defaults), here on
+    the CPU: every bucket from the largest (the whole input buffer) down, through sizes equal to the model's KV heads
+    (2) and attention heads (4) and to the KV block size (16), compiles once; each size's logits equal the eager
+    step's (float32)."""
+    from torch._dynamo.utils import counters
+
+    from chatplex.engines.hf.cuda_graphs import bucket_sizes
+    from chatplex.engines.hf.decode_step import SMALLEST_COMPILED_BATCH, DecodeStep, StaticDecodeInputs
+
+    args = {"model_name_or_path": model_dir, "infer_dtype": "float32", "max_num_seqs": 8, "kv_block_size": 16,
+            "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": False}
+    with ChatModel(args) as model, torch.inference_mode():
+        runner = model.engine.runner
+        buckets = bucket_sizes(40, smallest=SMALLEST_COMPILED_BATCH)
+        assert {2, 4, 16, 40} <= set(buckets)
+        inputs = StaticDecodeInputs(torch.device("cpu"), buckets[-1], max_blocks=4)
+        torch.manual_seed(2)
+        inputs.input_ids.random_(0, VOCAB)
+        inputs.lens.random_(1, 64)
+        inputs.positions.copy_(inputs.lens - 1)
+        inputs.tables.copy_(torch.arange(1, 1 + buckets[-1] * 4).reshape(-1, 4))
+        inputs.slots.copy_(inputs.tables[:, 0].long() * 16 + inputs.positions % 16)
+        for k, v in zip(runner.cache.keys, runner.cache.values):
+            k.normal_(), v.normal_()
+        eager = DecodeStep(runner.model, runner.cache, inputs, compile=False)
+        compiled = DecodeStep(runner.model, runner.cache, inputs, compile=True)
+        graphs_before = counters["stats"]["unique_graphs"]
+        for size in reversed(buckets):
+            torch.testing.assert_close(compiled(size), eager(size), atol=1e-4, rtol=1e-4)
+        assert counters["stats"]["unique_graphs"] == graphs_before + 1
+
+
 def test_compile_is_refused_with_batch_invariant_and_said(model_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="chatplex.engines.hf.setup"):
         _, steps = run_engine(model_dir, "bfloat16", compile=True, batch_invariant=True)

@@ -1,9 +1,9 @@
 """Decode steps replayed from CUDA graphs: one graph per batch-size bucket, captured once at start-up.
 
 A decode-only step has the same shapes whenever its batch size is the same, so it is captured once per bucket
-(2, 4, 8, 16, 24, 32, 48, 64, ...; 1 too when not compiled) and replayed with the step's inputs copied into static
-buffers. Rows past the real batch are padding: they write to the reserved scratch block 0 and read one token of it.
-Graphs share one memory pool, captured largest first so smaller ones reuse its memory.
+(2, 4, 8, 16, 24, ..., 64, 96, 128, ...; 1 too when not compiled) and replayed with the step's inputs copied into
+static buffers. Rows past the real batch are padding: they write to the reserved scratch block 0 and read one token
+of it. Graphs share one memory pool, captured largest first so smaller ones reuse its memory.
 
 A step's inputs are built and copied like an eager step's (step_inputs.py: pinned, non-blocking, pending tokens
 filled in from the previous step's device tensor of tokens), then copied into the static buffers.
@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
-from chatplex.engines.hf.decode_step import StaticDecodeInputs, decode_forward
+from chatplex.engines.hf.decode_step import SMALLEST_COMPILED_BATCH, DecodeStep, StaticDecodeInputs
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
@@ -38,30 +37,18 @@ class DecodeGraphs:
         max_blocks: int,
         compile: bool = True,
     ):
-        self.model = model
         # torch.compile fuses the many small elementwise kernels of a decoder layer (norms, rotary, residuals):
-        # at small batch, decode time is kernel count, not bandwidth. One compile serves every bucket.
-        if compile:
-            use_persistent_compile_cache()
-        self._step = torch.compile(self._step_eager, dynamic=True) if compile else self._step_eager
-        self.cache = cache
+        # at small batch, decode time is kernel count, not bandwidth. One compile serves every bucket
+        # (decode_step.py says how), whose smallest is then 2.
+        self.buckets = bucket_sizes(max_batch, smallest=SMALLEST_COMPILED_BATCH if compile else 1)
         self.device = device
-        # Compiled, the smallest bucket is 2: torch.compile specializes a size of 1 (a second whole compile of the
-        # model, half of a start's compile time); one decode row padded to two costs next to nothing on a GPU.
-        self.buckets = bucket_sizes(max_batch, smallest=2 if compile else 1)
-        self.inputs = StaticDecodeInputs(device, self.buckets[-1], max_blocks)
+        self.step = DecodeStep(model, cache, StaticDecodeInputs(device, self.buckets[-1], max_blocks), compile)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
 
     @property
     def max_batch(self) -> int:
         return self.buckets[-1]
-
-    def _step_eager(self, input_ids, positions, slots, tables, lens) -> torch.Tensor:
-        return decode_forward(self.model, self.cache, input_ids, positions, slots, tables, lens)
-
-    def _forward(self, size: int) -> torch.Tensor:
-        return self._step(*self.inputs.rows(size))
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -71,10 +58,10 @@ class DecodeGraphs:
         with torch.cuda.stream(stream):
             for size in reversed(self.buckets):
                 for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms) outside the capture
-                    self._forward(size)
+                    self.step(size)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.logits[size] = self._forward(size)
+                    self.logits[size] = self.step(size)
                 pool = graph.pool()
                 self.graphs[size] = graph
         torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -90,6 +77,6 @@ class DecodeGraphs:
     def replay(self, inputs: DeviceInputs) -> torch.Tensor:
         """Copy a step's inputs (padded to a bucket, step_inputs.py) into the static buffers and replay that bucket's
         graph; returns its logits [bucket, vocab] (a view of a static buffer, valid until the next replay)."""
-        size = self.inputs.load(inputs)
+        size = self.step.inputs.load(inputs)
         self.graphs[size].replay()
         return self.logits[size]

@@ -1,15 +1,25 @@
 """A decode-only step over static inputs: what CUDA graphs (cuda_graphs.py) and the compiled CPU step
 (cpu_decode.py) share. Both run the model from buffers sized for the largest batch, sliced to the step's rows, so
-their compiled or captured code sees the same tensors every step; `DecodeReplayer` is what the runner needs of
-either."""
+their compiled or captured code sees the same tensors every step (`DecodeStep`); `DecodeReplayer` is what the runner
+needs of either.
+
+Compiled, one compile serves every batch size: only the batch dimension is marked dynamic. `torch.compile(...,
+dynamic=True)`, as the CUDA-graph path had it, made every size symbolic and guarded on their coincidences (measured
+on a tiny Llama: the largest bucket, the whole buffer, compiled once and the next bucket again; a batch of as many
+rows as the model has KV heads failed a duck-sizing guard), and compiled several times slower than the static
+shapes it now sees. A batch of one would be specialized into a second compile, so compiled steps are at least two
+rows (one padding row: the step reads every weight once either way)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 
 from chatplex.engines.hf.attention import AttentionMetadata
+from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
@@ -88,3 +98,42 @@ class StaticDecodeInputs:
             self.tables[:size],
             self.lens[:size],
         )
+
+
+# The smallest batch a compiled step runs (see the module docstring).
+SMALLEST_COMPILED_BATCH = 2
+
+
+class DecodeStep:
+    """decode_forward over the first rows of `inputs`: eager, or through one torch.compile for every batch size,
+    with `inductor_options` (Inductor settings) in force around every call."""
+
+    def __init__(
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        inputs: StaticDecodeInputs,
+        compile: bool,
+        inductor_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.inputs = inputs
+        self.compiled = compile
+        forward: Callable[..., torch.Tensor] = functools.partial(decode_forward, model, cache)
+        if compile:
+            use_persistent_compile_cache()
+            forward = torch.compile(forward)
+        self._forward = forward
+        # Inductor reads these when it compiles: passed as torch.compile's `options` instead, freezing was not
+        # applied (measured on a CPU: the matmuls left unpacked). So they are in force around every call, a
+        # recompile's too (a guard that fails on the engine thread, say); the patch is process-wide while it lasts,
+        # which no other compile in the process should overlap.
+        self._options = inductor_options or {}
+
+    def __call__(self, size: int) -> torch.Tensor:
+        rows = self.inputs.rows(size)
+        if not self.compiled:
+            return self._forward(*rows)
+        for tensor, dim in zip(rows, StaticDecodeInputs.BATCH_DIMS):
+            torch._dynamo.mark_dynamic(tensor, dim)
+        with torch._inductor.config.patch(self._options):
+            return self._forward(*rows)
