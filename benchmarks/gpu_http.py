@@ -9,6 +9,7 @@ over HTTP: chatplex's own bench client (`chatplex bench`: chat, then completions
 or Triton cache), later ones warm.
 
     python benchmarks/gpu_http.py --shape llama-3.2-1b --json out.json [--skip-no-process] [--skip-multi-turn]
+        [--api-server-counts 1,4]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import sys
 import time
 from typing import Any
+
+import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
 from engine_driver import drive_engine, machine_info, save_results  # noqa: E402
@@ -49,22 +52,46 @@ def in_process(model: ChatModel, prompts: list, concurrency: int) -> dict[str, A
     return summary_row("in-process", summarize([request_metrics(r, t0) for r in records], duration, (50, 99)))
 
 
-def over_http(url: str, prompts: list, concurrency: int, endpoint: str, label: str) -> dict[str, Any]:
+def server_ttft(url: str) -> tuple[float, float]:
+    """The server's own time-to-first-token histogram (sum of seconds, count), from its /metrics."""
+    text = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("chatplex:time_to_first_token_seconds_sum", "chatplex:time_to_first_token_seconds_count"):
+            found[name.rsplit("_", 1)[1]] = float(value)
+    return found["sum"], found["count"]
+
+
+def over_http(url: str, prompts: list, concurrency: int, endpoint: str, label: str, one_frontend: bool = True
+              ) -> dict[str, Any]:
+    """One run of the bench client; beside its TTFT, the server's own mean TTFT over the same requests (and the
+    warm-ups), from request received to first token out: what the client and loopback add is the difference. (With
+    several frontends each /metrics answer is one frontend's, whichever the connection reaches: not read.)"""
     config = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=concurrency, num_warmups=4,
                          percentiles=(50, 99))
-    return summary_row(label, asyncio.run(run_benchmark(config, prompts, progress=False)).summary)
+    before = server_ttft(url) if one_frontend else (0.0, 0.0)
+    row = summary_row(label, asyncio.run(run_benchmark(config, prompts, progress=False)).summary)
+    after = server_ttft(url) if one_frontend else (0.0, 0.0)
+    if after[1] > before[1]:
+        row["server_ttft_mean_ms"] = round(1e3 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+    return row
 
 
-def serve_side(shape: str, process: bool, prompts: list, ns: argparse.Namespace) -> list[dict[str, Any]]:
+def serve_side(shape: str, process: bool, prompts: list, ns: argparse.Namespace, frontends: int = 1
+               ) -> list[dict[str, Any]]:
     label = "engine process" if process else "one process"
+    if frontends > 1:
+        label += f", {frontends} frontends"
     t = time.perf_counter()
-    log = f"/tmp/gpu-http-{shape}-{label.replace(' ', '-')}.log"
-    proc, url = start_server("bfloat16", log, (*engine_flags(shape), "--engine-process", str(process).lower()))
+    log = f"/tmp/gpu-http-{shape}-{label.replace(' ', '-').replace(',', '')}.log"
+    flags = (*engine_flags(shape), "--engine-process", str(process).lower(), "--api-server-count", str(frontends))
+    proc, url = start_server("bfloat16", log, flags)
     started = time.perf_counter() - t
     print(f"serve ({label}) ready in {started:.1f} s", flush=True)
     try:
-        rows = [over_http(url, prompts, ns.concurrency, "chat", f"HTTP chat, {label}")]
-        if process or not ns.skip_no_process:
+        rows = [over_http(url, prompts, ns.concurrency, "chat", f"HTTP chat, {label}", frontends == 1)]
+        if process and frontends == 1:
             rows.append(over_http(url, prompts, ns.concurrency, "completions", f"HTTP completions, {label}"))
     finally:
         stop_server(proc)
@@ -81,6 +108,8 @@ def main() -> int:
     parser.add_argument("--w2-concurrency", type=int, default=64, dest="concurrency_w2")
     parser.add_argument("--skip-no-process", action="store_true", help="no server with the engine in-process")
     parser.add_argument("--skip-multi-turn", action="store_true")
+    parser.add_argument("--api-server-counts", default="1",
+                        help="comma-separated frontend counts for the engine-process server (chat only past 1)")
     parser.add_argument("--json", default=None)
     add_arguments(parser)
     ns = parser.parse_args()
@@ -90,7 +119,8 @@ def main() -> int:
     prompts = random_prompts(ns.num_prompts, 576, 320, 0.7, 0, tokenizer)
     multi_turn_concurrency, ns.concurrency = ns.concurrency, ns.concurrency_w2
     # The servers first: a process that has held the GPU keeps part of its memory, which the server would miss.
-    served = serve_side(ns.shape, True, prompts, ns)
+    served = [row for count in map(int, ns.api_server_counts.split(","))
+              for row in serve_side(ns.shape, True, prompts, ns, count)]
     if not ns.skip_no_process:
         served += serve_side(ns.shape, False, prompts, ns)
     t = time.perf_counter()
@@ -104,12 +134,13 @@ def main() -> int:
             results["multi_turn"] = off_and_on(model, ns)
     results["w2"] = rows
     base = rows[0]["output_tok_s"]
-    print(f"\n{'side':<40}{'tok/s':>9}{'vs in-process':>15}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}"
-          f"{'ITL p99':>9}{'start s':>9}")
+    print(f"\n{'side':<46}{'tok/s':>9}{'vs in-process':>15}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}"
+          f"{'ITL p99':>9}{'start s':>9}{'TTFT mean':>10}{'server':>8}")
     for r in rows:
-        print(f"{r['side']:<40}{r['output_tok_s']:>9.0f}{r['output_tok_s'] / base:>14.1%}{r['ttft_p50_ms']:>10.1f}"
+        print(f"{r['side']:<46}{r['output_tok_s']:>9.0f}{r['output_tok_s'] / base:>14.1%}{r['ttft_p50_ms']:>10.1f}"
               f"{r['ttft_p99_ms']:>10.1f}{r['tpot_p50_ms']:>10.2f}{r['itl_p99_ms']:>9.1f}"
-              f"{r.get('start_s', results['in_process_start_s']):>9}")
+              f"{r.get('start_s', results['in_process_start_s']):>9}{r['ttft_mean_ms']:>10.1f}"
+              f"{r.get('server_ttft_mean_ms', ''):>8}")
     save_results(ns.json, info, ns, **results)
     return 0
 
