@@ -7,6 +7,7 @@ chat, the CLI, the server, benchmarks) is built on `generate`.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -191,6 +192,18 @@ class PromptPreparer:
         text = render_prompt(self.tokenizer, self.template, messages, tools=tools, template_kwargs=template_kwargs)
         # The template already wrote any BOS it wants; adding special tokens again would double it.
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def aprompt_ids(self, request: GenerationRequest) -> list[int]:
+        """`prompt_ids` off the event loop. Rendering and tokenizing a long conversation takes milliseconds (1.5 ms
+        for 1,500 tokens with SmolLM2's tokenizer on the 2-core machine), during which a server's loop sends no
+        other stream's chunk, and a burst of them (many conversations' next turns at once) would queue one behind
+        another. transformers' fast tokenizers let go of the interpreter lock while encoding, so the loop's
+        executor threads also tokenize side by side (64 such prompts, 2 threads: 105 -> 54 ms). Concurrent encodes
+        are safe while no call changes the tokenizer's truncation or padding: none of these does (encoder models,
+        which truncate, do not chat). Token-id prompts need no thread."""
+        if request.prompt_token_ids is not None:
+            return self.prompt_ids(request)
+        return await asyncio.to_thread(self.prompt_ids, request)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
