@@ -65,11 +65,13 @@ def server_ttft(url: str) -> tuple[float, float]:
 
 def over_http(url: str, prompts: list, concurrency: int, endpoint: str, label: str, one_frontend: bool = True
               ) -> dict[str, Any]:
-    """One run of the bench client; beside its TTFT, the server's own mean TTFT over the same requests (and the
-    warm-ups), from request received to first token out: what the client and loopback add is the difference. (With
-    several frontends each /metrics answer is one frontend's, whichever the connection reaches: not read.)"""
-    config = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=concurrency, num_warmups=4,
-                         percentiles=(50, 99))
+    """One run of the bench client (after four warm-up requests); beside its TTFT, the server's own mean TTFT over
+    the same requests, from request received to first token out: what the client and loopback add is the
+    difference. (With several frontends each /metrics answer is one frontend's, whichever the connection reaches:
+    not read.)"""
+    warm_up = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=4)
+    asyncio.run(run_benchmark(warm_up, prompts[:4], progress=False))
+    config = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=concurrency, percentiles=(50, 99))
     before = server_ttft(url) if one_frontend else (0.0, 0.0)
     row = summary_row(label, asyncio.run(run_benchmark(config, prompts, progress=False)).summary)
     after = server_ttft(url) if one_frontend else (0.0, 0.0)
@@ -91,7 +93,7 @@ def serve_side(shape: str, process: bool, prompts: list, ns: argparse.Namespace,
     print(f"serve ({label}) ready in {started:.1f} s", flush=True)
     try:
         rows = [over_http(url, prompts, ns.concurrency, "chat", f"HTTP chat, {label}", frontends == 1)]
-        if process and frontends == 1:
+        if frontends == 1:
             rows.append(over_http(url, prompts, ns.concurrency, "completions", f"HTTP completions, {label}"))
     finally:
         stop_server(proc)

@@ -120,8 +120,8 @@ class TokenLogprob:
 
 @dataclass(kw_only=True)  # ten fields: built by keyword only
 class Delta:
-    """One step of one output sequence: new text (possibly empty), the tokens behind it, and on the last delta
-    of the sequence, its finish reason.
+    """One step of one output sequence (or several, for a consumer that fell behind: engines/relay.py): new text
+    (possibly empty), the tokens behind it, and on the last delta of the sequence, its finish reason.
 
     `index` tells which of the request's `n` sequences this belongs to. Token counts are running totals so the
     consumer always knows exact usage.

@@ -1,5 +1,6 @@
 """engines/relay.py: a caller that falls behind gets each sequence's waiting deltas as one, in order, with nothing
-lost; errors and other sequences' deltas are not merged across; a caller that keeps up gets them one by one."""
+lost (n > 1 interleaves sequences step by step: each is merged on its own); errors are raised after what came
+before them; parsed deltas are not merged; a caller that keeps up gets every delta as it was sent."""
 
 from __future__ import annotations
 
@@ -11,42 +12,43 @@ from chatplex.engines.relay import relay
 from chatplex.types import Delta, TokenLogprob
 
 
-def delta(index: int, token: int, done: int, finish: str | None = None) -> Delta:
+def delta(index: int, token: int, done: int, finish: str | None = None, **kw) -> Delta:
     return Delta(index=index, text=f"t{token} ", token_ids=[token], prompt_tokens=5, completion_tokens=done,
                  logprobs=[TokenLogprob(token_id=token, token=f"t{token}", logprob=-0.5)],
-                 finish_reason=finish, cached_tokens=4 if done == 1 else None)
+                 finish_reason=finish, cached_tokens=4 if done == 1 else None, **kw)
 
 
-async def drain(items: list, sequences: int) -> list:
+async def consume(items: list, sequences: int, got: list) -> None:
     queue: asyncio.Queue = asyncio.Queue()
     for item in items:  # all waiting before the caller reads: it is behind by every one of them
         queue.put_nowait(item)
-    return [d async for d in relay(queue, sequences, lambda: None)]
+    async for d in relay(queue, sequences, lambda: None):
+        got.append(d)
 
 
 def test_waiting_deltas_of_one_sequence_come_out_as_one():
-    [merged] = asyncio.run(drain([delta(0, 1, 1), delta(0, 2, 2), delta(0, 3, 3, "length")], 1))
+    got: list = []
+    asyncio.run(consume([delta(0, 1, 1), delta(0, 2, 2), delta(0, 3, 3, "length")], 1, got))
+    [merged] = got
     assert (merged.text, merged.token_ids, merged.completion_tokens) == ("t1 t2 t3 ", [1, 2, 3], 3)
-    assert [lp.token for lp in merged.logprobs] == ["t1", "t2", "t3"]
+    assert [lp.token_id for lp in merged.logprobs] == [1, 2, 3]
     assert (merged.finish_reason, merged.cached_tokens, merged.prompt_tokens) == ("length", 4, 5)
 
 
-def test_other_sequences_and_errors_are_not_merged_across():
-    items = [delta(0, 1, 1), delta(0, 2, 2), delta(1, 7, 1), delta(0, 3, 3, "stop"), delta(0, 9, 4),
+def test_interleaved_sequences_merge_each_on_its_own_and_an_error_comes_after_them():
+    items = [delta(0, 1, 1), delta(1, 7, 1), delta(0, 2, 2), delta(1, 8, 2, "stop"), delta(0, 3, 3),
              RuntimeError("device lost")]
-    got = []
-
-    async def consume() -> None:
-        queue: asyncio.Queue = asyncio.Queue()
-        for item in items:
-            queue.put_nowait(item)
-        async for d in relay(queue, 2, lambda: None):
-            got.append((d.index, d.token_ids, d.finish_reason))
-
+    got: list = []
     with pytest.raises(RuntimeError, match="device lost"):
-        asyncio.run(consume())
-    # sequence 0 finished with token 3: what follows its finish is not merged into it
-    assert got == [(0, [1, 2], None), (1, [7], None), (0, [3], "stop"), (0, [9], None)]
+        asyncio.run(consume(items, 2, got))
+    assert [(d.index, d.token_ids, d.finish_reason) for d in got] == [(0, [1, 2, 3], None), (1, [7, 8], "stop")]
+
+
+def test_parsed_deltas_are_not_merged_nor_overtaken():
+    items = [delta(0, 1, 1), delta(0, 2, 2, reasoning="hm"), delta(0, 3, 3), delta(0, 4, 4, "stop")]
+    got: list = []
+    asyncio.run(consume(items, 1, got))
+    assert [d.token_ids for d in got] == [[1], [2], [3, 4]]
 
 
 def test_a_caller_that_keeps_up_gets_every_delta():

@@ -286,6 +286,18 @@ def test_builder_reasoning_text_and_calls_match_the_sdk_types():
     assert final.usage.output_tokens_details.reasoning_tokens == 3  # the closing tag's token counts as thinking
 
 
+def test_builder_counts_a_merged_delta_of_thought_and_answer_as_thinking():
+    """A stream that fell behind gets several steps as one delta (engines/relay.py): one whose text holds the end of
+    the thought and the start of the answer counts its tokens as thinking."""
+    builder = ResponseBuilder(new_response(s.ResponsesRequest(input="hi"), "m"))
+    done = [0]
+    deltas = [_delta(reasoning="Let me ", tokens=2, done=done), _delta(reasoning="think.", text="Sure", tokens=3, done=done),
+              _delta(text=" thing.", tokens=2, finish="stop", done=done)]
+    events = builder.start() + [e for d in deltas for e in builder.add(d)] + builder.finish()
+    usage = events[-1].response.usage
+    assert (usage.output_tokens_details.reasoning_tokens, usage.output_tokens) == (5, 7)
+
+
 def test_store_is_bounded_lru():
     store = ResponseStore(limit=2)
     make = lambda i: StoredResponse(s.ResponseObject(id=f"r{i}", created_at=0, model="m"), [])  # noqa: E731

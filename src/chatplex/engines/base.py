@@ -181,6 +181,13 @@ class PromptPreparer:
         # The model's embedding size: a LLaMA-Factory format can name tokens (its stop words) that the tokenizer
         # gained only when the format set it up, and that this model never learnt.
         self.vocab_size = vocab_size
+        # A tokenizer.json may ship with truncation or padding on; transformers turns them off inside the first
+        # encode, a change that would fail ("Already borrowed") beside another thread's encode (aprompt_ids):
+        # off once, here.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None and (backend.truncation is not None or backend.padding is not None):
+            backend.no_truncation()
+            backend.no_padding()
 
     def message_ids(self, messages: list[Any], request: GenerationRequest) -> list[int]:
         """`messages` rendered with the template for `request` (its tools and template kwargs), as token ids: a
@@ -200,7 +207,7 @@ class PromptPreparer:
         another. transformers' fast tokenizers let go of the interpreter lock while encoding, so the loop's
         executor threads also tokenize side by side (64 such prompts, 2 threads: 105 -> 54 ms). Concurrent encodes
         are safe while no call changes the tokenizer's truncation or padding: none of these does (encoder models,
-        which truncate, do not chat). Token-id prompts need no thread."""
+        which truncate, do not chat; a saved setting is cleared at start). Token-id prompts need no thread."""
         if request.prompt_token_ids is not None:
             return self.prompt_ids(request)
         return await asyncio.to_thread(self.prompt_ids, request)

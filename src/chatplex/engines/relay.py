@@ -26,41 +26,63 @@ async def relay(
 ) -> AsyncGenerator[Any, None]:
     """Yield the queue's items until each of `sequences` has sent its last one (`is_last`); an exception on the
     queue is raised here. A consumer that stops before that calls `on_abandon` (the engine aborts the request):
-    consume it with `contextlib.aclosing` so that happens at once, not at garbage collection."""
+    consume it with `contextlib.aclosing` so that happens at once, not at garbage collection. Deltas waiting
+    together are merged per sequence (the module docstring says why)."""
     finished = 0
-    held: Any = None  # taken off the queue while merging, not merged: the next item
     try:
         while finished < sequences:
-            item, held = (held, None) if held is not None else (await queue.get(), None)
-            while isinstance(item, Delta) and not queue.empty():
-                following = queue.get_nowait()
-                merged = merge(item, following)
-                if merged is None:
-                    held = following
-                    break
-                item = merged
-            if isinstance(item, BaseException):
-                raise item
-            finished += is_last(item)
-            yield item
+            for item in _merged(await _waiting(queue)):
+                if isinstance(item, BaseException):
+                    raise item
+                finished += is_last(item)
+                yield item
     finally:
         if finished < sequences:
             on_abandon()
 
 
-def merge(first: Delta, then: Any) -> Delta | None:
-    """One delta for two consecutive ones of the same sequence (None if `then` is not one of those, or `first` ended
-    its sequence): text, tokens and logprobs joined, running totals and the finish from the later."""
-    if not isinstance(then, Delta) or then.index != first.index or first.finish_reason is not None:
-        return None
-    if first.reasoning or first.tool_calls or then.reasoning or then.tool_calls:
-        return None  # parsed output is not merged (engines relay raw deltas; parsing comes after)
+async def _waiting(queue: asyncio.Queue) -> list[Any]:
+    """The next item and every one already behind it, up to an exception (which ends the request)."""
+    items = [await queue.get()]
+    while not isinstance(items[-1], BaseException) and not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _merged(items: list[Any]) -> list[Any]:
+    """`items` with each sequence's consecutive deltas as one, at its first delta's place (sequences of one request
+    are independent: n > 1 interleaves them step by step). Only plain deltas merge: not across a finish, not an
+    engine's parsed output (reasoning, tool calls), not anything else it sends."""
+    runs: list[Any] = []  # an item, or a list of deltas of one sequence to merge
+    open_runs: dict[int, list[Delta]] = {}  # sequence index -> its run still taking deltas
+    for item in items:
+        if isinstance(item, Delta) and not item.reasoning and not item.tool_calls:
+            run = open_runs.get(item.index)
+            if run is None:
+                run = open_runs[item.index] = []
+                runs.append(run)
+            run.append(item)
+            if item.finish_reason is not None:
+                del open_runs[item.index]
+        else:  # a later delta of its sequence (of any, for anything else) must not move before it
+            if isinstance(item, Delta):
+                open_runs.pop(item.index, None)
+            else:
+                open_runs.clear()
+            runs.append(item)
+    return [merge(run) if isinstance(run, list) else run for run in runs]
+
+
+def merge(deltas: list[Delta]) -> Delta:
+    """One delta for consecutive ones of a sequence: text, tokens and logprobs joined, running totals and the finish
+    from the last, the cached-prompt count from the first that says it."""
+    if len(deltas) == 1:
+        return deltas[0]
+    logprobs = [d.logprobs for d in deltas]
     return dataclasses.replace(
-        then,
-        text=first.text + then.text,
-        token_ids=first.token_ids + then.token_ids,
-        logprobs=first.logprobs + then.logprobs
-        if first.logprobs is not None and then.logprobs is not None
-        else first.logprobs or then.logprobs,
-        cached_tokens=first.cached_tokens if first.cached_tokens is not None else then.cached_tokens,
+        deltas[-1],
+        text="".join(d.text for d in deltas),
+        token_ids=[t for d in deltas for t in d.token_ids],
+        logprobs=[lp for part in logprobs if part for lp in part] if any(p is not None for p in logprobs) else None,
+        cached_tokens=next((d.cached_tokens for d in deltas if d.cached_tokens is not None), None),
     )

@@ -113,10 +113,13 @@ class ResponseBuilder:
     def _count(self, delta: Delta) -> None:
         self._input_tokens, self._output_tokens = delta.prompt_tokens, delta.completion_tokens
         self._cached_tokens = delta.cached_tokens or 0
-        self._answering = self._answering or bool(delta.text or delta.tool_calls)
-        # Tokens before the answer begins are thinking (the closing tag's tokens too, which carry no text).
-        if not self._answering and (delta.reasoning or self._reasoning_tokens):
+        answer = bool(delta.text or delta.tool_calls)
+        # Tokens before the answer begins are thinking (the closing tag's tokens too, which carry no text). A delta
+        # that a lagging stream merged from several steps (engines/relay.py) may hold the thought's end and the
+        # answer's start: it counts as thinking whole.
+        if not self._answering and (delta.reasoning or (self._reasoning_tokens and not answer)):
             self._reasoning_tokens += len(delta.token_ids)
+        self._answering = self._answering or answer
         if delta.finish_reason is not None:
             self._finish_reason = delta.finish_reason
 
