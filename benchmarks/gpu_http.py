@@ -70,11 +70,14 @@ def over_http(url: str, prompts: list, concurrency: int, endpoint: str, label: s
     difference. (With several frontends each /metrics answer is one frontend's, whichever the connection reaches:
     not read.)"""
     warm_up = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=4)
-    asyncio.run(run_benchmark(warm_up, prompts[:4], progress=False))
+    if asyncio.run(run_benchmark(warm_up, prompts[:4], progress=False)).summary.failed:
+        raise RuntimeError(f"{label}: a warm-up request failed")
     config = BenchConfig(base_url=url, endpoint=endpoint, max_concurrency=concurrency, percentiles=(50, 99))
-    before = server_ttft(url) if one_frontend else (0.0, 0.0)
+    if not one_frontend:
+        return summary_row(label, asyncio.run(run_benchmark(config, prompts, progress=False)).summary)
+    before = server_ttft(url)
     row = summary_row(label, asyncio.run(run_benchmark(config, prompts, progress=False)).summary)
-    after = server_ttft(url) if one_frontend else (0.0, 0.0)
+    after = server_ttft(url)
     if after[1] > before[1]:
         row["server_ttft_mean_ms"] = round(1e3 * (after[0] - before[0]) / (after[1] - before[1]), 1)
     return row

@@ -37,7 +37,8 @@ def main() -> None:
     args = ap.parse_args()
     settings = {"dummy_weights": args.shape, "infer_dtype": "bfloat16", "max_model_len": 2048,
                 "compile": False if args.no_compile else None}
-    # TORCH_LOGS=recompiles: each start counts the decode step's compiles after the first.
+    # TORCH_LOGS=recompiles: each start counts torch.compile's recompiles in its process (the decode step is all it
+    # compiles).
     env = {**os.environ, "CHATPLEX_CACHE_DIR": tempfile.mkdtemp(prefix="chatplex-cache-"), "TORCH_LOGS": "recompiles"}
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env.pop(name, None)

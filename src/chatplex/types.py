@@ -118,7 +118,7 @@ class TokenLogprob:
     top: tuple[TopLogprob, ...] = ()
 
 
-@dataclass(kw_only=True)  # ten fields: built by keyword only
+@dataclass(kw_only=True)  # eleven fields: built by keyword only
 class Delta:
     """One step of one output sequence (or several, for a consumer that fell behind: engines/relay.py): new text
     (possibly empty), the tokens behind it, and on the last delta of the sequence, its finish reason.

@@ -1,6 +1,6 @@
 """engines/relay.py: a caller that falls behind gets each sequence's waiting deltas as one, in order, with nothing
 lost (n > 1 interleaves sequences step by step: each is merged on its own); errors are raised after what came
-before them; parsed deltas are not merged; a caller that keeps up gets every delta as it was sent."""
+before them; a caller that keeps up gets every delta as it was sent."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from chatplex.engines.relay import relay
 from chatplex.types import Delta, TokenLogprob
 
 
-def delta(index: int, token: int, done: int, finish: str | None = None, **kw) -> Delta:
+def delta(index: int, token: int, done: int, finish: str | None = None) -> Delta:
     return Delta(index=index, text=f"t{token} ", token_ids=[token], prompt_tokens=5, completion_tokens=done,
                  logprobs=[TokenLogprob(token_id=token, token=f"t{token}", logprob=-0.5)],
-                 finish_reason=finish, cached_tokens=4 if done == 1 else None, **kw)
+                 finish_reason=finish, cached_tokens=4 if done == 1 else None)
 
 
 async def consume(items: list, sequences: int, got: list) -> None:
@@ -42,13 +42,6 @@ def test_interleaved_sequences_merge_each_on_its_own_and_an_error_comes_after_th
     with pytest.raises(RuntimeError, match="device lost"):
         asyncio.run(consume(items, 2, got))
     assert [(d.index, d.token_ids, d.finish_reason) for d in got] == [(0, [1, 2, 3], None), (1, [7, 8], "stop")]
-
-
-def test_parsed_deltas_are_not_merged_nor_overtaken():
-    items = [delta(0, 1, 1), delta(0, 2, 2, reasoning="hm"), delta(0, 3, 3), delta(0, 4, 4, "stop")]
-    got: list = []
-    asyncio.run(consume(items, 1, got))
-    assert [d.token_ids for d in got] == [[1], [2], [3, 4]]
 
 
 def test_a_caller_that_keeps_up_gets_every_delta():

@@ -52,11 +52,11 @@ async def _waiting(queue: asyncio.Queue) -> list[Any]:
 def _merged(items: list[Any]) -> list[Any]:
     """`items` with each sequence's consecutive deltas as one, at its first delta's place (sequences of one request
     are independent: n > 1 interleaves them step by step). Only plain deltas merge: not across a finish, not an
-    engine's parsed output (reasoning, tool calls), not anything else it sends."""
+    anything else it sends."""
     runs: list[Any] = []  # an item, or a list of deltas of one sequence to merge
     open_runs: dict[int, list[Delta]] = {}  # sequence index -> its run still taking deltas
     for item in items:
-        if isinstance(item, Delta) and not item.reasoning and not item.tool_calls:
+        if isinstance(item, Delta):
             run = open_runs.get(item.index)
             if run is None:
                 run = open_runs[item.index] = []
@@ -64,16 +64,13 @@ def _merged(items: list[Any]) -> list[Any]:
             run.append(item)
             if item.finish_reason is not None:
                 del open_runs[item.index]
-        else:  # a later delta of its sequence (of any, for anything else) must not move before it
-            if isinstance(item, Delta):
-                open_runs.pop(item.index, None)
-            else:
-                open_runs.clear()
+        else:  # no later delta may move before it
+            open_runs.clear()
             runs.append(item)
-    return [merge(run) if isinstance(run, list) else run for run in runs]
+    return [_merge(run) if isinstance(run, list) else run for run in runs]
 
 
-def merge(deltas: list[Delta]) -> Delta:
+def _merge(deltas: list[Delta]) -> Delta:
     """One delta for consecutive ones of a sequence: text, tokens and logprobs joined, running totals and the finish
     from the last, the cached-prompt count from the first that says it."""
     if len(deltas) == 1:

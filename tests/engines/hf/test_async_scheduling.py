@@ -1,5 +1,5 @@
 """Async scheduling (step N+1 launched before step N's tokens reach the host) emits exactly what the one-step-at-a-
-time loop emits: the same deltas, no token past a stop token, a stop string, max_new_tokens or an abort."""
+time loop emits: the same text, tokens, logprobs and finish per sequence, no token past a stop token, a stop string, max_new_tokens or an abort."""
 
 from __future__ import annotations
 
@@ -32,10 +32,19 @@ def sync_model(tiny_model_dir):
 
 
 def run_all(model: ChatModel, requests: list) -> list[list[tuple]]:
+    """Per request, each sequence's output as (index, text, tokens, completion tokens, finish reason, stop reason,
+    logprobs). Its deltas are folded: a caller that falls behind gets several steps as one (engines/relay.py), so
+    where deltas split is a matter of timing, not of output."""
+
     async def one(request) -> list[tuple]:
-        return [(d.index, d.text, tuple(d.token_ids), d.completion_tokens, d.finish_reason, d.stop_reason,
-                 tuple((lp.token_id, round(lp.logprob, 4)) for lp in d.logprobs or ()))
-                async for d in model.agenerate(request)]
+        seqs: dict[int, list] = {}
+        async for d in model.agenerate(request):
+            seq = seqs.setdefault(d.index, [d.index, "", (), 0, None, None, ()])
+            seq[1] += d.text
+            seq[2] += tuple(d.token_ids)
+            seq[3:6] = d.completion_tokens, d.finish_reason, d.stop_reason
+            seq[6] += tuple((lp.token_id, round(lp.logprob, 4)) for lp in d.logprobs or ())
+        return [tuple(seq) for seq in seqs.values()]
 
     async def main():
         return await asyncio.gather(*(one(r) for r in requests))
@@ -116,7 +125,7 @@ def test_abort_mid_stream_frees_everything(model):
 
 def test_padded_eager_steps_change_nothing(model, tiny_model_dir):
     """Eager steps padded to a multiple of 16 tokens (as on a GPU, where it keeps matrix shapes few) emit the
-    same deltas as unpadded ones."""
+    same output as unpadded ones."""
     requests = [build(model, p) for p in PROMPTS]
     plain = run_all(model, requests)
     with load(tiny_model_dir, pad_tokens_to=16) as padded_model:

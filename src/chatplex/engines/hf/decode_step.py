@@ -135,5 +135,7 @@ class DecodeStep:
             return self._forward(*rows)
         for tensor, dim in zip(rows, StaticDecodeInputs.BATCH_DIMS):
             torch._dynamo.mark_dynamic(tensor, dim)
+        if not self._options:
+            return self._forward(*rows)
         with torch._inductor.config.patch(self._options):
             return self._forward(*rows)
