@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatplex.embeddings import EmbeddingInput, Embeddings
-from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
 from chatplex.templates import ChatTemplate, prompt_token_ids, render_prompt
 from chatplex.types import Delta, GenerationRequest
@@ -169,9 +168,7 @@ class Engine(ABC):
 class PromptPreparer:
     """Renders a request to prompt token ids with a tokenizer and template, and checks it fits the context.
 
-    Shared by every engine that holds a tokenizer in-process (Hugging Face, vLLM, llama.cpp). It turns off a
-    truncation or padding setting saved with the tokenizer (prompts are never truncated or padded here; see
-    aprompt_ids for why it must not change later).
+    Shared by every engine that holds a tokenizer in-process (Hugging Face, vLLM, llama.cpp).
     """
 
     def __init__(
@@ -183,13 +180,6 @@ class PromptPreparer:
         # The model's embedding size: a LLaMA-Factory format can name tokens (its stop words) that the tokenizer
         # gained only when the format set it up, and that this model never learnt.
         self.vocab_size = vocab_size
-        # A tokenizer.json may ship with truncation or padding on; transformers turns them off inside the first
-        # encode, a change that would fail ("Already borrowed") beside another thread's encode (aprompt_ids):
-        # off once, here.
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None and (backend.truncation is not None or backend.padding is not None):
-            backend.no_truncation()
-            backend.no_padding()
 
     def message_ids(self, messages: list[Any], request: GenerationRequest) -> list[int]:
         """`messages` rendered with the template for `request` (its tools and template kwargs), as token ids: a
@@ -201,19 +191,6 @@ class PromptPreparer:
         text = render_prompt(self.tokenizer, self.template, messages, tools=tools, template_kwargs=template_kwargs)
         # The template already wrote any BOS it wants; adding special tokens again would double it.
         return self.tokenizer.encode(text, add_special_tokens=False)
-
-    async def aprompt_ids(self, request: GenerationRequest) -> list[int]:
-        """`prompt_ids` off the event loop. Rendering and tokenizing a long conversation takes milliseconds (1.5 ms
-        for 1,500 tokens with SmolLM2's tokenizer on the 2-core machine), during which a server's loop sends no
-        other stream's chunk, and a burst of them (many conversations' next turns at once) would queue one behind
-        another. transformers' fast tokenizers let go of the interpreter lock while encoding, so a burst of them
-        also tokenizes side by side (64 such prompts, 2 threads: 105 -> 54 ms). A fresh thread each, as for media:
-        no executor thread stays behind (fresh_thread.py says why that matters). Concurrent encodes
-        are safe while no call changes the tokenizer's truncation or padding: none of these does (encoder models,
-        which truncate, do not chat; a saved setting is cleared at start). Token-id prompts need no thread."""
-        if request.prompt_token_ids is not None:
-            return self.prompt_ids(request)
-        return await run_in_fresh_thread(self.prompt_ids, request)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:

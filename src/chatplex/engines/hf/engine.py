@@ -149,7 +149,7 @@ class HFEngine(Engine):
             # Decoding, fetching, preprocessing and hashing media is blocking work: keep it off the event loop.
             prompt_ids, media, key = await run_in_fresh_thread(self._prepare_media, request, adapter)
         else:
-            prompt_ids, key = await self.prompts.aprompt_ids(request), prefix_keys.cache_key(adapter)
+            prompt_ids, key = self.prompts.prompt_ids(request), prefix_keys.cache_key(adapter)
         matchers = await self.grammars.matchers(request.constraint, request.sampling.n)
         self._check_cache_holds(len(prompt_ids) + 1, "The prompt", "messages")
         margs = self.args.model

@@ -247,7 +247,7 @@ class ProcessEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         self._check_running()
         if not media_items(request):  # media is prepared beside the model; everything else is rendered here
-            ids = await self._prompts().aprompt_ids(request)
+            ids = self._prompts().prompt_ids(request)
             request = dataclasses.replace(request, messages=None, prompt=None, prompt_token_ids=ids)
         request_id = request.request_id
         stream = RequestStream(asyncio.get_running_loop(), asyncio.Queue())
