@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(__file__))
 from engine_driver import drive_engine, machine_info, save_results  # noqa: E402
@@ -55,11 +56,8 @@ def in_process(model: ChatModel, prompts: list, concurrency: int) -> dict[str, A
 def server_ttft(url: str) -> tuple[float, float]:
     """The server's own time-to-first-token histogram (sum of seconds, count), from its /metrics."""
     text = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).text
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("chatplex:time_to_first_token_seconds_sum", "chatplex:time_to_first_token_seconds_count"):
-            found[name.rsplit("_", 1)[1]] = float(value)
+    [family] = [f for f in text_string_to_metric_families(text) if f.name == "chatplex:time_to_first_token_seconds"]
+    found = {sample.name.rsplit("_", 1)[1]: sample.value for sample in family.samples}
     return found["sum"], found["count"]
 
 
