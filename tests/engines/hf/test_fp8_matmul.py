@@ -25,7 +25,7 @@ def _quantized(n: int, k: int, block: tuple[int, int] | None) -> tuple[torch.Ten
 
 @pytest.mark.parametrize("m", [1, 5, 16, 33, 300])
 @pytest.mark.parametrize(("n", "k", "block"), [(384, 256, (128, 128)), (96, 320, (128, 128)),
-                                               (64, 64, (32, 32)), (200, 256, None)])
+                                               (64, 64, (32, 32)), (200, 256, None), (256, 4160, (128, 128))])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_kernel_equals_the_same_arithmetic_in_torch(m, n, k, block, dtype):
     torch.manual_seed(m + n)
@@ -36,11 +36,46 @@ def test_kernel_equals_the_same_arithmetic_in_torch(m, n, k, block, dtype):
     want = fp8_matmul.reference(x, weight, scale, block)
     assert got.dtype == dtype and got.shape == (m, n)
     assert not got.isnan().any()
-    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-3)
+    # Triton's division is not IEEE-rounded, so an activation on a float8 rounding boundary can land on the other
+    # side than in torch: one float8 step of one input, a few thousandths in an output (seen in float32).
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=5e-3)
     # and FP8 is close to the full-precision product it stands for (a single row is the zero row: nothing to compare)
     exact = x.float() @ fp8_matmul.dequantized(weight, scale, block).T
     if m > 1:
         assert ((got.float() - exact).norm() / exact.norm()) < 0.1
+
+
+@pytest.mark.parametrize("split", [2, 3, 8, 16])
+@pytest.mark.parametrize("m", [1, 7, 16])
+def test_k_in_slices_adds_up_to_one_pass(m, split):
+    """Decode launches cut K into slices whose partial sums the last slice to finish adds up: the same result as
+    one pass over K (up to float32 rounding), with more slices than K blocks too, and the arrival counters left at
+    zero for the next launch."""
+    torch.manual_seed(split)
+    weight, scale = _quantized(320, 1100, (128, 128))
+    x = torch.randn(m, 1100, device=GPU, dtype=torch.float32)
+    one_pass = fp8_matmul.fp8_matmul(x, weight, scale, (128, 128), SPLIT_K=1)
+    sliced = fp8_matmul.fp8_matmul(x, weight, scale, (128, 128), SPLIT_K=split)
+    torch.testing.assert_close(sliced, one_pass, rtol=1e-5, atol=1e-5)
+    assert not fp8_matmul._ARRIVED[weight.device].any()
+
+
+def test_sliced_launches_replay_in_a_cuda_graph():
+    """The arrival counters are made before capture and reset by each launch, so a captured decode matmul replays
+    right every time, for new inputs."""
+    weight, scale = _quantized(4096, 4096, (128, 128))
+    x = torch.randn(4, 4096, device=GPU, dtype=torch.bfloat16)
+    assert fp8_matmul.launch_config(4, 4096, 4096, torch.cuda.get_device_properties(GPU).multi_processor_count)[
+        "SPLIT_K"] > 1
+    fp8_matmul.fp8_matmul(x, weight, scale, (128, 128))  # warm-up outside capture, as the engine's is
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fp8_matmul.fp8_matmul(x, weight, scale, (128, 128))
+    for seed in range(3):
+        x.copy_(torch.randn(4, 4096, device=GPU, generator=torch.Generator(GPU).manual_seed(seed)))
+        graph.replay()
+        torch.testing.assert_close(out.float(), fp8_matmul.reference(x, weight, scale, (128, 128)).float(),
+                                   rtol=1e-2, atol=2e-2)
 
 
 def test_the_op_is_one_node_for_torch_compile():

@@ -14,10 +14,16 @@ e4m3 by its own absolute maximum
 by the activation group's and the weight block's scale. Activations are quantized inside the matmul, per tile, not
 by a separate kernel: at decode sizes a second launch and its round trip through memory cost more than the few
 re-quantizations of the same rows. Float8 tensor cores need compute capability 8.9 (Ada, Hopper and later).
+
+Decode launches (16 rows or fewer) also cut K into slices: an 8B model's 4096-wide layers have too few column tiles
+to keep every SM reading the weight, and reading it is all a decode step's matmul does. The slices' partial sums
+meet in the one that finishes last, inside the same launch (an arrival counter per tile), so a decode matmul stays
+one kernel: a separate reduction would add a launch per layer, ~2 us each inside a CUDA graph, 224 per step.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -41,6 +47,8 @@ if triton is not None:
         w_ptr,
         s_ptr,
         c_ptr,
+        partial_ptr,
+        arrived_ptr,
         M,
         N,
         K,
@@ -54,19 +62,25 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        k_blocks = tl.cdiv(K, BLOCK_K)
+        k_per_split = tl.cdiv(k_blocks, SPLIT_K)
+        k_first = pid_k * k_per_split
+        k_end = tl.minimum(k_first + k_per_split, k_blocks)
         offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M x K can pass 2**31 in a long prefill
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
-        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + k_first * BLOCK_K
+        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] + k_first * BLOCK_K
         s_ptrs = s_ptr + (offs_n // GROUP_N) * stride_sn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(tl.cdiv(K, BLOCK_K)):
+        for kb in range(k_first, k_end):
             k_ok = offs_k < K - kb * BLOCK_K
             a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
             a_scale = tl.maximum(tl.max(tl.abs(a), axis=1), 1e-10) / 448.0  # _MIN_AMAX, FP8_MAX
@@ -77,17 +91,55 @@ if triton is not None:
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        mask_c = mask_m[:, None] & mask_n[None, :]
+        if SPLIT_K == 1:
+            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+        else:
+            # Each slice of K leaves its partial sum; the slice that arrives last for this tile adds them up in
+            # slice order (the same result whichever finishes first) and resets the tile's counter for the next
+            # launch, so no memset runs between launches.
+            tile = pid_m * tl.num_programs(0) + pid_n
+            p_ptrs = partial_ptr + offs_m[:, None] * N + offs_n[None, :]
+            tl.store(p_ptrs + pid_k * M * N, acc, mask=mask_c)
+            tl.debug_barrier()  # every thread's partial is written before the counter says so
+            if tl.atomic_add(arrived_ptr + tile, 1) == SPLIT_K - 1:  # acq_rel: the others' partials are visible
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in range(SPLIT_K):
+                    total += tl.load(p_ptrs + s * M * N, mask=mask_c, other=0.0, cache_modifier=".cg")
+                tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask_c)
+                tl.atomic_xchg(arrived_ptr + tile, 0)
 
 
-def launch_config(m: int) -> dict[str, int]:
+# Counters of the K slices finished per output tile, zero between launches (the last slice resets its own): one
+# buffer per GPU, made outside CUDA-graph capture so captured launches keep its address. Launches share it, which
+# holds because the engine runs its layers on one stream, one after another.
+_ARRIVED: dict[torch.device, torch.Tensor] = {}
+_MAX_TILES = 1 << 16
+SPLIT_TARGET = 4  # programs per SM a decode launch aims at
+
+
+def _arrived(device: torch.device) -> torch.Tensor | None:
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if device not in _ARRIVED and not capturing:
+        _ARRIVED[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
+    return _ARRIVED.get(device)
+
+
+def launch_config(m: int, n: int = 0, k: int = 0, processors: int = 0) -> dict[str, int]:
     """Tile sizes by the number of rows: decode steps (a few rows) are bound by reading the weight, so narrow
-    column tiles give every SM a share of it; prefill (many rows) by the tensor cores, so wide tiles reuse it."""
-    if m <= 16:
-        return {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 4}
+    column tiles, and K cut into slices where the column tiles alone are too few to keep every SM reading (the
+    slices' partial sums meet in the last one to finish); prefill (many rows) is bound by the tensor cores, so
+    wide tiles reuse the weight."""
+    if m <= 16:  # measured on an H100 (benchmarks/fp8_matmul.py --sweep): 1.15-1.56x bf16 on Llama-8B's layers
+        tiles = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+        column_tiles, k_blocks = -(-n // tiles["BLOCK_N"]), -(-k // 128)
+        split = 1
+        while column_tiles * split * 2 <= SPLIT_TARGET * processors and split * 2 <= k_blocks // 2:
+            split *= 2
+        return {**tiles, "SPLIT_K": split}
     if m <= 64:
-        return {"BLOCK_M": 64 if m > 32 else 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+        return {"BLOCK_M": 64 if m > 32 else 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4, "SPLIT_K": 1}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
 
 
 def fp8_matmul(
@@ -106,14 +158,20 @@ def fp8_matmul(
         group_n, group_k, stride_sn, stride_sk = 1, 128, 0, 0
     else:
         (group_n, group_k), (stride_sn, stride_sk) = block, scale.stride()
-    tiles = {**launch_config(m), **config}
-    block_k = min(group_k, 128)
-    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(m, tiles["BLOCK_M"]))
+    tiles = {**launch_config(m, n, k, _processors(x.device)), **config}
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(m, tiles["BLOCK_M"]), tiles["SPLIT_K"])
+    arrived = _arrived(x.device) if tiles["SPLIT_K"] > 1 else None
+    if arrived is None or grid[0] * grid[1] > _MAX_TILES:
+        tiles["SPLIT_K"] = 1
+        grid = (*grid[:2], 1)
+    partial = out.new_empty((tiles["SPLIT_K"], m, n), dtype=torch.float32) if tiles["SPLIT_K"] > 1 else out
     _fp8_block_matmul_kernel[grid](
         rows,
         weight,
         scale,
         out,
+        partial,
+        arrived if arrived is not None else out,
         m,
         n,
         k,
@@ -124,10 +182,15 @@ def fp8_matmul(
         out.stride(0),
         GROUP_N=group_n,
         GROUP_K=group_k,
-        BLOCK_K=block_k,
+        BLOCK_K=min(group_k, 128),
         **tiles,
     )
     return out.reshape(*x.shape[:-1], n)
+
+
+@functools.cache
+def _processors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 @torch.library.custom_op("chatplex::fp8_linear", mutates_args=())
@@ -185,9 +248,9 @@ def check(device: torch.device, blocks: set[tuple[int, int] | None]) -> str:
     try:
         generator = torch.Generator(device=device).manual_seed(0)
         for block in blocks:
-            weight, scale = quantize(torch.randn(384, 320, device=device, generator=generator), block)
-            for rows in (5, 40, 200):  # each of launch_config's tiles
-                x = torch.randn(rows, 320, device=device, generator=generator).to(torch.bfloat16)
+            weight, scale = quantize(torch.randn(384, 1056, device=device, generator=generator), block)
+            for rows in (5, 40, 200):  # each of launch_config's tiles (5 rows: K in slices)
+                x = torch.randn(rows, weight.shape[1], device=device, generator=generator).to(torch.bfloat16)
                 got, want = fp8_matmul(x, weight, scale, block).float(), reference(x, weight, scale, block).float()
                 error = ((got - want).norm() / want.norm()).item()
                 if error > 1e-2:
