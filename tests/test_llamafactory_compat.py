@@ -152,6 +152,9 @@ def test_llamafactory_command_lines(tmp_path):
     assert args["lora_modules"] == ["a=/x", "b=/y"] and args["max_loras"] == 3 and args["top_k"] == "5"
     with pytest.raises(ConfigError, match="Unknown argument 'not_a_key'"):
         args_from_dict(_model_args(["chat", "--not_a_key", "1"]))
+    # after chatplex's own global options, with their values
+    args = _model_args(["--log-level", "info", "serve", "--engine-process", "true", "--do_sample", "false"])
+    assert args["engine_process"] == "true" and args["do_sample"] == "false"
 
 
 # -- its examples, run ------------------------------------------------------------------------------------------

@@ -41,11 +41,17 @@ def _translated(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     from chatplex.cli.options import llamafactory_argv
 
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    takes_value = False  # the item is the value of the global option before it (`--log-level info serve ...`)
     for i, item in enumerate(argv):
+        if takes_value:
+            takes_value = False
+            continue
         if sub is not None and item in MODEL_COMMANDS and item in sub.choices:
             return argv[: i + 1] + llamafactory_argv(sub.choices[item], argv[i + 1 :])
         if not item.startswith("-"):
             break
+        option = parser._option_string_actions.get(item)
+        takes_value = option is not None and option.nargs != 0
     return argv
 
 
