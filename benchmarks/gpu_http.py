@@ -89,7 +89,7 @@ def serve_side(shape: str, process: bool, prompts: list, ns: argparse.Namespace,
     t = time.perf_counter()
     log = f"/tmp/gpu-http-{shape}-{label.replace(' ', '-').replace(',', '')}.log"
     flags = (*engine_flags(shape), "--engine-process", str(process).lower(), "--api-server-count", str(frontends))
-    proc, url = start_server("bfloat16", log, flags)
+    proc, url = start_server("bfloat16", log, flags, log_level="info")  # the engine's start-up phases in the log
     started = time.perf_counter() - t
     print(f"serve ({label}) ready in {started:.1f} s", flush=True)
     try:

@@ -35,12 +35,13 @@ from chatplex.bench.prompts import load_tokenizer
 from chatplex.models.embedded import embedded_model_dir
 
 
-def start_server(dtype: str, log_path: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+def start_server(dtype: str, log_path: str, extra: tuple[str, ...] = (), log_level: str = "warning"
+                 ) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "chatplex.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--infer-dtype", dtype, *extra]
+    cmd = [sys.executable, "-m", "chatplex.cli.main", "--log-level", log_level, "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--infer-dtype", dtype, *extra]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -78,6 +79,7 @@ def _server(settings: ServerSettings, log_level: str) -> tuple[DrainingServer, S
 
 def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str = "warning") -> int:
     """Serve until stopped; returns the exit code. Raises the model's load error if loading failed."""
+    started = time.perf_counter()
     server, state = _server(settings, log_level)
     loaded: dict[str, Any] = {}
     extra = ExtraFrontends()
@@ -118,7 +120,13 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
                     log_level,
                     frontend_died,
                 )
-            logger.warning("chatplex serve: %s ready on http://%s:%d", state.model_name, settings.host, settings.port)
+            logger.warning(
+                "chatplex serve: %s ready on http://%s:%d in %.1f s",
+                state.model_name,
+                settings.host,
+                settings.port,
+                time.perf_counter() - started,
+            )
         except BaseException as e:  # noqa: BLE001 - re-raised once the server has stopped
             loaded["error"] = e
             server.should_exit = True
