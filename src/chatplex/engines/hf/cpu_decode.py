@@ -40,7 +40,9 @@ class CompiledCpuDecode:
 
     def __init__(self, model: Any, cache: PagedKVCache, max_batch: int, max_blocks: int) -> None:
         inputs = StaticDecodeInputs(torch.device("cpu"), max(max_batch, SMALLEST_COMPILED_BATCH), max_blocks)
-        self.step = DecodeStep(model, cache, inputs, compile=True, inductor_options=_INDUCTOR_OPTIONS)
+        # Fixed: freezing bakes the weights into the compiled step, and LoRA adapters (modules that could change
+        # while serving) are refused with a compiled CPU step (setup.py).
+        self.step = DecodeStep(model, cache, inputs, compile=True, inductor_options=_INDUCTOR_OPTIONS, fixed_model=True)
 
     @property
     def max_batch(self) -> int:
