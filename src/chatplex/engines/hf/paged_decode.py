@@ -53,23 +53,30 @@ def paged_decode_attention(
 def _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window):
     batch, heads, head_dim = q.shape
     kv_heads = k_cache.shape[1]
-    num_blocks = -(-int(seq_lens.max()) // block_size)
+    longest = int(seq_lens.max())
+    num_blocks = -(-longest // block_size)
     length = num_blocks * block_size
     ids = block_tables[:, :num_blocks].reshape(-1).long()
+    # One sequence (a single stream, or batch_invariant's one at a time) attends to exactly its context, so it needs
+    # no mask: at a decode step's sizes each tensor op costs more in dispatch than in arithmetic, and the mask was
+    # four of them a layer.
+    unmasked = batch == 1 and not window
+    kept = longest if unmasked else length
 
-    def gather(cache: torch.Tensor) -> torch.Tensor:  # -> [B, kv_heads, length, head_dim] float32
+    def gather(cache: torch.Tensor) -> torch.Tensor:  # -> [B, kv_heads, kept, head_dim] float32
         blocks = cache.view(-1, block_size * kv_heads * head_dim).index_select(0, ids)
-        context = blocks.view(batch, length, kv_heads, head_dim).transpose(1, 2)
+        context = blocks.view(batch, length, kv_heads, head_dim)[:, :kept].transpose(1, 2)
         return context.to(torch.float32, memory_format=torch.contiguous_format)
 
     keys, values = gather(k_cache), gather(v_cache)
     grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim).float()
-    scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale)  # [B, kv_heads, group, length]
-    pos = torch.arange(length, device=q.device)[None, :]
-    hidden = pos >= seq_lens[:, None]  # past the context, and the rest of its last block
-    if window:
-        hidden |= pos < seq_lens[:, None] - window
-    scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale)  # [B, kv_heads, group, kept]
+    if not unmasked:
+        pos = torch.arange(length, device=q.device)[None, :]
+        hidden = pos >= seq_lens[:, None]  # past the context, and the rest of its last block
+        if window:
+            hidden |= pos < seq_lens[:, None] - window
+        scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
     out = torch.matmul(scores.softmax(dim=-1), values)  # [B, kv_heads, group, head_dim]
     return out.reshape(batch, heads, head_dim).to(q.dtype)
 
