@@ -11,7 +11,7 @@ import torch
 
 from chatplex import ChatModel
 from chatplex.config import load_args
-from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError
+from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 from tests.engines.hf.greedy import request_tokens
 
 PROMPTS = ["Hi", "The quick brown fox jumps over the lazy dog", "One two three four five six seven", "x"]
@@ -185,6 +185,19 @@ async def test_load_at_run_time_on_packed_bfloat16_layers(tiny_model_dir, adapte
         got = await asyncio.gather(*(_tokens(model, p, a) for p in PROMPTS for a in ("a2", None)))
     assert got == expected
     assert got[1::2] == base_before
+
+
+async def test_no_adapter_loads_into_a_compiled_cpu_step(tiny_model_dir, adapters):
+    """`compile: true` on a CPU bakes the weights into its step, which checks no module for changes: an adapter
+    loaded at run time would go unseen, so it is refused with the fix named, and the engine serves on as before."""
+    from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
+
+    with ChatModel({"model_name_or_path": tiny_model_dir("llama"), "compile": True}) as model:
+        assert isinstance(model.engine.runner.graphs, CompiledCpuDecode)
+        before = await asyncio.gather(*(_tokens(model, p, None) for p in PROMPTS))
+        with pytest.raises(UnsupportedFeatureError, match="without compile: true"):
+            await model.aload_adapter("a2", adapters["a2"])
+        assert await asyncio.gather(*(_tokens(model, p, None) for p in PROMPTS)) == before
 
 
 async def test_cached_prefixes_are_per_adapter(tiny_model_dir, adapters, references):

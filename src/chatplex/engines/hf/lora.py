@@ -15,6 +15,7 @@ import torch
 
 from chatplex.engines.checkpoints import check_adapter_dir
 from chatplex.engines.hf import packed_linear
+from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
 
 
@@ -153,6 +154,14 @@ def resolve_adapter(name: str | None, loaded: list[str], default: str | None) ->
 
 def load_at_run_time(runner: Any, max_loras: int, name: str, path: str) -> None:
     """Load an adapter onto the runner's model (its first one creates the adapter set)."""
+    if isinstance(runner.graphs, CompiledCpuDecode):
+        # Its step has the weights baked in and checks no module for changes (cpu_decode.py): peft's wrappers
+        # would go unseen. Start-up refuses adapters with it for the same reason (setup.py).
+        raise UnsupportedFeatureError(
+            "lora_name: LoRA adapters cannot load at run time into a compiled CPU decode step; start the engine "
+            "without compile: true (or with the adapter in lora_modules, which runs the steps eagerly).",
+            param="lora_name",
+        )
     if runner.lora is None:
         packed_linear.unpack_linears(runner.model)  # peft wraps plain nn.Linear layers only
         runner.lora = LoraAdapters(runner.model, max_loras)
