@@ -81,13 +81,14 @@ def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         k = h2d(top_ks, torch.long, dev)
         kth = logits.topk(max(top_ks), dim=-1).values.gather(-1, (k - 1)[:, None])
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if any(p.top_p < 1.0 for p in params):
-        # A row at 1.0 keeps every token, whatever float rounding makes of its cumulative sum.
-        top_p = h2d([p.top_p if p.top_p < 1.0 else float("inf") for p in params], logits.dtype, dev)
-        sorted_logits, order, probs = _nucleus_candidates(logits, top_p)
-        drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keeps at least the top token
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits)
+    limited = [i for i, p in enumerate(params) if p.top_p < 1.0]
+    if limited:  # rows at 1.0 keep every token: left out, not filtered at a limit that rounding could cross
+        top_p = h2d([params[i].top_p for i in limited], logits.dtype, dev)
+        if len(limited) == len(params):
+            logits = _top_p(logits, top_p)
+        else:
+            index = h2d(limited, torch.long, dev)
+            logits = logits.index_copy(0, index, _top_p(logits[index], top_p))
     if any(p.min_p > 0 for p in params):
         min_p = h2d([p.min_p for p in params], logits.dtype, dev)
         probs = logits.softmax(dim=-1)
@@ -95,12 +96,20 @@ def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     return logits
 
 
+def _top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """-inf outside each row's nucleus: the most likely tokens until their probabilities add up to its top_p."""
+    sorted_logits, order, probs = _nucleus_candidates(logits, top_p)
+    drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keeps at least the top token
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits)
+
+
 def _nucleus_candidates(logits: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logits top-p must look at, sorted high to low, their token ids and their probabilities (over the whole
     vocabulary).
 
     On a GPU, every token (a sort there is cheap, and counting candidates would make the host wait). On a CPU, only
-    the tokens of probability at least (1 - top_p) / vocab: sorting the whole vocabulary took ~0.45 ms a token
+    the tokens of probability at least (1 - top_p) / vocab: sorting the whole vocabulary took ~0.5-3 ms a token
     (SmolLM2's 49k, 2 cores), and none of the others can be in the nucleus: all of them together hold less than
     1 - top_p, so the tokens above any one of them hold more than top_p. A partial sort (topk) of the candidates
     costs a fraction of the full one."""
