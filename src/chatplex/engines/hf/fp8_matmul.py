@@ -24,6 +24,7 @@ one kernel: a separate reduction would add a launch per layer, ~2 us each inside
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
@@ -33,6 +34,8 @@ try:
     import triton.language as tl
 except ImportError:  # CPU installs have no Triton; FP8 checkpoints load dequantized there
     triton = None
+
+logger = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
@@ -100,7 +103,7 @@ if triton is not None:
             # launch, so no memset runs between launches.
             tile = pid_m * tl.num_programs(0) + pid_n
             p_ptrs = partial_ptr + offs_m[:, None] * N + offs_n[None, :]
-            tl.store(p_ptrs + pid_k * M * N, acc, mask=mask_c)
+            tl.store(p_ptrs + pid_k * M * N, acc, mask=mask_c)  # int32 offsets: slices are for 16 rows or fewer
             tl.debug_barrier()  # every thread's partial is written before the counter says so
             if tl.atomic_add(arrived_ptr + tile, 1) == SPLIT_K - 1:  # acq_rel: the others' partials are visible
                 total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -111,8 +114,9 @@ if triton is not None:
 
 
 # Counters of the K slices finished per output tile, zero between launches (the last slice resets its own): one
-# buffer per GPU, made outside CUDA-graph capture so captured launches keep its address. Launches share it, which
-# holds because the engine runs its layers on one stream, one after another.
+# buffer per GPU, made outside CUDA-graph capture (by install) so captured launches keep its address. Launches share
+# it, which holds because the engine runs its layers on one stream, one after another: two sliced launches in flight
+# at once could push a tile's count past its last slice, and that tile would never be written again.
 _ARRIVED: dict[torch.device, torch.Tensor] = {}
 _MAX_TILES = 1 << 16
 SPLIT_TARGET = 4  # programs per SM a decode launch aims at
@@ -122,17 +126,19 @@ def _arrived(device: torch.device) -> torch.Tensor | None:
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if device not in _ARRIVED and not capturing:
         _ARRIVED[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
+    if device not in _ARRIVED:
+        logger.warning("FP8 matmul captured before its first launch on %s: K is not cut into slices", device)
     return _ARRIVED.get(device)
 
 
-def launch_config(m: int, n: int = 0, k: int = 0, processors: int = 0) -> dict[str, int]:
+def launch_config(m: int, n: int, k: int, processors: int) -> dict[str, int]:
     """Tile sizes by the number of rows: decode steps (a few rows) are bound by reading the weight, so narrow
     column tiles, and K cut into slices where the column tiles alone are too few to keep every SM reading (the
     slices' partial sums meet in the last one to finish); prefill (many rows) is bound by the tensor cores, so
     wide tiles reuse the weight."""
-    if m <= 16:  # measured on an H100 (benchmarks/fp8_matmul.py --sweep): 1.15-1.56x bf16 on Llama-8B's layers
+    if m <= 16:  # measured on an H100 (benchmarks/fp8_matmul.py): 1.0-1.5x bf16 on Llama-8B's layers
         tiles = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-        column_tiles, k_blocks = -(-n // tiles["BLOCK_N"]), -(-k // 128)
+        column_tiles, k_blocks = -(-n // tiles["BLOCK_N"]), -(-k // 128)  # K blocks of at most 128 (fp8_matmul)
         split = 1
         while column_tiles * split * 2 <= SPLIT_TARGET * processors and split * 2 <= k_blocks // 2:
             split *= 2
@@ -171,7 +177,7 @@ def fp8_matmul(
         scale,
         out,
         partial,
-        arrived if arrived is not None else out,
+        arrived if arrived is not None else out,  # unread in one pass (SPLIT_K 1), but Triton wants a pointer
         m,
         n,
         k,
@@ -255,6 +261,8 @@ def check(device: torch.device, blocks: set[tuple[int, int] | None]) -> str:
                 error = ((got - want).norm() / want.norm()).item()
                 if error > 1e-2:
                     return f"its result is off by {error:.1%} (block {block}, {rows} rows)"
+        if device in _ARRIVED and _ARRIVED[device].any():
+            return "its K slices left their arrival counters set"
         return ""
     except Exception as e:  # noqa: BLE001 - whatever Triton raises, the layers can still run dequantized
         return f"{type(e).__name__}: {e}"[:300]
@@ -306,6 +314,8 @@ def install(model: torch.nn.Module) -> int:
     layers = fp8_layers(model)
     for module in layers:
         module.forward = _forward.__get__(module)  # an instance attribute: peft's wrappers still call it
+    for device in {module.weight.device for module in layers}:
+        _arrived(device)  # now, before any CUDA-graph capture
     return len(layers)
 
 
