@@ -39,7 +39,7 @@ def test_top_p_keeps_only_the_nucleus():
 
 
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99, 0.999])
-def test_top_p_over_candidates_keeps_what_a_full_sort_keeps(top_p):
+def test_top_p_over_candidates_keeps_what_a_full_sort_keeps(top_p, monkeypatch):
     """On a CPU top-p sorts only the tokens that can be in the nucleus: the same tokens stay as when the whole
     vocabulary is sorted (rows peaked, flat and in between), and a row at top_p 1.0 beside them keeps every token."""
     from chatplex.engines.hf import sampler
@@ -47,7 +47,18 @@ def test_top_p_over_candidates_keeps_what_a_full_sort_keeps(top_p):
     generator = torch.Generator().manual_seed(int(top_p * 1000))
     logits = torch.randn(4, 49152, generator=generator) * torch.tensor([[8.0], [2.0], [0.3], [1.0]])
     params = [SamplingParams(temperature=1.0, top_p=p) for p in (top_p, top_p, top_p, 1.0)]
+    sorted_widths = []
+
+    def candidates(rows, limits):  # what top-p sorted: the three limited rows, not the whole vocabulary
+        found = nucleus_candidates(rows, limits)
+        sorted_widths.append((rows.shape[0], found[0].shape[-1]))
+        return found
+
+    nucleus_candidates = sampler._nucleus_candidates
+    monkeypatch.setattr(sampler, "_nucleus_candidates", candidates)
     got = sampler._filter(logits.clone(), params)
+    [(rows, width)] = sorted_widths
+    assert rows == 3 and width <= 49152
     kept = got > float("-inf")
     assert torch.equal(got[kept], logits[kept])
     assert kept[3].all()
@@ -62,9 +73,10 @@ def test_top_p_over_candidates_keeps_what_a_full_sort_keeps(top_p):
     assert differ.sum(dim=-1).max() <= 1
     edge = torch.zeros_like(probs).scatter_(-1, order, mass_above)[differ]
     assert ((edge - top_p).abs() < 1e-4).all()
-    # and for the peaked row it sorted a few of the vocabulary's tokens, not all
-    candidates = sampler._nucleus_candidates(logits[:1], torch.tensor([top_p]))[0].shape[-1]
-    assert want[0].sum() <= candidates < 49152
+    # and a peaked row alone sorts a few of the vocabulary's tokens, not all
+    peaked = nucleus_candidates(logits[:1], torch.tensor([top_p]))[0].shape[-1]
+    assert want[0].sum() <= peaked < 49152
+    assert want[0].sum() < want[2].sum()
 
 
 def test_min_p_drops_unlikely_tokens():

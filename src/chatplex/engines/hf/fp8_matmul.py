@@ -118,6 +118,7 @@ if triton is not None:
 # it, which holds because the engine runs its layers on one stream, one after another: two sliced launches in flight
 # at once could push a tile's count past its last slice, and that tile would never be written again.
 _ARRIVED: dict[torch.device, torch.Tensor] = {}
+_WARNED: set[torch.device] = set()
 _MAX_TILES = 1 << 16
 SPLIT_TARGET = 4  # programs per SM a decode launch aims at
 
@@ -126,8 +127,9 @@ def _arrived(device: torch.device) -> torch.Tensor | None:
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if device not in _ARRIVED and not capturing:
         _ARRIVED[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-    if device not in _ARRIVED:
-        logger.warning("FP8 matmul captured before its first launch on %s: K is not cut into slices", device)
+    if device not in _ARRIVED and device not in _WARNED:
+        _WARNED.add(device)
+        logger.warning("FP8 matmuls captured before their first launch on %s: K is not cut into slices", device)
     return _ARRIVED.get(device)
 
 
@@ -261,7 +263,8 @@ def check(device: torch.device, blocks: set[tuple[int, int] | None]) -> str:
                 error = ((got - want).norm() / want.norm()).item()
                 if error > 1e-2:
                     return f"its result is off by {error:.1%} (block {block}, {rows} rows)"
-        if device in _ARRIVED and _ARRIVED[device].any():
+        counters = _ARRIVED.get(weight.device)  # keyed by a tensor's device (cuda:0), which `device` may not name
+        if counters is not None and counters.any():
             return "its K slices left their arrival counters set"
         return ""
     except Exception as e:  # noqa: BLE001 - whatever Triton raises, the layers can still run dequantized
