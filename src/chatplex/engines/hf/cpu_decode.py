@@ -40,8 +40,8 @@ class CompiledCpuDecode:
 
     def __init__(self, model: Any, cache: PagedKVCache, max_batch: int, max_blocks: int) -> None:
         inputs = StaticDecodeInputs(torch.device("cpu"), max(max_batch, SMALLEST_COMPILED_BATCH), max_blocks)
-        # Nothing changes the model's modules under this step: freezing bakes the weights in, and LoRA adapters
-        # are refused with it, at start (setup.py) and at run time (lora.py).
+        # Nothing changes the model's modules under this step: freezing bakes the weights in, an engine started with
+        # LoRA adapters does not compile (setup.py), and one loaded at run time drops this step (lora.py).
         self.step = DecodeStep(model, cache, inputs, compile=True, inductor_options=_INDUCTOR_OPTIONS, fixed_model=True)
 
     @property

@@ -8,6 +8,7 @@ sequence asked for that adapter. Each token then sees what a single-adapter run 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -17,6 +18,8 @@ from chatplex.engines.checkpoints import check_adapter_dir
 from chatplex.engines.hf import packed_linear
 from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.errors import ConfigError, InvalidRequestError, NotFoundError, UnsupportedFeatureError
+
+logger = logging.getLogger(__name__)
 
 
 def _peft() -> Any:
@@ -155,13 +158,10 @@ def resolve_adapter(name: str | None, loaded: list[str], default: str | None) ->
 def load_at_run_time(runner: Any, max_loras: int, name: str, path: str) -> None:
     """Load an adapter onto the runner's model (its first one creates the adapter set)."""
     if isinstance(runner.graphs, CompiledCpuDecode):
-        # Its step has the weights baked in and checks no module for changes (cpu_decode.py): peft's wrappers
-        # would go unseen. Start-up refuses adapters with it for the same reason (setup.py).
-        raise UnsupportedFeatureError(
-            "lora_name: LoRA adapters cannot load at run time into a compiled CPU decode step; start the engine "
-            "without compile: true (or with the adapter in lora_modules, which runs the steps eagerly).",
-            param="lora_name",
-        )
+        # Its step has the weights baked in and checks no module for changes (cpu_decode.py): it would not see
+        # peft's wrappers. So decode steps run eagerly from here on, as they do in an engine started with adapters.
+        logger.warning("LoRA adapter %r loads at run time: the compiled CPU decode step is dropped", name)
+        runner.graphs = None
     if runner.lora is None:
         packed_linear.unpack_linears(runner.model)  # peft wraps plain nn.Linear layers only
         runner.lora = LoraAdapters(runner.model, max_loras)
