@@ -56,7 +56,7 @@ def main() -> None:
             "rel_err_vs_bf16_weights": ((got.float() - exact).norm() / exact.norm()).item(),
             "bf16_us": do_bench(lambda: F.linear(x, w)) * 1e3,
             "fp8_us": do_bench(lambda: fp8_matmul.fp8_matmul(x, q, s, (128, 128))) * 1e3,
-            "default_config": fp8_matmul.launch_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count),
+            "default_config": fp8_matmul.launch_config(m, n, k, x.device),
         }
         if args.sweep and m in SWEEP_ROWS:
             timings = []

@@ -51,8 +51,8 @@ async def _waiting(queue: asyncio.Queue) -> list[Any]:
 
 def _merged(items: list[Any]) -> list[Any]:
     """`items` with each sequence's consecutive deltas as one, at its first delta's place (sequences of one request
-    are independent: n > 1 interleaves them step by step). Only plain deltas merge: not across a finish, not an
-    anything else it sends."""
+    are independent: n > 1 interleaves them step by step). Only deltas merge, never across a finish, and nothing
+    else the engine sends is passed by a later delta."""
     runs: list[Any] = []  # an item, or a list of deltas of one sequence to merge
     open_runs: dict[int, list[Delta]] = {}  # sequence index -> its run still taking deltas
     for item in items:

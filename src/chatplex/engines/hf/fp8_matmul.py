@@ -23,19 +23,17 @@ one kernel: a separate reduction would add a launch per layer, ~2 us each inside
 
 from __future__ import annotations
 
-import functools
-import logging
 from typing import Any
 
 import torch
+
+from chatplex.engines.hf.triton_decode import sm_count
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU installs have no Triton; FP8 checkpoints load dequantized there
     triton = None
-
-logger = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
@@ -118,22 +116,19 @@ if triton is not None:
 # it, which holds because the engine runs its layers on one stream, one after another: two sliced launches in flight
 # at once could push a tile's count past its last slice, and that tile would never be written again.
 _ARRIVED: dict[torch.device, torch.Tensor] = {}
-_WARNED: set[torch.device] = set()
 _MAX_TILES = 1 << 16
 SPLIT_TARGET = 4  # programs per SM a decode launch aims at
 
 
 def _arrived(device: torch.device) -> torch.Tensor | None:
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if device not in _ARRIVED and not capturing:
+    """The device's counters, made at the first call outside a capture; None inside one that came first (a kernel
+    captured alone, never the engine's: install() makes them), which then runs K in one pass."""
+    if device not in _ARRIVED and not torch.cuda.is_current_stream_capturing():
         _ARRIVED[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-    if device not in _ARRIVED and device not in _WARNED:
-        _WARNED.add(device)
-        logger.warning("FP8 matmuls captured before their first launch on %s: K is not cut into slices", device)
     return _ARRIVED.get(device)
 
 
-def launch_config(m: int, n: int, k: int, processors: int) -> dict[str, int]:
+def launch_config(m: int, n: int, k: int, device: torch.device) -> dict[str, int]:
     """Tile sizes by the number of rows: decode steps (a few rows) are bound by reading the weight, so narrow
     column tiles, and K cut into slices where the column tiles alone are too few to keep every SM reading (the
     slices' partial sums meet in the last one to finish); prefill (many rows) is bound by the tensor cores, so
@@ -142,7 +137,7 @@ def launch_config(m: int, n: int, k: int, processors: int) -> dict[str, int]:
         tiles = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
         column_tiles, k_blocks = -(-n // tiles["BLOCK_N"]), -(-k // 128)  # K blocks of at most 128 (fp8_matmul)
         split = 1
-        while column_tiles * split * 2 <= SPLIT_TARGET * processors and split * 2 <= k_blocks // 2:
+        while column_tiles * split * 2 <= SPLIT_TARGET * sm_count(device) and split * 2 <= k_blocks // 2:
             split *= 2
         return {**tiles, "SPLIT_K": split}
     if m <= 64:
@@ -166,7 +161,7 @@ def fp8_matmul(
         group_n, group_k, stride_sn, stride_sk = 1, 128, 0, 0
     else:
         (group_n, group_k), (stride_sn, stride_sk) = block, scale.stride()
-    tiles = {**launch_config(m, n, k, _processors(x.device)), **config}
+    tiles = {**launch_config(m, n, k, x.device), **config}
     grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(m, tiles["BLOCK_M"]), tiles["SPLIT_K"])
     arrived = _arrived(x.device) if tiles["SPLIT_K"] > 1 else None
     if arrived is None or grid[0] * grid[1] > _MAX_TILES:
@@ -194,11 +189,6 @@ def fp8_matmul(
         **tiles,
     )
     return out.reshape(*x.shape[:-1], n)
-
-
-@functools.cache
-def _processors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 @torch.library.custom_op("chatplex::fp8_linear", mutates_args=())

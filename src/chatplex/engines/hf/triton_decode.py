@@ -222,12 +222,17 @@ if triton is not None:
 _SM_COUNT: dict[int, int] = {}
 
 
-def num_splits(batch: int, kv_heads: int, device: torch.device) -> int:
-    """Context splits per (sequence, head): enough programs to fill the SMs about twice, at most 16."""
+def sm_count(device: torch.device) -> int:
+    """The GPU's streaming multiprocessors (asked of the driver once per GPU)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return max(1, min(16, -(-2 * _SM_COUNT[index] // (batch * kv_heads))))
+    return _SM_COUNT[index]
+
+
+def num_splits(batch: int, kv_heads: int, device: torch.device) -> int:
+    """Context splits per (sequence, head): enough programs to fill the SMs about twice, at most 16."""
+    return max(1, min(16, -(-2 * sm_count(device) // (batch * kv_heads))))
 
 
 def available(device: torch.device) -> bool:
