@@ -63,6 +63,29 @@ def test_cpu_path_matches_attention(dtype, window):
     assert (got.float() - expected).norm() / expected.norm() < tolerance
 
 
+@pytest.mark.parametrize("window", [0, 37])
+def test_traced_path_matches_attention_compiled_once_for_every_width(window):
+    """The attention a compiled CPU decode step traces (cpu_decode.py), given as many table columns as its longest
+    context fills or more: eager, and compiled with the width dynamic, where two widths share one compile."""
+    from torch._dynamo.utils import counters
+
+    q, k_cache, v_cache, tables, lens = scattered_cache(window + 1, torch.bfloat16)
+    scale = HEAD_DIM**-0.5
+    expected = reference(q, k_cache, v_cache, tables, lens, scale, BLOCK_SIZE, window)
+    traced = torch.compile(paged_decode.traced_decode_attention, fullgraph=True)
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    wide = torch.cat([tables, tables[:, :1]], dim=1)  # as the engine's buffer: a column more than a step can fill
+    for width in (13, 16):  # the longest context (200 tokens) fills 13 blocks
+        columns = wide[:, :width]
+        torch._dynamo.mark_dynamic(columns, 1)
+        for attend in (paged_decode.traced_decode_attention, traced):
+            got = attend(q, k_cache, v_cache, columns, lens, scale, BLOCK_SIZE, window)
+            assert got.dtype == torch.bfloat16
+            assert (got.float() - expected).norm() / expected.norm() < 1e-2  # the output's bf16 rounding
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+
+
 def test_op_writes_the_cache_then_attends():
     q, k_cache, v_cache, tables, lens = scattered_cache(1)
     key, value = torch.randn(4, KV_HEADS, HEAD_DIM), torch.randn(4, KV_HEADS, HEAD_DIM)

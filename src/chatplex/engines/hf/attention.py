@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
 from chatplex.engines.hf.kv_cache import PagedKVCache, to_cache, write_slots
-from chatplex.engines.hf.paged_decode import paged_decode_attention
+from chatplex.engines.hf.paged_decode import paged_decode_attention, traced_decode_attention
 
 ATTENTION_NAME = "chatplex_paged"
 # cuDNN's SDPA builds a plan per new sequence length on the host (milliseconds each): prompts vary, so skip it.
@@ -105,8 +105,26 @@ def paged_attention_forward(
     k_cache = meta.cache.keys[layer_idx]
     v_cache = meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
-    if meta.decode_block_tables is not None and not meta.prefills and (query.is_cuda or torch.compiler.is_compiling()):
-        # Decode-only step on a GPU, or one being compiled (cpu_decode.py): cache write and attention in one op,
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    decode_only = meta.decode_block_tables is not None and not meta.prefills
+    if decode_only and torch.compiler.is_compiling() and not query.is_cuda and k_cache.dtype == query.dtype:
+        # A compiled CPU decode step (cpu_decode.py): traced, for Inductor to fuse (paged_decode.py says why).
+        assert meta.decode_seq_lens is not None and meta.decode_block_tables is not None
+        write_slots(k_cache, meta.slot_mapping, key[0].transpose(0, 1))
+        write_slots(v_cache, meta.slot_mapping, value[0].transpose(0, 1))
+        out = traced_decode_attention(
+            query[0].transpose(0, 1),
+            k_cache,
+            v_cache,
+            meta.decode_block_tables,
+            meta.decode_seq_lens,
+            scale,
+            meta.cache.block_size,
+            window or 0,
+        )
+        return out.unsqueeze(0), None
+    if decode_only and (query.is_cuda or torch.compiler.is_compiling()):
+        # Decode-only step on a GPU, or a compiled CPU one over an FP8 cache: cache write and attention in one op,
         # opaque to CUDA graphs and torch.compile. (Eager CPU steps take the path below: no dispatch to a Python op.)
         assert not meta.per_sequence_decode  # batch_invariant is refused beside compiled or captured steps
         out = torch.ops.chatplex.paged_decode(
@@ -118,7 +136,7 @@ def paged_attention_forward(
             meta.slot_mapping,
             meta.decode_block_tables,
             meta.decode_seq_lens,
-            scaling if scaling is not None else query.shape[-1] ** -0.5,
+            scale,
             meta.cache.block_size,
             window or 0,
         )

@@ -4,13 +4,14 @@ An eager CPU decode step of a small model is mostly not its matmuls: SmolLM2-135
 ~8 of its ~16.5 ms a step (one sequence, bfloat16) in ~1,500 small ops (norms, rotary, residual adds, dtype
 casts) and the Python that calls them. Inductor's CPU backend fuses those into a few C++ loops, and with
 `freezing` packs the linear weights for oneDNN itself (and concatenates q/k/v and gate/up, as packed_linear.py
-does for eager steps); `cpp_wrapper` runs the whole step from C++, without a Python line per op. Measured there
-(BENCHMARKS.md section 10, round 3): single-stream TPOT over HTTP 20.9 -> 16.3 ms; under load little changes,
-since steps that carry a prefill chunk stay eager (and, compiled, lose packed_linear.py's packing).
+does for eager steps); `cpp_wrapper` runs the whole step from C++, without a Python line per op; attention is
+traced into the step too (paged_decode.traced_decode_attention). Measured there (BENCHMARKS.md section 10, round
+3): single-stream TPOT over HTTP 20.9 -> 16.3 ms; under load little changes, since steps that carry a prefill chunk
+stay eager (and, compiled, lose packed_linear.py's packing).
 
-One compile serves every batch size, a lone sequence padded to two rows (decode_step.py says why). Block tables
-sit in a buffer of the longest context's width, so their width never changes either. Padding rows write to the
-reserved scratch block 0 and read one token of it, as in cuda_graphs.py.
+One compile serves every batch size, a lone sequence padded to two rows (decode_step.py says why), and every
+context length: a step passes the block-table columns its longest context fills, a width marked dynamic. Padding
+rows write to the reserved scratch block 0 and read one token of it, as in cuda_graphs.py.
 
 What it costs: the compile, at start (45-95 s on 2 cores; freezing bakes the weights into the compiled step,
 so Inductor's graph cache cannot reuse it across starts, only its compiled C++ kernels), and a second copy of the
@@ -39,7 +40,9 @@ class CompiledCpuDecode:
     """The runner's DecodeReplayer (decode_step.py) on a CPU."""
 
     def __init__(self, model: Any, cache: PagedKVCache, max_batch: int, max_blocks: int) -> None:
-        inputs = StaticDecodeInputs(torch.device("cpu"), max(max_batch, SMALLEST_COMPILED_BATCH), max_blocks)
+        inputs = StaticDecodeInputs(
+            torch.device("cpu"), max(max_batch, SMALLEST_COMPILED_BATCH), max_blocks, trim_tables=True
+        )
         # Nothing changes the model's modules under this step: freezing bakes the weights in, an engine started with
         # LoRA adapters does not compile (setup.py), and one loaded at run time drops this step (lora.py).
         self.step = DecodeStep(model, cache, inputs, compile=True, inductor_options=_INDUCTOR_OPTIONS, fixed_model=True)

@@ -62,17 +62,31 @@ def decode_forward(
     return model(input_ids=input_ids, position_ids=positions, use_cache=False, chatplex_meta=meta).logits[0]
 
 
+# The smallest batch a compiled step runs (see the module docstring), and the fewest table columns it reads when
+# they are trimmed.
+SMALLEST_COMPILED_BATCH = 2
+SMALLEST_TABLE_WIDTH = 2
+
+
 class StaticDecodeInputs:
     """A decode step's inputs in buffers of `max_batch` rows and `max_blocks` block-table columns. Rows past a
     step's batch are padding (scratch block 0, one token of context); table columns past its width keep stale block
     ids that attention never reads (it reads as many blocks as the longest context fills, and masks each row)."""
 
-    def __init__(self, device: torch.device, max_batch: int, max_blocks: int) -> None:
+    def __init__(self, device: torch.device, max_batch: int, max_blocks: int, trim_tables: bool = False) -> None:
         self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.slots = torch.zeros(max_batch, dtype=torch.long, device=device)
+        if trim_tables:
+            # Room for the first compile's width, which no other size has (Dynamo would tie the two), and a column
+            # more than any step fills: a step's columns as whole rows would be contiguous, and Dynamo guards on that.
+            max_blocks = max(max_blocks, SMALLEST_TABLE_WIDTH + 1) + 1
         self.tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
         self.lens = torch.ones(max_batch, dtype=torch.int32, device=device)
+        # `trim_tables`: steps see only the table columns their longest context fills (the traced CPU attention,
+        # paged_decode.py, reads every column it is given), at least two, as a size of one would be specialized.
+        self.trim_tables = trim_tables
+        self.width = SMALLEST_TABLE_WIDTH + 1 if trim_tables else max_blocks
 
     def load(self, inputs: DeviceInputs) -> int:
         """Copy a step's inputs in; returns its number of rows."""
@@ -82,10 +96,13 @@ class StaticDecodeInputs:
         self.slots[:size].copy_(inputs.slots)
         self.lens[:size].copy_(inputs.seq_lens)
         self.tables[:size, : inputs.tables.shape[1]].copy_(inputs.tables)
+        if self.trim_tables:
+            self.width = max(inputs.tables.shape[1], SMALLEST_TABLE_WIDTH)
         return size
 
     # Where each of `rows`' tensors has its batch dimension.
     BATCH_DIMS = (1, 1, 0, 0, 0)
+    TABLES = 3  # which of `rows`' tensors holds the block tables
 
     def rows(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """decode_forward's tensor arguments for the first `size` rows. Token ids and positions are sliced, then
@@ -95,13 +112,9 @@ class StaticDecodeInputs:
             self.input_ids[:size][None],
             self.positions[:size][None],
             self.slots[:size],
-            self.tables[:size],
+            self.tables[:size, : self.width],
             self.lens[:size],
         )
-
-
-# The smallest batch a compiled step runs (see the module docstring).
-SMALLEST_COMPILED_BATCH = 2
 
 
 class DecodeStep:
@@ -140,6 +153,8 @@ class DecodeStep:
             return self._forward(*rows)
         for tensor, dim in zip(rows, StaticDecodeInputs.BATCH_DIMS):
             torch._dynamo.mark_dynamic(tensor, dim)
+        if self.inputs.trim_tables:
+            torch._dynamo.mark_dynamic(rows[StaticDecodeInputs.TABLES], 1)
         if not self._options:
             return self._forward(*rows)
         with torch._inductor.config.patch(self._options):
