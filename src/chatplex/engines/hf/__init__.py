@@ -21,6 +21,6 @@
     quantization.py   quantized weights (bitsandbytes while loading, checkpoints quantized beforehand)
     fp8_matmul.py     FP8 checkpoints' linear layers on a GPU as one Triton kernel
     compile_cache.py  torch.compile's caches in chatplex's cache folder
-    switch_interval.py, fresh_thread.py, heap.py, transfer.py  process-wide and threading helpers
+    switch_interval.py, fresh_thread.py, heap.py, transfer.py  process-wide and threading helpers (heap: glibc malloc)
 docs/ARCHITECTURE.md draws the threads and a request's path.
 """

@@ -13,7 +13,7 @@ import torch
 
 from chatplex.config import ModelArguments
 from chatplex.engines.base import PromptPreparer
-from chatplex.engines.hf import attention, loader, packed_linear, quantization
+from chatplex.engines.hf import attention, heap, loader, packed_linear, quantization
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
@@ -54,6 +54,8 @@ class EngineParts:
 def build(margs: ModelArguments, name: str) -> EngineParts:
     started = time.perf_counter()
     device = loader.pick_device(margs.device)
+    if device.type == "cpu":
+        heap.keep_freed_memory()
     score_head = lora = default_adapter = None
     if margs.dummy_weights:
         dtype = loader.resolve_dtype(margs, None, device)
