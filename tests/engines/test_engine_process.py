@@ -187,3 +187,17 @@ async def test_an_adapter_loaded_through_one_frontend_is_known_to_all(tiny_model
     finally:
         second.close()
         first.close()
+
+
+def test_dummy_weights_frontend_tokenizer_matches_the_engines_vocabulary():
+    """With dummy weights the frontend builds the word-level tokenizer from the shape's vocabulary while the engine
+    process loads (not after, from the engine's facts): it must be the engine's vocabulary, and a reply decodes in
+    it."""
+    args = {"dummy_weights": "smollm2-135m", "infer_dtype": "float32", "engine_process": True, "max_model_len": 256}
+    with ChatModel(args) as model:
+        engine = model.engine
+        assert isinstance(engine, ProcessEngine)
+        assert len(engine.prompts.tokenizer) == engine.prompts.vocab_size == 49152
+        [reply] = model.chat([{"role": "user", "content": "t5 t7"}], do_sample=False, max_new_tokens=3, ignore_eos=True)
+    assert reply.response_length == 3
+    assert reply.response_text.count("t") == 3  # three word-level tokens, "t<i> " each

@@ -10,12 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatplex.embeddings import EmbeddingInput, Embeddings
 from chatplex.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
-from chatplex.templates import ChatTemplate, prompt_token_ids, render_prompt
+from chatplex.templates import ChatTemplate, prompt_token_ids, render_prompt, resolve_template
 from chatplex.types import Delta, GenerationRequest
+
+if TYPE_CHECKING:
+    from chatplex.config import ModelArguments
 
 
 @dataclass
@@ -180,6 +183,14 @@ class PromptPreparer:
         # The model's embedding size: a LLaMA-Factory format can name tokens (its stop words) that the tokenizer
         # gained only when the format set it up, and that this model never learnt.
         self.vocab_size = vocab_size
+
+    @classmethod
+    def for_model(
+        cls, margs: ModelArguments, tokenizer: Any, max_model_len: int, vocab_size: int | None = None
+    ) -> PromptPreparer:
+        """With the chat template the model's arguments choose (`template`, `chat_template`, the tokenizer's own)."""
+        template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
+        return cls(tokenizer, template, max_model_len, vocab_size)
 
     def message_ids(self, messages: list[Any], request: GenerationRequest) -> list[int]:
         """`messages` rendered with the template for `request` (its tools and template kwargs), as token ids: a

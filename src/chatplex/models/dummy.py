@@ -119,6 +119,12 @@ def check_shape(name: str) -> None:
         )
 
 
+def vocab_size(name: str) -> int:
+    """The vocabulary size of shape `name` (what its dummy tokenizer needs, without building the model)."""
+    check_shape(name)
+    return SHAPES[name][1]["vocab_size"]
+
+
 def dummy_tokenizer(vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

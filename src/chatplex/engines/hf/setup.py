@@ -25,7 +25,6 @@ from chatplex.engines.hf.scheduler import Scheduler
 from chatplex.engines.sequence_text import stop_tokens
 from chatplex.errors import ConfigError, EngineError
 from chatplex.models.dummy import dummy_model, dummy_tokenizer
-from chatplex.templates import resolve_template
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         pad_tokens_to=pad,
         batch_invariant=margs.batch_invariant,
     )
-    prompts = prompt_preparer(margs, tokenizer, max_len, text_config.vocab_size)
+    prompts = PromptPreparer.for_model(margs, tokenizer, max_len, text_config.vocab_size)
     template = prompts.template
     # A sequence classifier (reward model) has no generation config.
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -177,12 +176,6 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         default_adapter,
         multimodal,
     )
-
-
-def prompt_preparer(margs: ModelArguments, tokenizer: Any, max_len: int, vocab_size: int) -> PromptPreparer:
-    """The chat template and prompt checks over `tokenizer` (an engine process's frontend builds its own)."""
-    template = resolve_template(margs.template, margs.chat_template, tokenizer, **margs.template_options())
-    return PromptPreparer(tokenizer, template, max_len, vocab_size)
 
 
 def _compiles_on_cpu(margs: ModelArguments, multimodal: Any, lora: Any, score_head: Any, quantized: bool) -> bool:

@@ -61,7 +61,6 @@ from chatplex.errors import (
 from chatplex.media import media_items
 from chatplex.models.embedded import EMBEDDED_NAME
 from chatplex.structured.matcher import Grammars
-from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -186,10 +185,10 @@ class LlamaCppEngine(Engine):
         margs = self.args.model
         self.tokenizer, llama = loader.load(self.path, margs.max_model_len, self.options)
         self.runner = LlamaRunner(llama)
-        template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
-        self.prompts = PromptPreparer(self.tokenizer, template, self.runner.n_ctx)
+        self.prompts = PromptPreparer.for_model(margs, self.tokenizer, self.runner.n_ctx)
         eos = llama.token_eos()
-        self.eos_ids, self.template_stops = stop_tokens(eos if eos >= 0 else None, self.tokenizer, template.stop_words)
+        stop_words = self.prompts.template.stop_words
+        self.eos_ids, self.template_stops = stop_tokens(eos if eos >= 0 else None, self.tokenizer, stop_words)
         self.grammars = Grammars(self.tokenizer, self.runner.n_vocab, self.eos_ids)
 
     # ---- capabilities --------------------------------------------------------------------------------------

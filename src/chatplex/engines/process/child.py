@@ -178,8 +178,10 @@ async def serve(path: str) -> int:
     reader, writer = await asyncio.open_unix_connection(path)
     _, args, log_level, accept_frontends = await wire.read(reader)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [engine]: %(message)s")
+    imports = time.perf_counter()
     from chatplex.engines.hf.engine import HFEngine  # after the frontend is connected: torch takes seconds
 
+    logger.info("Engine process: torch and the engine imported in %.1f s", time.perf_counter() - imports)
     engine = HFEngine(args)
     try:
         await engine.start()

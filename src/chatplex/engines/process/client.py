@@ -121,17 +121,15 @@ class ProcessEngine(Engine):
         logger.info("Attached to the engine process serving %s on %s", facts.model_name, facts.device)
 
     def _tokenizer(self) -> Any:
-        """The model's tokenizer (None for dummy weights: the engine process says the vocabulary's size)."""
-        return None if self.args.model.dummy_weights else _load_tokenizer(self.args)
+        """The model's tokenizer (dummy weights: a word-level one of the shape's vocabulary, as the engine's)."""
+        if self.args.model.dummy_weights:
+            from chatplex.models.dummy import dummy_tokenizer, vocab_size
+
+            return dummy_tokenizer(vocab_size(self.args.model.dummy_weights))
+        return _load_tokenizer(self.args)
 
     def _prompt_preparer(self, facts: wire.EngineFacts, tokenizer: Any) -> PromptPreparer:
-        if tokenizer is None:
-            from chatplex.models.dummy import dummy_tokenizer
-
-            tokenizer = dummy_tokenizer(facts.vocab_size)
-        from chatplex.engines.hf.setup import prompt_preparer
-
-        return prompt_preparer(self.args.model, tokenizer, facts.max_model_len, facts.vocab_size)
+        return PromptPreparer.for_model(self.args.model, tokenizer, facts.max_model_len, facts.vocab_size)
 
     @property
     def attach_path(self) -> str | None:

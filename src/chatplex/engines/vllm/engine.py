@@ -47,7 +47,6 @@ from chatplex.engines.vllm.stats import SchedulerCounters
 from chatplex.errors import ChatplexError, ConfigError, EngineClosedError, EngineError, UnsupportedFeatureError
 from chatplex.media import media_items
 from chatplex.structured.matcher import special_token_ids
-from chatplex.templates import resolve_template
 from chatplex.types import Delta, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -123,10 +122,9 @@ class VLLMEngine(Engine):
             self._hidden_size = model_config.get_hidden_size()
             logger.info("Loaded %s with vLLM (%s, length %d)", self._name, self._kind, self._encoder.max_len)
             return
-        template = resolve_template(margs.template, margs.chat_template, self.tokenizer, **margs.template_options())
-        self.prompts = PromptPreparer(self.tokenizer, template, model_config.max_model_len)
+        self.prompts = PromptPreparer.for_model(margs, self.tokenizer, model_config.max_model_len)
         self._special_tokens = special_token_ids(self.tokenizer)  # for tool-call grammars (params.py)
-        self.eos_ids, self.text_stops = self._stop_tokens(template.stop_words)
+        self.eos_ids, self.text_stops = self._stop_tokens(self.prompts.template.stop_words)
         self.media = MediaInputs.from_llm(self._llm, margs.media_policy(), self._name)
         logger.info("Loaded %s with vLLM (context %d)", self._name, model_config.max_model_len)
 
