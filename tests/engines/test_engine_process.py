@@ -190,10 +190,12 @@ async def test_an_adapter_loaded_through_one_frontend_is_known_to_all(tiny_model
 
 
 def test_dummy_weights_frontend_tokenizer_matches_the_engines_vocabulary():
-    """With dummy weights the frontend builds the word-level tokenizer from the shape's vocabulary while the engine
-    process loads (not after, from the engine's facts): it must be the engine's vocabulary, and a reply decodes in
-    it."""
+    """With dummy weights the frontend builds the word-level tokenizer from the shape's vocabulary, before any engine
+    process says it (so while one loads): it must be the engine's vocabulary, and a reply decodes in it."""
+    from chatplex.config import load_args
+
     args = {"dummy_weights": "smollm2-135m", "infer_dtype": "float32", "engine_process": True, "max_model_len": 256}
+    assert len(ProcessEngine(load_args(args))._tokenizer()) == 49152  # no engine process started
     with ChatModel(args) as model:
         engine = model.engine
         assert isinstance(engine, ProcessEngine)

@@ -119,7 +119,7 @@ def check_shape(name: str) -> None:
         )
 
 
-def vocab_size(name: str) -> int:
+def shape_vocab_size(name: str) -> int:
     """The vocabulary size of shape `name` (what its dummy tokenizer needs, without building the model)."""
     check_shape(name)
     return SHAPES[name][1]["vocab_size"]

@@ -47,6 +47,15 @@ def test_compiled_decode_equals_generate_in_float32(model_dir):
     assert compiled == expected
 
 
+def test_compiled_decode_over_an_fp8_cache_equals_the_eager_engine(model_dir):
+    """Over an FP8 cache the compiled step calls the paged-decode op (as on a GPU) instead of tracing attention: the
+    same tokens as the eager engine over the same cache (float32), with no recompile across the steps' widths."""
+    eager, eager_steps = run_engine(model_dir, "float32", kv_cache_dtype="fp8_e5m2")
+    compiled, compiled_steps = run_engine(model_dir, "float32", compile=True, kv_cache_dtype="fp8_e5m2")
+    assert eager_steps == 0 < compiled_steps
+    assert compiled == eager
+
+
 def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
     """bfloat16 (the CPU default) rounds differently once Inductor fuses the elementwise ops (it keeps float32
     between them), so greedy tokens may part after many steps; one step's logits must agree closely, row by row."""
@@ -77,8 +86,9 @@ def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
 
 
 def test_one_compile_serves_every_cuda_graph_bucket(model_dir):
-    """The compiled decode step as the CUDA-graph path runs it (decode_step.DecodeStep, Inductor's defaults), here on
-    the CPU: every bucket from the largest (the whole input buffer) down, through sizes equal to the model's KV heads
+    """The compiled decode step as the CUDA-graph path builds it (decode_step.DecodeStep, Inductor's defaults, the
+    block tables' full width), here on the CPU, where it traces the CPU attention rather than the GPU's op: every
+    bucket from the largest (the whole input buffer) down, through sizes equal to the model's KV heads
     (2) and attention heads (4) and to the KV block size (16), compiles once; each size's logits equal the eager
     step's (float32)."""
     from torch._dynamo.utils import counters

@@ -54,18 +54,24 @@ def step():  # a sampling step's temporaries (8 rows of a 49k vocabulary): float
     blocks = [np.ones(size << 20, dtype=np.uint8) for size in (1, 1, 3, 3)]
     return sum(len(b) for b in blocks)
 
-step()  # once: glibc raises its thresholds as far as these blocks take them
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def steps():  # on a thread, as the engine's steps run: from an arena of its own, not the main heap
+    step()  # once: glibc raises its thresholds as far as these blocks take them
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+import threading
+thread = threading.Thread(target=steps)
+thread.start()
+thread.join()
 """
 
 
 def test_kept_memory_serves_the_next_block_without_page_faults():
-    """A step's 8 MiB of blocks allocated and freed again and again: with glibc's defaults they are fresh pages
-    each time (freed together at the heap's top, they pass its trim threshold: ~2,000 faults of 4 KiB a step); with
-    the thresholds a CPU engine sets, the freed blocks are reused."""
+    """A step's 8 MiB of blocks allocated and freed again and again on a thread: with glibc's defaults they are
+    fresh pages each time (freed together at the top of the thread's heap, they pass its trim threshold); with the
+    thresholds a CPU engine sets, the freed blocks are reused."""
     import subprocess
     import sys
 
@@ -75,5 +81,6 @@ def test_kept_memory_serves_the_next_block_without_page_faults():
         return int(run.stdout)
 
     default, kept = faults("default"), faults("keep")
-    assert default > 50 * 1000, default
-    assert kept < 50 * 10, kept
+    # 4 KiB faults: ~2,000 a step by default. (Transparent huge pages set to always would fault 2 MiB at a time,
+    # fewer faults for the same cost: the ratio holds either way.)
+    assert default > 20 * max(kept, 10), (default, kept)

@@ -44,7 +44,7 @@ class AttentionMetadata:
     decode_positions: torch.Tensor | None  # [num_decode] position of each decode token
     prefills: list[PrefillSegment]
     # Block-table path (paged_decode.py: Triton on CUDA, a block gather on the CPU).
-    decode_block_tables: torch.Tensor | None = None  # [num_decode, max_blocks] int32
+    decode_block_tables: torch.Tensor | None = None  # [num_decode, width] int32
     decode_seq_lens: torch.Tensor | None = None  # [num_decode] int32, context length including the new token
     # Rows from here on are padding (eager steps round their token count up, see runner.py): no attention, zeros.
     padded_from: int | None = None
@@ -106,41 +106,8 @@ def paged_attention_forward(
     v_cache = meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    decode_only = meta.decode_block_tables is not None and not meta.prefills
-    if decode_only and torch.compiler.is_compiling() and not query.is_cuda and k_cache.dtype == query.dtype:
-        # A compiled CPU decode step (cpu_decode.py): traced, for Inductor to fuse (paged_decode.py says why).
-        assert meta.decode_seq_lens is not None and meta.decode_block_tables is not None
-        write_slots(k_cache, meta.slot_mapping, key[0].transpose(0, 1))
-        write_slots(v_cache, meta.slot_mapping, value[0].transpose(0, 1))
-        out = traced_decode_attention(
-            query[0].transpose(0, 1),
-            k_cache,
-            v_cache,
-            meta.decode_block_tables,
-            meta.decode_seq_lens,
-            scale,
-            meta.cache.block_size,
-            window or 0,
-        )
-        return out.unsqueeze(0), None
-    if decode_only and (query.is_cuda or torch.compiler.is_compiling()):
-        # Decode-only step on a GPU, or a compiled CPU one over an FP8 cache: cache write and attention in one op,
-        # opaque to CUDA graphs and torch.compile. (Eager CPU steps take the path below: no dispatch to a Python op.)
-        assert not meta.per_sequence_decode  # batch_invariant is refused beside compiled or captured steps
-        out = torch.ops.chatplex.paged_decode(
-            query[0].transpose(0, 1),
-            key[0].transpose(0, 1),
-            value[0].transpose(0, 1),
-            k_cache,
-            v_cache,
-            meta.slot_mapping,
-            meta.decode_block_tables,
-            meta.decode_seq_lens,
-            scale,
-            meta.cache.block_size,
-            window or 0,
-        )
-        return out.unsqueeze(0), None
+    if meta.decode_block_tables is not None and not meta.prefills and (query.is_cuda or torch.compiler.is_compiling()):
+        return _captured_decode(meta, query, key, value, k_cache, v_cache, scale, window or 0), None
     write_slots(k_cache, meta.slot_mapping, key[0].transpose(0, 1))
     write_slots(v_cache, meta.slot_mapping, value[0].transpose(0, 1))
     # An FP8 cache is read back in the model's dtype (`.to` is free when the cache already is in it).
@@ -156,7 +123,7 @@ def paged_attention_forward(
             v_cache,
             meta.decode_block_tables,
             meta.decode_seq_lens,
-            scaling if scaling is not None else q.shape[-1] ** -0.5,
+            scale,
             meta.cache.block_size,
             window or 0,
             per_sequence=meta.per_sequence_decode,
@@ -200,6 +167,35 @@ def paged_attention_forward(
     if meta.padded_from is not None:
         out[meta.padded_from :] = 0
     return out.unsqueeze(0), None
+
+
+def _captured_decode(
+    meta: AttentionMetadata,
+    query: torch.Tensor,  # [1, heads, B, head_dim]
+    key: torch.Tensor,  # [1, kv_heads, B, head_dim]
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    """A decode-only step that CUDA graphs capture or torch.compile traces: [1, B, heads, head_dim]. A compiled CPU
+    step traces the attention itself, for Inductor to fuse (paged_decode.traced_decode_attention says why); a GPU
+    step, and a compiled CPU one over an FP8 cache, run cache write and attention as one op, opaque to both. (Eager
+    CPU steps take paged_attention_forward's own path: no dispatch to a Python op.)"""
+    assert meta.decode_block_tables is not None and meta.decode_seq_lens is not None  # set together
+    assert not meta.per_sequence_decode  # batch_invariant is refused beside compiled or captured steps
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [B, heads or kv_heads, head_dim]
+    tables, lens, block_size = meta.decode_block_tables, meta.decode_seq_lens, meta.cache.block_size
+    if not query.is_cuda and k_cache.dtype == query.dtype:
+        write_slots(k_cache, meta.slot_mapping, k)
+        write_slots(v_cache, meta.slot_mapping, v)
+        out = traced_decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
+    else:
+        out = torch.ops.chatplex.paged_decode(
+            q, k, v, k_cache, v_cache, meta.slot_mapping, tables, lens, scale, block_size, window
+        )
+    return out.unsqueeze(0)
 
 
 def register() -> str:

@@ -3,7 +3,8 @@
 their compiled or captured code sees the same tensors every step (`DecodeStep`); `DecodeReplayer` is what the runner
 needs of either.
 
-Compiled, one compile serves every batch size: only the batch dimension is marked dynamic. `torch.compile(...,
+Compiled, one compile serves every batch size: only the batch dimension is marked dynamic (and, for the compiled
+CPU step, the block tables' width: StaticDecodeInputs' `trim_tables`). `torch.compile(...,
 dynamic=True)`, as the CUDA-graph path had it, made every size symbolic and guarded on their coincidences (measured
 on a tiny Llama: the largest bucket, the whole buffer, compiled once and the next bucket again; a batch of as many
 rows as the model has KV heads failed a duck-sizing guard), and compiled several times slower than the static
@@ -69,9 +70,11 @@ SMALLEST_TABLE_WIDTH = 2
 
 
 class StaticDecodeInputs:
-    """A decode step's inputs in buffers of `max_batch` rows and `max_blocks` block-table columns. Rows past a
-    step's batch are padding (scratch block 0, one token of context); table columns past its width keep stale block
-    ids that attention never reads (it reads as many blocks as the longest context fills, and masks each row)."""
+    """A decode step's inputs in buffers of `max_batch` rows and `max_blocks` block-table columns (with
+    `trim_tables`, a few more: see there). Rows past a step's batch are padding (scratch block 0, one token of
+    context); table columns past a row's own blocks keep stale block ids, of blocks in the cache, whose positions
+    attention masks (the op reads as many blocks as the longest context fills; the traced CPU attention every column
+    it is given, at least SMALLEST_TABLE_WIDTH)."""
 
     def __init__(self, device: torch.device, max_batch: int, max_blocks: int, trim_tables: bool = False) -> None:
         self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)

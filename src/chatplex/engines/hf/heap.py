@@ -7,7 +7,9 @@ the system past its trim threshold; either way the next step's block arrives as 
 faults in and zeroes 4 KiB at a time. Measured on the 2-core CPU: sampling 8 rows of SmolLM2's 49k-token
 vocabulary took 2.1 ms, 0.26 ms with the memory kept. So a CPU engine fixes both thresholds (`keep_freed_memory`):
 blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) come from the heap, and up to 256 MiB of freed heap
-stays mapped; larger blocks (KV cache, weights, a long prompt's logits) are mapped and unmapped as before.
+stays mapped per arena (the engine thread allocates from one of its own) until the trimmer below runs; larger blocks
+(KV cache, weights, a long prompt's logits) are mapped and unmapped as before. The setting is the process's from
+then on (`ChatModel` on a CPU sets it too), as glibc has no way to ask what it was.
 
 Giving back: under a steady mixed load the server's Python heap stays flat (tracemalloc: no growth over 7 minutes)
 while its RSS creeps up: torch's CPU tensors of ever-changing step shapes are malloc'd and freed through glibc,
@@ -24,7 +26,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,9 +53,18 @@ def _glibc_function(name: str) -> Any | None:
 def keep_freed_memory() -> bool:
     """Fix the process's malloc thresholds (see the module docstring); whether glibc took them."""
     mallopt = _glibc_function("mallopt")
-    if mallopt is None or platform.libc_ver()[0] != "glibc":
+    if mallopt is None or not _is_glibc():
         return False
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    done = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    logger.debug("glibc malloc thresholds %s", "set" if done else "refused")
+    return done
+
+
+def _is_glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None  # musl and others have no such name
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -1,6 +1,7 @@
 """Decode attention read through block tables, on the device that runs the model: the Triton kernel on a GPU, a
 block gather and two small matmuls per layer on the CPU; `chatplex::paged_decode`, the same as one opaque op
-(cache write + attention) for CUDA graphs; and the CPU's attention written for a compiled step to trace.
+(cache write + attention) for CUDA graphs (and compiled CPU steps over an FP8 cache); and the CPU's attention
+written for a compiled step to trace.
 
 Why block tables on the CPU too: the portable path (attention.py) gathers every context slot one by one and runs
 SDPA with a mask over the padded batch. For SmolLM2 at 8 streams of ~200 tokens on a 2-core CPU that was ~0.7 ms
@@ -72,13 +73,19 @@ def _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, bloc
     grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim).float()
     scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale)  # [B, kv_heads, group, kept]
     if not unmasked:
-        pos = torch.arange(length, device=q.device)[None, :]
-        hidden = pos >= seq_lens[:, None]  # past the context, and the rest of its last block
-        if window:
-            hidden |= pos < seq_lens[:, None] - window
-        scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
+        scores.masked_fill_(_hidden(length, seq_lens, window)[:, None, None, :], float("-inf"))
     out = torch.matmul(scores.softmax(dim=-1), values)  # [B, kv_heads, group, head_dim]
     return out.reshape(batch, heads, head_dim).to(q.dtype)
+
+
+def _hidden(length: int, seq_lens: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, length] True where a position is not attended: past the sequence's context (the rest of its last block,
+    and columns a shorter sequence does not fill) or before its window."""
+    pos = torch.arange(length, device=seq_lens.device)[None, :]
+    hidden = pos >= seq_lens[:, None]
+    if window:
+        hidden |= pos < seq_lens[:, None] - window
+    return hidden
 
 
 def traced_decode_attention(
@@ -110,11 +117,7 @@ def traced_decode_attention(
 
     grouped = q.view(batch, kv_heads, heads // kv_heads, 1, head_dim).float()
     scores = (grouped * context(k_cache)).sum(-1) * scale  # [B, kv_heads, group, length]
-    pos = torch.arange(length, device=q.device)[None, :]
-    hidden = pos >= seq_lens[:, None]
-    if window:
-        hidden |= pos < seq_lens[:, None] - window
-    probs = scores.masked_fill(hidden[:, None, None, :], float("-inf")).softmax(dim=-1)
+    probs = scores.masked_fill(_hidden(length, seq_lens, window)[:, None, None, :], float("-inf")).softmax(dim=-1)
     out = (probs[..., None] * context(v_cache)).sum(-2)  # [B, kv_heads, group, head_dim]
     return out.reshape(batch, heads, head_dim).to(q.dtype)
 
@@ -140,7 +143,8 @@ def _paged_decode(
 # `chatplex::paged_decode`: this step's keys/values written into the cache, then attention; one opaque op, so
 # torch.compile neither traces into the kernel nor copies the (mutated) cache. Defined with torch.library's
 # low-level calls rather than `torch.library.custom_op`, whose Python wrapper costs ~40 us a call (measured on the
-# 2-core CPU: 110 vs 73 us a call with one decode row): a compiled CPU decode step calls it once a layer.
+# 2-core CPU: 110 vs 73 us a call with one decode row): a compiled CPU decode step over an FP8 cache calls it once a
+# layer (over a cache in the model's dtype it traces the attention instead).
 _LIB = torch.library.Library("chatplex", "FRAGMENT")
 _LIB.define(
     "paged_decode(Tensor q, Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping, "

@@ -123,9 +123,9 @@ class ProcessEngine(Engine):
     def _tokenizer(self) -> Any:
         """The model's tokenizer (dummy weights: a word-level one of the shape's vocabulary, as the engine's)."""
         if self.args.model.dummy_weights:
-            from chatplex.models.dummy import dummy_tokenizer, vocab_size
+            from chatplex.models.dummy import dummy_tokenizer, shape_vocab_size
 
-            return dummy_tokenizer(vocab_size(self.args.model.dummy_weights))
+            return dummy_tokenizer(shape_vocab_size(self.args.model.dummy_weights))
         return _load_tokenizer(self.args)
 
     def _prompt_preparer(self, facts: wire.EngineFacts, tokenizer: Any) -> PromptPreparer:
