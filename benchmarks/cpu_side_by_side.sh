@@ -3,6 +3,8 @@
 # server at a time on this machine, all measured by vLLM's own serving client (benchmarks/vllm_bench_serve.py):
 #   load:   random 128-token prompts, 64 tokens out, 32 prompts, 8 at a time, ignore_eos (issue 16's load)
 #   single: random 128-token prompts, 128 tokens out, 8 prompts, one at a time
+#   each server first gets a discarded warm-up: one load run (a short one where only single is measured); the random
+#   prompts repeat from run to run (the client's fixed seed), so every server's prefix cache sees them again
 #   bash benchmarks/cpu_side_by_side.sh [REPEATS]   (default 3); results in /tmp/chatplex-cpu/*.json, a summary on stdout
 #   SERVERS="compiled vllm llama.cpp" bash benchmarks/cpu_side_by_side.sh 2   (some of: defaults batch-invariant
 #   compiled vllm llama.cpp; default all)
@@ -24,7 +26,8 @@ client() {  # label case input output prompts concurrency
 }
 run_cases() {  # label cases...
   local label=$1; shift
-  client "$label" warmup 128 16 8 8 0
+  # Warm-up, discarded: a whole load run where the load is measured (issue 16 compares warm runs), else a short one.
+  if [[ " $* " == *" load "* ]]; then client "$label" warmup 128 64 32 8 0; else client "$label" warmup 128 16 8 8 0; fi
   for r in $(seq "$REPEATS"); do
     for case in "$@"; do
       case $case in
