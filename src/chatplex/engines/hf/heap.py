@@ -53,18 +53,12 @@ def _glibc_function(name: str) -> Any | None:
 def keep_freed_memory() -> bool:
     """Fix the process's malloc thresholds (see the module docstring); whether glibc took them."""
     mallopt = _glibc_function("mallopt")
-    if mallopt is None or not _is_glibc():
+    if mallopt is None:
         return False
+    # glibc answers 1 for a setting it took; a libc whose mallopt is a stub (musl) answers 0
     done = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     logger.debug("glibc malloc thresholds %s", "set" if done else "refused")
     return done
-
-
-def _is_glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION") is not None  # musl and others have no such name
-    except (ValueError, OSError, AttributeError):
-        return False
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
