@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -74,3 +78,53 @@ def test_sigterm_drains_through_the_engine_process(tmp_path, tiny_model_dir):
             raise AssertionError("the engine process outlived its server")
     finally:
         srv.stop()
+
+
+# Loaded by every Python process of the test server (PYTHONPATH): the frontend notes, as it starts importing its
+# HTTP stack, whether its engine process is already running.
+WATCH_IMPORTS = '''
+import os, sys
+
+class _FirstFastapiImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fastapi":
+            sys.meta_path.remove(self)
+            pid = os.getpid()
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+            engine = any(b"chatplex.engines.process.child" in open(f"/proc/{c}/cmdline", "rb").read() for c in children)
+            with open(os.environ["WATCH_OUT"], "w") as f:
+                f.write(f"engine process running: {engine}")
+        return None
+
+if "chatplex.cli.main" in sys.orig_argv:
+    sys.meta_path.insert(0, _FirstFastapiImport())
+'''
+
+
+def test_the_engine_process_starts_before_the_frontend_imports_its_http_stack(tmp_path, tiny_model_dir):
+    """So its own imports (torch, transformers, the engine: seconds on a GPU host) run while the frontend imports
+    FastAPI, uvicorn and torch."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(WATCH_IMPORTS)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "WATCH_OUT": str(tmp_path / "watch.txt")}
+    srv = ServerProcess(["--model", tiny_model_dir, "--engine-process", "--served-model-name", "x"],
+                        tmp_path / "server.log", env=env).wait_ready()
+    try:
+        assert (tmp_path / "watch.txt").read_text() == "engine process running: True"
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=60)
+        assert client.completions.create(model="x", prompt="Once", max_tokens=4).usage.completion_tokens == 4
+    finally:
+        srv.stop()
+    assert not list(Path(tempfile.gettempdir()).glob("chatplex-engine-*/engine.sock"))  # no socket left behind
+
+
+def test_serve_asks_the_driver_for_a_gpu_without_importing_torch():
+    code = ("import sys; from chatplex.cli.serve import _has_gpu; from chatplex.config import load_args; "
+            "has = _has_gpu(load_args({})); print(has, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"
+    import torch
+
+    assert out[0] == str(torch.cuda.is_available())  # the driver's answer is torch's

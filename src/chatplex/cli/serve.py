@@ -9,6 +9,7 @@ CHATPLEX_*, then LLaMA-Factory's name, then the default.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 from typing import Any, NoReturn
@@ -198,17 +199,21 @@ def check_api_server_count(args: Any, count: int) -> None:
 
 
 def _has_gpu(args: Any) -> bool:
+    """Whether the engine will find a CUDA device, asked of the driver: importing torch to ask would cost the
+    frontend seconds on a GPU host before it could start the engine process."""
     if args.model.device not in ("auto", "cuda"):
         return False
-    import torch
-
-    return torch.cuda.is_available()
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:  # no NVIDIA driver
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
 def run(ns: argparse.Namespace) -> NoReturn:
     from chatplex.config import load_args
     from chatplex.engines.parallel import is_worker_node, run_worker_node
-    from chatplex.server.runner import exit_without_teardown, serve
 
     model_args = llamafactory_env(model_args_from(ns))
     if ns.max_queued_requests is not None:
@@ -220,8 +225,14 @@ def run(ns: argparse.Namespace) -> NoReturn:
         model_args["engine_process"] = True
     if args.model.engine_process is None and args.model.infer_backend == "huggingface" and _has_gpu(args):
         model_args["engine_process"] = True  # the HTTP frontend and the engine each get an interpreter of their own
-    if is_worker_node(args):  # node 1.. of several machines: workers only, node 0 serves
-        code = run_worker_node(args)
-    else:
-        code = serve(model_args, settings, getattr(ns, "log_level", "warning"))
+    worker = is_worker_node(args)  # node 1.. of several machines: workers only, node 0 serves
+    launch = None
+    if not worker and model_args.get("engine_process", args.model.engine_process):
+        from chatplex.engines.process.launch import EngineLaunch
+
+        # Before the frontend imports its HTTP stack, torch and transformers: the engine's imports run meanwhile.
+        launch = EngineLaunch()
+    from chatplex.server.runner import exit_without_teardown, serve
+
+    code = run_worker_node(args) if worker else serve(model_args, settings, getattr(ns, "log_level", "warning"), launch)
     exit_without_teardown(code)

@@ -7,11 +7,12 @@ the same shapes run the same kernels.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from chatplex.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 _LLAMA3 = dict(
     vocab_size=128256,
@@ -141,6 +142,9 @@ def dummy_tokenizer(vocab_size: int) -> Any:
 
 
 def dummy_model(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    # Imported here: `chatplex serve`'s frontend checks the shape and builds the tokenizer without torch, which
+    # costs seconds to import on a GPU host before the engine process can start.
+    import torch
     import transformers
 
     check_shape(name)

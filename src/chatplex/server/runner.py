@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
 
@@ -19,6 +19,9 @@ from chatplex.server.app import create_app
 from chatplex.server.frontends import ExtraFrontends
 from chatplex.server.settings import ServerSettings
 from chatplex.server.state import ServerState
+
+if TYPE_CHECKING:
+    from chatplex.engines.process.launch import EngineLaunch
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +80,25 @@ def _server(settings: ServerSettings, log_level: str) -> tuple[DrainingServer, S
     return DrainingServer(config, state), state
 
 
-def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str = "warning") -> int:
-    """Serve until stopped; returns the exit code. Raises the model's load error if loading failed."""
+def serve(
+    model_args: dict[str, Any],
+    settings: ServerSettings,
+    log_level: str = "warning",
+    launch: EngineLaunch | None = None,
+) -> int:
+    """Serve until stopped; returns the exit code. Raises the model's load error if loading failed. `launch`: the
+    engine process (engine_process on), started before this module's imports (cli/serve.py)."""
     started = time.perf_counter()
-    server, state = _server(settings, log_level)
+    try:
+        server, state = _server(settings, log_level)
+        # Several frontends share one listening socket, bound here before any of them starts.
+        sock = server.config.bind_socket() if settings.api_server_count > 1 else None
+    except BaseException:
+        if launch is not None:
+            launch.kill()
+        raise
     loaded: dict[str, Any] = {}
     extra = ExtraFrontends()
-    # Several frontends share one listening socket, bound here before any of them starts.
-    sock = server.config.bind_socket() if settings.api_server_count > 1 else None
 
     def engine_died() -> None:  # an engine process that dies takes the server down, for a supervisor to restart
         loaded["engine_died"] = True
@@ -96,13 +110,13 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
 
     def load() -> None:  # in the background, so /health answers 503 "loading" meanwhile
         try:
-            if sock is None:
+            if sock is None and launch is None:
                 model = ChatModel(model_args)
-            else:  # an engine process the extra frontends can join
+            else:  # an engine process started already, or one the extra frontends can join
                 from chatplex.config import load_args
                 from chatplex.engines.process.client import ProcessEngine
 
-                engine = ProcessEngine(load_args(model_args), accept_frontends=True)
+                engine = ProcessEngine(load_args(model_args), accept_frontends=sock is not None, launch=launch)
                 model = ChatModel(model_args, engine=engine)
             if hasattr(model.engine, "on_exit"):
                 model.engine.on_exit = engine_died
@@ -128,7 +142,8 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
                 time.perf_counter() - started,
             )
         except BaseException as e:  # noqa: BLE001 - re-raised once the server has stopped
-            loaded["error"] = e
+            if "stopped" not in loaded:  # not the engine process stopped below
+                loaded["error"] = e
             server.should_exit = True
 
     threading.Thread(target=load, name="chatplex-load", daemon=True).start()
@@ -138,6 +153,9 @@ def serve(model_args: dict[str, Any], settings: ServerSettings, log_level: str =
         extra.stop(settings.drain_timeout + 10)  # their requests need the engine: it closes after them
         if "model" in loaded:
             loaded["model"].close()
+        elif launch is not None:  # stopped while the model loads: the engine process goes too
+            loaded["stopped"] = True
+            launch.kill()
     if "error" in loaded:
         raise loaded["error"]
     if loaded.get("engine_died") or loaded.get("frontend_died"):

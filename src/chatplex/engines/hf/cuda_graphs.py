@@ -12,6 +12,8 @@ filled in from the previous step's device tensor of tokens), then copied into th
 from __future__ import annotations
 
 import bisect
+import logging
+import time
 from typing import Any
 
 import torch
@@ -19,6 +21,8 @@ import torch
 from chatplex.engines.hf.decode_step import SMALLEST_COMPILED_BATCH, DecodeStep, StaticDecodeInputs
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
+
+logger = logging.getLogger(__name__)
 
 
 def bucket_sizes(max_batch: int, smallest: int = 1) -> list[int]:
@@ -55,7 +59,11 @@ class DecodeGraphs:
         pool = None
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
+        started = time.perf_counter()
         with torch.cuda.stream(stream):
+            self.step(self.buckets[-1])  # the first step compiles (or loads from the compile cache), timed alone
+            torch.cuda.synchronize(self.device)
+            first = time.perf_counter()
             for size in reversed(self.buckets):
                 for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms) outside the capture
                     self.step(size)
@@ -66,6 +74,13 @@ class DecodeGraphs:
                 self.graphs[size] = graph
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
+        logger.info(
+            "Decode graphs: first step %.1f s (compiling or reading the compile cache), %d batch sizes warmed up "
+            "and captured %.1f s",
+            first - started,
+            len(self.buckets),
+            time.perf_counter() - first,
+        )
 
     def describe(self) -> str:
         return f"from CUDA graphs ({len(self.buckets)} batch sizes)"

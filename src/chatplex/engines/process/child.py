@@ -175,13 +175,23 @@ class Host:
 async def serve(path: str) -> int:
     """Connect to the frontend, start the engine it asks for, serve it (and frontends that attach) until it goes;
     the exit code."""
+    # torch and the engine (seconds) import while the frontend, started at the same time, gets to sending the
+    # arguments; an import that fails there fails again below, where the frontend hears of it.
+    imports = time.perf_counter()
+    importer = threading.Thread(target=_import_engine, name="chatplex-engine-import", daemon=True)
+    importer.start()
     reader, writer = await asyncio.open_unix_connection(path)
     _, args, log_level, accept_frontends = await wire.read(reader)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [engine]: %(message)s")
-    imports = time.perf_counter()
-    from chatplex.engines.hf.engine import HFEngine  # after the frontend is connected: torch takes seconds
+    waited = time.perf_counter()
+    await asyncio.to_thread(importer.join)
+    from chatplex.engines.hf.engine import HFEngine
 
-    logger.info("Engine process: torch and the engine imported in %.1f s", time.perf_counter() - imports)
+    logger.info(
+        "Engine process: torch and the engine imported in %.1f s (the frontend's arguments came after %.1f s)",
+        time.perf_counter() - imports,
+        waited - imports,
+    )
     engine = HFEngine(args)
     try:
         await engine.start()
@@ -227,6 +237,11 @@ async def serve(path: str) -> int:
         _remove_attach_folders()
         await engine.close()
     return 0
+
+
+def _import_engine() -> None:
+    with contextlib.suppress(Exception):
+        import chatplex.engines.hf.engine  # noqa: F401
 
 
 _ATTACH_FOLDERS: list[str] = []  # removed at the end, also on the os._exit paths

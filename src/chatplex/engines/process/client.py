@@ -14,12 +14,8 @@ import dataclasses
 import functools
 import itertools
 import logging
-import os
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -31,6 +27,7 @@ from chatplex.engines.base import Engine, EngineStats, PromptPreparer
 from chatplex.engines.fresh_thread import run_in_fresh_thread
 from chatplex.engines.hf.streams import RequestStream, deliver
 from chatplex.engines.process import wire
+from chatplex.engines.process.launch import EngineLaunch
 from chatplex.engines.relay import relay
 from chatplex.errors import EngineClosedError, EngineError
 from chatplex.media import media_items
@@ -44,10 +41,18 @@ class ProcessEngine(Engine):
     backend = "huggingface"
     supports_constraints = True
 
-    def __init__(self, args: ChatplexArgs, attach_path: str | None = None, accept_frontends: bool = False) -> None:
+    def __init__(
+        self,
+        args: ChatplexArgs,
+        attach_path: str | None = None,
+        accept_frontends: bool = False,
+        launch: EngineLaunch | None = None,
+    ) -> None:
         """`attach_path`: join an engine process another frontend started (its EngineFacts.attach_path) instead of
-        starting one; `accept_frontends`: start one that more frontends may join (`attach_path` then says where)."""
+        starting one; `accept_frontends`: start one that more frontends may join (`attach_path` then says where);
+        `launch`: the engine process to use, started earlier (launch.py says why), instead of starting one."""
         self.args = args
+        self._launch = launch
         self._attach_path = attach_path
         self._accept_frontends = accept_frontends
         self.on_exit: Callable[[], None] | None = None  # called once if the engine process dies (not at close)
@@ -71,30 +76,15 @@ class ProcessEngine(Engine):
         if self._attach_path is not None:
             self._attach(self._attach_path)
             return
-        folder = tempfile.mkdtemp(prefix="chatplex-engine-")  # mode 0700: only this user reaches the socket
-        path = os.path.join(folder, "engine.sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(path)
-            listener.listen(1)
-            listener.settimeout(0.2)
-            self._proc = subprocess.Popen([sys.executable, "-m", "chatplex.engines.process.child", path])
-            try:
-                conn = self._accept(listener)
-            except BaseException:
-                self._proc.kill()
-                self._proc.wait()
-                raise
-        finally:
-            listener.close()
-            shutil.rmtree(folder, ignore_errors=True)
+        launch, self._launch = self._launch or EngineLaunch(), None
+        self._proc = launch.proc
+        conn = launch.connect()
         try:
             facts, tokenizer = self._handshake(conn)
             self.prompts = self._prompt_preparer(facts, tokenizer)
         except BaseException:
             conn.close()
-            self._proc.kill()  # it may still be loading the model, and it ignores SIGTERM
-            self._proc.wait()
+            launch.kill()
             raise
         self._facts, self._sock = facts, conn
         threading.Thread(target=self._receive, name="chatplex-engine-receiver", daemon=True).start()
@@ -149,19 +139,6 @@ class ProcessEngine(Engine):
         if kind == "failed":
             raise payload.rebuild()
         return payload, tokenizer
-
-    def _accept(self, listener: socket.socket) -> socket.socket:
-        assert self._proc is not None
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                code = self._proc.poll()
-                if code is not None:
-                    raise EngineError(f"The engine process exited with code {code} before it started.") from None
-                continue
-            conn.settimeout(None)
-            return conn
 
     async def close(self) -> None:
         if self._closing:
