@@ -1,7 +1,9 @@
-"""On a CPU with `compile: true`: decode steps through the torch.compile'd step (cpu_decode.py) emit what
-transformers' `generate` emits (float32, greedy), for concurrent requests whose steps mix prefill chunks, compiled
-decode steps of several batch sizes (one of them a lone sequence padded to two rows) and finished sequences leaving
-the batch; in bfloat16 (the CPU default) one compiled step's logits agree with an eager step's."""
+"""On a CPU with `compile: true`: decode steps through the torch.compile'd step (cpu_decode.py) and steps with
+prompt tokens through the compiled prefill step (cpu_prefill.py) emit what transformers' `generate` emits (float32,
+greedy), for concurrent requests whose steps mix prefill chunks of several lengths with decodes, compiled decode
+steps of several batch sizes (one of them a lone sequence padded to two rows) and finished sequences leaving the
+batch, with no compile after the start; in bfloat16 (the CPU default) one compiled step's logits agree with an eager
+step's."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def model_dir(tmp_path_factory) -> str:
 
 
 def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]], int]:
-    """Tokens of PROMPTS, all at once, and how many steps ran compiled; no step may recompile after the start."""
+    """Tokens of PROMPTS, all at once, and how many decode steps ran compiled; no step may compile after the start
+    (a compiled prefill step, where there is one, must have run)."""
     from torch._dynamo.utils import counters
 
     args = {"model_name_or_path": model_dir, "infer_dtype": dtype, "max_num_seqs": 8, "max_num_batched_tokens": 64,
@@ -37,7 +40,9 @@ def run_engine(model_dir: str, dtype: str, **settings) -> tuple[list[list[int]],
 
         tokens = engine_tokens(model, PROMPTS, MAX_NEW)
         assert counters["stats"]["unique_graphs"] == graphs_at_start
-        return tokens, model.engine.runner.graph_steps
+        runner = model.engine.runner
+        assert runner.prefill is None or runner.prefill.steps > 0
+        return tokens, runner.graph_steps
 
 
 def test_compiled_decode_equals_generate_in_float32(model_dir):

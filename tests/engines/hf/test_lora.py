@@ -189,7 +189,7 @@ async def test_load_at_run_time_on_packed_bfloat16_layers(tiny_model_dir, adapte
 
 async def test_an_adapter_loaded_into_a_compiled_cpu_engine_runs_eagerly(tiny_model_dir, adapters):
     """`compile: true` on a CPU bakes the weights into its step, which checks no module for changes: an adapter
-    loaded at run time drops that step (decode steps run eagerly after), and the engine answers as one started with
+    loaded at run time drops those steps (they run eagerly after), and the engine answers as one started with
     the adapter resident, the base model as before."""
     from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 
@@ -201,7 +201,7 @@ async def test_an_adapter_loaded_into_a_compiled_cpu_engine_runs_eagerly(tiny_mo
         assert isinstance(model.engine.runner.graphs, CompiledCpuDecode)
         base_before = [await _tokens(model, p, None) for p in PROMPTS]
         await model.aload_adapter("a2", adapters["a2"])
-        assert model.engine.runner.graphs is None
+        assert model.engine.runner.graphs is None and model.engine.runner.prefill is None
         got = [await _tokens(model, p, a) for p in PROMPTS for a in ("a2", None)]
     assert got == expected
     assert got[1::2] == base_before

@@ -8,6 +8,9 @@ decode tokens through their block tables (paged_decode.py) on a GPU or CPU, else
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -55,6 +58,64 @@ class AttentionMetadata:
     masks: dict[Any, torch.Tensor | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class HeldMetadata:
+    """What a compiled CPU step with prompt tokens (cpu_prefill.py) passes as its metadata: the cache alone. The
+    step's own metadata (segments, block tables, slots) differs every step; traced, it would be guarded on and
+    compiled again and again. So it reaches the attention at run time instead, through `holding`, and each layer's
+    attention is one opaque op (`chatplex::held_attention`) that runs the eager path with it."""
+
+    cache: PagedKVCache
+
+
+class _Held(threading.local):
+    meta: AttentionMetadata | None = None
+
+
+_HELD = _Held()
+
+
+@contextmanager
+def holding(meta: AttentionMetadata) -> Iterator[None]:
+    """Hand `meta` to the `chatplex::held_attention` calls of the compiled step run inside (this thread's)."""
+    _HELD.meta = meta
+    try:
+        yield
+    finally:
+        _HELD.meta = None
+
+
+def _held_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    meta = _HELD.meta
+    if meta is None:
+        raise RuntimeError("chatplex::held_attention runs inside attention.holding(...) only")
+    return _eager_attention(meta, query, key, value, k_cache, v_cache, scale, window)
+
+
+# Defined with torch.library's low-level calls, as paged_decode.py's op (a cheaper call than `custom_op`'s); the
+# caches are declared mutated, so torch.compile keeps each layer's call in order and copies nothing.
+_LIB = torch.library.Library("chatplex", "FRAGMENT")
+_LIB.define(
+    "held_attention(Tensor query, Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, float scale, "
+    "int window) -> Tensor",
+    tags=(torch.Tag.pt2_compliant_tag,),
+)
+_LIB.impl("held_attention", _held_attention, "CPU")
+
+
+@torch.library.register_fake("chatplex::held_attention", lib=_LIB)
+def _held_attention_fake(query, key, value, k_cache, v_cache, scale, window):
+    return query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
+
+
 def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
     if window not in meta.masks:
         meta.masks[window] = _build_decode_mask(meta, window)
@@ -95,7 +156,7 @@ def paged_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    chatplex_meta: AttentionMetadata | None = None,
+    chatplex_meta: AttentionMetadata | HeldMetadata | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     meta = chatplex_meta
@@ -106,8 +167,27 @@ def paged_attention_forward(
     v_cache = meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if isinstance(meta, HeldMetadata):  # a compiled CPU step with prompt tokens (cpu_prefill.py)
+        out = torch.ops.chatplex.held_attention(query, key, value, k_cache, v_cache, scale, window or 0)
+        return out, None
     if meta.decode_block_tables is not None and not meta.prefills and (query.is_cuda or torch.compiler.is_compiling()):
         return _captured_decode(meta, query, key, value, k_cache, v_cache, scale, window or 0), None
+    return _eager_attention(meta, query, key, value, k_cache, v_cache, scaling, window or 0), None
+
+
+def _eager_attention(
+    meta: AttentionMetadata,
+    query: torch.Tensor,  # [1, heads, T, head_dim]
+    key: torch.Tensor,  # [1, kv_heads, T, head_dim]
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scaling: float | None,
+    window: int,
+) -> torch.Tensor:
+    """This step's keys and values written into the cache, then each query attended over its sequence's context:
+    [1, T, heads, head_dim]."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     write_slots(k_cache, meta.slot_mapping, key[0].transpose(0, 1))
     write_slots(v_cache, meta.slot_mapping, value[0].transpose(0, 1))
     # An FP8 cache is read back in the model's dtype (`.to` is free when the cache already is in it).
@@ -125,7 +205,7 @@ def paged_attention_forward(
             meta.decode_seq_lens,
             scale,
             meta.cache.block_size,
-            window or 0,
+            window,
             per_sequence=meta.per_sequence_decode,
         )
     elif nd:
@@ -166,7 +246,7 @@ def paged_attention_forward(
         out[seg.q_start : seg.q_start + seg.q_len] = seg_out[0].transpose(0, 1)
     if meta.padded_from is not None:
         out[meta.padded_from :] = 0
-    return out.unsqueeze(0), None
+    return out.unsqueeze(0)
 
 
 def _captured_decode(

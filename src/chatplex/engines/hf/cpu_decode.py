@@ -33,7 +33,7 @@ from chatplex.engines.hf.step_inputs import DeviceInputs
 
 logger = logging.getLogger(__name__)
 
-_INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "cpp.enable_concat_linear": True}
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "cpp.enable_concat_linear": True}
 
 
 class CompiledCpuDecode:
@@ -45,7 +45,7 @@ class CompiledCpuDecode:
         )
         # Nothing changes the model's modules under this step: freezing bakes the weights in, an engine started with
         # LoRA adapters does not compile (setup.py), and one loaded at run time drops this step (lora.py).
-        self.step = DecodeStep(model, cache, inputs, compile=True, inductor_options=_INDUCTOR_OPTIONS, fixed_model=True)
+        self.step = DecodeStep(model, cache, inputs, compile=True, inductor_options=INDUCTOR_OPTIONS, fixed_model=True)
 
     @property
     def max_batch(self) -> int:

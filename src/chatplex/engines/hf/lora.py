@@ -158,10 +158,10 @@ def resolve_adapter(name: str | None, loaded: list[str], default: str | None) ->
 def load_at_run_time(runner: Any, max_loras: int, name: str, path: str) -> None:
     """Load an adapter onto the runner's model (its first one creates the adapter set)."""
     if isinstance(runner.graphs, CompiledCpuDecode):
-        # Its step has the weights baked in and checks no module for changes (cpu_decode.py): it would not see
-        # peft's wrappers. So decode steps run eagerly from here on, as they do in an engine started with adapters.
-        logger.warning("LoRA adapter %r loads at run time: the compiled CPU decode step is dropped", name)
-        runner.graphs = None
+        # Its steps have the weights baked in and check no module for changes (cpu_decode.py): they would not see
+        # peft's wrappers. So steps run eagerly from here on, as they do in an engine started with adapters.
+        logger.warning("LoRA adapter %r loads at run time: the compiled CPU steps are dropped", name)
+        runner.graphs = runner.prefill = None
     if runner.lora is None:
         packed_linear.unpack_linears(runner.model)  # peft wraps plain nn.Linear layers only
         runner.lora = LoraAdapters(runner.model, max_loras)

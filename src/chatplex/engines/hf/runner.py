@@ -19,6 +19,7 @@ import torch
 
 from chatplex.engines.hf import paged_decode
 from chatplex.engines.hf.attention import AttentionMetadata, PrefillSegment
+from chatplex.engines.hf.cpu_prefill import CompiledCpuPrefill
 from chatplex.engines.hf.decode_step import DecodeReplayer
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.lora import LoraAdapters
@@ -49,6 +50,7 @@ class ModelRunner:
         multimodal: Any = None,
         pad_tokens_to: int = 0,
         batch_invariant: bool = False,
+        prefill: CompiledCpuPrefill | None = None,
     ) -> None:
         self.model = model
         # Vision-language models: image embeddings and 3-D positions per step (engines/hf/multimodal.py).
@@ -62,6 +64,7 @@ class ModelRunner:
         # Decode attention through block tables (paged_decode.py), else over each decode's gathered context slots.
         self.reads_block_tables = paged_decode.available(device)
         self.graphs = graphs
+        self.prefill = prefill  # steps with prompt tokens on a CPU with `compile: true`
         self.graph_steps = 0  # decode steps run by `graphs` (CUDA graphs, or the compiled CPU step; stats, tests)
         # Eager steps (prefill chunks) round their token count up to a multiple of this: cuBLAS picks (and on
         # Hopper JIT-builds) kernels per matrix shape on the host, and an unpadded count is a new shape almost
@@ -125,6 +128,11 @@ class ModelRunner:
         if uses_lora:
             self._activate_lora(host)
         try:
+            if self.prefill is not None and self.prefill.runs(host.num_tokens):
+                index = host.sample_index or [host.num_tokens - 1]  # a chunk that samples nothing projects one row
+                keep = h2d(index, torch.long, self.device)
+                logits = self.prefill(inputs["input_ids"], inputs["position_ids"], keep, meta)
+                return self._sample(logits[: len(sampling)] if sampling else None, sampling, rows, replayed=False)
             if not sampling:
                 self.model(**inputs, use_cache=False, logits_to_keep=1, chatplex_meta=meta)
                 return self._sample(None, [], rows, replayed=False)

@@ -16,6 +16,7 @@ from chatplex.engines.base import PromptPreparer
 from chatplex.engines.hf import attention, heap, loader, packed_linear, quantization
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
+from chatplex.engines.hf.cpu_prefill import CompiledCpuPrefill
 from chatplex.engines.hf.cuda_graphs import DecodeGraphs
 from chatplex.engines.hf.decode_step import DecodeReplayer
 from chatplex.engines.hf.kv_cache import PagedKVCache, budget_bytes, cache_dtype
@@ -119,10 +120,13 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         )
         cuda_graphs.capture()
         graphs = cuda_graphs
+    prefill = None
     if cpu_compiled:
         compiled = CompiledCpuDecode(model, cache, margs.max_num_seqs, max_blocks)
         compiled.compile()
         graphs = compiled
+        prefill = CompiledCpuPrefill(model, cache)
+        prefill.compile()
     captured = time.perf_counter()
     pad = margs.pad_tokens_to if margs.pad_tokens_to is not None else (128 if device.type == "cuda" else 0)
     runner = ModelRunner(
@@ -135,6 +139,7 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         multimodal,
         pad_tokens_to=pad,
         batch_invariant=margs.batch_invariant,
+        prefill=prefill,
     )
     prompts = PromptPreparer.for_model(margs, tokenizer, max_len, text_config.vocab_size)
     template = prompts.template
