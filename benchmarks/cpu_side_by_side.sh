@@ -8,6 +8,8 @@
 #   bash benchmarks/cpu_side_by_side.sh [REPEATS]   (default 3); results in /tmp/chatplex-cpu/*.json, a summary on stdout
 #   SERVERS="compiled vllm llama.cpp" bash benchmarks/cpu_side_by_side.sh 2   (some of: defaults batch-invariant
 #   compiled vllm llama.cpp; default all)
+#   FRESH_PROMPTS=1 ...: every run (the warm-up too) draws its own prompts (the client's --seed is the run's number),
+#   so no prefix cache has seen them: prefill is measured as well
 # chatplex: `chatplex serve` defaults (bf16 on this CPU), then batch_invariant: true, then compile: true; vLLM: `vllm serve` (its API
 # server module) --dtype bfloat16 in .venv-vllm; llama.cpp: the package's Q4_1 GGUF behind `chatplex serve`
 # (llama-cpp-python, n_threads = cores; one request at a time, so it only runs the single-stream case).
@@ -22,7 +24,8 @@ client() {  # label case input output prompts concurrency
   .venv-vllm/bin/python benchmarks/vllm_bench_serve.py --backend openai-chat --base-url "http://127.0.0.1:$PORT" \
     --endpoint /v1/chat/completions --model "$NAME" --tokenizer "$MODEL_DIR" --dataset-name random \
     --random-input-len "$3" --random-output-len "$4" --num-prompts "$5" --max-concurrency "$6" --ignore-eos \
-    --disable-tqdm --save-result --result-dir "$OUT" --result-filename "$1-$2-$7.json" >"$OUT/$1-$2-$7.txt" 2>&1
+    --disable-tqdm --save-result --result-dir "$OUT" --result-filename "$1-$2-$7.json" \
+    ${FRESH_PROMPTS:+--seed $((1000 + $7))} >"$OUT/$1-$2-$7.txt" 2>&1
 }
 run_cases() {  # label cases...
   local label=$1; shift

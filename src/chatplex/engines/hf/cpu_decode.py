@@ -6,17 +6,18 @@ casts) and the Python that calls them. Inductor's CPU backend fuses those into a
 `freezing` packs the linear weights for oneDNN itself (and concatenates q/k/v and gate/up, as packed_linear.py
 does for eager steps); `cpp_wrapper` runs the whole step from C++, without a Python line per op; attention is
 traced into the step too (paged_decode.traced_decode_attention). Measured there (BENCHMARKS.md section 10, round
-3): single-stream TPOT over HTTP 20.9 -> 16.3 ms; under load little changes, since steps that carry a prefill chunk
-stay eager (and, compiled, lose packed_linear.py's packing).
+3): single-stream TPOT over HTTP 20.9 -> 16.3 ms. Steps that carry prompt tokens go through cpu_prefill.py's own
+compiled step.
 
 One compile serves every batch size, a lone sequence padded to two rows (decode_step.py says why), and every
 context length: a step passes the block-table columns its longest context fills, a width marked dynamic. Padding
 rows write to the reserved scratch block 0 and read one token of it, as in cuda_graphs.py.
 
-What it costs: the compile, at start (45-95 s on 2 cores; freezing bakes the weights into the compiled step,
-so Inductor's graph cache cannot reuse it across starts, only its compiled C++ kernels), and a second copy of the
-linear weights (the compiled step's packed ones beside the plain ones that prefill steps use). So it is off by
-default on a CPU (`compile` unset); a server that runs for hours is where it pays.
+What it costs: the compile, at start (45-95 s on 2 cores, cpu_prefill.py's step ~1 minute more; freezing bakes the
+weights into the compiled step, so Inductor's graph cache cannot reuse it across starts, only its compiled C++
+kernels), and a copy of the linear weights (the compiled step's packed ones beside the plain ones that eager steps
+use; cpu_prefill.py's step holds another). So it is off by default on a CPU (`compile` unset); a server that runs
+for hours is where it pays.
 """
 
 from __future__ import annotations
