@@ -8,8 +8,8 @@
 #   bash benchmarks/cpu_side_by_side.sh [REPEATS]   (default 3); results in /tmp/chatplex-cpu/*.json, a summary on stdout
 #   SERVERS="compiled vllm llama.cpp" bash benchmarks/cpu_side_by_side.sh 2   (some of: defaults batch-invariant
 #   compiled vllm llama.cpp; default all)
-#   FRESH_PROMPTS=1 ...: every run (the warm-up too) draws its own prompts (the client's --seed is the run's number),
-#   so no prefix cache has seen them: prefill is measured as well
+#   FRESH_PROMPTS=1 ...: every run (the warm-up too) draws its own prompts (the client's --seed from the case and the
+#   run's number), so no prefix cache has seen them: prefill is measured as well
 # chatplex: `chatplex serve` defaults (bf16 on this CPU), then batch_invariant: true, then compile: true; vLLM: `vllm serve` (its API
 # server module) --dtype bfloat16 in .venv-vllm; llama.cpp: the package's Q4_1 GGUF behind `chatplex serve`
 # (llama-cpp-python, n_threads = cores; one request at a time, so it only runs the single-stream case).
@@ -20,12 +20,13 @@ REPEATS=${1:-3}; PORT=8765; NAME=SmolLM2-135M-Instruct
 MODEL_DIR=$(.venv/bin/python -c 'from chatplex.models.embedded import embedded_model_dir as d; print(d())')
 wait_up() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return 0; sleep 1; done; return 1; }
 stop() { kill "$(cat "$OUT/pid")" 2>/dev/null || true; wait "$(cat "$OUT/pid")" 2>/dev/null || true; sleep 2; }
-client() {  # label case input output prompts concurrency
+client() {  # label case input output prompts concurrency run
+  local seed; case $2 in load) seed=$((1000 + $7)) ;; single) seed=$((2000 + $7)) ;; *) seed=$((3000 + $7)) ;; esac
   .venv-vllm/bin/python benchmarks/vllm_bench_serve.py --backend openai-chat --base-url "http://127.0.0.1:$PORT" \
     --endpoint /v1/chat/completions --model "$NAME" --tokenizer "$MODEL_DIR" --dataset-name random \
     --random-input-len "$3" --random-output-len "$4" --num-prompts "$5" --max-concurrency "$6" --ignore-eos \
     --disable-tqdm --save-result --result-dir "$OUT" --result-filename "$1-$2-$7.json" \
-    ${FRESH_PROMPTS:+--seed $((1000 + $7))} >"$OUT/$1-$2-$7.txt" 2>&1
+    ${FRESH_PROMPTS:+--seed $seed} >"$OUT/$1-$2-$7.txt" 2>&1
 }
 run_cases() {  # label cases...
   local label=$1; shift

@@ -3,9 +3,11 @@ Real server, real openai client; the engine process is killed to see the server 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -107,8 +109,10 @@ def test_the_engine_process_starts_before_the_frontend_imports_its_http_stack(tm
     FastAPI, uvicorn and torch."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(WATCH_IMPORTS)
+    # The server's own temporary folder (short: a Unix socket's path has ~100 bytes), to see what it leaves there.
+    temp = Path(tempfile.mkdtemp(prefix="cx"))
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
-           "WATCH_OUT": str(tmp_path / "watch.txt")}
+           "WATCH_OUT": str(tmp_path / "watch.txt"), "TMPDIR": str(temp)}
     srv = ServerProcess(["--model", tiny_model_dir, "--engine-process", "--served-model-name", "x"],
                         tmp_path / "server.log", env=env).wait_ready()
     try:
@@ -117,7 +121,29 @@ def test_the_engine_process_starts_before_the_frontend_imports_its_http_stack(tm
         assert client.completions.create(model="x", prompt="Once", max_tokens=4).usage.completion_tokens == 4
     finally:
         srv.stop()
-    assert not list(Path(tempfile.gettempdir()).glob("chatplex-engine-*/engine.sock"))  # no socket left behind
+    assert not list(temp.glob("chatplex-*"))  # no socket folder left behind
+
+
+def test_a_server_that_cannot_start_stops_its_engine_process(tmp_path, tiny_model_dir):
+    """The engine process starts before the server binds its port: a port in use ends both, leaving nothing."""
+    temp = Path(tempfile.mkdtemp(prefix="cx"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "chatplex.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--model", tiny_model_dir, "--engine-process"],
+            env={**os.environ, "TMPDIR": str(temp)}, capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode != 0
+    for _ in range(50):  # the engine process is killed, or exits when its parent is gone
+        if not list(temp.glob("chatplex-*")) and b"chatplex.engines.process.child" not in subprocess.run(
+                ["ps", "-eo", "args"], capture_output=True).stdout:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"left behind: {list(temp.iterdir())}")
 
 
 def test_serve_asks_the_driver_for_a_gpu_without_importing_torch():
@@ -127,4 +153,10 @@ def test_serve_asks_the_driver_for_a_gpu_without_importing_torch():
     assert out[1] == "False"
     import torch
 
-    assert out[0] == str(torch.cuda.is_available())  # the driver's answer is torch's
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:  # no NVIDIA driver (this CPU machine)
+        assert out[0] == "False"
+    else:
+        if torch.version.cuda:  # a CUDA build of torch sees what the driver sees
+            assert out[0] == str(torch.cuda.is_available())

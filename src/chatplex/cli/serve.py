@@ -9,6 +9,7 @@ CHATPLEX_*, then LLaMA-Factory's name, then the default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -199,8 +200,9 @@ def check_api_server_count(args: Any, count: int) -> None:
 
 
 def _has_gpu(args: Any) -> bool:
-    """Whether the engine will find a CUDA device, asked of the driver: importing torch to ask would cost the
-    frontend seconds on a GPU host before it could start the engine process."""
+    """Whether a CUDA device is there, asked of the NVIDIA driver: importing torch to ask would cost the frontend
+    seconds on a GPU host before it could start the engine process. (A CPU-only torch on a host with a driver gets
+    an engine process too, running on the CPU.)"""
     if args.model.device not in ("auto", "cuda"):
         return False
     try:
@@ -220,19 +222,25 @@ def run(ns: argparse.Namespace) -> NoReturn:
         model_args["max_waiting_requests"] = ns.max_queued_requests
     args = load_args(model_args)
     settings = settings_from(ns)
+    engine_process = bool(args.model.engine_process)
     if settings.api_server_count > 1:
         check_api_server_count(args, settings.api_server_count)
-        model_args["engine_process"] = True
+        engine_process = True
     if args.model.engine_process is None and args.model.infer_backend == "huggingface" and _has_gpu(args):
-        model_args["engine_process"] = True  # the HTTP frontend and the engine each get an interpreter of their own
+        engine_process = True  # the HTTP frontend and the engine each get an interpreter of their own
+    if engine_process:
+        model_args["engine_process"] = True
     worker = is_worker_node(args)  # node 1.. of several machines: workers only, node 0 serves
-    launch = None
-    if not worker and model_args.get("engine_process", args.model.engine_process):
+    # The engine process starts before the frontend imports its HTTP stack, torch and transformers: the engine's
+    # imports run meanwhile. It is stopped if anything fails before the server has it.
+    launching: Any = contextlib.nullcontext()
+    if engine_process and not worker:
         from chatplex.engines.process.launch import EngineLaunch
 
-        # Before the frontend imports its HTTP stack, torch and transformers: the engine's imports run meanwhile.
-        launch = EngineLaunch()
-    from chatplex.server.runner import exit_without_teardown, serve
+        launching = EngineLaunch()
+    with launching as launch:
+        from chatplex.server.runner import exit_without_teardown, serve
 
-    code = run_worker_node(args) if worker else serve(model_args, settings, getattr(ns, "log_level", "warning"), launch)
+        log_level = getattr(ns, "log_level", "warning")
+        code = run_worker_node(args) if worker else serve(model_args, settings, log_level, launch)
     exit_without_teardown(code)

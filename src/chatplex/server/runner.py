@@ -89,15 +89,13 @@ def serve(
     """Serve until stopped; returns the exit code. Raises the model's load error if loading failed. `launch`: the
     engine process (engine_process on), started before this module's imports (cli/serve.py)."""
     started = time.perf_counter()
-    try:
-        server, state = _server(settings, log_level)
-        # Several frontends share one listening socket, bound here before any of them starts.
-        sock = server.config.bind_socket() if settings.api_server_count > 1 else None
-    except BaseException:
-        if launch is not None:
-            launch.kill()
-        raise
+    server, state = _server(settings, log_level)
+    # Several frontends share one listening socket, bound here before any of them starts.
+    sock = server.config.bind_socket() if settings.api_server_count > 1 else None
     loaded: dict[str, Any] = {}
+    # Held while the loaded model is published and its frontends start, and while the server, stopping, decides
+    # what to close: a model that finishes loading as the server stops is closed, not left running.
+    publishing = threading.Lock()
     extra = ExtraFrontends()
 
     def engine_died() -> None:  # an engine process that dies takes the server down, for a supervisor to restart
@@ -118,22 +116,26 @@ def serve(
 
                 engine = ProcessEngine(load_args(model_args), accept_frontends=sock is not None, launch=launch)
                 model = ChatModel(model_args, engine=engine)
-            if hasattr(model.engine, "on_exit"):
-                model.engine.on_exit = engine_died
-            loaded["model"] = state.chat_model = model
-            if not model.engine.healthy:  # it died before on_exit was set
-                engine_died()
-            if sock is not None:
-                server.on_signal = extra.signal
-                extra.start(
-                    settings.api_server_count - 1,
-                    sock,
-                    model.engine.attach_path,  # type: ignore[attr-defined]  # a ProcessEngine (checked at start)
-                    model_args,
-                    settings,
-                    log_level,
-                    frontend_died,
-                )
+            with publishing:
+                if "stopped" in loaded:
+                    model.close()
+                    return
+                if hasattr(model.engine, "on_exit"):
+                    model.engine.on_exit = engine_died
+                loaded["model"] = state.chat_model = model
+                if not model.engine.healthy:  # it died before on_exit was set
+                    engine_died()
+                if sock is not None:
+                    server.on_signal = extra.signal
+                    extra.start(
+                        settings.api_server_count - 1,
+                        sock,
+                        model.engine.attach_path,  # type: ignore[attr-defined]  # a ProcessEngine (checked at start)
+                        model_args,
+                        settings,
+                        log_level,
+                        frontend_died,
+                    )
             logger.warning(
                 "chatplex serve: %s ready on http://%s:%d in %.1f s",
                 state.model_name,
@@ -150,11 +152,12 @@ def serve(
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:
+        with publishing:
+            loaded["stopped"] = True
         extra.stop(settings.drain_timeout + 10)  # their requests need the engine: it closes after them
         if "model" in loaded:
             loaded["model"].close()
         elif launch is not None:  # stopped while the model loads: the engine process goes too
-            loaded["stopped"] = True
             launch.kill()
     if "error" in loaded:
         raise loaded["error"]

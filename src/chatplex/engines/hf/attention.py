@@ -4,6 +4,9 @@ The model runs with `use_cache=False` on a flat batch: all new tokens of all sch
 decode tokens first. Each layer's keys and values arrive here already rotated; this function writes them into
 the paged cache and attends each query over its own sequence's cached context: prefill chunks with PyTorch SDPA,
 decode tokens through their block tables (paged_decode.py) on a GPU or CPU, else over gathered slots with SDPA.
+Decode-only steps that CUDA graphs capture or torch.compile traces take `_captured_decode`; a compiled CPU step
+with prompt tokens (cpu_prefill.py) calls the eager path as one op a layer, with the step's metadata held outside
+the trace (HeldMetadata).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class AttentionMetadata:
     # batch_invariant: decode attention per sequence, so a sequence's numbers never depend on the others' lengths.
     per_sequence_decode: bool = False
     # Masks depend only on the step, not the layer: built once per sliding-window size and reused by every layer.
-    # Keys: the window for the decode mask, (segment index, window) for a prefill segment's mask (None: causal).
+    # Keys: the window (0: none) for the decode mask, (segment index, window) for a prefill segment's mask (None:
+    # causal).
     masks: dict[Any, torch.Tensor | None] = field(default_factory=dict)
 
 
@@ -69,6 +73,9 @@ class HeldMetadata:
 
 
 class _Held(threading.local):
+    """Per thread: the engine thread runs the step and so the op. A step's context that is not an argument is
+    chatplex's one exception to passing it as one, for the reason HeldMetadata gives."""
+
     meta: AttentionMetadata | None = None
 
 
@@ -116,7 +123,7 @@ def _held_attention_fake(query, key, value, k_cache, v_cache, scale, window):
     return query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
 
 
-def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
+def _decode_mask(meta: AttentionMetadata, window: int) -> torch.Tensor:
     if window not in meta.masks:
         meta.masks[window] = _build_decode_mask(meta, window)
     mask = meta.masks[window]
@@ -124,7 +131,7 @@ def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
     return mask
 
 
-def _build_decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
+def _build_decode_mask(meta: AttentionMetadata, window: int) -> torch.Tensor:
     assert meta.decode_ctx_slots is not None and meta.decode_positions is not None
     key_pos = torch.arange(meta.decode_ctx_slots.shape[1], device=meta.slot_mapping.device)
     q_pos = meta.decode_positions[:, None]
@@ -134,7 +141,7 @@ def _build_decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Ten
     return mask[:, None, None, :]  # [B, 1, 1, L]
 
 
-def _prefill_mask(seg: PrefillSegment, window: int | None, device: torch.device) -> torch.Tensor | None:
+def _prefill_mask(seg: PrefillSegment, window: int, device: torch.device) -> torch.Tensor | None:
     if seg.start_pos == 0 and not window and seg.spans is None:
         return None  # plain causal
     q_pos = torch.arange(seg.start_pos, seg.start_pos + seg.q_len, device=device)[:, None]
@@ -262,7 +269,7 @@ def _captured_decode(
     """A decode-only step that CUDA graphs capture or torch.compile traces: [1, B, heads, head_dim]. A compiled CPU
     step traces the attention itself, for Inductor to fuse (paged_decode.traced_decode_attention says why); a GPU
     step, and a compiled CPU one over an FP8 cache, run cache write and attention as one op, opaque to both. (Eager
-    CPU steps take paged_attention_forward's own path: no dispatch to a Python op.)"""
+    CPU steps take _eager_attention directly: no dispatch to a Python op.)"""
     assert meta.decode_block_tables is not None and meta.decode_seq_lens is not None  # set together
     assert not meta.per_sequence_decode  # batch_invariant is refused beside compiled or captured steps
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [B, heads or kv_heads, head_dim]

@@ -62,7 +62,7 @@ class CompiledCpuDecode:
         logger.info("CPU decode step compiled in %.1f s", time.perf_counter() - start)
 
     def describe(self) -> str:
-        return f"compiled (torch.compile, up to {self.max_batch} sequences)"
+        return f"compiled (torch.compile, up to {self.max_batch} sequences; prompt steps compiled too)"
 
     def bucket(self, batch: int) -> int:
         return max(batch, SMALLEST_COMPILED_BATCH)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from chatplex.engines.hf.attention import AttentionMetadata, HeldMetadata, PrefillSegment, holding
-from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
+from chatplex.engines.hf.compile_cache import compile_step
 from chatplex.engines.hf.cpu_decode import INDUCTOR_OPTIONS
 from chatplex.engines.hf.kv_cache import PagedKVCache
 
@@ -41,13 +41,11 @@ def _prefill_forward(
 
 class CompiledCpuPrefill:
     def __init__(self, model: Any, cache: PagedKVCache) -> None:
-        use_persistent_compile_cache()
         self.cache = cache
         self._model = model
         self._held = HeldMetadata(cache)
-        # Nothing changes the model's modules under this step (cpu_decode.py's step says why): no module guards.
-        skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-        self._forward = torch.compile(_prefill_forward, options=skip_module_guards)  # type: ignore[arg-type]
+        # Nothing changes the model's modules under this step, as under cpu_decode.py's.
+        self._forward = compile_step(_prefill_forward, fixed_model=True)
         self.steps = 0  # steps run (stats, tests)
 
     @staticmethod
@@ -69,6 +67,7 @@ class CompiledCpuPrefill:
             prefills=[PrefillSegment(q_start=0, q_len=2, start_pos=0, ctx_slots=None)],
         )
         self(torch.zeros(1, 2, dtype=torch.long), torch.arange(2)[None], torch.tensor([0, 1]), meta)
+        self.steps = 0
         logger.info("CPU prefill step compiled in %.1f s", time.perf_counter() - start)
 
     def __call__(

@@ -60,13 +60,14 @@ class DecodeGraphs:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         started = time.perf_counter()
+        first = None
         with torch.cuda.stream(stream):
-            self.step(self.buckets[-1])  # the first step compiles (or loads from the compile cache), timed alone
-            torch.cuda.synchronize(self.device)
-            first = time.perf_counter()
             for size in reversed(self.buckets):
                 for _ in range(2):  # warm up (Triton compiles, cuBLAS picks algorithms) outside the capture
                     self.step(size)
+                    if first is None:  # the first step compiles (or reads the compile cache): timed alone
+                        torch.cuda.synchronize(self.device)
+                        first = time.perf_counter()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
                     self.logits[size] = self.step(size)
@@ -74,10 +75,11 @@ class DecodeGraphs:
                 self.graphs[size] = graph
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
+        assert first is not None
         logger.info(
-            "Decode graphs: first step %.1f s (compiling or reading the compile cache), %d batch sizes warmed up "
-            "and captured %.1f s",
+            "Decode graphs: first step %.1f s%s, %d batch sizes warmed up and captured %.1f s",
             first - started,
+            " (compiling, or reading the compile cache)" if self.step.compiled else "",
             len(self.buckets),
             time.perf_counter() - first,
         )

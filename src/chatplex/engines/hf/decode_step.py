@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from chatplex.engines.hf.attention import AttentionMetadata
-from chatplex.engines.hf.compile_cache import use_persistent_compile_cache
+from chatplex.engines.hf.compile_cache import compile_step
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
@@ -137,12 +137,7 @@ class DecodeStep:
         self.compiled = compile
         forward: Callable[..., torch.Tensor] = functools.partial(decode_forward, model, cache)
         if compile:
-            use_persistent_compile_cache()
-            # `fixed_model`: nothing changes the model's modules once compiled, so the guards Dynamo checks on
-            # every call for each of their attributes can go (~0.9 -> 0.15 ms a call for SmolLM2 on the 2-core CPU,
-            # 8% of its decode step); a step replayed from a CUDA graph never reaches them.
-            skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-            forward = torch.compile(forward, options=skip_module_guards if fixed_model else None)  # type: ignore[arg-type]
+            forward = compile_step(forward, fixed_model)
         self._forward = forward
         # Inductor reads these when it compiles: passed as torch.compile's `options` instead, freezing was not
         # applied (measured on a CPU: the matmuls left unpacked). So they are in force around every call, a

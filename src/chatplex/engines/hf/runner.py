@@ -129,6 +129,7 @@ class ModelRunner:
             self._activate_lora(host)
         try:
             if self.prefill is not None and self.prefill.runs(host.num_tokens):
+                assert self.multimodal is None  # not compiled for media models (setup.py): their inputs differ
                 index = host.sample_index or [host.num_tokens - 1]  # a chunk that samples nothing projects one row
                 keep = h2d(index, torch.long, self.device)
                 logits = self.prefill(inputs["input_ids"], inputs["position_ids"], keep, meta)

@@ -184,7 +184,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
 
 
 def _compiles_on_cpu(margs: ModelArguments, multimodal: Any, lora: Any, score_head: Any, quantized: bool) -> bool:
-    """Whether decode steps on the CPU run compiled (`compile: true`, asked for; cpu_decode.py), saying why not."""
+    """Whether steps on the CPU run compiled (`compile: true`, asked for; cpu_decode.py, cpu_prefill.py), saying why
+    not."""
     if margs.compile is not True or margs.enforce_eager:
         return False
     reasons = {
@@ -196,7 +197,7 @@ def _compiles_on_cpu(margs: ModelArguments, multimodal: Any, lora: Any, score_he
     }
     refused = [name for name, applies in reasons.items() if applies]
     if refused:
-        logger.warning("compile: true is not used on a CPU with %s: decode steps run eagerly", ", ".join(refused))
+        logger.warning("compile: true is not used on a CPU with %s: steps run eagerly", ", ".join(refused))
     return not refused
 
 

@@ -148,6 +148,8 @@ class ProcessEngine(Engine):
         self._fail_open(EngineClosedError("The engine was closed."))
 
     def _stop(self) -> None:
+        if self._launch is not None:  # closed before it started
+            self._launch.kill()
         if self._sock is not None:
             with contextlib.suppress(OSError):  # already gone
                 self._sock.shutdown(socket.SHUT_RDWR)  # the engine process sees the end and closes its engine

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from typing import Self
 
 from chatplex.errors import EngineError
 
@@ -33,6 +34,13 @@ class EngineLaunch:
         except BaseException:
             self._remove_socket()
             raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:  # whatever was to take it over failed first
+            self.kill()
 
     def connect(self) -> socket.socket:
         """The engine process's connection, once it has connected; the listening socket is gone afterwards. Raises
@@ -55,7 +63,7 @@ class EngineLaunch:
             self._remove_socket()
 
     def kill(self) -> None:
-        """Stop the engine process (it may still be loading the model, and it ignores SIGTERM)."""
+        """Stop the engine process (it may still be loading the model, and it ignores SIGTERM); idempotent."""
         self.proc.kill()
         self.proc.wait()
         self._remove_socket()
