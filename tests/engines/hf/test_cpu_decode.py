@@ -52,6 +52,20 @@ def test_compiled_decode_equals_generate_in_float32(model_dir):
     assert compiled == expected
 
 
+def test_a_lone_one_token_prompt_is_a_compiled_decode_step(model_dir):
+    """A one-token step is a decode row for the compiled decode step, never the prefill step (whose sizes start at
+    two, cpu_prefill.py): generate's tokens, no compile after the start."""
+    from torch._dynamo.utils import counters
+
+    args = {"model_name_or_path": model_dir, "infer_dtype": "float32", "max_num_seqs": 8, "kv_block_size": 16,
+            "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": True}
+    with ChatModel(args) as model:
+        graphs_at_start = counters["stats"]["unique_graphs"]
+        assert engine_tokens(model, [[7]], [6]) == generate_tokens(model_dir, [[7]], [6], "cpu")
+        assert counters["stats"]["unique_graphs"] == graphs_at_start
+        assert model.engine.runner.prefill.steps == 0 < model.engine.runner.graph_steps
+
+
 def test_compiled_decode_over_an_fp8_cache_equals_the_eager_engine(model_dir):
     """Over an FP8 cache the compiled step calls the paged-decode op (as on a GPU) instead of tracing attention: the
     same tokens as the eager engine over the same cache (float32), with no recompile across the steps' widths."""

@@ -36,13 +36,27 @@ def use_persistent_compile_cache() -> str:
     return root
 
 
-def compile_step(forward: Callable[..., Any], fixed_model: bool) -> Callable[..., Any]:
+def compile_step(
+    forward: Callable[..., Any], fixed_model: bool, inductor_options: dict[str, Any] | None = None
+) -> Callable[..., Any]:
     """`forward` through torch.compile, with the persistent caches. `fixed_model`: nothing changes the model's
     modules once compiled, so the guards Dynamo checks on every call for each of their attributes can go (~0.9 ->
     0.15 ms a call for SmolLM2 on the 2-core CPU, 8% of its decode step); a step replayed from a CUDA graph never
-    reaches them."""
+    reaches them. `inductor_options`: Inductor settings in force around every call."""
     import torch
 
     use_persistent_compile_cache()
     skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-    return torch.compile(forward, options=skip_module_guards if fixed_model else None)  # type: ignore[arg-type]
+    compiled = torch.compile(forward, options=skip_module_guards if fixed_model else None)  # type: ignore[arg-type]
+    if not inductor_options:
+        return compiled
+
+    # Inductor reads these when it compiles: passed as torch.compile's `options` instead, freezing was not applied
+    # (measured on a CPU: the matmuls left unpacked). So they are in force around every call, a recompile's too (a
+    # guard that fails on the engine thread, say); the patch is process-wide while it lasts, which no other compile
+    # in the process should overlap.
+    def with_options(*args: Any) -> Any:
+        with torch._inductor.config.patch(inductor_options):
+            return compiled(*args)
+
+    return with_options

@@ -8,8 +8,9 @@ the linear weights), a step of ~185 tokens went from ~100 to ~80 ms (BENCHMARKS.
 
 The attention stays as it is eagerly, one opaque op a layer (attention.HeldMetadata says why): the trace holds
 only the layers around it, so one compile serves every step, with the token count and the number of sampled rows
-as dynamic sizes (at least 2 each: a size of 1 would be compiled apart, so one sampled row is computed twice).
-Steps of a single token run eagerly.
+as dynamic sizes (at least 2 each: a size of 1 would be compiled apart, so one sampled row is computed twice; a
+step that reaches here has two tokens or more, since a one-token step, a prompt's last token too, is a decode row
+that cpu_decode.py's step runs).
 
 What it costs: a second compile at start, and a third copy of the linear weights (frozen into this step, beside
 the decode step's and the plain ones that eager steps use).
@@ -45,12 +46,8 @@ class CompiledCpuPrefill:
         self._model = model
         self._held = HeldMetadata(cache)
         # Nothing changes the model's modules under this step, as under cpu_decode.py's.
-        self._forward = compile_step(_prefill_forward, fixed_model=True)
+        self._forward = compile_step(_prefill_forward, fixed_model=True, inductor_options=INDUCTOR_OPTIONS)
         self.steps = 0  # steps run (stats, tests)
-
-    @staticmethod
-    def runs(num_tokens: int) -> bool:
-        return num_tokens >= 2
 
     @torch.inference_mode()
     def compile(self) -> None:
@@ -73,8 +70,9 @@ class CompiledCpuPrefill:
     def __call__(
         self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        """Logits [rows of `keep`, vocab] of a step of at least two tokens (`runs`): token ids and positions
-        [1, tokens], `keep` the rows to project (one is run twice), `meta` the step's attention metadata."""
+        """Logits [rows of `keep`, vocab] of a step of at least two tokens: token ids and positions [1, tokens],
+        `keep` the rows to project (one is run twice), `meta` the step's attention metadata."""
+        assert input_ids.shape[1] >= 2  # one token is a decode step (the module docstring says why)
         rows = keep.shape[0]
         if rows == 1:
             keep = keep.repeat(2)
@@ -82,5 +80,5 @@ class CompiledCpuPrefill:
         torch._dynamo.mark_dynamic(positions, 1)
         torch._dynamo.mark_dynamic(keep, 0)
         self.steps += 1
-        with holding(meta), torch._inductor.config.patch(INDUCTOR_OPTIONS):
+        with holding(meta):
             return self._forward(self._model, self._held, input_ids, positions, keep)[:rows]

@@ -137,13 +137,8 @@ class DecodeStep:
         self.compiled = compile
         forward: Callable[..., torch.Tensor] = functools.partial(decode_forward, model, cache)
         if compile:
-            forward = compile_step(forward, fixed_model)
+            forward = compile_step(forward, fixed_model, inductor_options)
         self._forward = forward
-        # Inductor reads these when it compiles: passed as torch.compile's `options` instead, freezing was not
-        # applied (measured on a CPU: the matmuls left unpacked). So they are in force around every call, a
-        # recompile's too (a guard that fails on the engine thread, say); the patch is process-wide while it lasts,
-        # which no other compile in the process should overlap.
-        self._options = inductor_options or {}
 
     def __call__(self, size: int) -> torch.Tensor:
         rows = self.inputs.rows(size)
@@ -153,7 +148,4 @@ class DecodeStep:
             torch._dynamo.mark_dynamic(tensor, dim)
         if self.inputs.trim_tables:
             torch._dynamo.mark_dynamic(rows[StaticDecodeInputs.TABLES], 1)
-        if not self._options:
-            return self._forward(*rows)
-        with torch._inductor.config.patch(self._options):
-            return self._forward(*rows)
+        return self._forward(*rows)

@@ -128,7 +128,7 @@ class ModelRunner:
         if uses_lora:
             self._activate_lora(host)
         try:
-            if self.prefill is not None and self.prefill.runs(host.num_tokens):
+            if self.prefill is not None:
                 assert self.multimodal is None  # not compiled for media models (setup.py): their inputs differ
                 index = host.sample_index or [host.num_tokens - 1]  # a chunk that samples nothing projects one row
                 keep = h2d(index, torch.long, self.device)
