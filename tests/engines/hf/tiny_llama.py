@@ -12,14 +12,17 @@ from typing import Any
 import torch
 
 
-def write_tiny_llama(path: Path, vocab: int, max_positions: int) -> str:
+def write_tiny_llama(path: Path, vocab: int, max_positions: int, **shape: int) -> str:
+    """`shape` overrides the config's sizes (hidden_size, num_attention_heads, ...)."""
     import transformers
 
     from chatplex.models.dummy import dummy_tokenizer
 
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, **shape}
     config = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=max_positions, eos_token_id=vocab - 1, tie_word_embeddings=False,
+        vocab_size=vocab, max_position_embeddings=max_positions, eos_token_id=vocab - 1, tie_word_embeddings=False,
+        **sizes,
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
+from chatplex.engines.hf import cpu_decode_kernel
 from chatplex.engines.hf.kv_cache import PagedKVCache, to_cache, write_slots
 from chatplex.engines.hf.paged_decode import paged_decode_attention, traced_decode_attention
 
@@ -277,7 +278,10 @@ def _captured_decode(
     if not query.is_cuda and k_cache.dtype == query.dtype:
         write_slots(k_cache, meta.slot_mapping, k)
         write_slots(v_cache, meta.slot_mapping, v)
-        out = traced_decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
+        if cpu_decode_kernel.fits(q, k_cache, block_size):
+            out = cpu_decode_kernel.decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
+        else:
+            out = traced_decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
     else:
         out = torch.ops.chatplex.paged_decode(
             q, k, v, k_cache, v_cache, meta.slot_mapping, tables, lens, scale, block_size, window

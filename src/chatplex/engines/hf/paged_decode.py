@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from chatplex.engines.hf import triton_decode
+from chatplex.engines.hf import cpu_decode_kernel, triton_decode
 from chatplex.engines.hf.kv_cache import write_slots
 
 
@@ -39,6 +39,9 @@ def paged_decode_attention(
         return triton_decode.paged_decode_attention(
             q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window
         )
+    if cpu_decode_kernel.fits(q, k_cache, block_size):  # per sequence whatever the batch
+        kernel = cpu_decode_kernel.decode_attention
+        return kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
     if not per_sequence:
         return _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
     # A batch pads every context to its longest; padding changes the matmuls' shapes and so their rounding.

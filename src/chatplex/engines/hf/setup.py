@@ -13,7 +13,7 @@ import torch
 
 from chatplex.config import ModelArguments
 from chatplex.engines.base import PromptPreparer
-from chatplex.engines.hf import attention, heap, loader, packed_linear, quantization
+from chatplex.engines.hf import attention, cpu_decode_kernel, heap, loader, packed_linear, quantization
 from chatplex.engines.hf.block_manager import BlockManager
 from chatplex.engines.hf.cpu_decode import CompiledCpuDecode
 from chatplex.engines.hf.cpu_prefill import CompiledCpuPrefill
@@ -122,6 +122,9 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         graphs = cuda_graphs
     prefill = None
     if cpu_compiled:
+        unused = cpu_decode_kernel.load()
+        if unused:
+            logger.warning("CPU decode-attention kernel not used (%s): compiled steps trace the attention", unused)
         compiled = CompiledCpuDecode(model, cache, margs.max_num_seqs, max_blocks)
         compiled.compile()
         graphs = compiled

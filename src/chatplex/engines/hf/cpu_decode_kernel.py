@@ -1,0 +1,143 @@
+"""Decode attention on an AVX-512 CPU as a small C++ kernel (`csrc/cpu_decode_attention.cpp`), built for this
+machine at start under `compile: true` and kept in chatplex's cache folder.
+
+Why: at 8 streams of ~200 tokens (issue 16's load, SmolLM2 on the 2-core CPU) the compiled decode step spent ~6 of
+its ~17 ms in attention, written for Inductor to trace (paged_decode.traced_decode_attention): its C++ loops convert
+every key to float32 and sum each score across a vector, ~100 us a layer for 8 x 256 positions, 5x what reading
+the cache costs. The kernel multiplies bfloat16 pairs in hardware (AVX512_BF16's dot product, exact products
+summed in float32, as the traced float32 arithmetic), sums 16 scores' vectors with one transpose-and-add, and keeps
+each query head's output in registers: ~36 us a layer there (and 6 vs 26 us for one stream of 150), the same
+results within float32 rounding (tests/engines/hf/test_cpu_decode_kernel.py).
+
+Why built here and not shipped: it needs this CPU's instructions (`-march=native`) and the installed torch's
+headers and ABI. A compiled step already needs the C++ compiler Inductor uses (`CXX`, else g++), so `compile:
+true` is where the kernel is used: a build takes ~6 s once, then every start loads it from the cache (keyed by the
+source, torch's version and the flags). Without AVX512_BF16 (`/proc/cpuinfo`), with a bfloat16-less model, other
+head sizes, or if the build fails (said at start), steps trace the attention as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from chatplex.engines.hf.compile_cache import cache_root
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "cpu_decode_attention.cpp"
+HEAD_DIMS = (64, 96, 128, 256)  # the head sizes the source instantiates
+POSITIONS = 16  # positions scored together: block sizes must be a multiple
+
+_loaded = False
+
+
+def cpu_supports() -> bool:
+    """Whether this CPU has AVX-512 with bfloat16 dot products (Linux: /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512f" in flags and "avx512_bf16" in flags and "avx512bw" in flags
+
+
+def _flags() -> list[str]:
+    from torch.utils import cpp_extension
+
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [
+        "-O3",
+        "-march=native",
+        "-std=c++20",
+        "-shared",
+        "-fPIC",
+        "-fopenmp",  # at::parallel_for's OpenMP, the libgomp torch has loaded already
+        "-w",
+        "-DCPU_CAPABILITY_AVX512",
+        "-DCPU_CAPABILITY=AVX512",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *(f"-I{p}" for p in cpp_extension.include_paths()),
+    ]
+
+
+def _library(compiler: str) -> Path:
+    """The built kernel for this source, torch and compiler flags: from the cache, else compiled into it."""
+    flags = _flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, compiler, *flags]).encode()).hexdigest()[:16]
+    folder = Path(cache_root()) / "cpu_kernels"
+    target = folder / f"cpu_decode_attention-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    from torch.utils import cpp_extension
+
+    libs = [f"-L{p}" for p in cpp_extension.library_paths()] + ["-lc10", "-ltorch", "-ltorch_cpu"]
+    # Built beside the target and renamed onto it, so a start that races this one loads a whole file.
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *flags, str(SOURCE), "-o", str(built), *libs], check=True, capture_output=True, text=True
+        )
+        os.replace(built, target)
+    return target
+
+
+def load() -> str:
+    """Build (once per machine) and load the kernel; '' when it is ready, else why not (steps then trace the
+    attention)."""
+    global _loaded
+    if _loaded:
+        return ""
+    if not cpu_supports():
+        return "this CPU has no AVX512_BF16"
+    compiler = os.environ.get("CXX", "g++")
+    try:
+        torch.ops.load_library(str(_library(compiler)))
+    except subprocess.CalledProcessError as e:
+        return f"{compiler} failed: {(e.stderr or '').strip()[-300:]}"
+    except (OSError, RuntimeError) as e:
+        return f"{type(e).__name__}: {e}"[:300]
+    torch.library.register_fake("chatplex::cpu_decode_attention")(_fake)
+    _loaded = True
+    return ""
+
+
+def _fake(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def fits(q: torch.Tensor, k_cache: torch.Tensor, block_size: int) -> bool:
+    """Whether the loaded kernel runs this decode attention (bfloat16 query and cache on the CPU, a head size it
+    was built for, blocks of whole 16-position groups)."""
+    return (
+        _loaded
+        and q.device.type == "cpu"
+        and q.dtype == k_cache.dtype == torch.bfloat16
+        and q.shape[-1] in HEAD_DIMS
+        and block_size % POSITIONS == 0
+    )
+
+
+def decode_attention(
+    q: torch.Tensor,  # [B, heads, head_dim]
+    k_cache: torch.Tensor,  # [slots, kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, width] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    scale: float,
+    block_size: int,
+    window: int = 0,
+) -> torch.Tensor:
+    op = torch.ops.chatplex.cpu_decode_attention
+    return op(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+
+
+def calls() -> int:
+    """How many times the kernel has run in this process (0 when it is not loaded)."""
+    return int(torch.ops.chatplex.cpu_decode_attention_calls()) if _loaded else 0
