@@ -1,5 +1,5 @@
 """Decode attention on an AVX-512 CPU as a small C++ kernel (`csrc/cpu_decode_attention.cpp`), built for this
-machine at start under `compile: true` and kept in chatplex's cache folder.
+machine when a CPU engine with a bfloat16 model and cache starts, and kept in chatplex's cache folder.
 
 Why: at 8 streams of ~200 tokens (issue 16's load, SmolLM2 on the 2-core CPU) the compiled decode step spent ~6 of
 its ~17 ms in attention, written for Inductor to trace (paged_decode.traced_decode_attention): its C++ loops convert
@@ -7,13 +7,14 @@ every key to float32 and sum each score across a vector, ~100 us a layer for 8 x
 the cache costs. The kernel multiplies bfloat16 pairs in hardware (AVX512_BF16's dot product, exact products
 summed in float32, as the traced float32 arithmetic), sums 16 scores' vectors with one transpose-and-add, and keeps
 each query head's output in registers: ~36 us a layer there (and 6 vs 26 us for one stream of 150), the same
-results within float32 rounding (tests/engines/hf/test_cpu_decode_kernel.py).
+results within float32 rounding (tests/engines/hf/test_cpu_decode_kernel.py). Eager steps gain more: their
+gathered attention (paged_decode._gathered_attention) is ~15 torch ops a layer, ~0.2 ms at that load.
 
 Why built here and not shipped: it needs this CPU's instructions (`-march=native`) and the installed torch's
-headers and ABI. A compiled step already needs the C++ compiler Inductor uses (`CXX`, else g++), so `compile:
-true` is where the kernel is used: a build takes ~6 s once, then every start loads it from the cache (keyed by the
-source, torch's version and the flags). Without AVX512_BF16 (`/proc/cpuinfo`), with a bfloat16-less model, other
-head sizes, or if the build fails (said at start), steps trace the attention as before.
+headers and ABI, with the C++ compiler Inductor uses too (`CXX`, else g++): a build takes ~6 s at the first start,
+then every start loads it from the cache (keyed by the source, torch's version and the flags). Without
+AVX512_BF16 (`/proc/cpuinfo`) or a compiler, with a float32 model or an FP8 cache, other head sizes, or if the
+build fails (a warning at start), decode attention runs as before: torch ops eagerly, traced in compiled steps.
 """
 
 from __future__ import annotations
@@ -88,24 +89,28 @@ def _library(compiler: str) -> Path:
     return target
 
 
-def load() -> str:
-    """Build (once per machine) and load the kernel; '' when it is ready, else why not (steps then trace the
-    attention)."""
+def load() -> bool:
+    """Build (once per machine) and load the kernel; whether it is ready. Why not is logged: at info where this CPU
+    or machine cannot have it (no AVX512_BF16, no compiler), as a warning where a build failed."""
     global _loaded
     if _loaded:
-        return ""
+        return True
     if not cpu_supports():
-        return "this CPU has no AVX512_BF16"
+        logger.info("Decode attention runs as torch ops: this CPU has no AVX512_BF16 for chatplex's kernel")
+        return False
     compiler = os.environ.get("CXX", "g++")
     try:
         torch.ops.load_library(str(_library(compiler)))
-    except subprocess.CalledProcessError as e:
-        return f"{compiler} failed: {(e.stderr or '').strip()[-300:]}"
-    except (OSError, RuntimeError) as e:
-        return f"{type(e).__name__}: {e}"[:300]
+    except FileNotFoundError:
+        logger.info("Decode attention runs as torch ops: no C++ compiler (%s) to build chatplex's kernel", compiler)
+        return False
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+        why = (e.stderr or "").strip()[-300:] if isinstance(e, subprocess.CalledProcessError) else str(e)[:300]
+        logger.warning("Decode attention as torch ops: chatplex's CPU kernel did not build (%s: %s)", compiler, why)
+        return False
     torch.library.register_fake("chatplex::cpu_decode_attention")(_fake)
     _loaded = True
-    return ""
+    return True
 
 
 def _fake(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window):

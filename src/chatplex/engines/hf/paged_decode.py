@@ -1,5 +1,6 @@
-"""Decode attention read through block tables, on the device that runs the model: the Triton kernel on a GPU, a
-block gather and two small matmuls per layer on the CPU; `chatplex::paged_decode`, the same as one opaque op
+"""Decode attention read through block tables, on the device that runs the model: the Triton kernel on a GPU, on
+the CPU cpu_decode_kernel.py's C++ kernel where it is built (bfloat16, AVX512_BF16), else a block gather and two
+small matmuls per layer; `chatplex::paged_decode`, the same as one opaque op
 (cache write + attention) for CUDA graphs (and compiled CPU steps over an FP8 cache); and the CPU's attention
 written for a compiled step to trace.
 

@@ -98,6 +98,8 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         raise EngineError("The KV-cache budget holds no block; raise kv_cache_memory_gb or gpu_memory_utilization.")
     loaded = time.perf_counter()
     cache = PagedKVCache(model.config, num_blocks, block_size, kv_dtype, device)
+    if device.type == "cpu" and dtype == kv_dtype == torch.bfloat16:
+        cpu_decode_kernel.load()  # decode attention through it from here on (paged_decode.py, attention.py)
     prefix_caching = margs.enable_prefix_caching
     if prefix_caching is None:
         prefix_caching = not margs.batch_invariant
@@ -122,9 +124,6 @@ def build(margs: ModelArguments, name: str) -> EngineParts:
         graphs = cuda_graphs
     prefill = None
     if cpu_compiled:
-        unused = cpu_decode_kernel.load()
-        if unused:
-            logger.warning("CPU decode-attention kernel not used (%s): compiled steps trace the attention", unused)
         compiled = CompiledCpuDecode(model, cache, margs.max_num_seqs, max_blocks)
         compiled.compile()
         graphs = compiled
