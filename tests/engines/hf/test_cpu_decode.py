@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from chatplex import ChatModel
-from tests.engines.hf.tiny_llama import engine_tokens, generate_tokens, write_tiny_llama
+from tests.engines.hf.tiny_llama import compiled_and_eager_logits, engine_tokens, generate_tokens, write_tiny_llama
 
 NEW_TOKENS = 16
 VOCAB = 512
@@ -78,28 +78,11 @@ def test_compiled_decode_over_an_fp8_cache_equals_the_eager_engine(model_dir):
 def test_compiled_decode_step_matches_the_eager_step_in_bfloat16(model_dir):
     """bfloat16 (the CPU default) rounds differently once Inductor fuses the elementwise ops (it keeps float32
     between them), so greedy tokens may part after many steps; one step's logits must agree closely, row by row."""
-    from chatplex.engines.hf.decode_step import decode_forward
-    from chatplex.engines.hf.step_inputs import DeviceInputs
-
     args = {"model_name_or_path": model_dir, "infer_dtype": "bfloat16", "max_num_seqs": 8, "kv_block_size": 16,
             "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": True}
     with ChatModel(args) as model:
-        runner = model.engine.runner
-        cache, graphs = runner.cache, runner.graphs
-        torch.manual_seed(1)
-        for k, v in zip(cache.keys, cache.values):
-            k.normal_(), v.normal_()
-        rows = 5
-        lens = torch.tensor([3, 17, 40, 1, 64], dtype=torch.int32)
-        tables = torch.arange(1, 1 + rows * 4, dtype=torch.int32).reshape(rows, 4)
-        positions = (lens - 1).long()
-        slots = tables[torch.arange(rows), positions // 16].long() * 16 + positions % 16
-        step = DeviceInputs(torch.randint(0, VOCAB, (rows,)), positions, slots, tables, lens)
-        with torch.inference_mode():
-            eager = decode_forward(runner.model, cache, step.input_ids[None], positions[None], slots, tables, lens)
-            compiled = graphs.replay(step)
-    compiled, eager = compiled.float(), eager.float()
-    assert compiled.shape == eager.shape == (rows, VOCAB)
+        compiled, eager = compiled_and_eager_logits(model, VOCAB, 16)
+    assert compiled.shape == eager.shape == (5, VOCAB)
     torch.testing.assert_close(compiled, eager, atol=0.25, rtol=0.02)
     assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
 

@@ -1,6 +1,6 @@
 """Decode attention through block tables against plain attention over each sequence's gathered context: the CPU
-path (always), and the Triton kernel (one pass, and split context with a merge) where Triton runs: on a GPU, or on
-the CPU under TRITON_INTERPRET=1."""
+path of torch ops (always; the C++ kernel kept out: test_cpu_decode_kernel.py tests that), and the Triton kernel
+(one pass, and split context with a merge) where Triton runs: on a GPU, or on the CPU under TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from chatplex.engines.hf import paged_decode
+from chatplex.engines.hf import cpu_decode_kernel, paged_decode
 
 try:
     import triton
@@ -19,6 +19,12 @@ except ImportError:
 TRITON_RUNS = triton is not None and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BLOCK_SIZE, KV_HEADS, GROUP, HEAD_DIM = 16, 2, 4, 64
+
+
+@pytest.fixture(autouse=True)
+def torch_ops_on_the_cpu(monkeypatch):
+    """The CPU kernel, once an engine in this process has loaded it, would take the CPU cases here."""
+    monkeypatch.setattr(cpu_decode_kernel, "_loaded", False)
 
 
 def reference(q, k_cache, v_cache, tables, lens, scale, block_size, window):
@@ -61,6 +67,16 @@ def test_cpu_path_matches_attention(dtype, window):
     assert got.dtype == dtype
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: only the output's rounding
     assert (got.float() - expected).norm() / expected.norm() < tolerance
+
+
+def test_cpu_path_per_sequence_gives_each_row_the_bits_it_has_alone():
+    """batch_invariant's decode attention (torch ops, one sequence at a time)."""
+    q, k_cache, v_cache, tables, lens = scattered_cache(3, torch.bfloat16)
+    attend = paged_decode.paged_decode_attention
+    batch = attend(q, k_cache, v_cache, tables, lens, 0.125, BLOCK_SIZE, 0, per_sequence=True)
+    for b in range(q.shape[0]):
+        alone = attend(q[b : b + 1], k_cache, v_cache, tables[b : b + 1], lens[b : b + 1], 0.125, BLOCK_SIZE, 0)
+        assert torch.equal(batch[b : b + 1], alone)
 
 
 @pytest.mark.parametrize("window", [0, 37])

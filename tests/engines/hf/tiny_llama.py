@@ -6,6 +6,7 @@ prompts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,30 @@ def engine_tokens(model: Any, prompts: list[list[int]], new_tokens: list[int]) -
         return list(await asyncio.gather(*(one(p, n) for p, n in zip(prompts, new_tokens))))
 
     return model._loop.run(main())
+
+
+def compiled_and_eager_logits(
+    model: Any, vocab: int, block_size: int, eager_context: Any = contextlib.nullcontext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of five sequences (contexts of 1-64 positions over a cache of random keys and values)
+    through the engine's compiled step and through the eager forward (inside `eager_context()`): float32 logits
+    [5, vocab] of each."""
+    from chatplex.engines.hf.decode_step import decode_forward
+    from chatplex.engines.hf.step_inputs import DeviceInputs
+
+    runner = model.engine.runner
+    cache = runner.cache
+    torch.manual_seed(1)
+    for k, v in zip(cache.keys, cache.values):
+        k.normal_(), v.normal_()
+    rows = 5
+    lens = torch.tensor([3, 17, 40, 1, 64], dtype=torch.int32)
+    tables = torch.arange(1, 1 + rows * 4, dtype=torch.int32).reshape(rows, 4)
+    positions = (lens - 1).long()
+    slots = tables[torch.arange(rows), positions // block_size].long() * block_size + positions % block_size
+    step = DeviceInputs(torch.randint(0, vocab, (rows,)), positions, slots, tables, lens)
+    with torch.inference_mode():
+        compiled = runner.graphs.replay(step).float()
+        with eager_context():
+            eager = decode_forward(runner.model, cache, step.input_ids[None], positions[None], slots, tables, lens)
+    return compiled, eager.float()

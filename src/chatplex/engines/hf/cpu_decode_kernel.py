@@ -7,12 +7,13 @@ every key to float32 and sum each score across a vector, ~100 us a layer for 8 x
 the cache costs. The kernel multiplies bfloat16 pairs in hardware (AVX512_BF16's dot product, exact products
 summed in float32, as the traced float32 arithmetic), sums 16 scores' vectors with one transpose-and-add, and keeps
 each query head's output in registers: ~36 us a layer there (and 6 vs 26 us for one stream of 150), the same
-results within float32 rounding (tests/engines/hf/test_cpu_decode_kernel.py). Eager steps gain more: their
+results within the output's bfloat16 rounding (tests/engines/hf/test_cpu_decode_kernel.py). Eager steps gain more: their
 gathered attention (paged_decode._gathered_attention) is ~15 torch ops a layer, ~0.2 ms at that load.
 
 Why built here and not shipped: it needs this CPU's instructions (`-march=native`) and the installed torch's
-headers and ABI, with the C++ compiler Inductor uses too (`CXX`, else g++): a build takes ~6 s at the first start,
-then every start loads it from the cache (keyed by the source, torch's version and the flags). Without
+headers and ABI, with the C++ compiler Inductor uses too (`CXX`, else g++; g++, for the OpenMP runtime torch
+loads): a build takes ~6 s at the first start, then every start loads it from the cache (keyed by the source,
+torch's version, the compiler, the flags and the CPU). `CHATPLEX_CPU_DECODE_KERNEL=0` keeps it from loading. Without
 AVX512_BF16 (`/proc/cpuinfo`) or a compiler, with a float32 model or an FP8 cache, other head sizes, or if the
 build fails (a warning at start), decode attention runs as before: torch ops eagerly, traced in compiled steps.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -35,16 +38,24 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "cpu_decode_attention.cpp"
 HEAD_DIMS = (64, 96, 128, 256)  # the head sizes the source instantiates
 POSITIONS = 16  # positions scored together: block sizes must be a multiple
+SWITCH = "CHATPLEX_CPU_DECODE_KERNEL"  # "0": never load it (an A/B, a suspected kernel bug)
+BUILD_TIMEOUT_S = 300
 
 _loaded = False
+_fake_registered = False  # once per process, whatever tests do to _loaded
+_lock = threading.Lock()  # engines may start on several threads of one process
+
+
+def _cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
 
 
 def cpu_supports() -> bool:
     """Whether this CPU has AVX-512 with bfloat16 dot products (Linux: /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = (_cpuinfo() or "").split()
     return "avx512f" in flags and "avx512_bf16" in flags and "avx512bw" in flags
 
 
@@ -58,7 +69,7 @@ def _flags() -> list[str]:
         "-std=c++20",
         "-shared",
         "-fPIC",
-        "-fopenmp",  # at::parallel_for's OpenMP, the libgomp torch has loaded already
+        "-fopenmp",  # g++'s: at::parallel_for's OpenMP, the libgomp torch has loaded already (clang's is libomp)
         "-w",
         "-DCPU_CAPABILITY_AVX512",
         "-DCPU_CAPABILITY=AVX512",
@@ -67,10 +78,19 @@ def _flags() -> list[str]:
     ]
 
 
-def _library(compiler: str) -> Path:
-    """The built kernel for this source, torch and compiler flags: from the cache, else compiled into it."""
+def _machine() -> str:
+    """What `-march=native` resolves to: the CPU's model and flags, so a cache folder shared between machines (an
+    NFS home, an image) never hands one CPU's build to another, where an unknown instruction would kill the step."""
+    lines = (_cpuinfo() or "").splitlines()
+    return "\n".join(dict.fromkeys(line for line in lines if line.startswith(("model name", "flags"))))
+
+
+def _library(compiler: list[str]) -> Path:
+    """The built kernel for this source, torch, compiler, flags and CPU: from the cache, else compiled into it."""
     flags = _flags()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, compiler, *flags]).encode()).hexdigest()[:16]
+    version = subprocess.run([*compiler, "--version"], check=True, capture_output=True, text=True, timeout=30).stdout
+    identity = [SOURCE.read_text(), torch.__version__, *compiler, version, _machine(), *flags]
+    key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     folder = Path(cache_root()) / "cpu_kernels"
     target = folder / f"cpu_decode_attention-{key}.so"
     if target.exists():
@@ -82,35 +102,44 @@ def _library(compiler: str) -> Path:
     # Built beside the target and renamed onto it, so a start that races this one loads a whole file.
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *flags, str(SOURCE), "-o", str(built), *libs], check=True, capture_output=True, text=True
-        )
+        command = [*compiler, *flags, str(SOURCE), "-o", str(built), *libs]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         os.replace(built, target)
     return target
 
 
 def load() -> bool:
-    """Build (once per machine) and load the kernel; whether it is ready. Why not is logged: at info where this CPU
-    or machine cannot have it (no AVX512_BF16, no compiler), as a warning where a build failed."""
-    global _loaded
-    if _loaded:
+    """Build (once per machine) and load the kernel; whether it is ready. Why not is logged: at info where it is
+    switched off or this machine cannot have it (no AVX512_BF16, no compiler), as a warning where a build failed."""
+    global _loaded, _fake_registered
+    with _lock:
+        if _loaded:
+            return True
+        if os.environ.get(SWITCH) == "0":
+            logger.info("Decode attention runs as torch ops: %s=0", SWITCH)
+            return False
+        if not cpu_supports():
+            why = "this CPU has no AVX512_BF16" if _cpuinfo() is not None else "no /proc/cpuinfo to tell AVX512_BF16"
+            logger.info("Decode attention runs as torch ops: %s for chatplex's kernel", why)
+            return False
+        if not SOURCE.exists():
+            logger.warning("Decode attention runs as torch ops: %s is missing from the install", SOURCE)
+            return False
+        compiler = shlex.split(os.environ.get("CXX") or "g++")
+        try:
+            torch.ops.load_library(str(_library(compiler)))
+        except FileNotFoundError:
+            logger.info("Decode attention runs as torch ops: no C++ compiler (%s) for chatplex's kernel", compiler[0])
+            return False
+        except (subprocess.SubprocessError, OSError, RuntimeError, ImportError) as e:
+            why = (getattr(e, "stderr", None) or str(e)).strip()[-300:]
+            logger.warning("Decode attention runs as torch ops: chatplex's CPU kernel did not build or load (%s)", why)
+            return False
+        if not _fake_registered:
+            torch.library.register_fake("chatplex::cpu_decode_attention")(_fake)
+            _fake_registered = True
+        _loaded = True
         return True
-    if not cpu_supports():
-        logger.info("Decode attention runs as torch ops: this CPU has no AVX512_BF16 for chatplex's kernel")
-        return False
-    compiler = os.environ.get("CXX", "g++")
-    try:
-        torch.ops.load_library(str(_library(compiler)))
-    except FileNotFoundError:
-        logger.info("Decode attention runs as torch ops: no C++ compiler (%s) to build chatplex's kernel", compiler)
-        return False
-    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
-        why = (e.stderr or "").strip()[-300:] if isinstance(e, subprocess.CalledProcessError) else str(e)[:300]
-        logger.warning("Decode attention as torch ops: chatplex's CPU kernel did not build (%s: %s)", compiler, why)
-        return False
-    torch.library.register_fake("chatplex::cpu_decode_attention")(_fake)
-    _loaded = True
-    return True
 
 
 def _fake(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window):
@@ -137,8 +166,9 @@ def decode_attention(
     seq_lens: torch.Tensor,  # [B] int32
     scale: float,
     block_size: int,
-    window: int = 0,
+    window: int = 0,  # attend to the last `window` positions only (0: all)
 ) -> torch.Tensor:
+    """[B, heads, head_dim]: each query attended over its sequence's context, for a `fits` case."""
     op = torch.ops.chatplex.cpu_decode_attention
     return op(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
 

@@ -22,7 +22,7 @@ namespace {
 using at::BFloat16;
 using fVec = at::vec::Vectorized<float>;
 
-// Calls so far, for tests and stats: a compiled step calls the op from C++, where no profiler records it.
+// Calls so far (tests: a compiled step calls the op from C++, where no profiler sees it).
 std::atomic<int64_t> calls{0};
 
 constexpr int kPositions = 16;  // positions scored together: one float32 vector of scores
@@ -98,7 +98,8 @@ void softmax_scores(const Task& t, const BFloat16* q, int64_t start, int64_t end
     total = total + e;
   }
   const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
-  for (int64_t i = 0; i < end - start; i += kPositions) _mm512_storeu_ps(s + i, _mm512_mul_ps(_mm512_loadu_ps(s + i), inv));
+  for (int64_t i = 0; i < end - start; i += kPositions)
+    _mm512_storeu_ps(s + i, _mm512_mul_ps(_mm512_loadu_ps(s + i), inv));
 }
 
 template <int D>
@@ -107,13 +108,16 @@ void attend(const Task& t, std::vector<float>& scores) {
   const int64_t end = (t.len + kPositions - 1) / kPositions * kPositions;
   const int64_t n = end - start;
   scores.resize(t.group * n);
-  for (int64_t g = 0; g < t.group; ++g) softmax_scores<D>(t, t.q + g * t.q_head_stride, start, end, scores.data() + g * n);
-  // The weighted sum of values, four query heads at a time (their D floats each in registers).
+  for (int64_t g = 0; g < t.group; ++g)
+    softmax_scores<D>(t, t.q + g * t.q_head_stride, start, end, scores.data() + g * n);
+  // The weighted sum of values, H query heads at a time: their D floats each, and a row of values, stay in the 32
+  // vector registers (4 heads at D 64, 2 at 128, 1 at 256).
   constexpr int V = D / 16;
-  for (int64_t g0 = 0; g0 < t.group; g0 += 4) {
-    const int heads = int(std::min<int64_t>(4, t.group - g0));
-    __m512 acc[4][V];
-    for (int g = 0; g < 4; ++g)
+  constexpr int H = std::max(1, 256 / D);
+  for (int64_t g0 = 0; g0 < t.group; g0 += H) {
+    const int heads = int(std::min<int64_t>(H, t.group - g0));
+    __m512 acc[H][V];
+    for (int g = 0; g < H; ++g)
       for (int c = 0; c < V; ++c) acc[g][c] = _mm512_setzero_ps();
     for (int64_t p = t.first; p < t.len; ++p) {
       const BFloat16* v = t.v + slot_of(t, p) * t.slot_stride;
@@ -154,8 +158,25 @@ at::Tensor cpu_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, 
   const int64_t batch = q.size(0), heads = q.size(1), head_dim = q.size(2), kv_heads = k_cache.size(1);
   const AttendFn fn = attend_for(head_dim);
   TORCH_CHECK(fn != nullptr, "cpu_decode_attention: head dim ", head_dim, " not built");
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.size(2) == head_dim && kv_heads > 0 && heads % kv_heads == 0,
+              "cpu_decode_attention: q [B, heads, D], caches [slots, kv_heads, D], heads a multiple of kv_heads");
   const auto tables = block_tables.to(at::kInt).contiguous();
   const auto lens = seq_lens.to(at::kInt).contiguous();
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == batch && lens.numel() == batch,
+              "cpu_decode_attention: a block-table row and a length per sequence");
+  // Every position read (up to the next multiple of 16) must lie in a table column and a cache block: checked in
+  // plain loops, as tensor ops would cost more dispatch than the attention of a short context.
+  const int64_t blocks_in_cache = k_cache.size(0) / block_size;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t len = lens.data_ptr<int32_t>()[b];
+    TORCH_CHECK(len >= 0 && len <= tables.size(1) * block_size, "cpu_decode_attention: a context of ", len,
+                " positions with ", tables.size(1), " table columns");
+    for (int64_t c = 0; c < (len + block_size - 1) / block_size; ++c) {
+      const int32_t id = tables.data_ptr<int32_t>()[b * tables.size(1) + c];
+      TORCH_CHECK(id >= 0 && id < blocks_in_cache, "cpu_decode_attention: block id ", id, " outside the cache");
+    }
+  }
   auto out = at::empty({batch, heads, head_dim}, q.options());
   const int64_t group = heads / kv_heads, width = tables.size(1);
   const auto* qp = q.data_ptr<BFloat16>();
