@@ -16,6 +16,7 @@
     decode_step.py    what both share: static inputs, the decode-only forward, the runner's interface
     attention.py      the attention function registered with transformers
     paged_decode.py   decode attention through block tables (CPU; CUDA via triton_decode.py's kernel)
+    cpu_decode_kernel.py  the CPU's decode attention as csrc/'s C++ kernel, built for the machine at start
     sampler.py        logits -> tokens, per-row settings
     loader.py, kv_cache.py, lora.py, scoring.py, multimodal/   weights, cache, adapters, reward heads, media
     quantization.py   quantized weights (bitsandbytes while loading, checkpoints quantized beforehand)
