@@ -269,9 +269,9 @@ def _captured_decode(
 ) -> torch.Tensor:
     """A decode-only step that CUDA graphs capture or torch.compile traces: [1, B, heads, head_dim]. A compiled CPU
     step calls cpu_decode_kernel.py's kernel where it is loaded, else traces the attention itself, for Inductor to
-    fuse (paged_decode.traced_decode_attention says why); a GPU
-    step, and a compiled CPU one over an FP8 cache, run cache write and attention as one op, opaque to both. (Eager
-    CPU steps take _eager_attention directly: no dispatch to a Python op.)"""
+    fuse (paged_decode.traced_decode_attention says why); a GPU step, and a compiled CPU one over an FP8 cache, run
+    cache write and attention as one op, opaque to both. (Eager CPU steps take _eager_attention directly: no
+    dispatch to a Python op.)"""
     assert meta.decode_block_tables is not None and meta.decode_seq_lens is not None  # set together
     assert not meta.per_sequence_decode  # batch_invariant is refused beside compiled or captured steps
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [B, heads or kv_heads, head_dim]

@@ -1,8 +1,7 @@
 """Decode attention read through block tables, on the device that runs the model: the Triton kernel on a GPU, on
 the CPU cpu_decode_kernel.py's C++ kernel where it is built (bfloat16, AVX512_BF16), else a block gather and two
-small matmuls per layer; `chatplex::paged_decode`, the same as one opaque op
-(cache write + attention) for CUDA graphs (and compiled CPU steps over an FP8 cache); and the CPU's attention
-written for a compiled step to trace.
+small matmuls per layer; `chatplex::paged_decode`, the same as one opaque op (cache write + attention) for CUDA
+graphs (and compiled CPU steps over an FP8 cache); and the CPU's attention written for a compiled step to trace.
 
 Why block tables on the CPU too: the portable path (attention.py) gathers every context slot one by one and runs
 SDPA with a mask over the padded batch. For SmolLM2 at 8 streams of ~200 tokens on a 2-core CPU that was ~0.7 ms
@@ -41,8 +40,9 @@ def paged_decode_attention(
             q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window
         )
     if cpu_decode_kernel.fits(q, k_cache, block_size):  # per sequence whatever the batch
-        kernel = cpu_decode_kernel.decode_attention
-        return kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+        return cpu_decode_kernel.decode_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window
+        )
     if not per_sequence:
         return _gathered_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
     # A batch pads every context to its longest; padding changes the matmuls' shapes and so their rounding.
