@@ -122,7 +122,7 @@ def test_compiled_decode_step_runs_the_kernel_and_agrees_with_the_torch_ops(tmp_
             "kv_cache_memory_gb": 0.05, "device": "cpu", "compile": True}
     with ChatModel(args) as model:
         before = cpu_decode_kernel.calls()
-        kernel_out = partial(mock.patch.object, cpu_decode_kernel, "_loaded", False)
+        kernel_out = partial(mock.patch.object, cpu_decode_kernel, "fits", lambda *_: False)
         compiled, eager = compiled_and_eager_logits(model, vocab, BLOCK, eager_context=kernel_out)
         layers = cpu_decode_kernel.calls() - before
     assert layers == 2

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
-from chatplex.engines.hf import cpu_decode_kernel
 from chatplex.engines.hf.kv_cache import PagedKVCache, to_cache, write_slots
-from chatplex.engines.hf.paged_decode import paged_decode_attention, traced_decode_attention
+from chatplex.engines.hf.paged_decode import compiled_cpu_decode_attention, paged_decode_attention
 
 ATTENTION_NAME = "chatplex_paged"
 # cuDNN's SDPA builds a plan per new sequence length on the host (milliseconds each): prompts vary, so skip it.
@@ -269,7 +268,7 @@ def _captured_decode(
 ) -> torch.Tensor:
     """A decode-only step that CUDA graphs capture or torch.compile traces: [1, B, heads, head_dim]. A compiled CPU
     step calls cpu_decode_kernel.py's kernel where it is loaded, else traces the attention itself, for Inductor to
-    fuse (paged_decode.traced_decode_attention says why); a GPU step, and a compiled CPU one over an FP8 cache, run
+    fuse (paged_decode.compiled_cpu_decode_attention); a GPU step, and a compiled CPU one over an FP8 cache, run
     cache write and attention as one op, opaque to both. (Eager CPU steps take _eager_attention directly: no
     dispatch to a Python op.)"""
     assert meta.decode_block_tables is not None and meta.decode_seq_lens is not None  # set together
@@ -279,10 +278,7 @@ def _captured_decode(
     if not query.is_cuda and k_cache.dtype == query.dtype:
         write_slots(k_cache, meta.slot_mapping, k)
         write_slots(v_cache, meta.slot_mapping, v)
-        if cpu_decode_kernel.fits(q, k_cache, block_size):
-            out = cpu_decode_kernel.decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
-        else:
-            out = traced_decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
+        out = compiled_cpu_decode_attention(q, k_cache, v_cache, tables, lens, scale, block_size, window)
     else:
         out = torch.ops.chatplex.paged_decode(
             q, k, v, k_cache, v_cache, meta.slot_mapping, tables, lens, scale, block_size, window

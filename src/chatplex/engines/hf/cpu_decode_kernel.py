@@ -20,6 +20,7 @@ build fails (a warning at start), decode attention runs as before: torch ops eag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -42,10 +43,10 @@ SWITCH = "CHATPLEX_CPU_DECODE_KERNEL"  # "0": never load it (an A/B, a suspected
 BUILD_TIMEOUT_S = 300
 
 _loaded = False
-_fake_registered = False  # once per process, whatever tests do to _loaded
 _lock = threading.Lock()  # engines may start on several threads of one process
 
 
+@functools.cache
 def _cpuinfo() -> str | None:
     try:
         return Path("/proc/cpuinfo").read_text()
@@ -111,7 +112,7 @@ def _library(compiler: list[str]) -> Path:
 def load() -> bool:
     """Build (once per machine) and load the kernel; whether it is ready. Why not is logged: at info where it is
     switched off or this machine cannot have it (no AVX512_BF16, no compiler), as a warning where a build failed."""
-    global _loaded, _fake_registered
+    global _loaded
     with _lock:
         if _loaded:
             return True
@@ -135,9 +136,7 @@ def load() -> bool:
             why = (getattr(e, "stderr", None) or str(e)).strip()[-300:]
             logger.warning("Decode attention runs as torch ops: chatplex's CPU kernel did not build or load (%s)", why)
             return False
-        if not _fake_registered:
-            torch.library.register_fake("chatplex::cpu_decode_attention")(_fake)
-            _fake_registered = True
+        torch.library.register_fake("chatplex::cpu_decode_attention")(_fake)
         _loaded = True
         return True
 

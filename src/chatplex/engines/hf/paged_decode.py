@@ -126,6 +126,24 @@ def traced_decode_attention(
     return out.reshape(batch, heads, head_dim).to(q.dtype)
 
 
+def compiled_cpu_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    block_size: int,
+    window: int = 0,
+) -> torch.Tensor:
+    """A compiled CPU decode step's attention (arguments as traced_decode_attention's): the C++ kernel, one op
+    called from the compiled step, where it fits; else the attention traced into the step."""
+    if cpu_decode_kernel.fits(q, k_cache, block_size):
+        kernel = cpu_decode_kernel.decode_attention
+        return kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+    return traced_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+
+
 def _paged_decode(
     q: torch.Tensor,  # [B, heads, head_dim]
     key: torch.Tensor,  # [B, kv_heads, head_dim] (this step's keys, already rotated)
