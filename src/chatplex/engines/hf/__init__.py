@@ -12,6 +12,7 @@
     step_inputs.py    a step's inputs on the host (tokens, positions, slots, tables): the one slot formula
     runner.py         runs each step: eager, or through decode_step.py's replayer (CUDA graphs, compiled CPU)
     cuda_graphs.py    decode steps captured per batch bucket
+    compiled_layers.py  the captured step compiled a decoder layer at a time (one compile for every layer)
     cpu_decode.py     decode steps on a CPU through one torch.compile'd step (compile: true)
     decode_step.py    what both share: static inputs, the decode-only forward, the runner's interface
     attention.py      the attention function registered with transformers

@@ -164,14 +164,17 @@ def paged_attention_forward(
     scaling: float | None = None,
     dropout: float = 0.0,
     chatplex_meta: AttentionMetadata | HeldMetadata | None = None,
+    chatplex_layer_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     meta = chatplex_meta
     if meta is None:
         raise RuntimeError("chatplex_paged attention runs only inside chatplex's Hugging Face engine")
-    layer_idx = cast(int, module.layer_idx)  # transformers' attention modules hold it as a plain int attribute
-    k_cache = meta.cache.keys[layer_idx]
-    v_cache = meta.cache.values[layer_idx]
+    if chatplex_layer_cache is not None:  # passed in by a compiled decoder layer (compiled_layers.py says why)
+        k_cache, v_cache = chatplex_layer_cache
+    else:
+        layer_idx = cast(int, module.layer_idx)  # transformers' attention modules hold it as a plain int attribute
+        k_cache, v_cache = meta.cache.keys[layer_idx], meta.cache.values[layer_idx]
     window = getattr(module, "sliding_window", None)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if isinstance(meta, HeldMetadata):  # a compiled CPU step with prompt tokens (cpu_prefill.py)

@@ -43,10 +43,13 @@ class DecodeGraphs:
     ):
         # torch.compile fuses the many small elementwise kernels of a decoder layer (norms, rotary, residuals):
         # at small batch, decode time is kernel count, not bandwidth. One compile serves every bucket
-        # (decode_step.py says how), the smallest then SMALLEST_COMPILED_BATCH.
+        # (decode_step.py says how), the smallest then SMALLEST_COMPILED_BATCH, and every layer
+        # (compiled_layers.py).
         self.buckets = bucket_sizes(max_batch, smallest=SMALLEST_COMPILED_BATCH if compile else 1)
         self.device = device
-        self.step = DecodeStep(model, cache, StaticDecodeInputs(device, self.buckets[-1], max_blocks), compile)
+        self.step = DecodeStep(
+            model, cache, StaticDecodeInputs(device, self.buckets[-1], max_blocks), compile, per_layer=True
+        )
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
 

@@ -21,6 +21,7 @@ import torch
 
 from chatplex.engines.hf.attention import AttentionMetadata
 from chatplex.engines.hf.compile_cache import compile_step
+from chatplex.engines.hf.compiled_layers import CompiledLayers
 from chatplex.engines.hf.kv_cache import PagedKVCache
 from chatplex.engines.hf.step_inputs import DeviceInputs
 
@@ -122,7 +123,8 @@ class StaticDecodeInputs:
 
 class DecodeStep:
     """decode_forward over the first rows of `inputs`: eager, or through one torch.compile for every batch size,
-    with `inductor_options` (Inductor settings) in force around every call."""
+    with `inductor_options` (Inductor settings) in force around every call. `per_layer`: compiled a decoder layer
+    at a time (compiled_layers.py; for CUDA graphs), where the model's layers are found, else whole."""
 
     def __init__(
         self,
@@ -132,11 +134,13 @@ class DecodeStep:
         compile: bool,
         inductor_options: dict[str, Any] | None = None,
         fixed_model: bool = False,
+        per_layer: bool = False,
     ) -> None:
         self.inputs = inputs
         self.compiled = compile
         forward: Callable[..., torch.Tensor] = functools.partial(decode_forward, model, cache)
-        if compile:
+        self.layers = CompiledLayers.install(model, cache) if compile and per_layer else None
+        if compile and self.layers is None:
             forward = compile_step(forward, fixed_model, inductor_options)
         self._forward = forward
 
@@ -148,4 +152,7 @@ class DecodeStep:
             torch._dynamo.mark_dynamic(tensor, dim)
         if self.inputs.trim_tables:
             torch._dynamo.mark_dynamic(rows[StaticDecodeInputs.TABLES], 1)
-        return self._forward(*rows)
+        if self.layers is None:
+            return self._forward(*rows)
+        with self.layers.running():
+            return self._forward(*rows)
