@@ -43,6 +43,7 @@ def _fill(inputs: StaticDecodeInputs, cache, rows: int) -> None:
 def test_a_layer_at_a_time_equals_the_eager_step_with_one_compile(model_dir, kv_cache_dtype):
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # compiles of earlier tests count against Dynamo's limits
     with _engine(model_dir, kv_cache_dtype) as model:
         runner = model.engine.runner
         cache = runner.cache
@@ -54,7 +55,7 @@ def test_a_layer_at_a_time_equals_the_eager_step_with_one_compile(model_dir, kv_
         inputs = StaticDecodeInputs(torch.device("cpu"), 8, 4)
         eager = DecodeStep(runner.model, cache, inputs, compile=False)
         layered = DecodeStep(runner.model, cache, inputs, compile=True, per_layer=True)
-        assert layered.layers is not None and layered.layers.classes == 1
+        assert layered.compiled_layers is not None and layered.compiled_layers.compiled_classes == 1
         graphs = counters["stats"]["unique_graphs"]
         with torch.inference_mode():
             for rows in (5, 2, 7, 3):  # the first size compiles; none after it does
@@ -77,17 +78,20 @@ def test_a_layer_at_a_time_equals_the_eager_step_with_one_compile(model_dir, kv_
 
 
 def test_other_forwards_of_the_model_stay_eager(model_dir):
-    """With the layers swapped, prefill chunks and eager decode steps run the layers' own forwards: the same
-    tokens as before, and nothing compiled."""
+    """With the layers swapped, and the compiled step run, prefill chunks and eager decode steps run the layers'
+    own forwards: the same tokens as before, and nothing compiled."""
     from torch._dynamo.utils import counters
 
     prompts, new = [[7, 8, 9], [3] * 40, [11]], [6, 4, 5]
     with _engine(model_dir, "auto") as model:
         before = engine_tokens(model, prompts, new)
         runner = model.engine.runner
-        step = DecodeStep(runner.model, runner.cache, StaticDecodeInputs(torch.device("cpu"), 4, 4), compile=True,
-                          per_layer=True)
-        assert step.layers is not None
+        inputs = StaticDecodeInputs(torch.device("cpu"), 4, 4)
+        step = DecodeStep(runner.model, runner.cache, inputs, compile=True, per_layer=True)
+        assert step.compiled_layers is not None
+        with torch.inference_mode():
+            _fill(inputs, runner.cache, 2)
+            step(2)
         graphs = counters["stats"]["unique_graphs"]
         assert engine_tokens(model, prompts, new) == before
         assert counters["stats"]["unique_graphs"] == graphs
@@ -102,3 +106,16 @@ def test_the_layers_and_their_cache_indices_are_found(model_dir):
         assert [layer for layer, _ in found] == list(model.engine.runner.model.model.layers)
     plain = AutoModelForCausalLM.from_pretrained(model_dir)  # transformers' own attention: nothing to compile apart
     assert decoder_layers(plain) is None
+
+
+def test_gemma3_layers_which_hold_their_index_as_their_attention_does_are_found():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from chatplex.engines.hf import attention
+
+    config = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=32, vocab_size=128)
+    with torch.device("meta"):
+        model = Gemma3ForCausalLM(config)
+    model.set_attn_implementation(attention.register())
+    assert [index for _, index in decoder_layers(model)] == [0, 1, 2]

@@ -12,7 +12,8 @@ specialized to (a recompile per layer): here the layer's keys and values are pas
 
 What it costs: the step's CUDA graph replays the same kernels, except that Inductor no longer fuses across a
 layer's edges (its last residual add and the next layer's norm are two kernels) and the embedding, rotary
-tables, final norm and LM head run as eager kernels in the graph: a few dozen small kernels a step more. Only the
+tables, final norm and LM head run as eager kernels in the graph: ~40 small kernels a step more for a 32-layer
+model, ~2 us each in a graph, so ~1% of an 8B decode step by that count (not yet timed on a GPU). Only the
 CUDA-graph step uses it: a graph replays without Python, so the per-layer calls cost nothing after capture, where a
 compiled CPU step (cpu_decode.py) would pay them every step.
 
@@ -23,6 +24,7 @@ calls the layers as they are.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,22 +47,24 @@ def _attention_index(module: torch.nn.Module) -> int | None:
 
 
 def decoder_layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]] | None:
-    """The decoder's layers, each with the cache index of the one paged-attention module inside it: the ModuleList
-    whose items hold every such module, one each. None when there is none (the step is then compiled whole)."""
+    """The decoder's layers, each with the cache index of its paged attention: the ModuleList whose items cover
+    every cache index, one each (a Gemma 3 layer holds its index as its attention does: one index, two modules).
+    None when there is none, or a layer already has a forward of its own (the step is then compiled whole)."""
     indices = {id(m): i for m in model.modules() if (i := _attention_index(m)) is not None}
-    if not indices:
+    wanted = set(indices.values())
+    if not wanted:
         return None
     for candidate in model.modules():
         if not isinstance(candidate, torch.nn.ModuleList):
             continue
         layers = []
         for layer in candidate:
-            inside = [indices[id(m)] for m in layer.modules() if id(m) in indices]
-            if len(inside) != 1:
+            inside = {indices[id(m)] for m in layer.modules() if id(m) in indices}
+            if len(inside) != 1 or "forward" in vars(layer):  # e.g. accelerate's hooks, which compiling would skip
                 break
-            layers.append((layer, inside[0]))
+            layers.append((layer, inside.pop()))
         else:
-            if len(layers) == len(indices):
+            if sorted(index for _, index in layers) == sorted(wanted):
                 return layers
     return None
 
@@ -70,22 +74,29 @@ class CompiledLayers:
     with its cache passed in, and otherwise the layer's own forward."""
 
     def __init__(self, layers: list[tuple[torch.nn.Module, int]], cache: PagedKVCache) -> None:
+        # Process-wide, not per thread: only the engine thread runs the model, and only capture runs the step.
         self._running = False
         compiled: dict[type, Callable[..., Any]] = {}  # one compile per layer class (hybrid models have several)
         for layer, index in layers:
             kind = type(layer)
             if kind not in compiled:
-                compiled[kind] = compile_step(kind.forward, fixed_model=False)
+                # The class's own forward, without transformers' wrappers (a renamed keyword, gradient
+                # checkpointing): their one code object, shared by every model's layers, would share Dynamo's
+                # limit of compiles per code object across all of them.
+                compiled[kind] = compile_step(inspect.unwrap(kind.forward), fixed_model=False)
             # An instance attribute: nn.Module's __call__ (and hooks, peft's wrappers) still run around it.
             layer.forward = functools.partial(
                 self._forward, layer, layer.forward, compiled[kind], (cache.keys[index], cache.values[index])
             )
-        self.classes = len(compiled)
+        self.compiled_classes = len(compiled)
 
     @classmethod
     def install(cls, model: torch.nn.Module, cache: PagedKVCache) -> CompiledLayers | None:
         layers = decoder_layers(model)
-        return cls(layers, cache) if layers is not None else None
+        if layers is None:
+            logger.info("Decode step compiled whole: its decoder layers were not found")
+            return None
+        return cls(layers, cache)
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -101,15 +112,16 @@ class CompiledLayers:
         eager: Callable[..., Any],
         compiled: Callable[..., Any],
         layer_cache: tuple[torch.Tensor, torch.Tensor],
-        hidden_states: torch.Tensor,
         *args: Any,
         **kwargs: Any,
     ) -> Any:
         if not self._running:
-            return eager(hidden_states, *args, **kwargs)
+            return eager(*args, **kwargs)
         # The batch dimension of what comes from outside the layer (decode_step.py marks the step's own inputs):
-        # one compile for every batch size.
-        torch._dynamo.maybe_mark_dynamic(hidden_states, 1)
-        for table in kwargs.get("position_embeddings") or ():
-            torch._dynamo.maybe_mark_dynamic(table, 1)
-        return compiled(layer, hidden_states, *args, chatplex_layer_cache=layer_cache, **kwargs)
+        # one compile for every batch size. Rotary tables come as (cos, sin), or one tensor (Llama 4's).
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        tables = kwargs.get("position_embeddings")
+        for tensor in (hidden_states, *((tables,) if isinstance(tables, torch.Tensor) else tables or ())):
+            if tensor.dim() > 1:
+                torch._dynamo.maybe_mark_dynamic(tensor, 1)
+        return compiled(layer, *args, chatplex_layer_cache=layer_cache, **kwargs)

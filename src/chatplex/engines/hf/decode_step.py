@@ -139,8 +139,9 @@ class DecodeStep:
         self.inputs = inputs
         self.compiled = compile
         forward: Callable[..., torch.Tensor] = functools.partial(decode_forward, model, cache)
-        self.layers = CompiledLayers.install(model, cache) if compile and per_layer else None
-        if compile and self.layers is None:
+        assert not (per_layer and (inductor_options or fixed_model)), "a step compiled per layer takes neither"
+        self.compiled_layers = CompiledLayers.install(model, cache) if compile and per_layer else None
+        if compile and self.compiled_layers is None:
             forward = compile_step(forward, fixed_model, inductor_options)
         self._forward = forward
 
@@ -152,7 +153,7 @@ class DecodeStep:
             torch._dynamo.mark_dynamic(tensor, dim)
         if self.inputs.trim_tables:
             torch._dynamo.mark_dynamic(rows[StaticDecodeInputs.TABLES], 1)
-        if self.layers is None:
+        if self.compiled_layers is None:
             return self._forward(*rows)
-        with self.layers.running():
+        with self.compiled_layers.running():
             return self._forward(*rows)
