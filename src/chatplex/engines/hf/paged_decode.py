@@ -139,8 +139,9 @@ def compiled_cpu_decode_attention(
     """A compiled CPU decode step's attention (arguments as traced_decode_attention's): the C++ kernel, one op
     called from the compiled step, where it fits; else the attention traced into the step."""
     if cpu_decode_kernel.fits(q, k_cache, block_size):
-        kernel = cpu_decode_kernel.decode_attention
-        return kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
+        return cpu_decode_kernel.decode_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window
+        )
     return traced_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, block_size, window)
 
 
