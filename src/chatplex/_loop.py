@@ -24,11 +24,13 @@ class BackgroundLoop:
         if self.loop.is_closed() or not self._thread.is_alive():
             coro.close()  # never started: without this Python warns it was never awaited
             raise EngineClosedError("This model is closed; create a new ChatModel to use it again.")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = None
         try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
             return future.result()
         except (KeyboardInterrupt, SystemExit):
-            future.cancel()
+            if future is not None:
+                future.cancel()
             raise
 
     def iterate(self, agen: AsyncGenerator[T, None]) -> Iterator[T]:
@@ -41,7 +43,7 @@ class BackgroundLoop:
                     return
         finally:
             if self.loop.is_running():
-                asyncio.run_coroutine_threadsafe(agen.aclose(), self.loop).result(timeout=30)
+                asyncio.run_coroutine_threadsafe(_close_when_idle(agen), self.loop).result(timeout=30)
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -49,3 +51,12 @@ class BackgroundLoop:
             self._thread.join(timeout=30)
         if not self.loop.is_running() and not self.loop.is_closed():
             self.loop.close()
+
+
+async def _close_when_idle(agen: AsyncGenerator[Any, None]) -> None:
+    """Close `agen` once no __anext__ of it is in flight: a Ctrl-C can leave one running on the loop (cancelled and
+    still unwinding, or, landing before `run` could cancel it, waiting for its item), and aclose() refuses a
+    generator that is running ("asynchronous generator is already running": `chatplex chat` crashed on it)."""
+    while getattr(agen, "ag_await", None) is not None:  # native async generators only say so
+        await asyncio.sleep(0.005)
+    await agen.aclose()
